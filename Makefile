@@ -1,0 +1,32 @@
+# The two commands: `make test` and `make demo`. Both create .venv when it is
+# missing and (re)install only when pyproject.toml changed.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+UMQTT := device/lib/umqtt/simple.py
+
+.PHONY: test demo install clean
+
+test: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+demo: install
+	$(BIN)/ferry demo
+
+install: $(STAMP) $(UMQTT)
+
+$(BIN)/python:
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+		{ echo "Ferry needs Python 3.11 or newer as $(PYTHON) (set PYTHON=...)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+$(UMQTT): ferry/umqtt_vendor.py | $(STAMP)
+	$(BIN)/python -m ferry.umqtt_vendor
+
+clean:
+	rm -rf $(VENV) device/lib build *.egg-info .pytest_cache .hypothesis

@@ -1,0 +1,1 @@
+"""Benchmarks run by `ferry bench`: Ferry measured against a peer in the same command."""

@@ -1,0 +1,60 @@
+"""The one `ferry` command: a subcommand per part of the stack.
+
+Each subcommand's implementation is imported only when it runs, so the gateway
+on a Raspberry Pi never imports Faust or the simulator.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+EXIT_NOT_BUILT = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Subcommand:
+    """A subcommand, what it is for, and the issue that builds it while it is missing."""
+
+    name: str
+    help: str
+    issue: int
+
+
+SUBCOMMANDS = (
+    Subcommand("gateway", "run the durable MQTT broker and the Kafka bridge (Raspberry Pi)", 3),
+    Subcommand("worker", "run the Faust analytics worker", 6),
+    Subcommand("flash", "copy the device firmware to a board with mpremote", 4),
+    Subcommand("sim", "run simulated boards, links and power cuts", 5),
+    Subcommand("demo", "run the whole pipeline locally with a simulated fleet", 5),
+    Subcommand("bench", "benchmark a part of Ferry against a peer", 3),
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from ferry import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="ferry",
+        description="Ferry carries sensor readings from MicroPython devices through a durable "
+                    "MQTT gateway to Kafka and Faust analytics without losing any.",
+    )
+    parser.add_argument("--version", action="version", version=f"ferry {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for sub in SUBCOMMANDS:
+        sub_parser = commands.add_parser(sub.name, help=sub.help, description=sub.help)
+        sub_parser.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    sub = next(s for s in SUBCOMMANDS if s.name == args.command)
+    print(f"ferry {sub.name}: not built yet (tracked in issue {sub.issue})", file=sys.stderr)
+    return EXIT_NOT_BUILT
+
+
+if __name__ == "__main__":
+    sys.exit(main())
