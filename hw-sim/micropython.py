@@ -53,7 +53,10 @@ def prelude(sys_path: Sequence[Path]) -> str:
 def run_code(code: str, sys_path: Sequence[Path] = (DEVICE_LIB_DIR,),
              heap_bytes: int = DEFAULT_HEAP_BYTES, timeout_s: float = 60.0,
              cwd: Path | None = None) -> RunResult:
-    """Run `code` to completion on MicroPython with `sys_path` prepended."""
+    """Run `code` to completion on MicroPython with `sys_path` prepended.
+
+    The unix-port wrapper prints uncaught tracebacks to stdout, not stderr.
+    """
     completed = subprocess.run(
         [interpreter(), "-X", f"heapsize={heap_bytes}", "-c", prelude(sys_path) + code],
         capture_output=True, text=True, timeout=timeout_s, cwd=cwd, stdin=subprocess.DEVNULL,

@@ -1,0 +1,94 @@
+"""The wire contract against its golden vectors."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from ferry.contract import (
+    BridgeNaming, Channel, ContractError, DeviceState, encode_reading, kafka_record, parse_reading,
+    parse_status, parse_topic,
+)
+from tests.vectors import load as load_vectors
+
+READINGS = load_vectors("contract/readings.json")
+STATUSES = load_vectors("contract/statuses.json")
+TOPICS = load_vectors("contract/topics.json")
+KAFKA = load_vectors("contract/kafka_records.json")
+
+
+def _names(cases: list[dict]) -> list[str]:
+    return [case["name"] for case in cases]
+
+
+@pytest.mark.parametrize("case", READINGS["valid"], ids=_names(READINGS["valid"]))
+def test_valid_reading_parses_to_expected_fields(case: dict) -> None:
+    reading = parse_reading(case["payload"].encode())
+    assert dataclasses.asdict(reading) == case["reading"]
+    assert reading.key == (case["reading"]["device"], case["reading"]["boot"], case["reading"]["seq"])
+
+
+@pytest.mark.parametrize("case", [c for c in READINGS["valid"] if c["canonical"]],
+                         ids=_names([c for c in READINGS["valid"] if c["canonical"]]))
+def test_canonical_reading_encodes_byte_for_byte(case: dict) -> None:
+    assert encode_reading(parse_reading(case["payload"].encode())) == case["payload"].encode()
+
+
+@pytest.mark.parametrize("case", READINGS["invalid"], ids=_names(READINGS["invalid"]))
+def test_invalid_reading_names_the_field(case: dict) -> None:
+    with pytest.raises(ContractError) as info:
+        parse_reading(case["payload"].encode())
+    assert info.value.field == case["field"]
+
+
+def test_oversized_reading_is_rejected_before_parsing() -> None:
+    with pytest.raises(ContractError, match="limit 1024") as info:
+        parse_reading(b" " * 1025)
+    assert info.value.field == "payload"
+
+
+@pytest.mark.parametrize("case", STATUSES["valid"], ids=_names(STATUSES["valid"]))
+def test_valid_status_parses(case: dict) -> None:
+    status = parse_status(case["payload"].encode())
+    expected = dict(case["status"], state=DeviceState(case["status"]["state"]))
+    assert dataclasses.asdict(status) == expected
+
+
+@pytest.mark.parametrize("case", STATUSES["invalid"], ids=_names(STATUSES["invalid"]))
+def test_invalid_status_names_the_field(case: dict) -> None:
+    with pytest.raises(ContractError) as info:
+        parse_status(case["payload"].encode())
+    assert info.value.field == case["field"]
+
+
+@pytest.mark.parametrize("case", TOPICS["valid"], ids=[c["topic"] for c in TOPICS["valid"]])
+def test_device_topics_round_trip(case: dict) -> None:
+    topic = parse_topic(case["topic"])
+    assert (topic.site, topic.device, topic.channel) == (case["site"], case["device"], Channel(case["channel"]))
+    assert str(topic) == case["topic"]
+
+
+@pytest.mark.parametrize("case", TOPICS["invalid"], ids=[c["topic"] for c in TOPICS["invalid"]])
+def test_other_topics_are_rejected(case: dict) -> None:
+    with pytest.raises(ContractError) as info:
+        parse_topic(case["topic"])
+    assert info.value.field == case["field"]
+
+
+@pytest.mark.parametrize("case", KAFKA["cases"], ids=_names(KAFKA["cases"]))
+def test_bridge_maps_device_messages_to_kafka_records(case: dict) -> None:
+    record = kafka_record(BridgeNaming(KAFKA["gateway_id"]), case["mqtt_topic"],
+                          case["payload"].encode(), case["received_ms"])
+    expected = case["record"]
+    assert record.topic == expected["topic"]
+    assert record.key == expected["key"].encode()
+    assert record.value == expected["value"].encode() == case["payload"].encode()
+    assert [(k, v.decode()) for k, v in record.headers] == [tuple(h) for h in expected["headers"]]
+    assert record.timestamp_ms == expected["timestamp_ms"]
+
+
+def test_command_topics_are_never_bridged() -> None:
+    record = kafka_record(BridgeNaming("gw"), "ferry/s/d/cmd", b"{}", 5)
+    assert record.topic == "ferry.deadletter"
+    assert dict(record.headers)["ferry-error"].startswith(b"topic:")
