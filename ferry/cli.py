@@ -29,7 +29,7 @@ class Subcommand:
 
 
 SUBCOMMANDS = (
-    Subcommand("gateway", "run the durable MQTT broker and the Kafka bridge (Raspberry Pi)", None, 3),
+    Subcommand("gateway", "run the durable MQTT broker and the Kafka bridge (Raspberry Pi)", "gateway.main", 3),
     Subcommand("worker", "run the Faust analytics worker", None, 6),
     Subcommand("flash", "copy the device firmware to a board with mpremote", None, 4),
     Subcommand("sim", "run simulated boards, links and power cuts", None, 5),
@@ -49,18 +49,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"ferry {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for sub in SUBCOMMANDS:
-        sub_parser = commands.add_parser(sub.name, help=sub.help, description=sub.help)
-        sub_parser.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+        commands.add_parser(sub.name, help=sub.help, description=sub.help, add_help=False)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # Only the subcommand name is parsed here; its own parser reads the rest.
+    args = build_parser().parse_args(argv[:1])
     sub = next(s for s in SUBCOMMANDS if s.name == args.command)
     if sub.module is None:
         print(f"ferry {sub.name}: not built yet (tracked in issue {sub.issue})", file=sys.stderr)
         return EXIT_NOT_BUILT
-    return importlib.import_module(sub.module).main(args.args)
+    return importlib.import_module(sub.module).main(argv[1:])
 
 
 if __name__ == "__main__":

@@ -1,0 +1,35 @@
+"""Limits and policies of the broker core, built once from the gateway's TOML config."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+NEVER_EXPIRES = 0xFFFF_FFFF
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerConfig:
+    """What the broker promises and limits; every field is a `[broker]` key in ferry.toml."""
+
+    max_packet_size_bytes: int = 1_048_576
+    """Largest packet accepted from or sent to a client (MQTT 5 Maximum Packet Size)."""
+    receive_maximum: int = 1024
+    """Unacknowledged QoS 1/2 publishes a client may have outstanding towards us."""
+    max_inflight_messages: int = 20
+    """Unacknowledged QoS 1/2 deliveries per session (v5 clients may ask for fewer)."""
+    max_queued_messages: int = 10_000
+    """Messages waiting for an offline or busy session; beyond it new ones are dropped and counted."""
+    max_queued_bytes: int = 64 * 1_048_576
+    """Payload bytes waiting per session; beyond it new messages are dropped and counted."""
+    topic_alias_maximum: int = 64
+    """Topic aliases a v5 client may set towards us."""
+    max_keepalive_s: int = 65_535
+    """Keepalive granted at most; a larger or zero client value is replaced (v5 Server Keep Alive)."""
+    persistent_session_expiry_s: int = NEVER_EXPIRES
+    """Expiry of MQTT 3.1.1 sessions with clean session 0 (v5 clients choose their own)."""
+    max_session_expiry_s: int = NEVER_EXPIRES
+    """Largest session expiry a v5 client is granted."""
+    queue_qos0_offline: bool = False
+    """Queue QoS 0 messages for offline persistent sessions (Mosquitto's queue_qos0_messages)."""
+    max_output_buffer_bytes: int = 4 * 1_048_576
+    """Bytes waiting to be written to one slow client before QoS 0 deliveries to it are dropped."""

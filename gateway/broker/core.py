@@ -1,0 +1,672 @@
+"""The broker core: MQTT 3.1.1/5.0 semantics with the time passed in and no I/O.
+
+The network layer feeds it decoded packets and the clock; the core writes
+output into each `Connection` and appends durable records to the journal. An
+acknowledgement that depends on a record (PUBACK, PUBREC, SUBACK, CONNACK of a
+persistent session) is held in the connection's ordered output until the
+journal reports that record's batch committed, so nothing is acknowledged
+before it is on disk. A QoS 1 publish that reaches no persistent session and is
+not retained has nothing to make durable and is acknowledged at once.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from typing import Protocol
+
+from gateway.broker import delivery
+from gateway.broker.config import NEVER_EXPIRES, BrokerConfig
+from gateway.broker.index import Subscribed, SubscriptionIndex
+from gateway.broker.session import Connection, Delivery, DeliveryState, Message, Session
+from gateway.broker.stats import BrokerStats, DropReason
+from gateway.mqtt import (
+    EMPTY_PROPERTIES, Connack, Connect, Disconnect, Pingreq, Pingresp, Properties, ProtocolError,
+    ProtocolVersion, Puback, Pubcomp, Publish, Pubrec, Pubrel, ReasonCode, Suback, Subscribe,
+    Unsuback, Unsubscribe, encode, split_shared, topic_matches,
+)
+from gateway.store import records as rec
+
+log = logging.getLogger(__name__)
+
+V5 = ProtocolVersion.V5
+
+
+class RecordSink(Protocol):
+    """The journal as the core sees it: appends are buffered, batches commit in order."""
+
+    @property
+    def pending_batch(self) -> int: ...
+
+    @property
+    def committed_batch(self) -> int: ...
+
+    def append(self, record: rec.Record) -> None: ...
+
+
+class Broker:
+    """All sessions, subscriptions and retained messages of one gateway."""
+
+    def __init__(self, config: BrokerConfig, journal: RecordSink, *, now: float, wall: float) -> None:
+        self.config = config
+        self.journal = journal
+        self.stats = BrokerStats()
+        self.sessions: dict[str, Session] = {}
+        self.connections: dict[int, Connection] = {}
+        self.index = SubscriptionIndex()
+        self.retained: dict[str, Message] = {}
+        self._wall_offset = wall - now
+        self._conn_ids = itertools.count(1)
+        self._auto_ids = itertools.count(1)
+        self._next_msg_id = 1
+        self._appends = 0
+        self._ready: set[Connection] = set()
+        self._holding: set[Connection] = set()
+        self._pending_wills: dict[str, tuple[float, Connection]] = {}
+        self._handlers = {
+            Publish: self._on_publish, Puback: self._on_puback, Pubrec: self._on_pubrec,
+            Pubrel: self._on_pubrel, Pubcomp: self._on_pubcomp, Pingreq: self._on_pingreq,
+            Subscribe: self._on_subscribe, Unsubscribe: self._on_unsubscribe,
+            Disconnect: self._on_disconnect,
+        }
+
+    # ------------------------------------------------------------------ journal
+
+    def _record(self, record: rec.Record) -> None:
+        self.journal.append(record)
+        self._appends += 1
+
+    def _make_durable(self, message: Message) -> None:
+        """Write the message to the store unless a durable reference already holds it there.
+
+        The store forgets a message when its last reference goes, so one that
+        is referenced again after that is written again (same id).
+        """
+        if message.refs == 0:
+            if message.msg_id == 0:
+                message.msg_id = self._next_msg_id
+                self._next_msg_id += 1
+            expiry_ms = None if message.expiry_at is None else int(message.expiry_at * 1000)
+            self._record(rec.MessageAdded(
+                message.msg_id, message.topic, message.payload, message.qos, message.retain,
+                delivery.stored_properties(message.properties), expiry_ms, message.origin))
+
+    @property
+    def next_msg_id(self) -> int:
+        return self._next_msg_id
+
+    def set_next_msg_id(self, msg_id: int) -> None:
+        """After a restore: ids continue above every id the store has seen."""
+        self._next_msg_id = max(self._next_msg_id, msg_id)
+
+    def wall(self, now: float) -> float:
+        return now + self._wall_offset
+
+    # ------------------------------------------------------------------ output
+
+    def _send(self, conn: Connection, data: bytes, wait_batch: int = 0, is_ack: bool = False) -> None:
+        """Queue `data` for `conn`, behind anything still waiting for a commit.
+
+        `is_ack` marks a held PUBACK/PUBREC: until it is released it counts
+        against the client's unacknowledged publishes (our Receive Maximum).
+        """
+        if conn.closed:
+            return
+        if conn.held or wait_batch > self.journal.committed_batch:
+            conn.held.append((wait_batch, data, is_ack))
+            conn.incoming_unacked += is_ack
+            self._holding.add(conn)
+        else:
+            conn.out += data
+            self._ready.add(conn)
+
+    def _send_packet(self, conn: Connection, packet: object, wait_batch: int = 0) -> None:
+        self._send(conn, encode(packet, conn.protocol_version), wait_batch)
+
+    def _wait_batch(self, appends_before: int) -> int:
+        """The batch to wait for if this operation appended records, else 0."""
+        return self.journal.pending_batch if self._appends != appends_before else 0
+
+    def commit_done(self, batch: int) -> None:
+        """The journal committed every batch up to `batch`: release what waited for it."""
+        released = []
+        for conn in self._holding:
+            held = conn.held
+            while held and held[0][0] <= batch:
+                _, data, is_ack = held.popleft()
+                conn.out += data
+                conn.incoming_unacked -= is_ack
+                self._ready.add(conn)
+            if not held:
+                released.append(conn)
+        self._holding.difference_update(released)
+
+    def take_ready(self) -> set[Connection]:
+        """Connections with bytes to write or a close to carry out; the caller clears `out`."""
+        ready, self._ready = self._ready, set()
+        return ready
+
+    def _close(self, conn: Connection, reason: ReasonCode, send_disconnect: bool = True) -> None:
+        if conn.close_reason is not None or conn.closed:
+            return
+        if send_disconnect and conn.protocol_version is V5 and conn.session is not None:
+            self._send_packet(conn, Disconnect(reason))
+        conn.close_reason = reason
+        self._ready.add(conn)
+
+    # ------------------------------------------------------------------ connections
+
+    def open_connection(self, peer: str, now: float) -> Connection:
+        conn = Connection(next(self._conn_ids), peer=peer, last_packet_at=now,
+                          inflight_limit=self.config.max_inflight_messages)
+        self.connections[conn.conn_id] = conn
+        self.stats.connections_total += 1
+        return conn
+
+    def protocol_error(self, conn: Connection, error: ProtocolError) -> None:
+        """A malformed or forbidden packet: close this connection with the error's reason code."""
+        self.stats.protocol_errors += 1
+        log.warning("closing %s (%s): %s", conn.peer, conn.client_id or "-", error)
+        self._close(conn, error.reason_code)
+
+    def handle_packet(self, conn: Connection, packet: object, now: float) -> None:
+        if conn.close_reason is not None or conn.closed:
+            return
+        conn.last_packet_at = now
+        kind = type(packet)
+        if kind is Connect:
+            self._on_connect(conn, packet, now)
+            return
+        if conn.session is None:
+            self.protocol_error(conn, ProtocolError(ReasonCode.PROTOCOL_ERROR, "MQTT-3.1.0-1", f"{kind.__name__} before CONNECT"))
+            return
+        handler = self._handlers.get(kind)
+        if handler is None:
+            self.protocol_error(conn, ProtocolError(ReasonCode.PROTOCOL_ERROR, "", f"a client may not send {kind.__name__}",
+                section="2.1.2"))
+            return
+        handler(conn, conn.session, packet, now)
+
+    def connection_lost(self, conn: Connection, now: float) -> None:
+        """The socket is gone: publish or schedule the will, end or park the session."""
+        if conn.closed:
+            return
+        conn.closed = True
+        self.connections.pop(conn.conn_id, None)
+        self._ready.discard(conn)
+        self._holding.discard(conn)
+        self._detach(conn, now)
+
+    def _detach(self, conn: Connection, now: float) -> None:
+        """Separate a connection from its session; in-flight deliveries stay for a resend
+        with the same packet ids when the client comes back [MQTT-4.4.0-1]."""
+        session = conn.session
+        if session is None or session.connection is not conn:
+            return
+        session.connection = None
+        if conn.will is not None and not conn.clean_disconnect:
+            delay = conn.will.properties.will_delay_interval or 0
+            if delay and session.persistent:
+                self._pending_wills[session.client_id] = (now + delay, conn)
+            else:
+                self._publish_will(conn, now)
+        if not session.persistent:
+            self._end_session(session, now)
+        elif session.expiry_interval_s != NEVER_EXPIRES:
+            session.expires_at = now + session.expiry_interval_s
+
+    def tick(self, now: float) -> None:
+        """Keepalive timeouts, delayed wills and session expiry; call about once a second."""
+        for conn in list(self.connections.values()):
+            if conn.keepalive_s and conn.session is not None and \
+                    now - conn.last_packet_at > conn.keepalive_s * 1.5:
+                log.info("keepalive timeout for %s (%s)", conn.client_id, conn.peer)
+                self._close(conn, ReasonCode.KEEP_ALIVE_TIMEOUT)
+        for client_id, (deadline, conn) in list(self._pending_wills.items()):
+            if deadline <= now:
+                del self._pending_wills[client_id]
+                self._publish_will(conn, now)
+        for session in list(self.sessions.values()):
+            if session.expires_at is not None and session.expires_at <= now:
+                self.stats.sessions_expired += 1
+                pending = self._pending_wills.pop(session.client_id, None)
+                if pending is not None:
+                    self._publish_will(pending[1], now)
+                self._end_session(session, now)
+
+    def publish_internal(self, topic: str, payload: bytes, now: float) -> None:
+        """Publish a broker-generated message (`$SYS`): QoS 0, retained in memory, never stored."""
+        message = Message(0, topic, payload, 0, True, "")
+        self.retained[topic] = message
+        self._route(message, now)
+
+    # ------------------------------------------------------------------ CONNECT / DISCONNECT
+
+    def _on_connect(self, conn: Connection, packet: Connect, now: float) -> None:
+        if conn.session is not None:
+            self.protocol_error(conn, ProtocolError(ReasonCode.PROTOCOL_ERROR, "MQTT-3.1.0-2", "second CONNECT on a connection"))
+            return
+        conn.protocol_version = packet.protocol_version
+        v5 = packet.protocol_version is V5
+        client_id = packet.client_id
+        assigned = None
+        if not client_id:
+            if not v5 and not packet.clean_start:
+                self._send_packet(conn, Connack(False, ReasonCode.CLIENT_IDENTIFIER_NOT_VALID))
+                self._close(conn, ReasonCode.CLIENT_IDENTIFIER_NOT_VALID, send_disconnect=False)
+                return
+            client_id = assigned = f"ferry-auto-{next(self._auto_ids)}"
+        props = packet.properties
+        if v5:
+            expiry = min(props.session_expiry_interval or 0, self.config.max_session_expiry_s)
+            if props.receive_maximum:
+                conn.inflight_limit = min(props.receive_maximum, 65535)
+            if props.maximum_packet_size:
+                conn.max_packet_size = props.maximum_packet_size
+        else:
+            expiry = 0 if packet.clean_start else self.config.persistent_session_expiry_s
+        keepalive = packet.keepalive_s
+        server_keepalive = None
+        if keepalive > self.config.max_keepalive_s or (keepalive == 0 and self.config.max_keepalive_s < 65535):
+            keepalive = server_keepalive = self.config.max_keepalive_s
+        conn.keepalive_s = keepalive
+        conn.will = packet.will
+        before = self._appends
+
+        session = self.sessions.get(client_id)
+        if session is not None and session.connection is not None:
+            old = session.connection
+            log.info("session %s taken over: closing %s for %s", client_id, old.peer, conn.peer)
+            self._close(old, ReasonCode.SESSION_TAKEN_OVER)
+            self._detach(old, now)
+            session = self.sessions.get(client_id)
+        pending = self._pending_wills.pop(client_id, None)
+        if pending is not None and packet.clean_start:
+            self._publish_will(pending[1], now)
+        if session is not None and packet.clean_start:
+            self._end_session(session, now)
+            session = None
+        session_present = session is not None
+        if session is None:
+            session = Session(client_id, packet.protocol_version, expiry)
+            self.sessions[client_id] = session
+        session.protocol_version = packet.protocol_version
+        session.expiry_interval_s = expiry
+        session.expires_at = None
+        session.connection = conn
+        conn.session = session
+        if session.persistent:
+            self._record(rec.SessionSaved(client_id, int(packet.protocol_version), expiry))
+            session.stored = True
+        elif session.stored:
+            self._record(rec.SessionDeleted(client_id))
+            session.stored = False
+
+        connack_props = EMPTY_PROPERTIES
+        if v5:
+            connack_props = Properties(
+                receive_maximum=self.config.receive_maximum,
+                maximum_packet_size=self.config.max_packet_size_bytes,
+                topic_alias_maximum=self.config.topic_alias_maximum,
+                assigned_client_identifier=assigned,
+                server_keep_alive=server_keepalive,
+                session_expiry_interval=expiry if expiry != (props.session_expiry_interval or 0) else None,
+            )
+        log.info("connect %s from %s (v%s, clean=%s, expiry=%s, present=%s)", client_id, conn.peer,
+                 5 if v5 else "3.1.1", packet.clean_start, expiry, session_present)
+        self._send_packet(conn, Connack(session_present, ReasonCode.SUCCESS, connack_props),
+                          self._wait_batch(before))
+        self._resume(session, conn, now)
+
+    def _on_pingreq(self, conn: Connection, session: Session, packet: Pingreq, now: float) -> None:
+        self._send_packet(conn, Pingresp())
+
+    def _on_disconnect(self, conn: Connection, session: Session, packet: Disconnect, now: float) -> None:
+        if conn.protocol_version is V5:
+            new_expiry = packet.properties.session_expiry_interval
+            if new_expiry is not None:
+                if session.expiry_interval_s == 0 and new_expiry != 0:
+                    self.protocol_error(conn, ProtocolError(ReasonCode.PROTOCOL_ERROR, "MQTT-3.14.2-2", "session expiry set in DISCONNECT after 0 in CONNECT"))
+                    return
+                session.expiry_interval_s = min(new_expiry, self.config.max_session_expiry_s)
+                if session.persistent:
+                    self._record(rec.SessionSaved(session.client_id, int(session.protocol_version),
+                                                  session.expiry_interval_s))
+        conn.clean_disconnect = packet.reason_code != ReasonCode.DISCONNECT_WITH_WILL_MESSAGE
+        log.info("disconnect %s (%s): %s", conn.client_id, conn.peer, packet.reason_code.name)
+        conn.close_reason = packet.reason_code
+        self._ready.add(conn)
+
+    def _publish_will(self, conn: Connection, now: float) -> None:
+        will = conn.will
+        conn.will = None
+        if will is None:
+            return
+        self.stats.wills_published += 1
+        message = Message(0, will.topic, will.payload, will.qos, will.retain, conn.client_id,
+                          delivery.forwarded_properties(will.properties),
+                          delivery.expiry_at(will.properties, self.wall(now)))
+        if will.retain:
+            self._retain(message)
+        self._route(message, now)
+
+    def _end_session(self, session: Session, now: float) -> None:
+        """Forget a session: subscriptions, queue, QoS 2 state."""
+        for topic_filter, sub in session.subscriptions.items():
+            group, plain = split_shared(topic_filter)
+            self.index.remove(session.client_id, plain, group)
+        for item in itertools.chain(session.inflight.values(), session.queue):
+            if item.durable and item.state is not DeliveryState.PUBREL_SENT:
+                self._release_message(item.message)
+        if session.stored:
+            self._record(rec.SessionDeleted(session.client_id))
+        if self.sessions.get(session.client_id) is session:
+            del self.sessions[session.client_id]
+
+    def _resume(self, session: Session, conn: Connection, now: float) -> None:
+        """Resend what was in flight (DUP) and PUBRELs, then fill the window from the queue."""
+        for item in session.inflight.values():
+            if item.state is DeliveryState.PUBREL_SENT:
+                self._send_packet(conn, Pubrel(item.packet_id))
+            else:
+                self.stats.resent += 1
+                self._transmit(conn, item, dup=True, now=now)
+        self._fill_window(session, now)
+
+    # ------------------------------------------------------------------ PUBLISH in
+
+    def _on_publish(self, conn: Connection, session: Session, packet: Publish, now: float) -> None:
+        topic = packet.topic
+        props = packet.properties
+        if conn.protocol_version is V5 and props.topic_alias is not None:
+            alias = props.topic_alias
+            if alias > self.config.topic_alias_maximum:
+                self.protocol_error(conn, ProtocolError(ReasonCode.TOPIC_ALIAS_INVALID, "MQTT-3.3.2-9", f"topic alias {alias} above our maximum {self.config.topic_alias_maximum}"))
+                return
+            if topic:
+                conn.topic_aliases[alias] = topic
+            else:
+                topic = conn.topic_aliases.get(alias, "")
+                if not topic:
+                    self.protocol_error(conn, ProtocolError(ReasonCode.PROTOCOL_ERROR, "", f"topic alias {alias} was never set",
+                        section="3.3.2.3.4"))
+                    return
+        qos = packet.qos
+        if qos == 2 and packet.packet_id in session.incoming_qos2:
+            self.stats.duplicates_qos2 += 1
+            self._send_packet(conn, Pubrec(packet.packet_id))
+            return
+        if qos and conn.protocol_version is V5 and \
+                conn.incoming_unacked + len(session.incoming_qos2) >= self.config.receive_maximum:
+            self.protocol_error(conn, ProtocolError(ReasonCode.RECEIVE_MAXIMUM_EXCEEDED, "MQTT-3.3.4-7", "more unacknowledged QoS 1/2 publishes than our Receive Maximum"))
+            return
+        self.stats.messages_received[qos] += 1
+        before = self._appends
+        message = Message(0, topic, packet.payload, qos, packet.retain, session.client_id,
+                          delivery.forwarded_properties(props) if props is not EMPTY_PROPERTIES else EMPTY_PROPERTIES,
+                          delivery.expiry_at(props, self.wall(now)) if props.message_expiry_interval else None)
+        if packet.retain:
+            self._retain(message)
+        matched = self._route(message, now)
+        if qos == 0:
+            return
+        if qos == 2:
+            session.incoming_qos2.add(packet.packet_id)
+            if session.persistent:
+                self._record(rec.IncomingQos2(session.client_id, packet.packet_id))
+        reason = ReasonCode.SUCCESS if matched or conn.protocol_version is not V5 \
+            else ReasonCode.NO_MATCHING_SUBSCRIBERS
+        ack = Puback(packet.packet_id, reason) if qos == 1 else Pubrec(packet.packet_id, reason)
+        self._send(conn, encode(ack, conn.protocol_version), self._wait_batch(before), is_ack=qos == 1)
+
+    def _retain(self, message: Message) -> None:
+        """Set or clear the retained message of its topic (an empty payload clears) [MQTT-3.3.1-10]."""
+        old = self.retained.pop(message.topic, None)
+        if old is not None:
+            self._release_message(old)
+        if not message.payload:
+            if old is not None:
+                self._record(rec.RetainCleared(message.topic))
+            return
+        self._make_durable(message)
+        message.refs += 1
+        self.retained[message.topic] = message
+        self._record(rec.RetainSet(message.topic, message.msg_id))
+
+    def _release_message(self, message: Message) -> None:
+        if message.refs:
+            message.refs -= 1
+
+    def _route(self, message: Message, now: float) -> bool:
+        """Deliver or queue `message` for every matching session; True if any matched."""
+        targets: dict[str, tuple[int, list[int], bool]] = {}
+        origin = message.origin
+        for node, _ in self.index.match(message.topic):
+            for client_id, sub in node.subscribers.items():
+                if sub.no_local and client_id == origin:
+                    continue
+                self._add_target(targets, client_id, sub, message)
+            for group in node.shared.values():
+                members = list(group.members.items())
+                if not members:
+                    continue
+                chosen = None
+                for step in range(len(members)):
+                    client_id, sub = members[(group.next_index + step) % len(members)]
+                    target = self.sessions.get(client_id)
+                    if target is not None and target.connection is not None:
+                        chosen = (client_id, sub)
+                        group.next_index = (group.next_index + step + 1) % len(members)
+                        break
+                if chosen is None:
+                    chosen = members[group.next_index % len(members)]
+                    group.next_index = (group.next_index + 1) % len(members)
+                self._add_target(targets, chosen[0], chosen[1], message)
+        for client_id, (qos, sub_ids, retain) in targets.items():
+            session = self.sessions.get(client_id)
+            if session is not None:
+                self._deliver(session, Delivery(message, qos, retain, tuple(sub_ids)), now)
+        return bool(targets)
+
+    @staticmethod
+    def _add_target(targets: dict, client_id: str, sub: Subscribed, message: Message) -> None:
+        qos = min(message.qos, sub.qos)
+        retain = message.retain and sub.retain_as_published
+        known = targets.get(client_id)
+        if known is None:
+            targets[client_id] = (qos, [sub.subscription_id] if sub.subscription_id else [], retain)
+        else:
+            ids = known[1]
+            if sub.subscription_id:
+                ids.append(sub.subscription_id)
+            targets[client_id] = (max(known[0], qos), ids, known[2] or retain)
+
+    def _deliver(self, session: Session, item: Delivery, now: float) -> None:
+        conn = session.connection
+        if item.qos == 0:
+            if conn is None:
+                if not (session.persistent and self.config.queue_qos0_offline):
+                    return
+            elif conn.output_blocked and len(conn.out) > self.config.max_output_buffer_bytes:
+                self.stats.dropped[DropReason.SLOW_SUBSCRIBER] += 1
+                return
+            else:
+                self._transmit(conn, item, dup=False, now=now)
+                return
+        if conn is not None and not session.queue and len(session.inflight) < conn.inflight_limit:
+            self._persist_delivery(session, item)
+            self._start_flow(session, conn, item, now)
+            return
+        self._enqueue(session, item)
+
+    def _start_flow(self, session: Session, conn: Connection, item: Delivery, now: float) -> None:
+        """Give a QoS 1/2 delivery a packet id and send it."""
+        item.packet_id = session.allocate_packet_id()
+        item.state = DeliveryState.PUBLISH_SENT
+        session.inflight[item.packet_id] = item
+        if item.durable and item.qos == 2:
+            self._record(rec.InflightAssigned(session.client_id, item.message.msg_id, item.packet_id))
+        if not self._transmit(conn, item, dup=False, now=now):
+            del session.inflight[item.packet_id]
+            self._finish(session, item)
+
+    def _persist_delivery(self, session: Session, item: Delivery) -> None:
+        if session.persistent and item.qos > 0:
+            message = item.message
+            self._make_durable(message)
+            message.refs += 1
+            item.durable = True
+            self._record(rec.Enqueued(session.client_id, message.msg_id, item.qos, item.subscription_ids))
+
+    def _enqueue(self, session: Session, item: Delivery) -> None:
+        size = len(item.message.payload)
+        if len(session.queue) >= self.config.max_queued_messages:
+            self.stats.dropped[DropReason.QUEUE_FULL] += 1
+            return
+        if session.queued_bytes + size > self.config.max_queued_bytes:
+            self.stats.dropped[DropReason.QUEUE_BYTES] += 1
+            return
+        self._persist_delivery(session, item)
+        session.queue.append(item)
+        session.queued_bytes += size
+
+    def _fill_window(self, session: Session, now: float) -> None:
+        conn = session.connection
+        if conn is None:
+            return
+        wall = self.wall(now)
+        while session.queue and len(session.inflight) < conn.inflight_limit:
+            item = session.queue.popleft()
+            session.queued_bytes -= len(item.message.payload)
+            if item.message.expiry_at is not None and item.message.expiry_at <= wall:
+                self.stats.dropped[DropReason.EXPIRED] += 1
+                self._finish(session, item)
+                continue
+            if item.qos == 0:
+                self._transmit(conn, item, dup=False, now=now)
+            else:
+                self._start_flow(session, conn, item, now)
+
+    def _transmit(self, conn: Connection, item: Delivery, *, dup: bool, now: float) -> bool:
+        """Send one PUBLISH; False when it is larger than the client accepts [MQTT-3.1.2-25]."""
+        data = delivery.publish_bytes(item, conn.protocol_version, dup, self.wall(now))
+        if len(data) > conn.max_packet_size:
+            self.stats.dropped[DropReason.PACKET_TOO_LARGE] += 1
+            return False
+        self.stats.messages_sent[item.qos] += 1
+        # A QoS 2 delivery waits for its packet id to be durable, so a resend after a
+        # crash carries the same id [MQTT-4.4.0-1].
+        self._send(conn, data, self.journal.pending_batch if item.qos == 2 and item.durable else 0)
+        return True
+
+    def _finish(self, session: Session, item: Delivery) -> None:
+        """A delivery is complete (acknowledged, expired or dropped)."""
+        if item.durable:
+            self._record(rec.Dequeued(session.client_id, item.message.msg_id))
+            self._release_message(item.message)
+
+    # ------------------------------------------------------------------ acks
+
+    def _on_puback(self, conn: Connection, session: Session, packet: Puback, now: float) -> None:
+        item = session.inflight.get(packet.packet_id)
+        if item is None or item.qos != 1:
+            return
+        del session.inflight[packet.packet_id]
+        self._finish(session, item)
+        if session.queue:
+            self._fill_window(session, now)
+
+    def _on_pubrec(self, conn: Connection, session: Session, packet: Pubrec, now: float) -> None:
+        item = session.inflight.get(packet.packet_id)
+        if item is None or item.qos != 2:
+            self._send_packet(conn, Pubrel(packet.packet_id, ReasonCode.PACKET_IDENTIFIER_NOT_FOUND
+                                           if conn.protocol_version is V5 else ReasonCode.SUCCESS))
+            return
+        if packet.reason_code >= 0x80:
+            del session.inflight[packet.packet_id]
+            self._finish(session, item)
+            self._fill_window(session, now)
+            return
+        if item.state is DeliveryState.PUBLISH_SENT:
+            item.state = DeliveryState.PUBREL_SENT
+            if item.durable:
+                # The store ends the queue entry here; only the packet id stays until PUBCOMP.
+                self._record(rec.PubrecReceived(session.client_id, packet.packet_id))
+                self._release_message(item.message)
+        self._send_packet(conn, Pubrel(packet.packet_id))
+
+    def _on_pubcomp(self, conn: Connection, session: Session, packet: Pubcomp, now: float) -> None:
+        item = session.inflight.get(packet.packet_id)
+        if item is None or item.state is not DeliveryState.PUBREL_SENT:
+            return
+        del session.inflight[packet.packet_id]
+        if item.durable:
+            self._record(rec.PubcompReceived(session.client_id, packet.packet_id))
+        self._fill_window(session, now)
+
+    def _on_pubrel(self, conn: Connection, session: Session, packet: Pubrel, now: float) -> None:
+        if packet.packet_id in session.incoming_qos2:
+            session.incoming_qos2.discard(packet.packet_id)
+            if session.persistent:
+                self._record(rec.IncomingReleased(session.client_id, packet.packet_id))
+            self._send_packet(conn, Pubcomp(packet.packet_id))
+        else:
+            self._send_packet(conn, Pubcomp(packet.packet_id, ReasonCode.PACKET_IDENTIFIER_NOT_FOUND
+                                            if conn.protocol_version is V5 else ReasonCode.SUCCESS))
+
+    # ------------------------------------------------------------------ SUBSCRIBE
+
+    def _on_subscribe(self, conn: Connection, session: Session, packet: Subscribe, now: float) -> None:
+        before = self._appends
+        sub_id = packet.properties.subscription_identifiers[0] \
+            if packet.properties.subscription_identifiers else None
+        codes = []
+        retained_out: list[tuple[Message, Subscribed]] = []
+        for request in packet.subscriptions:
+            group, plain = split_shared(request.topic_filter)
+            granted = min(request.qos, 2)
+            sub = Subscribed(session.client_id, request.topic_filter, granted, request.no_local,
+                             request.retain_as_published, request.retain_handling, sub_id)
+            is_new = self.index.add(session.client_id, plain, sub, group)
+            session.subscriptions[request.topic_filter] = sub
+            if session.persistent:
+                self._record(rec.SubscriptionAdded(
+                    session.client_id, request.topic_filter, granted, request.no_local,
+                    request.retain_as_published, request.retain_handling, sub_id))
+            codes.append(ReasonCode(granted))
+            if group is None and (request.retain_handling == 0 or (request.retain_handling == 1 and is_new)):
+                retained_out.extend((m, sub) for m in self._retained_matching(plain, now))
+        self._send_packet(conn, Suback(packet.packet_id, tuple(codes)), self._wait_batch(before))
+        for message, sub in retained_out:
+            qos = min(message.qos, sub.qos)
+            ids = (sub.subscription_id,) if sub.subscription_id else ()
+            self._deliver(session, Delivery(message, qos, True, ids), now)
+
+    def _retained_matching(self, topic_filter: str, now: float) -> list[Message]:
+        """Retained messages for a new subscription; expired ones are deleted on the way."""
+        if "+" not in topic_filter and "#" not in topic_filter:
+            message = self.retained.get(topic_filter)
+            found = [] if message is None else [message]
+        else:
+            found = [m for topic, m in self.retained.items() if topic_matches(topic_filter, topic)]
+        wall = self.wall(now)
+        live = []
+        for message in found:
+            if message.expiry_at is not None and message.expiry_at <= wall:
+                self._retain(Message(0, message.topic, b"", 0, True, message.origin))
+            else:
+                live.append(message)
+        return live
+
+    def _on_unsubscribe(self, conn: Connection, session: Session, packet: Unsubscribe, now: float) -> None:
+        before = self._appends
+        codes = []
+        for topic_filter in packet.topic_filters:
+            group, plain = split_shared(topic_filter)
+            existed = session.subscriptions.pop(topic_filter, None) is not None
+            self.index.remove(session.client_id, plain, group)
+            if existed and session.persistent:
+                self._record(rec.SubscriptionRemoved(session.client_id, topic_filter))
+            codes.append(ReasonCode.SUCCESS if existed else ReasonCode.NO_SUBSCRIPTION_EXISTED)
+        self._send_packet(conn, Unsuback(packet.packet_id, tuple(codes) if conn.protocol_version is V5 else ()),
+                          self._wait_batch(before))

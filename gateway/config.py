@@ -1,0 +1,133 @@
+"""The gateway's configuration: one TOML file, validated at start-up, into frozen dataclasses.
+
+Each section maps to one component's config dataclass; a key that the
+dataclass does not have, or a value of the wrong type or range, stops the
+gateway with a message naming `section.key` and the problem.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gateway.broker.config import BrokerConfig
+from gateway.store import Durability
+
+
+class ConfigError(ValueError):
+    """A config file problem, with the offending key in the message."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoreConfig:
+    """`[store]`: how the broker's journal makes state durable."""
+
+    durability: Durability = Durability.FSYNC
+    """fsync: acknowledged = on disk (survives power loss); os: written to the OS (survives a crash
+    of the gateway, not of the machine); memory: nothing on disk."""
+    segment_max_bytes: int = 64 * 1_048_576
+    """A journal segment is closed and a new one started beyond this size."""
+    compact_after_bytes: int = 256 * 1_048_576
+    """Write a snapshot of the live state once the journal has grown this much since the last."""
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayConfig:
+    """The whole file."""
+
+    broker: BrokerConfig = field(default_factory=BrokerConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+
+
+def _convert(where: str, value: object, kind: object) -> object:
+    """Check `value` against the annotation `kind`; return it converted (enums from strings)."""
+    if isinstance(kind, type) and issubclass(kind, Durability):
+        try:
+            return kind(value)
+        except ValueError:
+            choices = ", ".join(repr(m.value) for m in kind)
+            raise ConfigError(f"{where}: {value!r} is not one of {choices}") from None
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if kind is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        if value < 0:
+            raise ConfigError(f"{where}: must not be negative, got {value}")
+        return value
+    if kind is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    if isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union:
+        args = typing.get_args(kind)
+        errors = []
+        for arg in args:
+            try:
+                return _convert(where, value, arg)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0])
+    raise ConfigError(f"{where}: unsupported setting type {kind!r}")
+
+
+def _section(name: str, cls: type, values: object) -> object:
+    if not isinstance(values, dict):
+        raise ConfigError(f"{name}: expected a table, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in values.items():
+        if key not in known:
+            raise ConfigError(f"{name}.{key}: unknown key (known: {', '.join(sorted(known))})")
+        kwargs[key] = _convert(f"{name}.{key}", value, hints[key])
+    return cls(**kwargs)
+
+
+def parse_config(text: str, source: str = "ferry.toml") -> GatewayConfig:
+    """Parse and validate a config file's text; raises ConfigError naming the key."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+    sections = {f.name: typing.get_type_hints(GatewayConfig)[f.name] for f in dataclasses.fields(GatewayConfig)}
+    kwargs = {}
+    for name, values in raw.items():
+        if name not in sections:
+            raise ConfigError(f"{name}: unknown section (known: {', '.join(sorted(sections))})")
+        kwargs[name] = _section(name, sections[name], values)
+    config = GatewayConfig(**kwargs)
+    _check_ranges(config)
+    return config
+
+
+def _check_ranges(config: GatewayConfig) -> None:
+    broker = config.broker
+    if not 2 <= broker.max_packet_size_bytes <= 268_435_460:
+        raise ConfigError("broker.max_packet_size_bytes: must be 2..268435460")
+    for key in ("receive_maximum", "max_inflight_messages"):
+        if not 1 <= getattr(broker, key) <= 65_535:
+            raise ConfigError(f"broker.{key}: must be 1..65535")
+    if broker.topic_alias_maximum > 65_535:
+        raise ConfigError("broker.topic_alias_maximum: must be 0..65535")
+    if not 1 <= broker.max_keepalive_s <= 65_535:
+        raise ConfigError("broker.max_keepalive_s: must be 1..65535")
+    if config.store.segment_max_bytes < 4096:
+        raise ConfigError("store.segment_max_bytes: must be at least 4096")
+
+
+def load_config(path: Path | None) -> GatewayConfig:
+    """The config in `path`, or the defaults when no file is given."""
+    if path is None:
+        return GatewayConfig()
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    return parse_config(text, str(path))

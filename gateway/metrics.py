@@ -1,0 +1,159 @@
+"""What the gateway tells operators: `$SYS/broker/...` topics and a Prometheus text endpoint.
+
+Both read the same snapshot of counters (`collect`), so the two never disagree.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+
+from gateway.broker.core import Broker
+from gateway.broker.stats import DropReason
+
+log = logging.getLogger(__name__)
+
+SYS_INTERVAL_S = 10.0
+_HTTP_TIMEOUT_S = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class Metric:
+    """One Prometheus sample family: name, type, help and (labels, value) samples."""
+
+    name: str
+    kind: str
+    help: str
+    samples: tuple[tuple[tuple[tuple[str, str], ...], float], ...]
+
+
+def collect(broker: Broker, server, journal) -> list[Metric]:
+    """Every metric, computed now from the broker, the network layer and the journal."""
+    sessions = broker.sessions.values()
+    stats = broker.stats
+    journal_stats = journal.stats
+    qos = ("0", "1", "2")
+
+    def single(name: str, kind: str, help_text: str, value: float) -> Metric:
+        return Metric(name, kind, help_text, (((), float(value)),))
+
+    def per_qos(name: str, help_text: str, values: list[int]) -> Metric:
+        return Metric(name, "counter", help_text, tuple(((("qos", q),), float(v)) for q, v in zip(qos, values)))
+
+    return [
+        single("ferry_connections", "gauge", "Open client connections.", len(broker.connections)),
+        single("ferry_connections_total", "counter", "Connections accepted since start.", stats.connections_total),
+        single("ferry_sessions", "gauge", "Sessions, connected or not.", len(broker.sessions)),
+        single("ferry_subscriptions", "gauge", "Subscriptions in the index.", broker.index.count),
+        per_qos("ferry_messages_received_total", "PUBLISH packets received from clients.", stats.messages_received),
+        per_qos("ferry_messages_sent_total", "PUBLISH packets sent to clients (resends included).",
+                stats.messages_sent),
+        single("ferry_messages_resent_total", "counter", "Deliveries resent with DUP after a reconnect.",
+               stats.resent),
+        single("ferry_qos2_duplicates_total", "counter", "QoS 2 publishes received again before PUBREL.",
+               stats.duplicates_qos2),
+        single("ferry_bytes_received_total", "counter", "Bytes read from client sockets.", server.bytes_received),
+        single("ferry_bytes_sent_total", "counter", "Bytes written to client sockets.", server.bytes_sent),
+        single("ferry_retained_messages", "gauge", "Retained messages.", len(broker.retained)),
+        single("ferry_queued_messages", "gauge", "Messages waiting in session queues.",
+               sum(len(s.queue) for s in sessions)),
+        single("ferry_inflight_messages", "gauge", "Deliveries sent and not yet acknowledged.",
+               sum(len(s.inflight) for s in sessions)),
+        Metric("ferry_dropped_messages_total", "counter", "Messages not delivered to a session, by reason.",
+               tuple(((("reason", r.value),), float(stats.dropped[r])) for r in DropReason)),
+        single("ferry_protocol_errors_total", "counter", "Connections closed for a protocol violation.",
+               stats.protocol_errors),
+        single("ferry_wills_published_total", "counter", "Will messages published.", stats.wills_published),
+        single("ferry_sessions_expired_total", "counter", "Sessions ended by their expiry interval.",
+               stats.sessions_expired),
+        single("ferry_store_commits_total", "counter", "Journal batches committed.", journal_stats.commits),
+        single("ferry_store_records_total", "counter", "Journal records committed.", journal_stats.records),
+        single("ferry_store_bytes_total", "counter", "Journal bytes written.", journal_stats.bytes_written),
+        Metric("ferry_store_commit_latency_seconds", "gauge",
+               "Time from handing a batch to the writer to its commit (write + fsync).",
+               ((( ("stat", "last"),), journal_stats.latency_last_s),
+                ((("stat", "avg"),), journal_stats.latency_avg_s),
+                ((("stat", "max"),), journal_stats.latency_max_s))),
+        Metric("ferry_store_batch_records", "gauge", "Records per committed journal batch.",
+               ((( ("stat", "last"),), float(journal_stats.records_last)),
+                ((("stat", "avg"),), journal_stats.records_avg),
+                ((("stat", "max"),), float(journal_stats.records_max)))),
+    ]
+
+
+def prometheus_text(metrics: list[Metric]) -> str:
+    """The Prometheus text exposition format, version 0.0.4."""
+    lines = []
+    for metric in metrics:
+        lines.append(f"# HELP {metric.name} {metric.help}")
+        lines.append(f"# TYPE {metric.name} {metric.kind}")
+        for labels, value in metric.samples:
+            label_text = ",".join(f'{k}="{v}"' for k, v in labels)
+            name = f"{metric.name}{{{label_text}}}" if labels else metric.name
+            lines.append(f"{name} {value:.17g}")
+    return "\n".join(lines) + "\n"
+
+
+class SysPublisher:
+    """Publishes every metric as a retained `$SYS/broker/<name>` message every 10 s."""
+
+    def __init__(self, broker: Broker, server, journal, interval_s: float = SYS_INTERVAL_S) -> None:
+        self._broker = broker
+        self._server = server
+        self._journal = journal
+        self._interval_s = interval_s
+        self._next_at = 0.0
+        self._started_at = time.monotonic()
+
+    def tick(self, now: float) -> None:
+        if now < self._next_at:
+            return
+        self._next_at = now + self._interval_s
+        publish = self._broker.publish_internal
+        publish("$SYS/broker/uptime", str(int(now - self._started_at)).encode(), now)
+        for metric in collect(self._broker, self._server, self._journal):
+            base = "$SYS/broker/" + metric.name.removeprefix("ferry_").replace("_", "/")
+            for labels, value in metric.samples:
+                topic = base + "".join(f"/{v}" for _, v in labels)
+                publish(topic, f"{value:g}".encode(), now)
+
+
+class MetricsServer:
+    """A minimal HTTP/1.1 server for GET /metrics; one short request per connection."""
+
+    def __init__(self, broker: Broker, server, journal) -> None:
+        self._broker = broker
+        self._server = server
+        self._journal = journal
+        self._listener: asyncio.base_events.Server | None = None
+
+    async def start(self, host: str, port: int) -> tuple[str, int]:
+        self._listener = await asyncio.start_server(self._handle, host, port)
+        return self._listener.sockets[0].getsockname()[:2]
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), _HTTP_TIMEOUT_S)
+            method, path = request.split(b" ", 2)[:2]
+            if method != b"GET":
+                status, body, kind = "405 Method Not Allowed", b"GET only\n", "text/plain"
+            elif path.split(b"?")[0] != b"/metrics":
+                status, body, kind = "404 Not Found", b"see /metrics\n", "text/plain"
+            else:
+                text = prometheus_text(collect(self._broker, self._server, self._journal))
+                status, body, kind = "200 OK", text.encode(), "text/plain; version=0.0.4; charset=utf-8"
+            writer.write(f"HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {len(body)}\r\n"
+                         f"Connection: close\r\n\r\n".encode() + body)
+            await writer.drain()
+        except (asyncio.TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
+                ConnectionError, ValueError) as exc:
+            log.debug("metrics request failed: %s", exc)
+        finally:
+            writer.close()
+
+    async def stop(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
+            await self._listener.wait_closed()

@@ -1,0 +1,83 @@
+"""Run `ferry gateway` as a child process: for tests, benchmarks and the demo.
+
+A real process, so tests see exactly what users run, and a SIGKILL is a real
+crash: nothing in the test process can flush the gateway's store for it.
+"""
+
+from __future__ import annotations
+
+import socket
+import sys
+from pathlib import Path
+
+from ferry.process import ManagedProcess, free_port
+
+READY_TIMEOUT_S = 30.0
+
+
+def accepts_connections(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+class GatewayProcess:
+    """One `ferry gateway` on 127.0.0.1 with its own data dir; restartable on the same port and data."""
+
+    def __init__(self, data_dir: Path, *, config_text: str | None = None, port: int | None = None,
+                 metrics_port: int | None = None, host: str = "127.0.0.1") -> None:
+        self.host = host
+        self.port = port or free_port(host)
+        self.metrics_port = metrics_port
+        self.data_dir = data_dir
+        self.config_path: Path | None = None
+        if config_text is not None:
+            self.config_path = data_dir / "ferry.toml"
+            data_dir.mkdir(parents=True, exist_ok=True)
+            self.config_path.write_text(config_text)
+        self.starts = 0
+        self.process: ManagedProcess | None = None
+
+    def argv(self) -> list[str]:
+        argv = [sys.executable, "-m", "ferry", "gateway", "--listen", f"{self.host}:{self.port}",
+                "--data-dir", str(self.data_dir)]
+        if self.config_path is not None:
+            argv += ["--config", str(self.config_path)]
+        if self.metrics_port is not None:
+            argv += ["--metrics", f"{self.host}:{self.metrics_port}"]
+        return argv
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir / "gateway.log"
+
+    def start(self) -> "GatewayProcess":
+        self.starts += 1
+        self.process = ManagedProcess(f"gateway#{self.starts}", self.argv(), self.log_path)
+        self.process.start()
+        try:
+            self.process.wait_ready(lambda: accepts_connections(self.host, self.port), READY_TIMEOUT_S)
+        except Exception:
+            self.process.stop()
+            raise
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL: a crash or power cut, as far as the store can tell."""
+        if self.process is not None:
+            self.process.kill()
+
+    def stop(self) -> int | None:
+        """SIGTERM and wait; returns the exit status."""
+        return None if self.process is None else self.process.stop()
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def __enter__(self) -> "GatewayProcess":
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()

@@ -1,0 +1,61 @@
+"""The gateway's durable store: an append-only, group-committed journal.
+
+* :mod:`~gateway.store.records` - record types and their framed binary codec (pure);
+* :mod:`~gateway.store.state` - :class:`DurableState`, what the records add up to (pure);
+* :mod:`~gateway.store.layout` - the data directory: segment names, manifest, write helpers;
+* :mod:`~gateway.store.recovery` - :func:`recover`, rebuilding the state after a crash;
+* :mod:`~gateway.store.journal` - :class:`Journal`, the writer thread and group commit.
+"""
+
+from .journal import Durability, Journal, JournalError, JournalStats
+from .records import (
+    Dequeued,
+    Enqueued,
+    IncomingQos2,
+    IncomingReleased,
+    InflightAssigned,
+    MessageAdded,
+    MsgIdHighWater,
+    PubcompReceived,
+    PubrecReceived,
+    Record,
+    RecordReader,
+    RetainCleared,
+    RetainSet,
+    SessionDeleted,
+    SessionSaved,
+    SubscriptionAdded,
+    SubscriptionRemoved,
+    encode_record,
+)
+from .recovery import RecoveryReport, recover
+from .state import DurableState, QueueEntry
+
+__all__ = [
+    "Dequeued",
+    "DurableState",
+    "Durability",
+    "Enqueued",
+    "IncomingQos2",
+    "IncomingReleased",
+    "InflightAssigned",
+    "Journal",
+    "JournalError",
+    "JournalStats",
+    "MessageAdded",
+    "MsgIdHighWater",
+    "PubcompReceived",
+    "PubrecReceived",
+    "QueueEntry",
+    "Record",
+    "RecordReader",
+    "RecoveryReport",
+    "RetainCleared",
+    "RetainSet",
+    "SessionDeleted",
+    "SessionSaved",
+    "SubscriptionAdded",
+    "SubscriptionRemoved",
+    "encode_record",
+    "recover",
+]

@@ -1,0 +1,505 @@
+"""The append-only journal: group commit on one writer thread, segments, snapshots.
+
+The broker appends records from its event loop (:meth:`Journal.append`, no
+I/O) and calls :meth:`Journal.flush`; one writer thread writes the pending
+batch, fsyncs it (per :class:`Durability`) and reports the batch number
+through ``on_commit``.  Records appended while a write is in flight form the
+next batch, so under load one fsync covers many records.
+
+Durability of each write path:
+
+* batches: written with one ``os.write``; fdatasync'ed before ``on_commit``
+  in ``FSYNC`` mode, never fsynced in ``OS`` mode, not written in ``MEMORY``;
+* a new segment file: the directory is fsynced before the first batch in it
+  commits (``FSYNC`` mode only);
+* snapshots and the manifest: always fsynced, file and directory, in both
+  ``FSYNC`` and ``OS`` modes, because a snapshot deletes the segments it
+  replaces and must never leave neither after a power cut.
+
+If a write or fsync fails the journal stops for good (after a failed fsync
+the page cache can no longer be trusted): no later batch commits, ``on_error``
+is called, and ``append``/``flush``/``snapshot``/``close`` raise
+:class:`JournalError`.  Restart and :func:`recover`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+
+from .layout import (
+    create_file,
+    fsync_dir,
+    scan,
+    segment_path,
+    sync_data,
+    write_all,
+    write_manifest,
+)
+from .records import Record, encode_record
+from .recovery import RecoveryReport, recover
+from .state import DurableState
+
+__all__ = ["Durability", "Journal", "JournalError", "JournalStats", "RecoveryReport",
+           "recover"]
+
+logger = logging.getLogger(__name__)
+
+MIB = 1024 * 1024
+
+
+class Durability(Enum):
+    """When a batch counts as committed."""
+
+    FSYNC = "fsync"
+    """After write + fdatasync (fsync where there is no fdatasync): survives a power cut."""
+    OS = "os"
+    """After write, no fsync: survives the process being killed, not a power cut."""
+    MEMORY = "memory"
+    """At once; nothing is written.  For tests and throwaway brokers."""
+
+
+class JournalError(Exception):
+    """The journal failed (see ``__cause__``) or is not open; nothing more will commit."""
+
+
+@dataclass(frozen=True, slots=True)
+class JournalStats:
+    """Counters for the metrics endpoint; latency runs from handing a batch to the
+    writer to its commit."""
+
+    commits: int
+    records: int
+    records_last: int
+    records_avg: float
+    records_max: int
+    latency_last_s: float
+    latency_avg_s: float
+    latency_max_s: float
+    bytes_written: int
+    snapshots: int
+    pending_records: int
+
+
+class _Batch:
+    __slots__ = ("number", "chunks", "sealed_at")
+
+    def __init__(self, number: int, chunks: list[bytes]) -> None:
+        self.number = number
+        self.chunks = chunks
+        self.sealed_at = time.perf_counter()
+
+
+class _Snapshot:
+    __slots__ = ("data", "records")
+
+    def __init__(self, data: bytes, records: int) -> None:
+        self.data = data
+        self.records = records
+
+
+class Journal:
+    """Append-only, group-committed journal over a data directory.
+
+    Call :func:`recover` first, then :meth:`open` with the recovered state.
+    ``append``/``flush``/``snapshot`` are for one thread (the event loop);
+    ``on_commit(batch_no)`` runs in the writer thread (``MEMORY``: inside
+    ``flush``), always with increasing numbers; a commit of batch N means
+    every batch up to N is committed.
+    """
+
+    def __init__(
+        self,
+        data_dir: Path,
+        durability: Durability,
+        *,
+        segment_max_bytes: int = 64 * MIB,
+        on_commit: Callable[[int], None],
+        on_error: Callable[[BaseException], None] | None = None,
+        open_snapshot_min_bytes: int = 8 * MIB,
+        open_snapshot_max_segments: int = 16,
+    ) -> None:
+        """
+        Args:
+            segment_max_bytes: start a new segment file once the current one is
+                this large (a batch is never split, so a segment may exceed it).
+            on_commit: called with the number of each committed batch.
+            on_error: called once, in the writer thread, if a write fails.
+            open_snapshot_min_bytes: :meth:`open` compacts when the segments to
+                replay are at least this large and over twice the snapshot size.
+            open_snapshot_max_segments: :meth:`open` also compacts when there
+                are more segments than this.
+        """
+        if segment_max_bytes <= 0:
+            raise ValueError("segment_max_bytes must be positive")
+        self._dir = Path(data_dir)
+        self._durability = durability
+        self._segment_max_bytes = segment_max_bytes
+        self._on_commit = on_commit
+        self._on_error = on_error
+        self._open_snapshot_min_bytes = open_snapshot_min_bytes
+        self._open_snapshot_max_segments = open_snapshot_max_segments
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        # Event-loop side, guarded by _lock.
+        self._chunks: list[bytes] = []
+        self._next_batch = 1
+        self._committed = 0
+        self._busy = False  # a job is being written or queued
+        self._armed = False  # flush the pending batch when the writer goes idle
+        self._jobs: deque[_Batch | _Snapshot] = deque()
+        self._stop = False
+        self._since_snapshot = 0
+        self._error: BaseException | None = None
+        self._state = "new"  # new -> open -> closed
+        # Writer side: touched by open(), then only by the writer thread.
+        self._fd: int | None = None
+        self._segment = 0
+        self._segment_bytes = 0
+        self._thread: threading.Thread | None = None
+        # Stats, guarded by _lock.
+        self._commits = self._records = self._records_last = self._records_max = 0
+        self._latency_total = self._latency_last = self._latency_max = 0.0
+        self._bytes_written = self._snapshots = 0
+
+    # ------------------------------------------------------------- lifecycle
+
+    def open(self, state: DurableState, *, compact: bool | None = None) -> None:
+        """Start writing after :func:`recover` returned ``state``.
+
+        Removes leftovers of an interrupted snapshot, then either writes a
+        snapshot of ``state`` as the new base (``compact=True``, or ``None``
+        and the old segments are large or many) or starts a fresh log segment.
+        Fsynced: the new segment and the directory in ``FSYNC`` mode, a
+        snapshot and any manifest rewrite always.
+        """
+        if self._state != "new":
+            raise JournalError(f"open() on a {self._state} journal")
+        self._state = "open"
+        if self._durability is Durability.MEMORY:
+            return
+        self._dir.mkdir(parents=True, exist_ok=True)
+        layout = scan(self._dir)
+        for path in layout.temporary:
+            logger.info("%s: removing leftover %s", self._dir, path.name)
+            path.unlink()
+        for segment in layout.stale:
+            logger.info("%s: removing segment %s older than the base", self._dir,
+                        segment.path.name)
+            segment.path.unlink()
+        self._segment = layout.next_number - 1
+        live_bytes = layout.live_bytes
+        snapshot = None
+        many = len(layout.live) > self._open_snapshot_max_segments
+        if compact or (compact is None and (many or live_bytes >= self._open_snapshot_min_bytes)):
+            snapshot = self._encode_snapshot(state.records())
+            if not (compact or many or 2 * len(snapshot.data) <= live_bytes):
+                snapshot = None
+        if snapshot is not None:
+            logger.info("%s: compacting %d segments (%d bytes) into a %d-byte snapshot",
+                        self._dir, len(layout.live), live_bytes, len(snapshot.data))
+            self._write_snapshot(snapshot)
+            self._since_snapshot = 0
+        else:
+            self._new_segment()
+            base = layout.base if layout.base is not None else self._segment
+            if layout.manifest_base != base:
+                write_manifest(self._dir, base)
+            self._since_snapshot = live_bytes
+        self._thread = threading.Thread(target=self._run, name="ferry-journal-writer",
+                                        daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        """Flush, wait for the last commit, stop the writer thread, close the file.
+
+        Raises :class:`JournalError` if the journal had failed.
+        """
+        if self._state == "closed":
+            return
+        if self._durability is Durability.MEMORY or self._thread is None:
+            if self._state == "open":
+                self.flush()
+            self._state = "closed"
+            return
+        with self._cond:
+            if self._error is None and self._chunks:
+                if self._busy:
+                    self._armed = True
+                else:
+                    self._seal()
+            while self._busy and self._error is None:
+                self._cond.wait()
+            self._stop = True
+            self._cond.notify_all()
+        self._thread.join()
+        self._state = "closed"
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        if self._error is not None:
+            raise JournalError("the journal failed") from self._error
+
+    def __enter__(self) -> Journal:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------ event loop
+
+    def append(self, record: Record) -> None:
+        """Encode ``record`` into the pending batch.  No I/O; durable once its
+        batch (:attr:`pending_batch` now) is committed."""
+        self.append_encoded(encode_record(record))
+
+    def append_encoded(self, data: bytes) -> None:
+        """Add one frame made by :func:`encode_record` to the pending batch.  No I/O."""
+        if self._error is not None or self._state != "open":
+            self._raise_unusable()
+        with self._lock:
+            self._chunks.append(data)
+            self._since_snapshot += len(data)
+
+    @property
+    def pending_batch(self) -> int:
+        """The number of the batch that an append now lands in."""
+        return self._next_batch
+
+    @property
+    def committed_batch(self) -> int:
+        """The highest committed batch number (0: none yet)."""
+        return self._committed
+
+    @property
+    def bytes_since_snapshot(self) -> int:
+        """Bytes appended since the last snapshot (after :meth:`open` without a
+        snapshot: the size of the segments it recovered from, plus appends)."""
+        return self._since_snapshot
+
+    @property
+    def failed(self) -> BaseException | None:
+        """The error that stopped the journal, if any."""
+        return self._error
+
+    def flush(self) -> None:
+        """Hand the pending batch to the writer; returns at once.
+
+        If a write is in flight, the pending batch (with whatever is appended
+        until then) is handed over when it finishes.  ``FSYNC``: the batch is
+        fdatasync'ed before ``on_commit``; ``OS``: written, not fsynced;
+        ``MEMORY``: committed here, ``on_commit`` runs before ``flush`` returns.
+        """
+        if self._error is not None or self._state != "open":
+            self._raise_unusable()
+        if self._durability is Durability.MEMORY:
+            self._commit_in_memory()
+            return
+        with self._lock:
+            if not self._chunks:
+                return
+            if self._busy:
+                self._armed = True
+            else:
+                self._seal()
+
+    def snapshot(self, records: Iterable[Record]) -> None:
+        """Compact: make a new base segment holding exactly ``records``.
+
+        ``records`` (normally ``state.records()``) is encoded here, on the
+        calling thread, before this returns; the pending batch is handed to the
+        writer first, so the snapshot lands after every batch appended so far.
+        In the writer thread the snapshot is written to a ``.tmp`` file,
+        fsynced, renamed to ``NNN.snap``, the directory fsynced, the manifest
+        switched (tmp + fsync + rename + directory fsync), and only then are
+        the older segments deleted.  Fsynced in ``FSYNC`` and ``OS`` modes;
+        ``MEMORY`` encodes nothing and writes nothing.
+        """
+        if self._error is not None or self._state != "open":
+            self._raise_unusable()
+        if self._durability is Durability.MEMORY:
+            with self._lock:
+                self._since_snapshot = 0
+                self._snapshots += 1
+            return
+        job = self._encode_snapshot(records)
+        with self._lock:
+            if self._chunks:
+                self._seal()
+            self._jobs.append(job)
+            self._since_snapshot = 0
+            if not self._busy:
+                self._busy = True
+                self._cond.notify()
+
+    @property
+    def stats(self) -> JournalStats:
+        with self._lock:
+            commits = self._commits
+            return JournalStats(
+                commits=commits,
+                records=self._records,
+                records_last=self._records_last,
+                records_avg=self._records / commits if commits else 0.0,
+                records_max=self._records_max,
+                latency_last_s=self._latency_last,
+                latency_avg_s=self._latency_total / commits if commits else 0.0,
+                latency_max_s=self._latency_max,
+                bytes_written=self._bytes_written,
+                snapshots=self._snapshots,
+                pending_records=len(self._chunks),
+            )
+
+    def _raise_unusable(self) -> None:
+        if self._error is not None:
+            raise JournalError("the journal failed; nothing more will commit") from self._error
+        raise JournalError(f"the journal is {self._state}, not open")
+
+    def _seal(self) -> None:
+        """With the lock held: queue the pending batch for the writer."""
+        self._jobs.append(_Batch(self._next_batch, self._chunks))
+        self._next_batch += 1
+        self._chunks = []
+        self._armed = False
+        if not self._busy:
+            self._busy = True
+            self._cond.notify()
+
+    def _commit_in_memory(self) -> None:
+        with self._lock:
+            if not self._chunks:
+                return
+            number = self._next_batch
+            self._next_batch += 1
+            self._account(len(self._chunks), 0.0, 0)
+            self._chunks = []
+            self._committed = number
+        self._on_commit(number)
+
+    def _account(self, records: int, latency_s: float, written: int) -> None:
+        """With the lock held: one more commit in the stats."""
+        self._commits += 1
+        self._records += records
+        self._records_last = records
+        self._records_max = max(self._records_max, records)
+        self._latency_last = latency_s
+        self._latency_total += latency_s
+        self._latency_max = max(self._latency_max, latency_s)
+        self._bytes_written += written
+
+    @staticmethod
+    def _encode_snapshot(records: Iterable[Record]) -> _Snapshot:
+        chunks = [encode_record(record) for record in records]
+        return _Snapshot(b"".join(chunks), len(chunks))
+
+    # ---------------------------------------------------------- writer thread
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._jobs and not self._stop:
+                    self._cond.wait()
+                if not self._jobs:
+                    return
+                job = self._jobs.popleft()
+            try:
+                if isinstance(job, _Batch):
+                    written = self._write_batch(job)
+                else:
+                    self._write_snapshot(job)
+            except BaseException as exc:  # noqa: BLE001 - fail-stop, reported below
+                self._fail(exc)
+                return
+            with self._cond:
+                if isinstance(job, _Batch):
+                    self._committed = job.number
+                    self._account(len(job.chunks), time.perf_counter() - job.sealed_at,
+                                  written)
+                if not self._jobs and self._armed and self._chunks:
+                    self._seal()
+                if not self._jobs:
+                    self._busy = False
+                    self._armed = False
+                    self._cond.notify_all()
+            if isinstance(job, _Batch):
+                try:
+                    self._on_commit(job.number)
+                except Exception:  # a bug in the callback must not stop commits
+                    logger.exception("on_commit(%d) raised", job.number)
+
+    def _fail(self, exc: BaseException) -> None:
+        logger.error("%s: journal write failed; no later batch will commit", self._dir,
+                     exc_info=exc)
+        with self._cond:
+            self._error = exc
+            self._jobs.clear()
+            self._busy = False
+            self._cond.notify_all()
+        if self._on_error is not None:
+            try:
+                self._on_error(exc)
+            except Exception:
+                logger.exception("on_error raised")
+
+    def _write_batch(self, batch: _Batch) -> int:
+        """Write one batch to the current segment.  Fdatasync'ed in ``FSYNC`` mode."""
+        if self._segment_bytes >= self._segment_max_bytes:
+            self._new_segment()
+        data = b"".join(batch.chunks)
+        write_all(self._fd, data)
+        if self._durability is Durability.FSYNC:
+            sync_data(self._fd)
+        self._segment_bytes += len(data)
+        return len(data)
+
+    def _new_segment(self) -> None:
+        """Start the next ``.seg`` file.  The directory is fsynced in ``FSYNC`` mode;
+        the previous segment was synced with its last batch."""
+        number = self._segment + 1
+        fd = create_file(segment_path(self._dir, number, snapshot=False))
+        if self._durability is Durability.FSYNC:
+            fsync_dir(self._dir)
+        self._switch_to(fd, number, 0)
+
+    def _switch_to(self, fd: int, number: int, size: int) -> None:
+        old, self._fd = self._fd, fd
+        self._segment = number
+        self._segment_bytes = size
+        if old is not None:
+            os.close(old)
+
+    def _write_snapshot(self, snapshot: _Snapshot) -> None:
+        """Write ``snapshot`` as the new base segment.  Always fsynced (file,
+        directory, manifest) before the old segments are deleted."""
+        number = self._segment + 1
+        final = segment_path(self._dir, number, snapshot=True)
+        tmp = final.with_name(final.name + ".tmp")
+        fd = create_file(tmp, exclusive=False)
+        try:
+            write_all(fd, snapshot.data)
+            sync_data(fd)
+            os.rename(tmp, final)
+            fsync_dir(self._dir)
+            write_manifest(self._dir, number)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._switch_to(fd, number, len(snapshot.data))
+        removed = 0
+        for segment in scan(self._dir).stale:
+            segment.path.unlink()
+            removed += 1
+        if removed:
+            fsync_dir(self._dir)
+        with self._lock:
+            self._snapshots += 1
+            self._bytes_written += len(snapshot.data)
+        logger.info("%s: snapshot %d written (%d records, %d bytes), %d old segments removed",
+                    self._dir, number, snapshot.records, len(snapshot.data), removed)

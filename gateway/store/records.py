@@ -1,0 +1,723 @@
+"""Journal records and their binary codec.  Pure: no files, no clocks, no threads.
+
+Every mutation of the broker's durable state is one record.  On disk a record
+is one *frame*, all integers big-endian::
+
+    [u32 length][u32 crc32][u8 type][body]
+
+``length`` counts the type byte and the body (so it is never 0); ``crc32`` is
+``zlib.crc32`` of the type byte and the body.  Body fields appear in the
+dataclass field order and are encoded as:
+
+* ``str``: u16 byte length + UTF-8 (so at most 65,535 bytes);
+* ``bytes``: u32 byte length + the bytes;
+* ``bool``: u8, 0 or 1;
+* ``msg_id``: u64; ``packet_id``: u16; ``qos``, ``protocol_version``,
+  ``retain_handling``: u8; ``expiry_interval_s``: u32;
+* ``expiry_at_ms: int | None``: u8 presence flag (0/1) + u64 (0 when absent);
+* ``subscription_id: int | None``: u8 presence flag + u32 (0 when absent);
+* ``subscription_ids: tuple[int, ...]``: u16 count + one u32 each.
+
+A frame is at most :data:`MAX_RECORD_BYTES` long (the MQTT maximum packet
+size), so the first byte of every frame is 0x00-0x0F; :class:`RecordReader`
+uses that to skip garbage quickly when it resynchronises after corruption.
+
+The record constructors do not validate (they sit on the broker's hot path);
+:func:`encode_record` raises ``ValueError`` for a record it cannot represent,
+so nothing unreadable is ever written.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import ClassVar, Union
+from zlib import crc32
+
+__all__ = [
+    "MAX_RECORD_BYTES",
+    "CorruptRegion",
+    "Dequeued",
+    "Enqueued",
+    "IncomingQos2",
+    "IncomingReleased",
+    "InflightAssigned",
+    "MessageAdded",
+    "MsgIdHighWater",
+    "PubcompReceived",
+    "PubrecReceived",
+    "Record",
+    "RecordReader",
+    "RetainCleared",
+    "RetainSet",
+    "SessionDeleted",
+    "SessionSaved",
+    "SubscriptionAdded",
+    "SubscriptionRemoved",
+    "decode_body",
+    "encode_record",
+]
+
+MAX_RECORD_BYTES = 0x0FFF_FFFF  # largest value of the frame's length field
+FRAME_HEADER_BYTES = 8  # length + crc; the type byte is counted by length
+
+
+# --------------------------------------------------------------------- records
+
+
+@dataclass(frozen=True, slots=True)
+class MessageAdded:
+    """A QoS 1/2 message the broker accepted.
+
+    ``properties`` is the publish's encoded MQTT 5.0 property block, opaque to
+    the store; ``origin`` is the publisher's client id.
+    """
+
+    record_type: ClassVar[int] = 1
+
+    msg_id: int
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+    properties: bytes
+    expiry_at_ms: int | None
+    origin: str
+
+
+@dataclass(frozen=True, slots=True)
+class SessionSaved:
+    """A persistent session was created or its parameters changed."""
+
+    record_type: ClassVar[int] = 2
+
+    client_id: str
+    protocol_version: int
+    expiry_interval_s: int
+
+
+@dataclass(frozen=True, slots=True)
+class SessionDeleted:
+    """A session ended: its subscriptions, queue and QoS 2 states go with it."""
+
+    record_type: ClassVar[int] = 3
+
+    client_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionAdded:
+    """A subscription was added or replaced (same client and filter)."""
+
+    record_type: ClassVar[int] = 4
+
+    client_id: str
+    topic_filter: str
+    qos: int
+    no_local: bool
+    retain_as_published: bool
+    retain_handling: int
+    subscription_id: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionRemoved:
+    """A subscription was removed."""
+
+    record_type: ClassVar[int] = 5
+
+    client_id: str
+    topic_filter: str
+
+
+@dataclass(frozen=True, slots=True)
+class Enqueued:
+    """A message was queued for delivery to a client, at the granted QoS."""
+
+    record_type: ClassVar[int] = 6
+
+    client_id: str
+    msg_id: int
+    qos: int
+    subscription_ids: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class InflightAssigned:
+    """A queued message was sent (or is about to be) with this packet id."""
+
+    record_type: ClassVar[int] = 7
+
+    client_id: str
+    msg_id: int
+    packet_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class Dequeued:
+    """A queued message left the queue: acknowledged, expired or dropped."""
+
+    record_type: ClassVar[int] = 8
+
+    client_id: str
+    msg_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class PubrecReceived:
+    """Outgoing QoS 2: the client sent PUBREC, so only PUBREL is pending.
+
+    This also ends the queue entry that holds ``packet_id``: no ``Dequeued``
+    is needed (one that follows is counted as a dangling reference).
+    """
+
+    record_type: ClassVar[int] = 9
+
+    client_id: str
+    packet_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class PubcompReceived:
+    """Outgoing QoS 2 finished: the packet id is free again."""
+
+    record_type: ClassVar[int] = 10
+
+    client_id: str
+    packet_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class IncomingQos2:
+    """PUBREC was sent for an incoming QoS 2 publish; waiting for PUBREL."""
+
+    record_type: ClassVar[int] = 11
+
+    client_id: str
+    packet_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class IncomingReleased:
+    """PUBREL received for an incoming QoS 2 publish: the packet id is free."""
+
+    record_type: ClassVar[int] = 12
+
+    client_id: str
+    packet_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class RetainSet:
+    """``topic``'s retained message is now ``msg_id``."""
+
+    record_type: ClassVar[int] = 13
+
+    topic: str
+    msg_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class RetainCleared:
+    """``topic`` has no retained message any more."""
+
+    record_type: ClassVar[int] = 14
+
+    topic: str
+
+
+@dataclass(frozen=True, slots=True)
+class MsgIdHighWater:
+    """The highest message id ever assigned (emitted by snapshots only).
+
+    A snapshot drops messages nobody references any more; this record keeps
+    ``DurableState.max_msg_id`` from going backwards when it does.
+    """
+
+    record_type: ClassVar[int] = 15
+
+    msg_id: int
+
+
+Record = Union[
+    MessageAdded,
+    SessionSaved,
+    SessionDeleted,
+    SubscriptionAdded,
+    SubscriptionRemoved,
+    Enqueued,
+    InflightAssigned,
+    Dequeued,
+    PubrecReceived,
+    PubcompReceived,
+    IncomingQos2,
+    IncomingReleased,
+    RetainSet,
+    RetainCleared,
+    MsgIdHighWater,
+]
+
+# ---------------------------------------------------------------------- encode
+
+_HEADER = struct.Struct(">II")
+_HEADER_TYPE = struct.Struct(">IIB")
+_U16 = struct.Struct(">H")
+_U32 = struct.Struct(">I")
+_U64 = struct.Struct(">Q")
+# Type byte + leading fixed fields + the length prefix of the first string.
+_T_Q_H = struct.Struct(">BQH")  # type, msg_id, topic length
+_T_H = struct.Struct(">BH")  # type, first string's length
+_QOS_RETAIN_PLEN = struct.Struct(">BBI")  # qos, retain, properties length
+_OPT64_H = struct.Struct(">BQH")  # expiry flag, expiry, origin length
+_OPT64 = struct.Struct(">BQ")
+_B_I = struct.Struct(">BI")  # protocol_version, expiry_interval_s
+_SUB_TAIL = struct.Struct(">BBBBBI")  # qos, no_local, rap, retain_handling, flag, id
+_Q_B_H = struct.Struct(">QBH")  # msg_id, qos, count
+_Q_H = struct.Struct(">QH")  # msg_id, packet_id
+_H_H = struct.Struct(">HH")
+
+_pack_header = _HEADER.pack
+_pack_u16 = _U16.pack
+_pack_u32 = _U32.pack
+_pack_u64 = _U64.pack
+_join = b"".join
+
+
+def _frame(body: bytes) -> bytes:
+    """``body`` starts with the type byte."""
+    if len(body) > MAX_RECORD_BYTES:
+        raise ValueError(f"record of {len(body)} bytes exceeds {MAX_RECORD_BYTES}")
+    return _pack_header(len(body), crc32(body)) + body
+
+
+def _enc_message(r: MessageAdded) -> bytes:
+    topic = r.topic.encode()
+    origin = r.origin.encode()
+    payload = r.payload
+    props = r.properties
+    expiry = r.expiry_at_ms
+    return _frame(_join((
+        _T_Q_H.pack(1, r.msg_id, len(topic)), topic,
+        _pack_u32(len(payload)), payload,
+        _QOS_RETAIN_PLEN.pack(r.qos, 1 if r.retain else 0, len(props)), props,
+        _OPT64_H.pack(0, 0, len(origin)) if expiry is None
+        else _OPT64_H.pack(1, expiry, len(origin)),
+        origin,
+    )))
+
+
+def _enc_client(r: SessionDeleted) -> bytes:
+    cid = r.client_id.encode()
+    return _frame(_T_H.pack(r.record_type, len(cid)) + cid)
+
+
+def _enc_session(r: SessionSaved) -> bytes:
+    cid = r.client_id.encode()
+    return _frame(_join((
+        _T_H.pack(2, len(cid)), cid, _B_I.pack(r.protocol_version, r.expiry_interval_s),
+    )))
+
+
+def _enc_client_filter(r: SubscriptionRemoved) -> bytes:
+    cid = r.client_id.encode()
+    flt = r.topic_filter.encode()
+    return _frame(_join((_T_H.pack(5, len(cid)), cid, _pack_u16(len(flt)), flt)))
+
+
+def _enc_subscription(r: SubscriptionAdded) -> bytes:
+    cid = r.client_id.encode()
+    flt = r.topic_filter.encode()
+    sid = r.subscription_id
+    return _frame(_join((
+        _T_H.pack(4, len(cid)), cid, _pack_u16(len(flt)), flt,
+        _SUB_TAIL.pack(
+            r.qos, 1 if r.no_local else 0, 1 if r.retain_as_published else 0,
+            r.retain_handling, 0 if sid is None else 1, 0 if sid is None else sid,
+        ),
+    )))
+
+
+def _enc_enqueued(r: Enqueued) -> bytes:
+    cid = r.client_id.encode()
+    ids = r.subscription_ids
+    return _frame(_join((
+        _T_H.pack(6, len(cid)), cid, _Q_B_H.pack(r.msg_id, r.qos, len(ids)),
+        struct.pack(f">{len(ids)}I", *ids) if ids else b"",
+    )))
+
+
+def _enc_inflight(r: InflightAssigned) -> bytes:
+    cid = r.client_id.encode()
+    return _frame(_join((_T_H.pack(7, len(cid)), cid, _Q_H.pack(r.msg_id, r.packet_id))))
+
+
+def _enc_client_msg(r: Dequeued) -> bytes:
+    cid = r.client_id.encode()
+    return _frame(_join((_T_H.pack(8, len(cid)), cid, _pack_u64(r.msg_id))))
+
+
+def _enc_client_packet(r: PubrecReceived) -> bytes:
+    cid = r.client_id.encode()
+    return _frame(_join((_T_H.pack(r.record_type, len(cid)), cid, _pack_u16(r.packet_id))))
+
+
+def _enc_retain_set(r: RetainSet) -> bytes:
+    topic = r.topic.encode()
+    return _frame(_join((_T_H.pack(13, len(topic)), topic, _pack_u64(r.msg_id))))
+
+
+def _enc_retain_cleared(r: RetainCleared) -> bytes:
+    topic = r.topic.encode()
+    return _frame(_T_H.pack(14, len(topic)) + topic)
+
+
+def _enc_high_water(r: MsgIdHighWater) -> bytes:
+    return _frame(b"\x0f" + _pack_u64(r.msg_id))
+
+
+_ENCODERS: dict[type, Callable] = {
+    MessageAdded: _enc_message,
+    SessionSaved: _enc_session,
+    SessionDeleted: _enc_client,
+    SubscriptionAdded: _enc_subscription,
+    SubscriptionRemoved: _enc_client_filter,
+    Enqueued: _enc_enqueued,
+    InflightAssigned: _enc_inflight,
+    Dequeued: _enc_client_msg,
+    PubrecReceived: _enc_client_packet,
+    PubcompReceived: _enc_client_packet,
+    IncomingQos2: _enc_client_packet,
+    IncomingReleased: _enc_client_packet,
+    RetainSet: _enc_retain_set,
+    RetainCleared: _enc_retain_cleared,
+    MsgIdHighWater: _enc_high_water,
+}
+
+
+def encode_record(record: Record) -> bytes:
+    """One framed record.
+
+    Raises ``ValueError`` if a field does not fit its wire type (a string over
+    65,535 UTF-8 bytes, a negative or too large int, a lone surrogate, a frame
+    over :data:`MAX_RECORD_BYTES`), and ``TypeError`` for a non-record.
+    """
+    try:
+        return _ENCODERS[type(record)](record)
+    except KeyError:
+        raise TypeError(f"not a journal record: {record!r}") from None
+    except struct.error as exc:
+        raise ValueError(f"cannot encode {type(record).__name__}: {exc}") from None
+
+
+# ---------------------------------------------------------------------- decode
+
+
+class _Malformed(Exception):
+    """A body that does not parse; only ever caught inside this module."""
+
+
+_BAD = (_Malformed, struct.error, UnicodeDecodeError)
+
+
+def _str(b: bytes, o: int, e: int) -> tuple[str, int]:
+    if o + 2 > e:
+        raise _Malformed
+    stop = o + 2 + b[o] * 256 + b[o + 1]
+    if stop > e:
+        raise _Malformed
+    return b[o + 2:stop].decode(), stop
+
+
+def _fixed(st: struct.Struct, b: bytes, o: int, e: int) -> tuple[tuple, int]:
+    stop = o + st.size
+    if stop > e:
+        raise _Malformed
+    return st.unpack_from(b, o), stop
+
+
+def _flag(value: int) -> bool:
+    if value > 1:
+        raise _Malformed
+    return value == 1
+
+
+def _end(o: int, e: int) -> None:
+    if o != e:
+        raise _Malformed
+
+
+def _dec_message(b: bytes, o: int, e: int) -> MessageAdded:
+    (msg_id,), o = _fixed(_U64, b, o, e)
+    topic, o = _str(b, o, e)
+    (plen,), o = _fixed(_U32, b, o, e)
+    if o + plen > e:
+        raise _Malformed
+    payload = b[o:o + plen]
+    (qos, retain, prlen), o = _fixed(_QOS_RETAIN_PLEN, b, o + plen, e)
+    if o + prlen > e:
+        raise _Malformed
+    props = b[o:o + prlen]
+    (has_expiry, expiry), o = _fixed(_OPT64, b, o + prlen, e)
+    if not _flag(has_expiry) and expiry:
+        raise _Malformed
+    origin, o = _str(b, o, e)
+    _end(o, e)
+    return MessageAdded(msg_id, topic, payload, qos, _flag(retain), props,
+                        expiry if has_expiry else None, origin)
+
+
+
+
+def _dec_session(b: bytes, o: int, e: int) -> SessionSaved:
+    cid, o = _str(b, o, e)
+    (version, expiry), o = _fixed(_B_I, b, o, e)
+    _end(o, e)
+    return SessionSaved(cid, version, expiry)
+
+
+def _dec_client(cls: type) -> Callable[[bytes, int, int], Record]:
+    def decode(b: bytes, o: int, e: int) -> Record:
+        cid, o = _str(b, o, e)
+        _end(o, e)
+        return cls(cid)
+    return decode
+
+
+def _dec_subscription(b: bytes, o: int, e: int) -> SubscriptionAdded:
+    cid, o = _str(b, o, e)
+    flt, o = _str(b, o, e)
+    (qos, no_local, rap, rh, has_id, sid), o = _fixed(_SUB_TAIL, b, o, e)
+    _end(o, e)
+    if not _flag(has_id) and sid:
+        raise _Malformed
+    return SubscriptionAdded(cid, flt, qos, _flag(no_local), _flag(rap), rh,
+                             sid if has_id else None)
+
+
+def _dec_sub_removed(b: bytes, o: int, e: int) -> SubscriptionRemoved:
+    cid, o = _str(b, o, e)
+    flt, o = _str(b, o, e)
+    _end(o, e)
+    return SubscriptionRemoved(cid, flt)
+
+
+def _dec_enqueued(b: bytes, o: int, e: int) -> Enqueued:
+    cid, o = _str(b, o, e)
+    (msg_id, qos, count), o = _fixed(_Q_B_H, b, o, e)
+    _end(o + 4 * count, e)
+    ids = struct.unpack_from(f">{count}I", b, o) if count else ()
+    return Enqueued(cid, msg_id, qos, ids)
+
+
+def _dec_inflight(b: bytes, o: int, e: int) -> InflightAssigned:
+    cid, o = _str(b, o, e)
+    (msg_id, packet_id), o = _fixed(_Q_H, b, o, e)
+    _end(o, e)
+    return InflightAssigned(cid, msg_id, packet_id)
+
+
+def _dec_client_msg(cls: type) -> Callable[[bytes, int, int], Record]:
+    def decode(b: bytes, o: int, e: int) -> Record:
+        name, o = _str(b, o, e)
+        (msg_id,), o = _fixed(_U64, b, o, e)
+        _end(o, e)
+        return cls(name, msg_id)
+    return decode
+
+
+def _dec_client_packet(cls: type) -> Callable[[bytes, int, int], Record]:
+    def decode(b: bytes, o: int, e: int) -> Record:
+        cid, o = _str(b, o, e)
+        (packet_id,), o = _fixed(_U16, b, o, e)
+        _end(o, e)
+        return cls(cid, packet_id)
+    return decode
+
+
+def _dec_high_water(b: bytes, o: int, e: int) -> MsgIdHighWater:
+    (msg_id,), o = _fixed(_U64, b, o, e)
+    _end(o, e)
+    return MsgIdHighWater(msg_id)
+
+
+_DECODERS: dict[int, Callable[[bytes, int, int], Record]] = {
+    1: _dec_message,
+    2: _dec_session,
+    3: _dec_client(SessionDeleted),
+    4: _dec_subscription,
+    5: _dec_sub_removed,
+    6: _dec_enqueued,
+    7: _dec_inflight,
+    8: _dec_client_msg(Dequeued),
+    9: _dec_client_packet(PubrecReceived),
+    10: _dec_client_packet(PubcompReceived),
+    11: _dec_client_packet(IncomingQos2),
+    12: _dec_client_packet(IncomingReleased),
+    13: _dec_client_msg(RetainSet),
+    14: _dec_client(RetainCleared),
+    15: _dec_high_water,
+}
+assert {cls.record_type for cls in _ENCODERS} == set(_DECODERS)
+
+
+def decode_body(record_type: int, body: bytes) -> Record:
+    """The record for one frame's type byte and body (CRC already checked).
+
+    Raises ``ValueError`` for an unknown type or a body that does not parse.
+    """
+    decoder = _DECODERS.get(record_type)
+    if decoder is None:
+        raise ValueError(f"unknown record type {record_type}")
+    try:
+        return decoder(body, 0, len(body))
+    except _BAD:
+        raise ValueError(f"malformed body for record type {record_type}") from None
+
+
+# ---------------------------------------------------------------------- reader
+
+# Where a frame could start: length's first byte <= 0x0F and a known type byte.
+_CANDIDATE = re.compile(
+    rb"(?=[\x00-\x0f][\x00-\xff]{7}["
+    + b"".join(re.escape(bytes([t])) for t in sorted(_DECODERS))
+    + rb"])"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class CorruptRegion:
+    """Bytes skipped between two good frames (offsets count from the stream start)."""
+
+    offset: int
+    length: int
+
+
+class RecordReader:
+    """Splits a byte stream into records, skipping damage.
+
+    Feed bytes with :meth:`feed`, iterate to get the records whose frames are
+    complete and check out, call :meth:`end` when the stream is over and
+    iterate once more.  A frame whose CRC, type or body is bad starts a
+    corrupt region; the reader scans forward byte by byte for the next frame
+    that checks out (CRC and body) and records the skipped bytes in
+    :attr:`corrupt_regions`.  Bytes after the last good frame with no good
+    frame following them are the *tail* (:attr:`tail_bytes`, known after
+    :meth:`end`): normally a write cut short by a crash.
+
+    Until :meth:`end`, a frame that runs past the bytes fed so far is awaited,
+    not judged.
+    """
+
+    __slots__ = ("_buf", "_view", "_base", "_pos", "_scan", "_ended",
+                 "corrupt_regions", "tail_bytes", "records")
+
+    def __init__(self) -> None:
+        self._buf = b""
+        self._view = memoryview(b"")
+        self._base = 0  # stream offset of _buf[0]
+        self._pos = 0  # next unconsumed byte in _buf (start of the damage while scanning)
+        self._scan: int | None = None  # next candidate frame start while scanning
+        self._ended = False
+        self.corrupt_regions: list[CorruptRegion] = []
+        self.tail_bytes = 0
+        self.records = 0
+
+    @property
+    def good_end(self) -> int:
+        """Stream offset just after the last frame consumed (or damage skipped)."""
+        return self._base + self._pos
+
+    def feed(self, data: bytes) -> None:
+        if self._ended:
+            raise ValueError("feed() after end()")
+        rest = self._buf[self._pos:]
+        self._base += self._pos
+        if self._scan is not None:
+            self._scan -= self._pos
+        self._pos = 0
+        self._buf = bytes(data) if not rest else rest + data
+        self._view = memoryview(self._buf)
+
+    def end(self) -> None:
+        """No more bytes will come: the next iteration judges what is left."""
+        self._ended = True
+
+    def __iter__(self) -> Iterator[Record]:
+        while (record := self.next_record()) is not None:
+            yield record
+
+    def next_record(self) -> Record | None:
+        """The next good record, or None until more bytes (or :meth:`end`)."""
+        buf = self._buf
+        size = len(buf)
+        while True:
+            if self._scan is not None and not self._resync():
+                return None
+            pos = self._pos
+            if size - pos < 9:
+                if not self._ended or size == pos:
+                    return None
+                self._scan = pos + 1  # a few stray bytes at the end
+                continue
+            length, crc, rtype = _HEADER_TYPE.unpack_from(buf, pos)
+            decoder = _DECODERS.get(rtype)
+            if decoder is not None and 0 < length <= MAX_RECORD_BYTES:
+                stop = pos + 8 + length
+                if stop > size:
+                    if not self._ended:
+                        return None
+                elif crc32(self._view[pos + 8:stop]) == crc:
+                    try:
+                        record = decoder(buf, pos + 9, stop)
+                    except _BAD:
+                        pass
+                    else:
+                        self._pos = stop
+                        self.records += 1
+                        return record
+            self._scan = pos + 1
+
+    def _check(self, p: int) -> bool | None:
+        """Does a good frame start at ``p``?  None: cannot tell before more bytes."""
+        buf = self._buf
+        length, crc, rtype = _HEADER_TYPE.unpack_from(buf, p)
+        if not 0 < length <= MAX_RECORD_BYTES:
+            return False
+        stop = p + 8 + length
+        if stop > len(buf):
+            return False if self._ended else None
+        try:  # parsing rejects most false candidates before the CRC pass
+            _DECODERS[rtype](buf, p + 9, stop)
+        except _BAD:
+            return False
+        return crc32(self._view[p + 8:stop]) == crc
+
+    def _resync(self) -> bool:
+        """Scan for the next good frame; True once found (``_pos`` moved there)."""
+        buf = self._buf
+        size = len(buf)
+        p = self._scan
+        assert p is not None
+        while True:
+            match = _CANDIDATE.search(buf, p, size)
+            if match is None:
+                if self._ended:  # nothing good follows: the rest is the tail
+                    self.tail_bytes = size - self._pos
+                    self._pos = size
+                    self._scan = None
+                    return False
+                self._scan = max(p, size - 8)
+                return False
+            p = match.start()
+            found = self._check(p)
+            if found is None:
+                self._scan = p
+                return False
+            if found:
+                self.corrupt_regions.append(CorruptRegion(self._base + self._pos, p - self._pos))
+                self._pos = p
+                self._scan = None
+                return True
+            p += 1
