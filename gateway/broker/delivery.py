@@ -11,9 +11,9 @@ import dataclasses
 import math
 
 from gateway.broker.session import Delivery
-from gateway.mqtt import EMPTY_PROPERTIES, PacketType, Properties, ProtocolVersion, encode_properties, encode_publish
-from gateway.mqtt._wire import Reader
-from gateway.mqtt.properties import decode_properties
+from gateway.mqtt import (
+    EMPTY_PROPERTIES, Properties, ProtocolVersion, decode_properties_bytes, encode_properties, encode_publish,
+)
 
 V5 = ProtocolVersion.V5
 _NO_PROPERTIES = b"\x00"
@@ -46,9 +46,7 @@ def stored_properties(props: Properties) -> bytes:
 
 def load_properties(blob: bytes) -> Properties:
     """Inverse of `stored_properties`."""
-    if not blob:
-        return EMPTY_PROPERTIES
-    return decode_properties(Reader(blob, 0, len(blob), V5), PacketType.PUBLISH)
+    return decode_properties_bytes(blob)
 
 
 def publish_bytes(item: Delivery, version: ProtocolVersion, dup: bool, wall: float) -> bytes:

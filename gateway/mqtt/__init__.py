@@ -32,6 +32,7 @@ from .packets import (
     Unsubscribe,
     Will,
 )
+from .properties import decode_properties_bytes
 from .reason_codes import ReasonCode
 from .topics import split_shared, topic_matches, validate_topic_filter, validate_topic_name
 
@@ -61,6 +62,7 @@ __all__ = [
     "Unsuback",
     "Unsubscribe",
     "Will",
+    "decode_properties_bytes",
     "encode",
     "encode_properties",
     "encode_publish",

@@ -9,9 +9,10 @@ For fan-out, ``encode_publish`` builds a PUBLISH from pre-encoded parts so the
 broker can encode a stored message's topic and properties once and then emit
 one packet per subscriber cheaply.
 
-An impossible packet (QoS 3, QoS 1 without packet id, property not allowed in
-the packet, ...) raises ``ValueError``; the encoder never emits bytes its own
-decoder would refuse for those reasons.
+An impossible packet (QoS 3, QoS 1 without packet id, a wildcard in a topic
+name, an invalid topic filter, a property or reason code the packet cannot
+carry, ...) raises ``ValueError``.  Rules that depend on the connection's state
+(topic alias maximum, receive maximum, who may send what) are the caller's.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 from typing import Callable
 
 from ._wire import MAX_VBI, V5, V311, encode_binary, encode_utf8, encode_vbi, pack_u16
+from .errors import ProtocolError
 from .packets import (
     EMPTY_PROPERTIES,
     Auth,
@@ -55,6 +57,7 @@ from .reason_codes import (
     V311_CONNACK_OTHER_FAILURE,
     ReasonCode,
 )
+from .topics import validate_topic_filter
 
 __all__ = ["encode", "encode_properties", "encode_publish", "encode_topic"]
 
@@ -77,6 +80,14 @@ def _check_packet_id(packet_id: int | None) -> bytes:
     if packet_id is None or not 1 <= packet_id <= 0xFFFF:
         raise ValueError(f"packet identifier {packet_id!r} is not 1..65535 (section 2.2.1)")
     return pack_u16(packet_id)
+
+
+def _check_filter(topic_filter: str, version: ProtocolVersion) -> bytes:
+    try:
+        validate_topic_filter(topic_filter, version)
+    except ProtocolError as exc:
+        raise ValueError(str(exc)) from None
+    return encode_utf8(topic_filter)
 
 
 def _check_code(code: ReasonCode, allowed: frozenset[ReasonCode], what: str) -> int:
@@ -232,7 +243,7 @@ def _subscribe(p: Subscribe, version: ProtocolVersion) -> bytes:
                 | (0x08 if sub.retain_as_published else 0)
                 | (sub.retain_handling << 4)
             )
-        parts.append(encode_utf8(sub.topic_filter))
+        parts.append(_check_filter(sub.topic_filter, version))
         parts.append(bytes((options,)))
     return _frame(0x82, b"".join(parts))
 
@@ -263,7 +274,7 @@ def _unsubscribe(p: Unsubscribe, version: ProtocolVersion) -> bytes:
     parts = [_check_packet_id(p.packet_id)]
     if version is V5:
         parts.append(encode_properties(p.properties, _T.UNSUBSCRIBE))
-    parts.extend(encode_utf8(f) for f in p.topic_filters)
+    parts.extend(_check_filter(f, version) for f in p.topic_filters)
     return _frame(0xA2, b"".join(parts))
 
 

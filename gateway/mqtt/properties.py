@@ -19,9 +19,15 @@ from ._wire import (
     pack_u32,
 )
 from .errors import malformed, protocol_error
-from .packets import EMPTY_PROPERTIES, PacketType, Properties
+from .packets import EMPTY_PROPERTIES, PacketType, Properties, ProtocolVersion
 
-__all__ = ["WILL_PROPERTIES", "decode_properties", "encode_properties", "properties_is_empty"]
+__all__ = [
+    "WILL_PROPERTIES",
+    "decode_properties",
+    "decode_properties_bytes",
+    "encode_properties",
+    "properties_is_empty",
+]
 
 # Context for the Will Properties in CONNECT's payload (not a packet type).
 WILL_PROPERTIES = 0
@@ -162,6 +168,19 @@ def decode_properties(reader: Reader, context: int) -> Properties:
             "", "authentication data without authentication method", section="3.1.2.11.10"
         )
     return Properties(**values)
+
+
+def decode_properties_bytes(data: bytes, packet_type: int = PacketType.PUBLISH) -> Properties:
+    """Inverse of :func:`encode_properties`: one whole property section, Property Length included.
+
+    ``b""`` is read as no properties.  Raises :class:`ProtocolError` like the decoder.
+    """
+    if not data:
+        return EMPTY_PROPERTIES
+    reader = Reader(bytes(data), 0, len(data), ProtocolVersion.V5)
+    props = decode_properties(reader, packet_type)
+    reader.expect_end("the property section")
+    return props
 
 
 def encode_properties(props: Properties, packet_type: int | None = None) -> bytes:

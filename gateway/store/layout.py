@@ -133,9 +133,12 @@ def scan(data_dir: Path) -> Layout:
                         data_dir, base, manifest_base)
     elif numbers:
         base = snapshots[-1] if snapshots else numbers[0]
-        logger.warning("%s: manifest %s; replaying from segment %d", data_dir,
-                       "missing or unreadable" if manifest_base is None
-                       else f"names missing segment {manifest_base}", base)
+        if manifest_base is None:
+            logger.warning("%s: manifest missing or unreadable; replaying from segment %d",
+                           data_dir, base)
+        else:
+            logger.warning("%s: manifest names missing segment %d; replaying from segment %d",
+                           data_dir, manifest_base, base)
     else:
         base = None
     live = tuple(segments[n] for n in numbers if base is not None and n >= base)

@@ -283,6 +283,9 @@ _pack_u16 = _U16.pack
 _pack_u32 = _U32.pack
 _pack_u64 = _U64.pack
 _join = b"".join
+_pack_t_q_h = _T_Q_H.pack
+_pack_qos_retain_plen = _QOS_RETAIN_PLEN.pack
+_pack_opt64_h = _OPT64_H.pack
 
 
 def _frame(body: bytes) -> bytes:
@@ -293,19 +296,23 @@ def _frame(body: bytes) -> bytes:
 
 
 def _enc_message(r: MessageAdded) -> bytes:
+    # The hot path (one per accepted publish): _frame() inlined.
     topic = r.topic.encode()
     origin = r.origin.encode()
     payload = r.payload
     props = r.properties
     expiry = r.expiry_at_ms
-    return _frame(_join((
-        _T_Q_H.pack(1, r.msg_id, len(topic)), topic,
+    body = _join((
+        _pack_t_q_h(1, r.msg_id, len(topic)), topic,
         _pack_u32(len(payload)), payload,
-        _QOS_RETAIN_PLEN.pack(r.qos, 1 if r.retain else 0, len(props)), props,
-        _OPT64_H.pack(0, 0, len(origin)) if expiry is None
-        else _OPT64_H.pack(1, expiry, len(origin)),
+        _pack_qos_retain_plen(r.qos, 1 if r.retain else 0, len(props)), props,
+        _pack_opt64_h(0, 0, len(origin)) if expiry is None
+        else _pack_opt64_h(1, expiry, len(origin)),
         origin,
-    )))
+    ))
+    if len(body) > MAX_RECORD_BYTES:
+        raise ValueError(f"record of {len(body)} bytes exceeds {MAX_RECORD_BYTES}")
+    return _pack_header(len(body), crc32(body)) + body
 
 
 def _enc_client(r: SessionDeleted) -> bytes:

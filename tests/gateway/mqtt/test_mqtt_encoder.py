@@ -138,6 +138,9 @@ def test_multi_byte_remaining_lengths() -> None:
         (Subscribe(1, ()), V311),
         (Subscribe(1, (Subscription("a", 3),)), V311),
         (Subscribe(1, (Subscription("a", 0, retain_handling=3),)), V5),
+        (Subscribe(1, (Subscription("a/#/b", 0),)), V5),
+        (Unsubscribe(1, ("a+",)), V311),
+        (Unsubscribe(1, ("$share//a",)), V5),
         (Suback(1, ()), V5),
         (Suback(1, (ReasonCode.NO_SUBSCRIPTION_EXISTED,)), V311),
         (Suback(1, (ReasonCode.NO_SUBSCRIPTION_EXISTED,)), V5),
@@ -226,3 +229,16 @@ def test_codec_imports_no_io_modules() -> None:
 def test_no_module_is_over_700_lines() -> None:
     for path in PACKAGE.glob("*.py"):
         assert len(path.read_text().splitlines()) <= 700, path.name
+
+
+def test_decode_properties_bytes_inverts_encode_properties() -> None:
+    from gateway.mqtt import ProtocolError, decode_properties_bytes
+
+    props = Properties(content_type="json", user_properties=(("a", "b"),), correlation_data=b"\x00")
+    assert decode_properties_bytes(encode_properties(props)) == props
+    assert decode_properties_bytes(b"") is EMPTY_PROPERTIES
+    assert decode_properties_bytes(b"\x00") is EMPTY_PROPERTIES
+    with pytest.raises(ProtocolError):
+        decode_properties_bytes(encode_properties(props) + b"\x00")
+    with pytest.raises(ProtocolError):
+        decode_properties_bytes(encode_properties(Properties(topic_alias_maximum=1)))

@@ -9,6 +9,7 @@ alternative encodings that the decoder must accept but the encoder never emits.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -170,3 +171,17 @@ def test_feed_accepts_bytearray_and_memoryview() -> None:
         (packet,) = decoder.feed(chunk)
         assert type(packet.payload) is bytes
         assert packet == packet_from_json(vector["packet"])
+
+
+def test_trickling_a_large_packet_is_linear() -> None:
+    """A 200 kB PUBLISH fed one byte at a time is not re-copied on every byte."""
+    version = ProtocolVersion.V5
+    packet = mqtt.Publish("big", bytes(200_000), 1, packet_id=1)
+    data = encode(packet, version)
+    decoder = Decoder(server_side=False, protocol_version=version)
+    start = time.perf_counter()
+    got: list[mqtt.Packet] = []
+    for i in range(len(data)):
+        got += decoder.feed(data[i : i + 1])
+    assert got == [packet]
+    assert time.perf_counter() - start < 3.0

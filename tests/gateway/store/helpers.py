@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 from hypothesis import strategies as st
 
 from gateway.store.records import (
@@ -128,3 +130,24 @@ def busy_state(clients: int = 5, messages: int = 40) -> tuple[DurableState, list
     ops.append(IncomingQos2("client-1", 9))
     ops.append(PubrecReceived("client-2", 77))
     return build_state(ops), ops
+
+
+class Commits:
+    """An ``on_commit`` callback that remembers what it was called with, and where."""
+
+    def __init__(self) -> None:
+        self.numbers: list[int] = []
+        self.threads: set[str] = set()
+        self._cond = threading.Condition()
+
+    def __call__(self, batch_no: int) -> None:
+        with self._cond:
+            self.numbers.append(batch_no)
+            self.threads.add(threading.current_thread().name)
+            self._cond.notify_all()
+
+    def wait_for(self, batch_no: int, timeout_s: float = 10.0) -> None:
+        with self._cond:
+            assert self._cond.wait_for(
+                lambda: bool(self.numbers) and self.numbers[-1] >= batch_no, timeout_s
+            ), f"batch {batch_no} not committed; got {self.numbers}"
