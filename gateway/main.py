@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import resource
 import signal
 import sys
 import time
@@ -21,6 +22,7 @@ from gateway.store import Journal, recover
 log = logging.getLogger("gateway")
 
 EXIT_CONFIG = 2
+EXIT_STORE_FAILED = 3
 
 
 def _host_port(text: str) -> tuple[str, int]:
@@ -51,6 +53,8 @@ class Gateway:
         self.server: MqttServer | None = None
         self.metrics: MetricsServer | None = None
         self.journal: Journal | None = None
+        self.store_failed = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
 
     async def start(self, listen: tuple[str, int], metrics: tuple[str, int] | None) -> tuple[str, int]:
         store_dir = self.data_dir / "store"
@@ -58,7 +62,8 @@ class Gateway:
         state, _ = recover(store_dir)  # logs what it kept and what it dropped
         self.journal = Journal(store_dir, self.config.store.durability,
                                segment_max_bytes=self.config.store.segment_max_bytes,
-                               on_commit=self._on_commit)
+                               on_commit=self._on_commit,
+                               on_error=lambda exc: self._loop.call_soon_threadsafe(self.store_failed.set))
         self.journal.open(state)
         broker = Broker(self.config.broker, self.journal, now=time.monotonic(), wall=time.time())
         restore(broker, state, time.monotonic())
@@ -89,20 +94,44 @@ class Gateway:
             await self.metrics.stop()
         if self.server is not None:
             await self.server.stop()
-        log.info("stopped; store flushed")
+        if self.journal is not None and self.journal.failed is None:
+            log.info("stopped; store flushed")
 
 
 async def _run(args: argparse.Namespace, config: GatewayConfig) -> int:
+    """Serve until SIGTERM/SIGINT (exit 0) or until the store cannot write (exit 3).
+
+    A store that cannot write (disk full, I/O error) can never make another
+    message durable, so no acknowledgement that needs it would ever be sent:
+    the gateway closes every connection and exits, and clients keep their
+    unacknowledged messages until it is back.
+    """
     gateway = Gateway(config, args.data_dir)
     await gateway.start(args.listen, args.metrics)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    await stop.wait()
+    stopped = loop.create_task(stop.wait())
+    failed = loop.create_task(gateway.store_failed.wait())
+    await asyncio.wait([stopped, failed], return_when=asyncio.FIRST_COMPLETED)
+    stopped.cancel()
+    failed.cancel()
+    if gateway.store_failed.is_set():
+        log.critical("the store cannot write (%s): closing every connection and exiting",
+                     gateway.journal.failed)
+        await gateway.stop()
+        return EXIT_STORE_FAILED
     log.info("signal received, stopping")
     await gateway.stop()
     return 0
+
+
+def _raise_open_files_limit() -> None:
+    """Each client is a socket: allow as many as the hard limit permits (10,000 idle devices and more)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def _loop_factory():
@@ -122,5 +151,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"ferry gateway: config error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    _raise_open_files_limit()
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
         return runner.run(_run(args, config))

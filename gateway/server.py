@@ -22,8 +22,6 @@ from gateway.store import Journal
 log = logging.getLogger(__name__)
 
 TICK_INTERVAL_S = 1.0
-WRITE_HIGH_WATER_BYTES = 1_048_576
-WRITE_LOW_WATER_BYTES = 262_144
 
 
 class MqttProtocol(asyncio.Protocol):
@@ -39,7 +37,8 @@ class MqttProtocol(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
-        transport.set_write_buffer_limits(WRITE_HIGH_WATER_BYTES, WRITE_LOW_WATER_BYTES)
+        high_water = self.server.broker.config.max_output_buffer_bytes
+        transport.set_write_buffer_limits(high_water, high_water // 4)
         peer = transport.get_extra_info("peername")
         peer_text = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         self.conn = self.server.broker.open_connection(peer_text, self.server.now())
@@ -128,7 +127,8 @@ class MqttServer:
 
     def _flush(self) -> None:
         self._flush_scheduled = False
-        self.journal.flush()
+        if self.journal.failed is None:
+            self.journal.flush()
         transports = self.transports
         for conn in self.broker.take_ready():
             transport = transports.get(conn.conn_id)
@@ -162,7 +162,8 @@ class MqttServer:
         for transport in list(self.transports.values()):
             transport.close()
         await asyncio.sleep(0)
-        self.journal.flush()
-        await self._loop.run_in_executor(None, self.journal.close)
+        if self.journal.failed is None:
+            self.journal.flush()
+            await self._loop.run_in_executor(None, self.journal.close)
         if self._server is not None:
             await self._server.wait_closed()

@@ -31,5 +31,6 @@ class BrokerConfig:
     """Largest session expiry a v5 client is granted."""
     queue_qos0_offline: bool = False
     """Queue QoS 0 messages for offline persistent sessions (Mosquitto's queue_qos0_messages)."""
-    max_output_buffer_bytes: int = 4 * 1_048_576
-    """Bytes waiting to be written to one slow client before QoS 0 deliveries to it are dropped."""
+    max_output_buffer_bytes: int = 1_048_576
+    """Bytes waiting to be written to one slow client before QoS 0 deliveries to it are dropped
+    (QoS 1/2 deliveries wait in the session queue instead)."""

@@ -487,7 +487,7 @@ class Broker:
             if conn is None:
                 if not (session.persistent and self.config.queue_qos0_offline):
                     return
-            elif conn.output_blocked and len(conn.out) > self.config.max_output_buffer_bytes:
+            elif conn.output_blocked:
                 self.stats.dropped[DropReason.SLOW_SUBSCRIBER] += 1
                 return
             else:

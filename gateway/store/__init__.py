@@ -1,6 +1,7 @@
 """The gateway's durable store: an append-only, group-committed journal.
 
 * :mod:`~gateway.store.records` - record types and their framed binary codec (pure);
+* :mod:`~gateway.store.reader` - :class:`RecordReader`, records out of a damaged byte stream (pure);
 * :mod:`~gateway.store.state` - :class:`DurableState`, what the records add up to (pure);
 * :mod:`~gateway.store.layout` - the data directory: segment names, manifest, write helpers;
 * :mod:`~gateway.store.recovery` - :func:`recover`, rebuilding the state after a crash;
@@ -19,7 +20,6 @@ from .records import (
     PubcompReceived,
     PubrecReceived,
     Record,
-    RecordReader,
     RetainCleared,
     RetainSet,
     SessionDeleted,
@@ -28,10 +28,12 @@ from .records import (
     SubscriptionRemoved,
     encode_record,
 )
+from .reader import CorruptRegion, RecordReader
 from .recovery import RecoveryReport, recover
 from .state import DurableState, QueueEntry
 
 __all__ = [
+    "CorruptRegion",
     "Dequeued",
     "DurableState",
     "Durability",

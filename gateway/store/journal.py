@@ -182,18 +182,25 @@ class Journal:
         """
         if self._state != "new":
             raise JournalError(f"open() on a {self._state} journal")
+        if self._durability is not Durability.MEMORY:
+            try:
+                self._open_files(state, compact)
+            except BaseException:
+                if self._fd is not None:
+                    os.close(self._fd)
+                    self._fd = None
+                raise
+            self._thread = threading.Thread(target=self._run, name="ferry-journal-writer",
+                                            daemon=True)
+            self._thread.start()
         self._state = "open"
-        if self._durability is Durability.MEMORY:
-            return
+
+    def _open_files(self, state: DurableState, compact: bool | None) -> None:
         self._dir.mkdir(parents=True, exist_ok=True)
         layout = scan(self._dir)
         for path in layout.temporary:
             logger.info("%s: removing leftover %s", self._dir, path.name)
             path.unlink()
-        for segment in layout.stale:
-            logger.info("%s: removing segment %s older than the base", self._dir,
-                        segment.path.name)
-            segment.path.unlink()
         self._segment = layout.next_number - 1
         live_bytes = layout.live_bytes
         snapshot = None
@@ -202,20 +209,22 @@ class Journal:
             snapshot = self._encode_snapshot(state.records())
             if not (compact or many or 2 * len(snapshot.data) <= live_bytes):
                 snapshot = None
-        if snapshot is not None:
+        if snapshot is not None:  # switches the manifest, removes all older segments
             logger.info("%s: compacting %d segments (%d bytes) into a %d-byte snapshot",
                         self._dir, len(layout.live), live_bytes, len(snapshot.data))
             self._write_snapshot(snapshot)
             self._since_snapshot = 0
-        else:
-            self._new_segment()
-            base = layout.base if layout.base is not None else self._segment
-            if layout.manifest_base != base:
-                write_manifest(self._dir, base)
-            self._since_snapshot = live_bytes
-        self._thread = threading.Thread(target=self._run, name="ferry-journal-writer",
-                                        daemon=True)
-        self._thread.start()
+            return
+        if layout.base is not None and layout.manifest_base != layout.base:
+            write_manifest(self._dir, layout.base)  # before the stale segments go
+        for segment in layout.stale:
+            logger.info("%s: removing segment %s older than the base", self._dir,
+                        segment.path.name)
+            segment.path.unlink()
+        self._new_segment()
+        if layout.base is None:
+            write_manifest(self._dir, self._segment)
+        self._since_snapshot = live_bytes
 
     def close(self) -> None:
         """Flush, wait for the last commit, stop the writer thread, close the file.

@@ -19,7 +19,7 @@ dataclass field order and are encoded as:
 * ``subscription_ids: tuple[int, ...]``: u16 count + one u32 each.
 
 A frame is at most :data:`MAX_RECORD_BYTES` long (the MQTT maximum packet
-size), so the first byte of every frame is 0x00-0x0F; :class:`RecordReader`
+size), so the first byte of every frame is 0x00-0x0F; :class:`~.reader.RecordReader`
 uses that to skip garbage quickly when it resynchronises after corruption.
 
 The record constructors do not validate (they sit on the broker's hot path);
@@ -29,9 +29,8 @@ so nothing unreadable is ever written.
 
 from __future__ import annotations
 
-import re
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar, Union
 from zlib import crc32
@@ -262,7 +261,8 @@ Record = Union[
 # ---------------------------------------------------------------------- encode
 
 _HEADER = struct.Struct(">II")
-_HEADER_TYPE = struct.Struct(">IIB")
+FRAME_HEAD = struct.Struct(">IIB")
+"""length, crc32, type: the first 9 bytes of a frame (used by :mod:`.reader`)."""
 _U16 = struct.Struct(">H")
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
@@ -425,7 +425,8 @@ class _Malformed(Exception):
     """A body that does not parse; only ever caught inside this module."""
 
 
-_BAD = (_Malformed, struct.error, UnicodeDecodeError)
+MALFORMED = (_Malformed, struct.error, UnicodeDecodeError)
+"""What a body decoder raises for a body that does not parse."""
 
 
 def _str(b: bytes, o: int, e: int) -> tuple[str, int]:
@@ -549,7 +550,8 @@ def _dec_high_water(b: bytes, o: int, e: int) -> MsgIdHighWater:
     return MsgIdHighWater(msg_id)
 
 
-_DECODERS: dict[int, Callable[[bytes, int, int], Record]] = {
+# type byte -> decoder(buffer, body start, body end); raises MALFORMED.
+BODY_DECODERS: dict[int, Callable[[bytes, int, int], Record]] = {
     1: _dec_message,
     2: _dec_session,
     3: _dec_client(SessionDeleted),
@@ -566,7 +568,7 @@ _DECODERS: dict[int, Callable[[bytes, int, int], Record]] = {
     14: _dec_client(RetainCleared),
     15: _dec_high_water,
 }
-assert {cls.record_type for cls in _ENCODERS} == set(_DECODERS)
+assert {cls.record_type for cls in _ENCODERS} == set(BODY_DECODERS)
 
 
 def decode_body(record_type: int, body: bytes) -> Record:
@@ -574,157 +576,20 @@ def decode_body(record_type: int, body: bytes) -> Record:
 
     Raises ``ValueError`` for an unknown type or a body that does not parse.
     """
-    decoder = _DECODERS.get(record_type)
+    decoder = BODY_DECODERS.get(record_type)
     if decoder is None:
         raise ValueError(f"unknown record type {record_type}")
     try:
         return decoder(body, 0, len(body))
-    except _BAD:
+    except MALFORMED:
         raise ValueError(f"malformed body for record type {record_type}") from None
 
 
-# ---------------------------------------------------------------------- reader
+def __getattr__(name: str) -> object:
+    # RecordReader lives in .reader (which imports this module); offered here
+    # too, lazily, so that the codec's whole public face is one import.
+    if name in ("RecordReader", "CorruptRegion"):
+        from . import reader
 
-# Where a frame could start: length's first byte <= 0x0F and a known type byte.
-_CANDIDATE = re.compile(
-    rb"(?=[\x00-\x0f][\x00-\xff]{7}["
-    + b"".join(re.escape(bytes([t])) for t in sorted(_DECODERS))
-    + rb"])"
-)
-
-
-@dataclass(frozen=True, slots=True)
-class CorruptRegion:
-    """Bytes skipped between two good frames (offsets count from the stream start)."""
-
-    offset: int
-    length: int
-
-
-class RecordReader:
-    """Splits a byte stream into records, skipping damage.
-
-    Feed bytes with :meth:`feed`, iterate to get the records whose frames are
-    complete and check out, call :meth:`end` when the stream is over and
-    iterate once more.  A frame whose CRC, type or body is bad starts a
-    corrupt region; the reader scans forward byte by byte for the next frame
-    that checks out (CRC and body) and records the skipped bytes in
-    :attr:`corrupt_regions`.  Bytes after the last good frame with no good
-    frame following them are the *tail* (:attr:`tail_bytes`, known after
-    :meth:`end`): normally a write cut short by a crash.
-
-    Until :meth:`end`, a frame that runs past the bytes fed so far is awaited,
-    not judged.
-    """
-
-    __slots__ = ("_buf", "_view", "_base", "_pos", "_scan", "_ended",
-                 "corrupt_regions", "tail_bytes", "records")
-
-    def __init__(self) -> None:
-        self._buf = b""
-        self._view = memoryview(b"")
-        self._base = 0  # stream offset of _buf[0]
-        self._pos = 0  # next unconsumed byte in _buf (start of the damage while scanning)
-        self._scan: int | None = None  # next candidate frame start while scanning
-        self._ended = False
-        self.corrupt_regions: list[CorruptRegion] = []
-        self.tail_bytes = 0
-        self.records = 0
-
-    @property
-    def good_end(self) -> int:
-        """Stream offset just after the last frame consumed (or damage skipped)."""
-        return self._base + self._pos
-
-    def feed(self, data: bytes) -> None:
-        if self._ended:
-            raise ValueError("feed() after end()")
-        rest = self._buf[self._pos:]
-        self._base += self._pos
-        if self._scan is not None:
-            self._scan -= self._pos
-        self._pos = 0
-        self._buf = bytes(data) if not rest else rest + data
-        self._view = memoryview(self._buf)
-
-    def end(self) -> None:
-        """No more bytes will come: the next iteration judges what is left."""
-        self._ended = True
-
-    def __iter__(self) -> Iterator[Record]:
-        while (record := self.next_record()) is not None:
-            yield record
-
-    def next_record(self) -> Record | None:
-        """The next good record, or None until more bytes (or :meth:`end`)."""
-        buf = self._buf
-        size = len(buf)
-        while True:
-            if self._scan is not None and not self._resync():
-                return None
-            pos = self._pos
-            if size - pos < 9:
-                if not self._ended or size == pos:
-                    return None
-                self._scan = pos + 1  # a few stray bytes at the end
-                continue
-            length, crc, rtype = _HEADER_TYPE.unpack_from(buf, pos)
-            decoder = _DECODERS.get(rtype)
-            if decoder is not None and 0 < length <= MAX_RECORD_BYTES:
-                stop = pos + 8 + length
-                if stop > size:
-                    if not self._ended:
-                        return None
-                elif crc32(self._view[pos + 8:stop]) == crc:
-                    try:
-                        record = decoder(buf, pos + 9, stop)
-                    except _BAD:
-                        pass
-                    else:
-                        self._pos = stop
-                        self.records += 1
-                        return record
-            self._scan = pos + 1
-
-    def _check(self, p: int) -> bool | None:
-        """Does a good frame start at ``p``?  None: cannot tell before more bytes."""
-        buf = self._buf
-        length, crc, rtype = _HEADER_TYPE.unpack_from(buf, p)
-        if not 0 < length <= MAX_RECORD_BYTES:
-            return False
-        stop = p + 8 + length
-        if stop > len(buf):
-            return False if self._ended else None
-        try:  # parsing rejects most false candidates before the CRC pass
-            _DECODERS[rtype](buf, p + 9, stop)
-        except _BAD:
-            return False
-        return crc32(self._view[p + 8:stop]) == crc
-
-    def _resync(self) -> bool:
-        """Scan for the next good frame; True once found (``_pos`` moved there)."""
-        buf = self._buf
-        size = len(buf)
-        p = self._scan
-        assert p is not None
-        while True:
-            match = _CANDIDATE.search(buf, p, size)
-            if match is None:
-                if self._ended:  # nothing good follows: the rest is the tail
-                    self.tail_bytes = size - self._pos
-                    self._pos = size
-                    self._scan = None
-                    return False
-                self._scan = max(p, size - 8)
-                return False
-            p = match.start()
-            found = self._check(p)
-            if found is None:
-                self._scan = p
-                return False
-            if found:
-                self.corrupt_regions.append(CorruptRegion(self._base + self._pos, p - self._pos))
-                self._pos = p
-                self._scan = None
-                return True
-            p += 1
+        return getattr(reader, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .layout import scan
-from .records import RecordReader
+from .reader import RecordReader
 from .state import DurableState
 
 __all__ = ["RecoveryReport", "recover"]

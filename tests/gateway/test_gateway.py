@@ -186,3 +186,26 @@ def test_keepalive_timeout_publishes_will(gateway) -> None:
         assert raw.recv(10) == b""  # the broker closed the silent connection
         raw.close()
     assert "keepalive timeout" in gateway.log_text()
+
+
+def test_corrupt_store_still_starts_and_keeps_the_valid_part(start_gateway, tmp_path) -> None:
+    gateway = start_gateway(tmp_path / "data")
+    keeper = TestClient(gateway.port, "keeper", clean=False)
+    keeper.subscribe("k", 1)
+    keeper.close()
+    with TestClient(gateway.port, "pub") as pub:
+        for i in range(20):
+            pub.publish("k", f"m{i}".encode(), 1)
+    assert gateway.stop() == 0
+    segments = [p for p in (tmp_path / "data" / "store").iterdir() if p.suffix in (".seg", ".snap")]
+    victim = max(segments, key=lambda p: p.stat().st_size)
+    data = bytearray(victim.read_bytes())
+    data[len(data) * 3 // 4] ^= 0xFF  # one flipped byte
+    victim.write_bytes(bytes(data[: len(data) - 7]))  # and a torn tail
+    gateway.start()
+    log = gateway.log_text()
+    assert "corrupt" in log.lower() or "truncat" in log.lower()
+    with TestClient(gateway.port, "keeper", clean=False) as back:
+        assert back.session_present
+        got = [m.payload for m in back.expect(10)]
+        assert got[0] == b"m0"

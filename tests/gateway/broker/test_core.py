@@ -404,3 +404,17 @@ def test_subscribe_is_acked_after_its_routing_is_durable() -> None:
     assert client.received() == []
     h.commit()
     assert client.received() == [Suback(5, (ReasonCode.GRANTED_QOS_1,))]
+
+
+def test_qos0_to_a_blocked_subscriber_is_dropped_and_counted() -> None:
+    h = Harness()
+    sub = h.client("slow")
+    subscribe(sub, "t", qos=0)
+    sub.conn.output_blocked = True  # the transport's buffer is over its high-water mark
+    pub = h.client("pub")
+    pub.send(Publish("t", b"x", 0))
+    assert publishes(sub.received()) == []
+    assert h.broker.stats.dropped[DropReason.SLOW_SUBSCRIBER] == 1
+    sub.conn.output_blocked = False
+    pub.send(Publish("t", b"y", 0))
+    assert [p.payload for p in publishes(sub.received())] == [b"y"]

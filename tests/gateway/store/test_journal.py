@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import random
 import threading
 from pathlib import Path
 
@@ -200,7 +201,8 @@ def test_snapshot_replaces_old_segments(tmp_path: Path, durability: Durability) 
     assert len(snaps) == 1 and files(tmp_path, ".tmp") == []
     base = int(snaps[0].split(".")[0])
     later = files(tmp_path, ".seg")  # the snapshot is over segment_max_bytes: appends roll over
-    assert [int(name.split(".")[0]) for name in later] == list(range(base + 1, base + 1 + len(later)))
+    numbers = [int(name.split(".")[0]) for name in later]
+    assert numbers == list(range(base + 1, base + 1 + len(later)))
     assert json.loads((tmp_path / MANIFEST).read_text())["base"] == base
     recovered, report = recover(tmp_path)
     assert recovered == state and report.clean and report.segments == 1 + len(later)
@@ -314,3 +316,38 @@ def test_stats_track_latency_and_batches(tmp_path: Path) -> None:
     assert 0 < stats.latency_last_s <= stats.latency_max_s
     assert stats.latency_avg_s <= stats.latency_max_s
     assert stats.pending_records == 0
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_snapshots_interleaved_with_group_commits(tmp_path: Path, seed: int) -> None:
+    rng = random.Random(seed)
+    commits = Commits()
+    journal = opened(tmp_path, Durability.OS, commits, segment_max_bytes=rng.choice([512, 4096]))
+    state = DurableState()
+    queued: list[int] = []
+    for client in ("a", "b"):
+        journal.append(SessionSaved(client, 5, 0))
+        state.apply(SessionSaved(client, 5, 0))
+    for msg_id in range(1, 1500):
+        ops = [message(msg_id, rng.randint(0, 60)), Enqueued(rng.choice("ab"), msg_id, 1, ())]
+        queued.append(msg_id)
+        if rng.random() < 0.6:
+            victim = queued.pop(rng.randrange(len(queued)))
+            ops.append(Dequeued("a" if victim in state.queues.get("a", {}) else "b", victim))
+        for op in ops:
+            journal.append(op)
+            state.apply(op)
+        roll = rng.random()
+        if roll < 0.3:
+            journal.flush()
+        elif roll < 0.33:
+            journal.snapshot(state.records())
+        elif roll < 0.35 and journal.pending_batch > 1:
+            commits.wait_for(journal.pending_batch - 1)
+    journal.close()
+    assert commits.numbers == sorted(set(commits.numbers))
+    assert commits.numbers[-1] == journal.committed_batch == journal.pending_batch - 1
+    recovered, report = recover(tmp_path)
+    assert recovered == state
+    assert report.clean
+    assert journal.stats.snapshots > 10
