@@ -24,7 +24,8 @@ class BrokerConfig:
     topic_alias_maximum: int = 64
     """Topic aliases a v5 client may set towards us."""
     max_keepalive_s: int = 65_535
-    """Keepalive granted at most; a larger or zero client value is replaced (v5 Server Keep Alive)."""
+    """Keepalive granted at most: a larger (or zero) value is replaced by this for MQTT 5 clients
+    (Server Keep Alive) and refused for 3.1.1 clients, which cannot be told (as Mosquitto does)."""
     persistent_session_expiry_s: int = NEVER_EXPIRES
     """Expiry of MQTT 3.1.1 sessions with clean session 0 (v5 clients choose their own)."""
     max_session_expiry_s: int = NEVER_EXPIRES

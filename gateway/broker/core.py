@@ -268,6 +268,11 @@ class Broker:
         keepalive = packet.keepalive_s
         server_keepalive = None
         if keepalive > self.config.max_keepalive_s or (keepalive == 0 and self.config.max_keepalive_s < 65535):
+            if not v5:
+                # 3.1.1 cannot be told another keepalive; Mosquitto rejects these too.
+                self._send_packet(conn, Connack(False, ReasonCode.CLIENT_IDENTIFIER_NOT_VALID))
+                self._close(conn, ReasonCode.CLIENT_IDENTIFIER_NOT_VALID, send_disconnect=False)
+                return
             keepalive = server_keepalive = self.config.max_keepalive_s
         conn.keepalive_s = keepalive
         conn.will = packet.will

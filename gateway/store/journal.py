@@ -66,6 +66,12 @@ class Durability(Enum):
     """At once; nothing is written.  For tests and throwaway brokers."""
 
 
+class _Phase(Enum):
+    NEW = "new"
+    OPEN = "open"
+    CLOSED = "closed"
+
+
 class JournalError(Exception):
     """The journal failed (see ``__cause__``) or is not open; nothing more will commit."""
 
@@ -158,7 +164,7 @@ class Journal:
         self._stop = False
         self._since_snapshot = 0
         self._error: BaseException | None = None
-        self._state = "new"  # new -> open -> closed
+        self._phase = _Phase.NEW
         # Writer side: touched by open(), then only by the writer thread.
         self._fd: int | None = None
         self._segment = 0
@@ -180,8 +186,8 @@ class Journal:
         Fsynced: the new segment and the directory in ``FSYNC`` mode, a
         snapshot and any manifest rewrite always.
         """
-        if self._state != "new":
-            raise JournalError(f"open() on a {self._state} journal")
+        if self._phase is not _Phase.NEW:
+            raise JournalError(f"open() on a {self._phase.value} journal")
         if self._durability is not Durability.MEMORY:
             try:
                 self._open_files(state, compact)
@@ -193,7 +199,7 @@ class Journal:
             self._thread = threading.Thread(target=self._run, name="ferry-journal-writer",
                                             daemon=True)
             self._thread.start()
-        self._state = "open"
+        self._phase = _Phase.OPEN
 
     def _open_files(self, state: DurableState, compact: bool | None) -> None:
         self._dir.mkdir(parents=True, exist_ok=True)
@@ -231,12 +237,12 @@ class Journal:
 
         Raises :class:`JournalError` if the journal had failed.
         """
-        if self._state == "closed":
+        if self._phase is _Phase.CLOSED:
             return
         if self._durability is Durability.MEMORY or self._thread is None:
-            if self._state == "open":
+            if self._phase is _Phase.OPEN:
                 self.flush()
-            self._state = "closed"
+            self._phase = _Phase.CLOSED
             return
         with self._cond:
             if self._error is None and self._chunks:
@@ -249,7 +255,7 @@ class Journal:
             self._stop = True
             self._cond.notify_all()
         self._thread.join()
-        self._state = "closed"
+        self._phase = _Phase.CLOSED
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
@@ -271,7 +277,7 @@ class Journal:
 
     def append_encoded(self, data: bytes) -> None:
         """Add one frame made by :func:`encode_record` to the pending batch.  No I/O."""
-        if self._error is not None or self._state != "open":
+        if self._error is not None or self._phase is not _Phase.OPEN:
             self._raise_unusable()
         with self._lock:
             self._chunks.append(data)
@@ -306,7 +312,7 @@ class Journal:
         fdatasync'ed before ``on_commit``; ``OS``: written, not fsynced;
         ``MEMORY``: committed here, ``on_commit`` runs before ``flush`` returns.
         """
-        if self._error is not None or self._state != "open":
+        if self._error is not None or self._phase is not _Phase.OPEN:
             self._raise_unusable()
         if self._durability is Durability.MEMORY:
             self._commit_in_memory()
@@ -331,7 +337,7 @@ class Journal:
         the older segments deleted.  Fsynced in ``FSYNC`` and ``OS`` modes;
         ``MEMORY`` encodes nothing and writes nothing.
         """
-        if self._error is not None or self._state != "open":
+        if self._error is not None or self._phase is not _Phase.OPEN:
             self._raise_unusable()
         if self._durability is Durability.MEMORY:
             with self._lock:
@@ -369,7 +375,7 @@ class Journal:
     def _raise_unusable(self) -> None:
         if self._error is not None:
             raise JournalError("the journal failed; nothing more will commit") from self._error
-        raise JournalError(f"the journal is {self._state}, not open")
+        raise JournalError(f"the journal is {self._phase.value}, not open")
 
     def _seal(self) -> None:
         """With the lock held: queue the pending batch for the writer."""

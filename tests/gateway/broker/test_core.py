@@ -418,3 +418,14 @@ def test_qos0_to_a_blocked_subscriber_is_dropped_and_counted() -> None:
     sub.conn.output_blocked = False
     pub.send(Publish("t", b"y", 0))
     assert [p.payload for p in publishes(sub.received())] == [b"y"]
+
+
+def test_max_keepalive_replaces_v5_and_refuses_v311() -> None:
+    h = Harness(BrokerConfig(max_keepalive_s=120))
+    modern = h.client("m", V5, keepalive_s=600)
+    (connack,) = modern.received()
+    assert connack.properties.server_keep_alive == 120
+    assert modern.conn.keepalive_s == 120
+    old = h.client("o", keepalive_s=600)
+    assert old.received() == [Connack(False, ReasonCode.CLIENT_IDENTIFIER_NOT_VALID)]
+    assert old.closing
