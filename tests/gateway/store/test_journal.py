@@ -92,7 +92,7 @@ def test_group_commit_batches_appends_made_during_a_write(tmp_path: Path,
     assert recover(tmp_path)[1].records == 1001
 
 
-def test_flush_per_append_under_load_commits_far_fewer_batches(tmp_path: Path) -> None:
+def test_flush_after_every_append_commits_every_record_in_order(tmp_path: Path) -> None:
     commits = Commits()
     journal = opened(tmp_path, Durability.FSYNC, commits)
     for i in range(1000):
