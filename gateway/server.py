@@ -135,10 +135,11 @@ class MqttServer:
             if transport is None:
                 conn.out.clear()
                 continue
-            if conn.out:
-                self.bytes_sent += len(conn.out)
-                transport.write(bytes(conn.out))
-                conn.out.clear()
+            out = conn.out
+            if out:
+                self.bytes_sent += len(out)
+                conn.out = bytearray()  # the transport may keep `out`: hand it over, no copy
+                transport.write(out)
             if conn.close_reason is not None:
                 transport.close()
 
