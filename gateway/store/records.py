@@ -37,7 +37,6 @@ from zlib import crc32
 
 __all__ = [
     "MAX_RECORD_BYTES",
-    "CorruptRegion",
     "Dequeued",
     "Enqueued",
     "IncomingQos2",
@@ -48,7 +47,6 @@ __all__ = [
     "PubcompReceived",
     "PubrecReceived",
     "Record",
-    "RecordReader",
     "RetainCleared",
     "RetainSet",
     "SessionDeleted",
@@ -584,12 +582,3 @@ def decode_body(record_type: int, body: bytes) -> Record:
     except MALFORMED:
         raise ValueError(f"malformed body for record type {record_type}") from None
 
-
-def __getattr__(name: str) -> object:
-    # RecordReader lives in .reader (which imports this module); offered here
-    # too, lazily, so that the codec's whole public face is one import.
-    if name in ("RecordReader", "CorruptRegion"):
-        from . import reader
-
-        return getattr(reader, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -77,12 +77,6 @@ def test_one_of_each_covers_every_type() -> None:
     assert {type(r) for r in ONE_OF_EACH} == set(rec._ENCODERS)
 
 
-def test_the_reader_is_offered_by_the_records_module_too() -> None:
-    assert rec.RecordReader is RecordReader
-    with pytest.raises(AttributeError):
-        rec.NoSuchThing  # noqa: B018
-
-
 @pytest.mark.parametrize("bad", [
     SessionDeleted("x" * 65536),
     SessionDeleted("\ud800"),

@@ -15,7 +15,6 @@ from gateway.store.records import (
     MsgIdHighWater,
     PubcompReceived,
     PubrecReceived,
-    RecordReader,
     RetainCleared,
     RetainSet,
     SessionDeleted,
@@ -24,6 +23,7 @@ from gateway.store.records import (
     SubscriptionRemoved,
     encode_record,
 )
+from gateway.store.reader import RecordReader
 from gateway.store.state import DurableState, QueueEntry
 from tests.gateway.store.helpers import build_state, busy_state, state_ops
 

@@ -1,0 +1,268 @@
+"""A virtual ESP32: the real MicroPython interpreter running device code on a flash folder.
+
+The board side is a set of shim modules (`hw-sim/shims/`: machine, network,
+time, ntptime, esp32) that shadow or supply the ESP32's modules on the unix
+port. This host side starts the interpreter the way an ESP32 boots (boot.py,
+then main.py, from the board's own flash folder mounted at `/`) and plays the
+hardware the shims cannot: the watchdog that resets a board that stops feeding
+it, the deep-sleep timer that wakes it with RTC memory kept, resets, and power
+cuts that lose RTC memory and the clock.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import os
+import select
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from hwsim.micropython import interpreter
+
+log = logging.getLogger(__name__)
+
+SHIMS_DIR = Path(__file__).resolve().parent / "shims"
+EPOCH_2000_UNIX_S = 946_684_800
+UNIX_HEAP_FOR_64K_ESP32 = 128 * 1024
+"""The unix port's 64-bit objects need about twice an ESP32's heap for the same program."""
+
+
+class ResetCause(enum.IntEnum):
+    """`machine.reset_cause()` values of ESP32 MicroPython."""
+
+    PWRON = 1
+    HARD = 2
+    WDT = 3
+    DEEPSLEEP = 4
+    SOFT = 5
+
+
+@dataclass(frozen=True, slots=True)
+class BoardConfig:
+    """One virtual board's hardware."""
+
+    uid: bytes = b"\x24\x0a\xc4\x00\x00\x01"
+    """What `machine.unique_id()` returns (an ESP32's base MAC)."""
+    sensor_seed: int = 1
+    """Seed of the simulated sensor signals and their injected anomalies."""
+    heap_bytes: int = UNIX_HEAP_FOR_64K_ESP32
+    """Interpreter heap (`-X heapsize`): the unix-port equivalent of a 64 KB ESP32 heap."""
+    wifi_ssid: str = "ferry-sim"
+    """The access point the board can associate with."""
+    rssi_dbm: int = -60
+    """Signal strength reported while associated."""
+
+
+@dataclass(slots=True)
+class BoardEvent:
+    """Something that happened to the board, for tests and the fleet's counters."""
+
+    at_s: float
+    kind: str
+    detail: str = ""
+
+
+@dataclass(slots=True)
+class _Run:
+    process: subprocess.Popen
+    control: int
+    watchdog_ms: int | None = None
+    last_feed: float = 0.0
+    request: bytes = b""
+    killed_for: ResetCause | None = None
+
+
+BOOTSTRAP = """
+import sys
+sys.path[:0] = [{shims!r}]
+import _board, machine, time, network, ntptime, esp32, sensor_model
+import vfs, os
+vfs.mount(vfs.VfsPosix({flash!r}), "/")
+os.chdir("/")
+sys.path[:] = ["", ".frozen", "/lib"]
+for _name in ("boot.py", "main.py"):
+    try:
+        _source = open(_name).read()
+    except OSError:
+        continue
+    exec(compile(_source, _name, "exec"), {{"__name__": "__main__"}})
+"""
+
+
+class VirtualBoard:
+    """One board: a flash folder, RTC and clock state, and the interpreter process running it."""
+
+    def __init__(self, board_dir: Path, config: BoardConfig = BoardConfig()) -> None:
+        self.config = config
+        self.dir = board_dir
+        self.flash_dir = board_dir / "flash"
+        self.state_dir = board_dir / "state"
+        self.console_path = board_dir / "console.log"
+        self.events: list[BoardEvent] = []
+        self._lock = threading.Lock()
+        self._run: _Run | None = None
+        self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self.flash_dir.mkdir(parents=True, exist_ok=True)
+        (self.flash_dir / "lib").mkdir(exist_ok=True)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self._write_state("uid", config.uid)
+        self._write_state("sensor_seed", str(config.sensor_seed).encode())
+        self.set_wifi(True)
+
+    # ------------------------------------------------------------------ host controls
+
+    def _write_state(self, name: str, data: bytes) -> None:
+        tmp = self.state_dir / f".{name}.tmp"
+        tmp.write_bytes(data)
+        tmp.replace(self.state_dir / name)
+
+    def set_wifi(self, up: bool, rssi_dbm: int | None = None) -> None:
+        """Bring the simulated access point up or down (read by `network.WLAN` on every call)."""
+        rssi = self.config.rssi_dbm if rssi_dbm is None else rssi_dbm
+        path = self.state_dir / "wlan"
+        text = f"up {rssi} {self.config.wifi_ssid}" if up else "down"
+        # Written in place: the board keeps this file open from before its flash was mounted.
+        with open(path, "r+b" if path.exists() else "wb") as f:
+            f.write(text.encode().ljust(64))
+
+    def power_on(self) -> None:
+        """Cold boot: RTC memory empty, clock at 2000-01-01, then boot.py and main.py run."""
+        self._write_state("rtc.bin", b"")
+        self._write_state("clock", b"%24.6f" % (EPOCH_2000_UNIX_S - time.time()))
+        self._write_state("boot_wall_s", b"%.3f" % time.time())
+        self._stopping.clear()
+        self._thread = threading.Thread(target=self._supervise, args=(ResetCause.PWRON,),
+                                        name=f"board-{self.dir.name}", daemon=True)
+        self._thread.start()
+
+    def power_cut(self) -> None:
+        """SIGKILL the interpreter at whatever it is doing; RTC memory and clock are lost."""
+        self._stop(kill=True)
+        self._event("power_cut")
+
+    def stop(self) -> None:
+        """Stop the board for good (end of a test), like unplugging it."""
+        self._stop(kill=True)
+
+    def _stop(self, kill: bool) -> None:
+        self._stopping.set()
+        with self._lock:
+            run = self._run
+        if run is not None and run.process.poll() is None and kill:
+            os.killpg(run.process.pid, signal.SIGKILL)
+        if self._thread is not None:
+            self._thread.join(30)
+            self._thread = None
+
+    @property
+    def running(self) -> bool:
+        with self._lock:
+            return self._run is not None and self._run.process.poll() is None
+
+    def boots(self) -> list[str]:
+        """Reset causes of every boot so far, in order."""
+        return [e.detail for e in self.events if e.kind == "boot"]
+
+    def console(self) -> str:
+        return self.console_path.read_text(errors="replace") if self.console_path.exists() else ""
+
+    def wait_for(self, predicate, timeout_s: float = 30.0, poll_s: float = 0.05) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if predicate():
+                return True
+            time.sleep(poll_s)
+        return predicate()
+
+    # ------------------------------------------------------------------ supervisor
+
+    def _event(self, kind: str, detail: str = "") -> None:
+        self.events.append(BoardEvent(time.time(), kind, detail))
+        log.debug("board %s: %s %s", self.dir.name, kind, detail)
+
+    def _spawn(self, cause: ResetCause) -> _Run:
+        self._write_state("reset_cause", str(int(cause)).encode())
+        read_fd, write_fd = os.pipe()
+        env = dict(os.environ, FERRY_BOARD_STATE=str(self.state_dir), FERRY_BOARD_CTL=str(write_fd))
+        code = BOOTSTRAP.format(shims=str(SHIMS_DIR), flash=str(self.flash_dir))
+        with open(self.console_path, "ab") as console:
+            process = subprocess.Popen(
+                [interpreter(), "-X", f"heapsize={self.config.heap_bytes}", "-c", code],
+                stdin=subprocess.DEVNULL, stdout=console, stderr=subprocess.STDOUT, env=env,
+                pass_fds=(write_fd,), start_new_session=True)
+        os.close(write_fd)
+        self._event("boot", cause.name.lower())
+        return _Run(process, read_fd)
+
+    def _supervise(self, cause: ResetCause) -> None:
+        while not self._stopping.is_set():
+            run = self._spawn(cause)
+            with self._lock:
+                self._run = run
+            try:
+                self._pump(run)
+            finally:
+                os.close(run.control)
+            run.process.wait()
+            if self._stopping.is_set():
+                break
+            next_cause = self._after_exit(run)
+            if next_cause is None:
+                self._event("halted", f"exit status {run.process.returncode}")
+                break
+            cause = next_cause
+        with self._lock:
+            self._run = None
+
+    def _pump(self, run: _Run) -> None:
+        """Read the board's control messages until it exits; fire the watchdog when it starves."""
+        buffer = b""
+        while True:
+            timeout = None
+            if run.watchdog_ms is not None:
+                timeout = max(0.0, run.last_feed + run.watchdog_ms / 1000 - time.monotonic())
+            ready, _, _ = select.select([run.control], [], [], timeout)
+            if not ready:
+                self._event("watchdog", f"not fed for {run.watchdog_ms} ms")
+                run.killed_for = ResetCause.WDT
+                os.killpg(run.process.pid, signal.SIGKILL)
+                return
+            data = os.read(run.control, 4096)
+            if not data:
+                return
+            buffer += data
+            *lines, buffer = buffer.split(b"\n")
+            for line in lines:
+                self._on_control(run, line)
+
+    def _on_control(self, run: _Run, line: bytes) -> None:
+        kind, arg = line[:1], line[1:]
+        if kind == b"F":
+            run.last_feed = time.monotonic()
+        elif kind == b"W":
+            run.watchdog_ms = int(arg)
+            run.last_feed = time.monotonic()
+        elif kind in (b"S", b"R", b"s"):
+            run.request = line
+
+    def _after_exit(self, run: _Run) -> ResetCause | None:
+        if run.killed_for is not None:
+            return run.killed_for
+        request = run.request
+        if request.startswith(b"S"):
+            sleep_s = int(request[1:]) / 1000
+            self._event("deepsleep", f"{sleep_s:.3f} s")
+            if self._stopping.wait(sleep_s):
+                return None
+            return ResetCause.DEEPSLEEP
+        if request == b"R":
+            return ResetCause.HARD
+        if request == b"s":
+            return ResetCause.SOFT
+        return None

@@ -1,0 +1,218 @@
+# hw-sim: the ESP32 `machine` module on the unix port (MicroPython code).
+# The built-in stays reachable as `umachine`. Pins, ADC and I2C are backed by the
+# deterministic sensor model; RTC memory, the watchdog, deep sleep and resets are
+# shared with the host supervisor through _board.
+from umachine import *  # noqa: F401,F403 - Signal, idle, mem8, ... as built in
+import sys
+import utime
+import _board
+import sensor_model
+
+PWRON_RESET = 1
+HARD_RESET = 2
+WDT_RESET = 3
+DEEPSLEEP_RESET = 4
+SOFT_RESET = 5
+BROWNOUT_RESET = 6
+PIN_WAKE = 2
+TIMER_WAKE = 4
+
+SHT31_ADDRESS = 0x44
+_SHT31_MEASURE_HIGH = b"\x24\x00"
+BATTERY_ADC_PIN = 35
+_BATTERY_DIVIDER = 2  # a 1:1 divider halves the cell voltage at the ADC
+
+
+def reset_cause():
+    return _board.reset_cause
+
+
+def wake_reason():
+    return TIMER_WAKE if _board.reset_cause == DEEPSLEEP_RESET else 0
+
+
+def unique_id():
+    return _board.uid
+
+
+def freq(hz=None):
+    return None if hz is not None else 240000000
+
+
+def idle():
+    utime.sleep_ms(1)
+
+
+def lightsleep(ms=None):
+    utime.sleep_ms(ms or 0)
+
+
+def deepsleep(ms=0):
+    """Power down until the timer (the host restarts the process after `ms`), keeping RTC memory."""
+    _board.control(b"S%d" % ms)
+    sys.exit(0)
+
+
+def reset():
+    _board.control(b"R")
+    sys.exit(0)
+
+
+def soft_reset():
+    _board.control(b"s")
+    sys.exit(0)
+
+
+def _host_s():
+    return utime.time()
+
+
+class Pin:
+    IN = 1
+    OUT = 3
+    OPEN_DRAIN = 7
+    PULL_UP = 1
+    PULL_DOWN = 2
+    IRQ_RISING = 1
+    IRQ_FALLING = 2
+
+    def __init__(self, id, mode=-1, pull=-1, value=None):
+        self.id = id
+        self._value = 0 if value is None else value
+
+    def init(self, mode=-1, pull=-1, value=None):
+        if value is not None:
+            self._value = value
+
+    def value(self, v=None):
+        if v is None:
+            return self._value
+        self._value = 1 if v else 0
+
+    def on(self):
+        self._value = 1
+
+    def off(self):
+        self._value = 0
+
+    def irq(self, handler=None, trigger=3):
+        return None
+
+    __call__ = value
+
+
+class ADC:
+    ATTN_0DB = 0
+    ATTN_11DB = 3
+    WIDTH_12BIT = 3
+
+    def __init__(self, pin, atten=ATTN_11DB):
+        self._pin = pin.id if isinstance(pin, Pin) else pin
+
+    def atten(self, value):
+        pass
+
+    def width(self, value):
+        pass
+
+    def read_uv(self):
+        if self._pin != BATTERY_ADC_PIN:
+            return 0
+        now = _host_s()
+        return sensor_model.battery_mv(_board.sensor_seed, now, _board.boot_wall_s) * 1000 // _BATTERY_DIVIDER
+
+    def read_u16(self):
+        return min(65535, self.read_uv() * 65535 // 3300000)
+
+    def read(self):
+        return self.read_u16() >> 4
+
+
+def _sht31_crc(data):
+    crc = 0xFF
+    for byte in data:
+        crc ^= byte
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x31) & 0xFF if crc & 0x80 else (crc << 1) & 0xFF
+    return crc
+
+
+class I2C:
+    """An I2C bus with one Sensirion SHT31 temperature/humidity sensor at 0x44."""
+
+    def __init__(self, id=0, scl=None, sda=None, freq=400000):
+        self._command = b""
+
+    def scan(self):
+        return [SHT31_ADDRESS]
+
+    def writeto(self, addr, buf, stop=True):
+        if addr != SHT31_ADDRESS:
+            raise OSError(19)  # ENODEV: no ACK
+        self._command = bytes(buf)
+        return len(buf)
+
+    def readfrom_into(self, addr, buf, stop=True):
+        if addr != SHT31_ADDRESS or self._command != _SHT31_MEASURE_HIGH:
+            raise OSError(19)
+        now = _host_s()
+        seed = _board.sensor_seed
+        t_raw = int((sensor_model.temperature_c(seed, now) + 45) * 65535 / 175)
+        rh_raw = int(sensor_model.humidity_pct(seed, now) * 65535 / 100)
+        t_raw = max(0, min(65535, t_raw))
+        rh_raw = max(0, min(65535, rh_raw))
+        t = bytes((t_raw >> 8, t_raw & 0xFF))
+        rh = bytes((rh_raw >> 8, rh_raw & 0xFF))
+        out = t + bytes((_sht31_crc(t),)) + rh + bytes((_sht31_crc(rh),))
+        for i in range(min(len(buf), 6)):
+            buf[i] = out[i]
+
+    def readfrom(self, addr, nbytes, stop=True):
+        buf = bytearray(nbytes)
+        self.readfrom_into(addr, buf, stop)
+        return bytes(buf)
+
+
+class SoftI2C(I2C):
+    pass
+
+
+class RTC:
+    """The ESP32 RTC: `memory()` survives deep sleep and resets, not a power cut."""
+
+    def __init__(self, id=0):
+        pass
+
+    def memory(self, data=None):
+        # File layout: 2-byte length, then the bytes (MicroPython files cannot truncate).
+        f = _board.rtc_file
+        if data is None:
+            f.seek(0)
+            header = f.read(2)
+            return f.read(header[0] << 8 | header[1]) if len(header) == 2 else b""
+        if len(data) > 2048:
+            raise ValueError("buffer too long")
+        f.seek(0)
+        f.write(bytes((len(data) >> 8, len(data) & 0xFF)) + bytes(data))
+        return None
+
+    def datetime(self, dt=None):
+        import time
+        if dt is None:
+            t = time.gmtime()
+            return (t[0], t[1], t[2], t[6], t[3], t[4], t[5], 0)
+        secs = time.mktime((dt[0], dt[1], dt[2], dt[4], dt[5], dt[6], 0, 0))
+        _board.set_clock_offset_s(secs + time.EPOCH_OFFSET_S - utime.time())
+
+    def init(self, dt):
+        self.datetime(dt)
+
+
+class WDT:
+    """The task watchdog: the host resets the board when `feed()` stops for `timeout` ms."""
+
+    def __init__(self, id=0, timeout=5000):
+        _board.control(b"W%d" % timeout)
+
+    def feed(self):
+        _board.control(b"F")

@@ -1,0 +1,27 @@
+# hw-sim: the ESP32's clock on the unix port (MicroPython code).
+# Epoch 2000-01-01 as on ESP32 MicroPython, and an RTC that starts at the epoch on
+# power-on until ntptime sets it; everything else is the built-in module.
+from utime import *  # noqa: F401,F403 - ticks_ms, sleep_ms, ... as built in
+import utime
+import _board
+
+EPOCH_OFFSET_S = 946684800  # 1970 -> 2000
+
+
+def time():
+    return int(utime.time() + _board.clock_offset_s()) - EPOCH_OFFSET_S
+
+
+def time_ns():
+    return utime.time_ns() + int(_board.clock_offset_s() * 1e9) - EPOCH_OFFSET_S * 1000000000
+
+
+def gmtime(secs=None):
+    return utime.gmtime((time() if secs is None else secs) + EPOCH_OFFSET_S)
+
+
+localtime = gmtime
+
+
+def mktime(t):
+    return utime.mktime(t) - EPOCH_OFFSET_S

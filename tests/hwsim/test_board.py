@@ -1,0 +1,145 @@
+"""Virtual ESP32 boards: real MicroPython with the hw-sim shims, supervised by the host."""
+
+from __future__ import annotations
+
+import importlib.util
+import time
+from pathlib import Path
+
+import pytest
+
+from hwsim.board import SHIMS_DIR, BoardConfig, VirtualBoard
+
+
+def load_sensor_model():
+    spec = importlib.util.spec_from_file_location("sensor_model", SHIMS_DIR / "sensor_model.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def make_board(tmp_path: Path):
+    boards: list[VirtualBoard] = []
+
+    def make(main_py: str, **config) -> VirtualBoard:
+        board = VirtualBoard(tmp_path / f"board{len(boards)}", BoardConfig(**config))
+        (board.flash_dir / "main.py").write_text(main_py)
+        boards.append(board)
+        return board
+
+    yield make
+    for board in boards:
+        board.stop()
+
+
+def lines(board: VirtualBoard) -> list[str]:
+    return [line for line in board.console().splitlines() if line.startswith("out ")]
+
+
+def test_identity_reset_cause_and_private_flash(make_board) -> None:
+    board = make_board(
+        "import machine, os, ubinascii\n"
+        "print('out', ubinascii.hexlify(machine.unique_id()).decode(), machine.reset_cause())\n"
+        "open('/written.txt', 'w').write('on flash')\n"
+        "print('out', sorted(os.listdir('/')))\n",
+        uid=bytes.fromhex("240ac4123456"))
+    board.power_on()
+    assert board.wait_for(lambda: "halted" in [e.kind for e in board.events])
+    assert lines(board) == ["out 240ac4123456 1", "out ['lib', 'main.py', 'written.txt']"]
+    assert (board.flash_dir / "written.txt").read_text() == "on flash"
+
+
+def test_rtc_memory_survives_reset_and_deep_sleep_not_power_cut(make_board) -> None:
+    board = make_board(
+        "import machine\n"
+        "rtc = machine.RTC()\n"
+        "n = int(rtc.memory() or b'0')\n"
+        "print('out', machine.reset_cause(), n)\n"
+        "rtc.memory(str(n + 1).encode())\n"
+        "if n == 0:\n    machine.reset()\n"
+        "elif n == 1:\n    machine.deepsleep(300)\n")
+    board.power_on()
+    assert board.wait_for(lambda: len(lines(board)) == 3)
+    assert lines(board) == ["out 1 0", "out 2 1", "out 4 2"]
+    assert board.boots() == ["pwron", "hard", "deepsleep"]
+    slept = [e for e in board.events if e.kind == "deepsleep"]
+    assert slept and slept[0].detail == "0.300 s"
+    board.wait_for(lambda: not board.running)
+    board.power_cut()
+    board.power_on()
+    assert board.wait_for(lambda: len(lines(board)) == 5)
+    assert lines(board)[3] == "out 1 0"  # RTC memory lost with the power
+
+
+def test_watchdog_resets_a_board_that_stops_feeding_it(make_board) -> None:
+    board = make_board(
+        "import machine, time\n"
+        "print('out', machine.reset_cause())\n"
+        "if machine.reset_cause() != machine.WDT_RESET:\n"
+        "    wdt = machine.WDT(timeout=400)\n"
+        "    for _ in range(5):\n"
+        "        time.sleep_ms(100)\n"
+        "        wdt.feed()\n"
+        "    print('out hung')\n"
+        "    time.sleep(60)\n")
+    board.power_on()
+    assert board.wait_for(lambda: len(lines(board)) == 3, timeout_s=20)
+    assert lines(board) == ["out 1", "out hung", "out 3"]
+    assert board.boots() == ["pwron", "wdt"]
+
+
+def test_clock_starts_at_2000_until_ntp_and_ntp_needs_wifi(make_board) -> None:
+    board = make_board(
+        "import time, ntptime, network\n"
+        "wlan = network.WLAN(network.STA_IF)\n"
+        "wlan.active(True)\n"
+        "wlan.connect('ferry-sim', 'pw')\n"
+        "print('out', time.gmtime(0)[0], time.gmtime()[0])\n"
+        "try:\n    ntptime.settime()\nexcept OSError as e:\n    print('out ntp failed', e.args[0])\n"
+        "print('out', time.gmtime()[0])\n")
+    board.set_wifi(False)
+    board.power_on()
+    assert board.wait_for(lambda: len(lines(board)) == 3)
+    assert lines(board) == ["out 2000 2000", "out ntp failed 110", "out 2000"]
+    board.stop()
+    board.set_wifi(True)
+    board.power_on()
+    year = time.gmtime().tm_year
+    assert board.wait_for(lambda: len(lines(board)) == 5)
+    assert lines(board)[3:] == ["out 2000 2000", f"out {year}"]
+
+
+def test_wifi_follows_the_host(make_board) -> None:
+    board = make_board(
+        "import network, time\n"
+        "w = network.WLAN(network.STA_IF)\n"
+        "w.active(True)\n"
+        "w.connect('ferry-sim', 'pw')\n"
+        "print('out', w.isconnected(), w.status('rssi'))\n"
+        "while w.isconnected():\n    time.sleep_ms(50)\n"
+        "print('out', w.isconnected(), w.status())\n", rssi_dbm=-71)
+    board.power_on()
+    assert board.wait_for(lambda: len(lines(board)) == 1)
+    board.set_wifi(False)
+    assert board.wait_for(lambda: len(lines(board)) == 2)
+    assert lines(board) == ["out True -71", "out False 201"]
+
+
+def test_sht31_reads_match_the_host_sensor_model(make_board) -> None:
+    board = make_board(
+        "import machine, time\n"
+        "i2c = machine.I2C(0)\n"
+        "print('out scan', i2c.scan())\n"
+        "i2c.writeto(0x44, b'\\x24\\x00')\n"
+        "d = i2c.readfrom(0x44, 6)\n"
+        "t = -45 + 175 * (d[0] << 8 | d[1]) / 65535\n"
+        "print('out', time.time() + 946684800 - 0, t)\n"
+        "import utime\nprint('out host', utime.time(), t)\n", sensor_seed=7)
+    board.power_on()
+    assert board.wait_for(lambda: len(lines(board)) == 3)
+    assert lines(board)[0] == "out scan [68]"
+    _, _, host_s, temperature = lines(board)[2].split()
+    model = load_sensor_model()
+    expected = model.temperature_c(7, float(host_s))
+    assert abs(float(temperature) - expected) < 0.5
