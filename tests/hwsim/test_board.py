@@ -77,7 +77,7 @@ def test_watchdog_resets_a_board_that_stops_feeding_it(make_board) -> None:
         "import machine, time\n"
         "print('out', machine.reset_cause())\n"
         "if machine.reset_cause() != machine.WDT_RESET:\n"
-        "    wdt = machine.WDT(timeout=400)\n"
+        "    wdt = machine.WDT(timeout=1500)\n"
         "    for _ in range(5):\n"
         "        time.sleep_ms(100)\n"
         "        wdt.feed()\n"
