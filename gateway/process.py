@@ -54,6 +54,8 @@ class GatewayProcess:
         return self.data_dir / "gateway.log"
 
     def start(self) -> "GatewayProcess":
+        if self.process is not None and self.process.poll() is None:
+            raise RuntimeError(f"gateway on port {self.port} is already running")
         self.starts += 1
         self.process = ManagedProcess(f"gateway#{self.starts}", self.argv(), self.log_path)
         self.process.start()

@@ -64,7 +64,7 @@ def test_write_failure_exits_with_status_3_and_keeps_what_was_acked(tmp_path) ->
     assert 0 < len(acked) < 2000
 
     received: list[int] = []
-    with gateway.start():
+    with gateway:
         with TestClient(port, "keeper", clean=False) as back:
             assert back.session_present
             while True:
