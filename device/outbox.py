@@ -1,0 +1,569 @@
+# Ferry's power-loss-safe outbox: every reading is on flash before it is sent
+# (MicroPython code: ESP32 v1.22+ and the unix port). docs/outbox.md has the
+# design, the measured costs and the exact meaning of every counter.
+#
+# Records live in fixed-size slots in a ring of K append-only segment files
+# "<prefix>.0" .. "<prefix>.<K-1>", each holding S slots. Record number `lsn`
+# (0, 1, 2, ... over the outbox's life) sits in file (lsn // S) % K at byte
+# (lsn % S) * slot_size. A segment file is only ever truncated (when the ring
+# comes back to it) and appended to, never rewritten in the middle: littlefs
+# copies everything after a mid-file write, so an in-place ring in one big
+# file costs ~30x the erases. Appends are staged in RAM and written N at a
+# time (or after T ms) with one write + sync per segment touched.
+#
+# The head (next lsn to write) is always found by scanning slot CRCs, never
+# trusted from a pointer, so a torn flush is detected. The tail (oldest not
+# yet acknowledged), the loss mark and the counters are the "state": 52 bytes
+# written to RTC memory on every change and to "<prefix>.st" (two alternating
+# copies) on every append (count_losses) or every `ack_persist_every` acks.
+#
+# Heap: the hot path (append, read_into, ack) allocates nothing but the
+# memoryview read_into returns. MicroPython puts a function's frame on the
+# heap when its locals + stack pass 11 words, so hot methods stay small.
+import binascii
+import os
+import struct
+import time
+from array import array
+
+from micropython import const
+
+HEADER_SIZE = const(20)  # the payload starts here in a slot buffer
+_MAGIC = const(0xF0B1)
+_ST_MAGIC = const(0x3142_4F46)  # b"FOB1"
+_ST_WORDS = const(13)
+_ST_SIZE = const(52)
+_F_MARKS = const(1)  # the state was written with count_losses on: its mark is exact
+_F_CLEAN = const(2)  # nothing was staged when the state was written: its mark is exact
+
+try:
+    _crc32 = binascii.crc32
+except AttributeError:  # a build without it: the same CRC-32, table-free and slow
+
+    def _crc32(data, crc=0):
+        crc ^= 0xFFFF_FFFF
+        for b in data:
+            crc ^= b
+            for _ in range(8):
+                crc = (crc >> 1) ^ (0xEDB8_8320 & -(crc & 1))
+        return crc ^ 0xFFFF_FFFF
+
+
+def _u32(b, o):
+    return b[o] | b[o + 1] << 8 | b[o + 2] << 16 | b[o + 3] << 24
+
+
+def _put(b, o, v):
+    struct.pack_into("<I", b, o, v)
+
+
+def _sealed(buf):
+    """True when buf's first 4 bytes are the CRC-32 of buf with those bytes zero."""
+    c = _u32(buf, 0)
+    buf[0] = buf[1] = buf[2] = buf[3] = 0
+    ok = _crc32(buf) == c
+    _put(buf, 0, c)
+    return ok
+
+
+class Outbox:
+    """A bounded, drop-oldest, power-loss-safe FIFO of readings on flash.
+
+    prefix: path prefix of the files, e.g. "/data/ob" (the folder must exist).
+    capacity: at least this many unacknowledged readings are kept; the ring
+      has ceil(capacity / segment_slots) + 1 segment files.
+    slot_size: bytes per record on flash, header included (payloads up to
+      slot_size - HEADER_SIZE; bigger ones raise ValueError).
+    flush_every / flush_interval_ms: staged readings are flushed when there
+      are this many, or when the oldest has waited this long (checked by
+      append() and poll()).
+    segment_slots: slots per segment file; a full ring drops a whole segment.
+    ack_persist_every: the tail goes to flash at least every this many acks
+      (it goes to RTC memory on every ack).
+    rtc: an object with memory() / memory(buf) like machine.RTC, or None.
+    count_losses: write the state to flash on every append, so that readings
+      lost unflushed in a power cut are counted exactly (docs/outbox.md).
+    The geometry (slot_size, segment_slots, capacity) must not change while
+    files exist: wipe the outbox to change it.
+    """
+
+    def __init__(self, prefix, capacity=1000, slot_size=256, flush_every=10,
+                 flush_interval_ms=5000, segment_slots=40, ack_persist_every=10,
+                 rtc=None, count_losses=True):
+        if slot_size < 32 or flush_every < 1 or segment_slots < 1 or capacity < 1:
+            raise ValueError("outbox: bad size")
+        self._prefix = prefix
+        self._ss = slot_size
+        self._S = segment_slots
+        self._K = (capacity + segment_slots - 1) // segment_slots + 1
+        self._n_flush = flush_every
+        self._interval = flush_interval_ms
+        self._ack_every = ack_persist_every
+        self._rtc = rtc
+        self._flags = _F_MARKS if count_losses else 0
+        self.max_payload = slot_size - HEADER_SIZE
+        # Preallocated buffers: the hot path allocates nothing else.
+        self._stage = bytearray(flush_every * slot_size)
+        self._stage_mv = memoryview(self._stage)
+        self._slot = bytearray(slot_size)  # the record being built
+        self._scan = bytearray(slot_size)  # start-up scans
+        self._hd = array("I", (0, 0, 0, 0, 0))  # a slot header read on its own
+        self._sv = array("I", [0] * _ST_WORDS)  # the state, as written
+        self._staged = 0  # slots in _stage ...
+        self._done = 0  # ... of which the first _done are on flash (a flush failed midway)
+        self._t_staged = 0
+        self._prev_len = slot_size - HEADER_SIZE
+        self._hf = None  # head segment file, open r+b / w+b
+        self._hseg = -1
+        self._rf = None  # reader cache for one older segment
+        self._rseg = -1
+        self._rbuf = self._rmv = None  # the last read_into buffer and a memoryview of it
+        # Counters (docs/outbox.md says exactly what each one counts).
+        self.dropped = 0
+        self.corrupt = 0
+        self.lost_unflushed = 0
+        self.loss_unknown = 0
+        self.last_loss = None  # (boot, first seq, last seq) lost unflushed, found at this start
+        self.flash_writes = 0
+        self.flash_bytes = 0
+        self.state_writes = 0
+        self.state_bytes = 0
+        self.flush_errors = 0  # flushes that failed inside append() (retried by the next one)
+        self.recovered_from = ""  # "rtc", "flash" or "new"
+        self.rec_boot = self.rec_seq = self.rec_lsn = -1
+        self._open()
+
+    # ---- files ---------------------------------------------------------
+    def _name(self, idx):
+        return "%s.%s" % (self._prefix, idx)
+
+    def _file(self, seg):
+        """An open file holding segment `seg` (the head file when it is the head segment)."""
+        if seg == self._hseg and self._hf is not None:
+            return self._hf
+        if seg != self._rseg:
+            return self._open_reader(seg)
+        return self._rf
+
+    def _open_reader(self, seg):
+        self._close_reader()
+        try:
+            self._rf = open(self._name(seg % self._K), "rb")
+        except OSError:
+            return None
+        self._rseg = seg
+        return self._rf
+
+    def _close_reader(self):
+        if self._rf is not None:
+            self._rf.close()
+            self._rf = None
+        self._rseg = -1
+
+    def _read_slot(self, lsn, buf):
+        """Read slot `lsn` into buf (slot_size bytes); True when it holds valid record `lsn`."""
+        f = self._file(lsn // self._S)
+        if f is None:
+            return False
+        f.seek((lsn % self._S) * self._ss)
+        return f.readinto(buf) == self._ss and self._valid(buf, lsn)
+
+    def _valid(self, buf, lsn):
+        if buf[4] | buf[5] << 8 != _MAGIC or buf[6] | buf[7] << 8 > self.max_payload:
+            return False
+        return _u32(buf, 8) == lsn and _sealed(buf)
+
+    # ---- state ---------------------------------------------------------
+    def _save(self, flash, flags=0):
+        """Write the state to RTC memory and, when `flash`, to the state file."""
+        if not flash and self._rtc is None:
+            return
+        self._gen += 1
+        v = self._sv
+        v[3] = self._gen
+        v[4] = self._tail
+        v[5] = self._mark
+        v[6] = self._mark_boot
+        v[7] = self._mark_seq
+        v[8] = self.dropped
+        v[9] = self.lost_unflushed
+        v[10] = self.corrupt
+        v[11] = self._flags | flags
+        v[12] = self.loss_unknown
+        v[0] = 0
+        v[0] = _crc32(v)
+        if self._rtc is not None:
+            self._rtc.memory(v)
+        if flash:
+            self._write_state(flags)
+
+    def _write_state(self, flags):
+        f = self._sf
+        f.seek((self._gen & 1) * _ST_SIZE)  # two copies: a torn write leaves the other
+        f.write(self._sv)
+        f.flush()
+        self.state_writes += 1
+        self.state_bytes += _ST_SIZE
+        self._ftail = self._tail
+        self._acks = 0
+        self._clean = flags & _F_CLEAN
+
+    @staticmethod
+    def _parse(b):
+        """The state words after the magic (epoch, gen, ...) from 52 bytes, or None if not valid."""
+        if b is None or len(b) < _ST_SIZE:
+            return None
+        b = bytearray(b[:_ST_SIZE])
+        if _u32(b, 4) != _ST_MAGIC or not _sealed(b):
+            return None
+        return struct.unpack_from("<IIIIIIIIIII", b, 8)
+
+    def _load_state(self):
+        """(state, source): the newest valid state from the state file and RTC memory."""
+        best = None
+        try:
+            with open(self._name("st"), "rb") as f:
+                data = f.read()
+            for i in (0, 1):
+                s = self._parse(data[i * _ST_SIZE:])
+                if s is not None and (best is None or s[1] > best[1]):
+                    best = s
+        except OSError:
+            pass
+        src = "flash"
+        if best is not None and self._rtc is not None:
+            try:
+                s = self._parse(self._rtc.memory())
+            except (OSError, ValueError, TypeError):
+                s = None
+            # RTC memory is believed for the same outbox (epoch) only, and when newer.
+            if s is not None and s[0] == best[0] and s[1] >= best[1]:
+                best, src = s, "rtc"
+        return best, src
+
+    # ---- start-up ------------------------------------------------------
+    def _first_valid(self, idx):
+        """The lsn of the first valid slot in segment file `idx`, or -1."""
+        S, K, ss, buf = self._S, self._K, self._ss, self._scan
+        try:
+            f = open(self._name(idx), "rb")
+        except OSError:
+            return -1
+        try:
+            for j in range(S):
+                if f.readinto(buf) != ss:
+                    break
+                lsn = _u32(buf, 8)
+                if lsn % S == j and (lsn // S) % K == idx and self._valid(buf, lsn):
+                    return lsn
+        finally:
+            f.close()
+        return -1
+
+    def _find_head(self):
+        """The next lsn to write: after the last valid slot of the newest segment.
+
+        A slot that fails its CRC before a valid one is corruption, not the end:
+        segment files are only appended to, so the end is the last valid slot.
+        """
+        best = -1
+        for idx in range(self._K):
+            lsn = self._first_valid(idx)
+            if lsn > best:
+                best = lsn
+        if best < 0:
+            return 0
+        h = best + 1
+        for lsn in range(best + 1, (best // self._S + 1) * self._S):
+            if self._read_slot(lsn, self._scan):
+                h = lsn + 1
+        return h
+
+    def _oldest(self, head):
+        """The oldest lsn still on flash (segments older than the ring, or truncated, are gone)."""
+        if head == 0:
+            return 0
+        S = self._S
+        hs = (head - 1) // S
+        s = hs - (self._K - 1)
+        if s < 0:
+            s = 0
+        while s < hs and self._first_valid(s % self._K) // S != s:
+            s += 1
+        return s * S
+
+    def _open(self):
+        st, src = self._load_state()
+        head = self._find_head()
+        oldest = self._oldest(head)
+        self._close_reader()
+        self._head = head
+        self._acks = 0
+        if st is None:
+            self.recovered_from = "new"
+            self._epoch = _u32(os.urandom(4), 0) if hasattr(os, "urandom") else time.ticks_ms()
+            self._gen = 0
+            self._tail = oldest
+            if head:  # records without a state: re-presented from the oldest; losses unknown
+                self.loss_unknown = 1
+        else:
+            self.recovered_from = src
+            (self._epoch, self._gen, tail, mark, mark_boot, mark_seq, self.dropped,
+             self.lost_unflushed, self.corrupt, flags, self.loss_unknown) = st
+            if tail < oldest:  # a drop whose state write was cut off
+                self.dropped += oldest - tail
+                tail = oldest
+            self._tail = tail if tail <= head else head
+            n = mark - head  # readings marked as appended that are not on flash
+            if src == "rtc" or flags & (_F_MARKS | _F_CLEAN):
+                if n > 0:
+                    self.lost_unflushed += n
+                    self.last_loss = (mark_boot, mark_seq - n + 1, mark_seq)
+            else:  # a power cut with count_losses off: some staged readings may be gone
+                if n > 0:
+                    self.lost_unflushed += n
+                self.loss_unknown += 1
+        self._mark = head
+        self._mark_boot = self._mark_seq = 0
+        self._sv[1] = _ST_MAGIC
+        self._sv[2] = self._epoch
+        name = self._name("st")
+        try:
+            self._sf = open(name, "r+b")
+        except OSError:
+            self._sf = open(name, "w+b")
+            self._sf.write(bytearray(2 * _ST_SIZE))
+        self._save(True, _F_CLEAN)  # nothing is staged yet
+        if head % self._S:
+            self._hseg = head // self._S
+            self._hf = open(self._name(self._hseg % self._K), "r+b")
+
+    # ---- writing -------------------------------------------------------
+    def append(self, boot, seq, payload):
+        """Accept one reading (payload: bytes-like), or raise and accept nothing.
+
+        The reading is staged in RAM; staged readings are flushed when there are
+        flush_every of them or the oldest waited flush_interval_ms. A flush that
+        fails after the reading was accepted is counted in flush_errors and
+        retried by the next append, which raises if it fails again.
+        """
+        if self._staged >= self._n_flush:
+            self.flush()  # a flush failed: finish it before accepting more
+        n = self._check(payload)
+        self._mark_boot = boot
+        self._mark_seq = seq
+        self._build(payload, n)
+        self._mark = self._head + self._staged - self._done + 1
+        # The flash state must stop claiming "nothing staged" before a reading can be lost.
+        self._save(self._flags or self._clean)
+        self._stage_slot()
+        if self._staged >= self._n_flush or self._due(time.ticks_ms()) <= 0:
+            self._flush_accepted()
+
+    def _flush_accepted(self):
+        try:
+            self.flush()
+        except OSError:  # no "as e": binding it would put this frame on the heap
+            self.flush_errors += 1
+
+    def _check(self, payload):
+        if isinstance(payload, str):
+            raise TypeError("outbox: payload must be bytes")
+        n = len(payload)
+        if n > self.max_payload:
+            raise ValueError("outbox: payload too big for a slot")
+        return n
+
+    def _build(self, payload, n):
+        """Make the record (_mark_boot, _mark_seq, payload) in self._slot."""
+        s = self._slot
+        s[HEADER_SIZE:HEADER_SIZE + n] = payload
+        self._pad(n)
+        self._header(n)
+
+    def _pad(self, n):
+        """Zero what a longer previous payload left after this one."""
+        s = self._slot
+        for i in range(HEADER_SIZE + n, HEADER_SIZE + self._prev_len):
+            s[i] = 0
+        self._prev_len = n
+
+    def _header(self, n):
+        s = self._slot
+        _put(s, 4, _MAGIC | n << 16)
+        _put(s, 8, self._head + self._staged - self._done)
+        _put(s, 12, self._mark_boot)
+        _put(s, 16, self._mark_seq)
+        s[0] = s[1] = s[2] = s[3] = 0
+        _put(s, 0, _crc32(s))
+
+    def _stage_slot(self):
+        o = self._staged * self._ss
+        self._stage[o:o + self._ss] = self._slot
+        if self._staged == self._done:
+            self._t_staged = time.ticks_ms()
+        self._staged += 1
+
+    def poll(self, now_ms=None):
+        """Flush if the oldest staged reading waited flush_interval_ms; ms until the next due, -1 if none."""
+        if self._staged == self._done:
+            return -1
+        left = self._due(time.ticks_ms() if now_ms is None else now_ms)
+        if left > 0:
+            return left
+        self.flush()
+        return -1
+
+    def _due(self, now_ms):
+        """ms until the staged readings are due for a flush (<= 0: now)."""
+        if self._staged == self._done:
+            return 1
+        return self._interval - time.ticks_diff(now_ms, self._t_staged)
+
+    def flush(self):
+        """Write every staged reading to flash: one write + sync per segment file touched."""
+        n = self._staged - self._done
+        while self._done < self._staged:
+            self._write_run()  # _done and _head advance only past what was written
+        self._staged = self._done = 0
+        return n
+
+    def _write_run(self):
+        """Write the staged slots that go to the head segment file."""
+        lsn = self._head
+        off = lsn % self._S
+        if off == 0:
+            self._start_segment(lsn // self._S)
+        k = self._staged - self._done
+        if k > self._S - off:
+            k = self._S - off
+        self._hf.seek(off * self._ss)
+        self._write_slots(k)
+        self._head = lsn + k
+
+    def _write_slots(self, k):
+        a = self._done * self._ss
+        b = a + k * self._ss
+        f = self._hf
+        f.write(self._stage_mv[a:b])
+        f.flush()  # littlefs: commit; unix port: fsync
+        self.flash_writes += 1
+        self.flash_bytes += b - a
+        self._done += k
+
+    def _start_segment(self, seg):
+        """Make segment `seg` the head: drop (and count) unacked readings in the file it reuses."""
+        keep = (seg - (self._K - 1)) * self._S  # oldest lsn that survives
+        if self._tail < keep:
+            self.dropped += keep - self._tail
+            self._tail = keep
+        if self._ftail < keep:  # the state on flash must not point into the file we truncate
+            self._save(True)
+        if self._hf is not None:
+            self._hf.close()
+            self._hf = None
+        if self._rseg >= 0 and self._rseg % self._K == seg % self._K:
+            self._close_reader()
+        self._hseg = seg
+        self._hf = open(self._name(seg % self._K), "w+b")
+
+    # ---- reading and acknowledging ---------------------------------------
+    def pending(self):
+        """Readings on flash not yet acknowledged (what may be sent)."""
+        return self._head - self._tail
+
+    def staged(self):
+        """Readings in RAM waiting for the next flush (not sendable yet)."""
+        return self._staged - self._done
+
+    def record_buffer(self):
+        """A buffer of the right size for read_into (allocate it once)."""
+        return bytearray(self._ss)
+
+    def read_into(self, i, buf):
+        """The payload of the i-th pending reading (0 = oldest) as a memoryview into buf.
+
+        buf is a bytearray(slot_size); rec_boot, rec_seq and rec_lsn are set.
+        A corrupt oldest reading is skipped and counted in `corrupt`; a corrupt
+        later one, or skipping past the last, gives None.
+        """
+        if i < 0 or self._tail + i >= self._head:
+            raise IndexError("outbox: no such pending reading")
+        while True:
+            lsn = self._tail + i
+            if lsn >= self._head:
+                return None
+            if self._read_slot(lsn, buf):
+                break
+            if i:
+                return None
+            self.corrupt += 1
+            self._advance()
+        self.rec_lsn = lsn
+        self.rec_boot = _u32(buf, 12)
+        self.rec_seq = _u32(buf, 16)
+        return self._payload(buf)
+
+    def _payload(self, buf):
+        if buf is not self._rbuf:  # one memoryview per caller buffer, not per read
+            self._rbuf = buf
+            self._rmv = memoryview(buf)
+        return self._rmv[HEADER_SIZE:HEADER_SIZE + (buf[6] | buf[7] << 8)]
+
+    def ack(self, boot, seq):
+        """PUBACK of (boot, seq): advance the tail if it is the oldest pending reading; True if it was."""
+        if self._tail >= self._head or not self._read_header(self._tail):
+            return False
+        h = self._hd
+        if h[3] != boot or h[4] != seq:
+            return False
+        self._advance()
+        return True
+
+    def _read_header(self, lsn):
+        f = self._file(lsn // self._S)
+        if f is None:
+            return False
+        f.seek((lsn % self._S) * self._ss)
+        return f.readinto(self._hd) == HEADER_SIZE and self._hd[2] == lsn
+
+    def ack_oldest(self):
+        """PUBACK of the oldest pending reading (the caller keeps the order); False if none."""
+        if self._tail >= self._head:
+            return False
+        self._advance()
+        return True
+
+    def _advance(self):
+        self._tail += 1
+        self._acks += 1
+        self._save(self._acks >= self._ack_every)
+
+    @property
+    def head(self):
+        """The lsn the next flushed reading gets."""
+        return self._head
+
+    @property
+    def tail(self):
+        """The lsn of the oldest pending reading."""
+        return self._tail
+
+    def lost_total(self):
+        """Readings the device itself lost: the status payload's outbox.dropped."""
+        return self.dropped + self.corrupt + self.lost_unflushed
+
+    # ---- shutdown ------------------------------------------------------
+    def persist(self):
+        """Write the state to flash now (before deep sleep: a power cut there clears RTC memory)."""
+        self._save(True, 0 if self._staged > self._done else _F_CLEAN)
+
+    def close(self):
+        """Flush, persist and close the files (call before deep sleep)."""
+        self.flush()
+        self.persist()
+        for f in (self._hf, self._rf, self._sf):
+            if f is not None:
+                f.close()
+        self._hf = self._rf = self._sf = None
+        self._hseg = self._rseg = -1
