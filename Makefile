@@ -6,13 +6,26 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 UMQTT := device/lib/umqtt/simple.py
 
-.PHONY: test demo install clean
+.PHONY: test demo bench install clean
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 demo: install
 	$(BIN)/ferry demo
+
+# Ferry's broker against Mosquitto (Debian package `mosquitto`), installed here when
+# missing and we are root; `make bench BENCH_ARGS="--scenarios qos0-throughput"`.
+bench: install
+	@if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y mosquitto; \
+		else \
+			echo "mosquitto is not installed: run 'sudo apt-get install mosquitto' to compare against it" \
+			     "(the benchmark runs Ferry alone without it)"; \
+		fi; \
+	fi
+	$(BIN)/ferry bench broker $(BENCH_ARGS)
 
 install: $(STAMP) $(UMQTT)
 

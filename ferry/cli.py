@@ -34,7 +34,7 @@ SUBCOMMANDS = (
     Subcommand("flash", "copy the device firmware to a board with mpremote", None, 4),
     Subcommand("sim", "run simulated boards, links and power cuts", None, 5),
     Subcommand("demo", "run the whole pipeline locally with a simulated fleet", None, 5),
-    Subcommand("bench", "benchmark a part of Ferry against a peer", None, 3),
+    Subcommand("bench", "benchmark a part of Ferry against a peer", "bench.main", 3),
 )
 
 
