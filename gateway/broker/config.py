@@ -15,8 +15,10 @@ class BrokerConfig:
     """Largest packet accepted from or sent to a client (MQTT 5 Maximum Packet Size)."""
     receive_maximum: int = 1024
     """Unacknowledged QoS 1/2 publishes a client may have outstanding towards us."""
-    max_inflight_messages: int = 20
-    """Unacknowledged QoS 1/2 deliveries per session (v5 clients may ask for fewer)."""
+    max_inflight_messages: int = 100
+    """Unacknowledged QoS 1/2 deliveries per session (v5 clients may ask for fewer). Mosquitto's
+    default is 20; Ferry's longer event-loop turns need a wider window to keep a persistent
+    subscriber as fast as the publishers (`ferry bench broker`, qos1-throughput)."""
     max_queued_messages: int = 10_000
     """Messages waiting for an offline or busy session; beyond it new ones are dropped and counted."""
     max_queued_bytes: int = 64 * 1_048_576
