@@ -5,12 +5,14 @@ from __future__ import annotations
 import socket
 import threading
 import time
+import urllib.request
 
 import paho.mqtt.client as mqtt
 
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from ferry.process import free_port
 from tests.gateway.paho_client import TestClient
 
 
@@ -115,3 +117,27 @@ def test_unsubscribe_stops_delivery(gateway) -> None:
         assert unsubscribed.wait(10)
         pub.publish("u", b"2", 1)
         sub.expect_nothing(0.5)
+
+
+def test_session_expiry_ends_an_offline_session(gateway) -> None:
+    client = TestClient(gateway.port, "short", v5=True, clean=True, session_expiry_s=1)
+    client.subscribe("t", 1)
+    client.close()
+    time.sleep(2.5)  # the gateway checks expiry once a second
+    with TestClient(gateway.port, "short", v5=True, clean=False, session_expiry_s=1) as back:
+        assert not back.session_present
+
+
+def test_queue_limit_drops_new_messages_and_counts_them(start_gateway) -> None:
+    gateway = start_gateway(config_text="[broker]\nmax_queued_messages = 5\n", metrics_port=free_port())
+    sub = TestClient(gateway.port, "offline", clean=False)
+    sub.subscribe("q", 1)
+    sub.close()
+    with TestClient(gateway.port, "p") as pub:
+        for i in range(8):
+            pub.publish("q", str(i).encode(), 1)
+    with TestClient(gateway.port, "offline", clean=False) as back:
+        assert [m.payload for m in back.expect(5)] == [b"0", b"1", b"2", b"3", b"4"]
+        back.expect_nothing(0.5)
+    metrics = urllib.request.urlopen(f"http://127.0.0.1:{gateway.metrics_port}/metrics", timeout=10).read()
+    assert b'ferry_dropped_messages_total{reason="queue_full"} 3' in metrics
