@@ -169,6 +169,10 @@ class Broker:
         log.warning("closing %s (%s): %s", conn.peer, conn.client_id or "-", error)
         self._close(conn, error.reason_code)
 
+    def _violation(self, conn: Connection, reason: ReasonCode, rule: str, message: str,
+                   section: str = "") -> None:
+        self.protocol_error(conn, ProtocolError(reason, rule, message, section=section))
+
     def handle_packet(self, conn: Connection, packet: object, now: float) -> None:
         if conn.close_reason is not None or conn.closed:
             return
@@ -178,12 +182,13 @@ class Broker:
             self._on_connect(conn, packet, now)
             return
         if conn.session is None:
-            self.protocol_error(conn, ProtocolError(ReasonCode.PROTOCOL_ERROR, "MQTT-3.1.0-1", f"{kind.__name__} before CONNECT"))
+            self._violation(conn, ReasonCode.PROTOCOL_ERROR, "MQTT-3.1.0-1",
+                            f"{kind.__name__} before CONNECT")
             return
         handler = self._handlers.get(kind)
         if handler is None:
-            self.protocol_error(conn, ProtocolError(ReasonCode.PROTOCOL_ERROR, "", f"a client may not send {kind.__name__}",
-                section="2.1.2"))
+            self._violation(conn, ReasonCode.PROTOCOL_ERROR, "",
+                            f"a client may not send {kind.__name__}", section="2.1.2")
             return
         handler(conn, conn.session, packet, now)
 
@@ -244,7 +249,8 @@ class Broker:
 
     def _on_connect(self, conn: Connection, packet: Connect, now: float) -> None:
         if conn.session is not None:
-            self.protocol_error(conn, ProtocolError(ReasonCode.PROTOCOL_ERROR, "MQTT-3.1.0-2", "second CONNECT on a connection"))
+            self._violation(conn, ReasonCode.PROTOCOL_ERROR, "MQTT-3.1.0-2",
+                            "second CONNECT on a connection")
             return
         conn.protocol_version = packet.protocol_version
         v5 = packet.protocol_version is V5
@@ -267,7 +273,8 @@ class Broker:
             expiry = 0 if packet.clean_start else self.config.persistent_session_expiry_s
         keepalive = packet.keepalive_s
         server_keepalive = None
-        if keepalive > self.config.max_keepalive_s or (keepalive == 0 and self.config.max_keepalive_s < 65535):
+        max_keepalive = self.config.max_keepalive_s
+        if keepalive > max_keepalive or (keepalive == 0 and max_keepalive < 65535):
             if not v5:
                 # 3.1.1 cannot be told another keepalive; Mosquitto rejects these too.
                 self._send_packet(conn, Connack(False, ReasonCode.CLIENT_IDENTIFIER_NOT_VALID))
@@ -331,7 +338,8 @@ class Broker:
             new_expiry = packet.properties.session_expiry_interval
             if new_expiry is not None:
                 if session.expiry_interval_s == 0 and new_expiry != 0:
-                    self.protocol_error(conn, ProtocolError(ReasonCode.PROTOCOL_ERROR, "MQTT-3.14.2-2", "session expiry set in DISCONNECT after 0 in CONNECT"))
+                    self._violation(conn, ReasonCode.PROTOCOL_ERROR, "MQTT-3.14.2-2",
+                                    "session expiry set in DISCONNECT after 0 in CONNECT")
                     return
                 session.expiry_interval_s = min(new_expiry, self.config.max_session_expiry_s)
                 if session.persistent:
@@ -386,15 +394,16 @@ class Broker:
         if conn.protocol_version is V5 and props.topic_alias is not None:
             alias = props.topic_alias
             if alias > self.config.topic_alias_maximum:
-                self.protocol_error(conn, ProtocolError(ReasonCode.TOPIC_ALIAS_INVALID, "MQTT-3.3.2-9", f"topic alias {alias} above our maximum {self.config.topic_alias_maximum}"))
+                self._violation(conn, ReasonCode.TOPIC_ALIAS_INVALID, "MQTT-3.3.2-9",
+                                f"topic alias {alias} above our maximum {self.config.topic_alias_maximum}")
                 return
             if topic:
                 conn.topic_aliases[alias] = topic
             else:
                 topic = conn.topic_aliases.get(alias, "")
                 if not topic:
-                    self.protocol_error(conn, ProtocolError(ReasonCode.PROTOCOL_ERROR, "", f"topic alias {alias} was never set",
-                        section="3.3.2.3.4"))
+                    self._violation(conn, ReasonCode.PROTOCOL_ERROR, "",
+                                    f"topic alias {alias} was never set", section="3.3.2.3.4")
                     return
         qos = packet.qos
         if qos == 2 and packet.packet_id in session.incoming_qos2:
@@ -403,13 +412,13 @@ class Broker:
             return
         if qos and conn.protocol_version is V5 and \
                 conn.incoming_unacked + len(session.incoming_qos2) >= self.config.receive_maximum:
-            self.protocol_error(conn, ProtocolError(ReasonCode.RECEIVE_MAXIMUM_EXCEEDED, "MQTT-3.3.4-7", "more unacknowledged QoS 1/2 publishes than our Receive Maximum"))
+            self._violation(conn, ReasonCode.RECEIVE_MAXIMUM_EXCEEDED, "MQTT-3.3.4-7",
+                            "more unacknowledged QoS 1/2 publishes than our Receive Maximum")
             return
         self.stats.messages_received[qos] += 1
         before = self._appends
         message = Message(0, topic, packet.payload, qos, packet.retain, session.client_id,
-                          delivery.forwarded_properties(props) if props is not EMPTY_PROPERTIES else EMPTY_PROPERTIES,
-                          delivery.expiry_at(props, self.wall(now)) if props.message_expiry_interval else None)
+                          delivery.forwarded_properties(props), delivery.expiry_at(props, self.wall(now)))
         if packet.retain:
             self._retain(message)
         matched = self._route(message, now)
@@ -673,5 +682,5 @@ class Broker:
             if existed and session.persistent:
                 self._record(rec.SubscriptionRemoved(session.client_id, topic_filter))
             codes.append(ReasonCode.SUCCESS if existed else ReasonCode.NO_SUBSCRIPTION_EXISTED)
-        self._send_packet(conn, Unsuback(packet.packet_id, tuple(codes) if conn.protocol_version is V5 else ()),
-                          self._wait_batch(before))
+        codes_sent = tuple(codes) if conn.protocol_version is V5 else ()
+        self._send_packet(conn, Unsuback(packet.packet_id, codes_sent), self._wait_batch(before))
