@@ -12,6 +12,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from ferry.addresses import host_port
 from gateway.broker.core import Broker
 from gateway.broker.recovery import durable_records, restore
 from gateway.config import ConfigError, GatewayConfig, load_config
@@ -25,20 +26,14 @@ EXIT_CONFIG = 2
 EXIT_STORE_FAILED = 3
 
 
-def _host_port(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
-    return host or "127.0.0.1", int(port)
-
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ferry gateway", description=__doc__)
-    parser.add_argument("--listen", type=_host_port, default=("127.0.0.1", 1883), metavar="HOST:PORT",
+    parser.add_argument("--listen", type=host_port, default=("127.0.0.1", 1883), metavar="HOST:PORT",
                         help="MQTT listener (default 127.0.0.1:1883; port 0 picks a free one)")
     parser.add_argument("--data-dir", type=Path, required=True, help="where the store lives")
     parser.add_argument("--config", type=Path, help="ferry.toml; defaults apply without it")
-    parser.add_argument("--metrics", type=_host_port, metavar="HOST:PORT",
+    parser.add_argument("--metrics", type=host_port, metavar="HOST:PORT",
                         help="serve Prometheus metrics over HTTP at /metrics")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return parser

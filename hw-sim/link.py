@@ -26,6 +26,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
+from ferry.addresses import host_port
 from hwsim.link_control import (
     ControlError, ControlOp, ControlRequest, LinkControl, LinkControlError, LinkSet, apply_request,
     handle_line, parse_request,
@@ -50,12 +51,6 @@ log = logging.getLogger("hwsim.link")
 EXIT_USAGE = 2
 EXIT_CONTROL_FAILED = 1
 
-
-def _host_port(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
-    return host or "127.0.0.1", int(port)
 
 
 def _profile_arg(text: str) -> LinkProfile:
@@ -90,22 +85,22 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     serve = commands.add_parser("serve", help="run links until SIGTERM")
-    serve.add_argument("--listen", type=_host_port, metavar="HOST:PORT",
+    serve.add_argument("--listen", type=host_port, metavar="HOST:PORT",
                        help="where the single link listens (port 0 picks one; it is logged)")
-    serve.add_argument("--upstream", type=_host_port, metavar="HOST:PORT", help="where it forwards to")
+    serve.add_argument("--upstream", type=host_port, metavar="HOST:PORT", help="where it forwards to")
     serve.add_argument("--profile", type=_profile_arg, default=PERFECT,
                        help=f"preset ({', '.join(PROFILES)}) or JSON object of fields")
     serve.add_argument("--name", default="link", help="the single link's name (default: link)")
     serve.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     serve.add_argument("--link", dest="links", type=_link_arg, action="append", default=[],
                        metavar="JSON", help="a further link as a JSON object of LinkConfig fields; repeatable")
-    serve.add_argument("--control", type=_host_port, metavar="HOST:PORT",
+    serve.add_argument("--control", type=host_port, metavar="HOST:PORT",
                        help="JSON-lines control socket (port 0 picks one; it is logged)")
     serve.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
     def control_command(name: str, help_text: str, link_required: bool = False) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text)
-        sub.add_argument("--control", type=_host_port, required=True, metavar="HOST:PORT")
+        sub.add_argument("--control", type=host_port, required=True, metavar="HOST:PORT")
         sub.add_argument("--link", required=link_required, help="link name (optional with one link)")
         return sub
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -27,3 +28,18 @@ def test_unbuilt_subcommands_say_so_and_fail() -> None:
         assert result.returncode != 0
         assert "not built yet" in result.stderr
         assert result.stdout == ""
+
+
+def test_sim_link_lists_the_profiles_and_fleet_says_it_is_not_built() -> None:
+    result = run_ferry("sim", "link", "profiles")
+    assert result.returncode == 0
+    assert {"perfect", "wifi-good", "wifi-flaky", "cellular", "outage"} <= set(json.loads(result.stdout))
+    fleet = run_ferry("sim", "fleet", "--devices", "3")
+    assert fleet.returncode != 0 and "not built yet" in fleet.stderr
+
+
+def test_gateway_help_describes_its_options() -> None:
+    result = run_ferry("gateway", "--help")
+    assert result.returncode == 0
+    for option in ("--listen", "--data-dir", "--config", "--metrics"):
+        assert option in result.stdout

@@ -1,0 +1,27 @@
+"""`ferry sim`: the hardware simulator's command line.
+
+`ferry sim link ...` runs and steers fault-injecting links (see
+docs/link-profiles.md); `ferry sim fleet` is not built yet.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+EXIT_NOT_BUILT = 3
+USAGE = """usage: ferry sim link {serve,set,schedule,reset,stats,profiles} ...
+       ferry sim fleet ...   (not built yet: issue 5)"""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["link"]:
+        from hwsim.link import main as link_main
+
+        return link_main(argv[1:])
+    if argv[:1] == ["fleet"]:
+        print("ferry sim fleet: not built yet (tracked in issue 5)", file=sys.stderr)
+        return EXIT_NOT_BUILT
+    print(USAGE, file=sys.stderr if argv[:1] not in (["-h"], ["--help"]) else sys.stdout)
+    return 0 if argv[:1] in (["-h"], ["--help"]) else 2
