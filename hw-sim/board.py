@@ -248,8 +248,13 @@ class VirtualBoard:
         elif kind == b"W":
             run.watchdog_ms = int(arg)
             run.last_feed = time.monotonic()
-        elif kind in (b"S", b"R", b"s"):
+        elif kind in (b"S", b"R", b"s") and not run.request:
+            # A chip resets at once: nothing after machine.reset() may run, not even a bare except.
             run.request = line
+            try:
+                os.killpg(run.process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
     def _after_exit(self, run: _Run) -> ResetCause | None:
         if run.killed_for is not None:

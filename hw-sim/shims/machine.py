@@ -3,7 +3,6 @@
 # deterministic sensor model; RTC memory, the watchdog, deep sleep and resets are
 # shared with the host supervisor through _board.
 from umachine import *  # noqa: F401,F403 - Signal, idle, mem8, ... as built in
-import sys
 import utime
 import _board
 import sensor_model
@@ -47,20 +46,26 @@ def lightsleep(ms=None):
     utime.sleep_ms(ms or 0)
 
 
+def _halt():
+    # The host kills the interpreter as soon as it reads the request: like the chip, this never returns.
+    while True:
+        utime.sleep_ms(1000)
+
+
 def deepsleep(ms=0):
     """Power down until the timer (the host restarts the process after `ms`), keeping RTC memory."""
     _board.control(b"S%d" % ms)
-    sys.exit(0)
+    _halt()
 
 
 def reset():
     _board.control(b"R")
-    sys.exit(0)
+    _halt()
 
 
 def soft_reset():
     _board.control(b"s")
-    sys.exit(0)
+    _halt()
 
 
 def _host_s():

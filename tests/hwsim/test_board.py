@@ -143,3 +143,14 @@ def test_sht31_reads_match_the_host_sensor_model(make_board) -> None:
     model = load_sensor_model()
     expected = model.temperature_c(7, float(host_s))
     assert abs(float(temperature) - expected) < 0.5
+
+
+def test_reset_cannot_be_swallowed_by_a_bare_except(make_board) -> None:
+    board = make_board(
+        "import machine\n"
+        "print('out', machine.reset_cause())\n"
+        "if machine.reset_cause() == machine.PWRON_RESET:\n"
+        "    try:\n        machine.reset()\n    except BaseException:\n        print('out survived')\n")
+    board.power_on()
+    assert board.wait_for(lambda: len(lines(board)) == 2)
+    assert lines(board) == ["out 1", "out 2"]
