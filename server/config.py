@@ -1,0 +1,140 @@
+"""The worker's configuration: an optional TOML file's `[server]` table, then environment overrides.
+
+Nothing here names a broker: `broker` has no default, so a worker started
+without `FERRY_SERVER_BROKER` (or `broker = ...` in the file) stops with a
+message saying so. Every other field has a default suitable for one worker.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+ENV_PREFIX = "FERRY_SERVER_"
+ENV_CONFIG_FILE = "FERRY_SERVER_CONFIG"
+
+
+class ConfigError(ValueError):
+    """A config problem, naming the key (`server.<field>` or the environment variable)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """Everything the Faust worker needs; see docs/server.md for each field."""
+
+    broker: str
+    """Kafka bootstrap servers, `kafka://host:port[;host:port]` or bare `host:port[,host:port]`."""
+    app_id: str = "ferry-server"
+    """Faust app id: the consumer group and the prefix of the changelog topics."""
+    telemetry_topic: str = "ferry.telemetry"
+    status_topic: str = "ferry.status"
+    series_topic: str = "ferry.series.1m"
+    """Where closed 1-minute windows are published."""
+    partitions: int = 8
+    """Partitions of the telemetry/status topics; the tables' changelogs get as many."""
+    web_host: str = "127.0.0.1"
+    web_port: int = 6066
+    data_dir: str = "ferry-server-data"
+    store: str = "memory://"
+    """Table store; state is rebuilt from the changelog topics on start."""
+    tumbling_s: int = 60
+    """The tumbling window (published to `series_topic`)."""
+    hopping_size_s: int = 300
+    hopping_step_s: int = 60
+    allowed_lateness_s: int = 120
+    """Per-device watermark = newest event time - this; older events are counted late, not applied."""
+    dedupe_window: int = 1024
+    """Sequence numbers below a boot's high-water mark tracked in a bitmap; older gaps kept as ranges."""
+    series_keep: int = 60
+    """Closed windows kept per device, metric and window kind for the HTTP API."""
+    broker_session_timeout_s: float = 60.0
+    """Faust's default; tests use 6 (the local broker holds JoinGroup for half of it)."""
+    producer_max_batch_size: int = 16384
+    """Bytes; tests that check tables after a restart use 1 (see docs/server.md)."""
+    producer_linger_ms: int = 0
+    log_level: str = "info"
+
+    def __post_init__(self) -> None:
+        if not self.broker.strip():
+            raise ConfigError("server.broker: must name at least one host:port")
+        positive = ("partitions", "tumbling_s", "hopping_size_s", "hopping_step_s", "dedupe_window",
+                    "series_keep", "producer_max_batch_size")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"server.{name}: must be at least 1, got {getattr(self, name)}")
+        if self.allowed_lateness_s < 0 or self.producer_linger_ms < 0:
+            raise ConfigError("server.allowed_lateness_s and producer_linger_ms must not be negative")
+        if self.hopping_size_s % self.hopping_step_s:
+            raise ConfigError("server.hopping_size_s: must be a multiple of hopping_step_s")
+        if not 0 <= self.web_port <= 65535:
+            raise ConfigError(f"server.web_port: must be 0..65535, got {self.web_port}")
+        if self.broker_session_timeout_s <= 0:
+            raise ConfigError("server.broker_session_timeout_s: must be positive")
+
+    @property
+    def broker_url(self) -> str:
+        """The broker as Faust wants it: `kafka://h1:p1;h2:p2`."""
+        if "://" in self.broker:
+            return self.broker
+        hosts = [h.strip() for h in self.broker.replace(";", ",").split(",") if h.strip()]
+        return "kafka://" + ";".join(hosts)
+
+
+def _convert(where: str, value: object, kind: object) -> object:
+    if kind is int:
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                raise ConfigError(f"{where}: expected an integer, got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if kind is float:
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if not isinstance(value, str):
+        raise ConfigError(f"{where}: expected a string, got {value!r}")
+    return value
+
+
+def load_config(environ: Mapping[str, str] | None = None, path: Path | None = None) -> ServerConfig:
+    """`[server]` from `path` (or `$FERRY_SERVER_CONFIG`), overridden by `FERRY_SERVER_<FIELD>` variables."""
+    environ = os.environ if environ is None else environ
+    hints = typing.get_type_hints(ServerConfig)
+    fields = {f.name for f in dataclasses.fields(ServerConfig)}
+    values: dict[str, object] = {}
+    if path is None and environ.get(ENV_CONFIG_FILE):
+        path = Path(environ[ENV_CONFIG_FILE])
+    if path is not None:
+        try:
+            raw = tomllib.loads(path.read_text())
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+        section = raw.get("server", {})
+        if not isinstance(section, dict):
+            raise ConfigError(f"{path}: server: expected a table")
+        for key, value in section.items():
+            if key not in fields:
+                raise ConfigError(f"server.{key}: unknown key (known: {', '.join(sorted(fields))})")
+            values[key] = _convert(f"server.{key}", value, hints[key])
+    for name in fields:
+        env_name = ENV_PREFIX + name.upper()
+        if env_name in environ:
+            values[name] = _convert(env_name, environ[env_name], hints[name])
+    if "broker" not in values:
+        raise ConfigError(f"server.broker: not set (set {ENV_PREFIX}BROKER or broker in the [server] table)")
+    return ServerConfig(**values)  # type: ignore[arg-type]

@@ -1,0 +1,139 @@
+"""Dedupe and gap tracking for one (device, boot): pure, no Faust, no clock.
+
+A boot's state is its high-water mark (the highest seq accepted), a bitmap of
+which of the `window` seqs at and below the high-water mark were seen, and the
+gaps that slid out of the bitmap kept as exact ranges. So a seq is:
+
+* above the high-water mark: new (the seqs skipped on the way become gaps);
+* inside the window: new if its bit is clear, else a duplicate;
+* below the window: new if it is in a kept gap range (a late arrival heals it), else a duplicate.
+
+Dedupe is therefore exact at any age, and the state is bounded by the window
+plus one range per gap that is still open: open gaps are what the contract
+says must be reported until they arrive, so they are kept anyway.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(slots=True)
+class SeqTracker:
+    """Seen sequence numbers of one boot."""
+
+    window: int
+    high: int = -1
+    """Highest seq accepted, -1 before the first."""
+    bits: int = 0
+    """Bit i set: seq `high - i` was seen (0 <= i < window)."""
+    old_gaps: list[list[int]] = field(default_factory=list)
+    """Missing seqs below the window, as sorted, disjoint inclusive [first, last] ranges."""
+
+    @property
+    def window_low(self) -> int:
+        """The lowest seq the bitmap covers."""
+        return max(0, self.high - self.window + 1)
+
+    def observe(self, seq: int) -> bool:
+        """Record `seq`; True when it is new, False when it is a duplicate."""
+        if seq < 0:
+            raise ValueError(f"seq {seq} is negative")
+        if seq > self.high:
+            self._advance(seq)
+            return True
+        if seq >= self.window_low:
+            bit = 1 << (self.high - seq)
+            if self.bits & bit:
+                return False
+            self.bits |= bit
+            return True
+        return self._heal_old(seq)
+
+    def _advance(self, seq: int) -> None:
+        old_low, old_high = self.window_low, self.high
+        new_low = max(0, seq - self.window + 1)
+        # Unseen seqs of the old window that fall out of the new one become ranges.
+        if old_high >= 0:
+            for s in range(old_low, min(old_high, new_low - 1) + 1):
+                if not self.bits >> (old_high - s) & 1:
+                    self._add_old_gap(s, s)
+        # Seqs skipped over that are already below the new window.
+        skipped_last = min(seq - 1, new_low - 1)
+        if old_high + 1 <= skipped_last:
+            self._add_old_gap(old_high + 1, skipped_last)
+        shift = seq - old_high
+        mask = (1 << self.window) - 1
+        self.bits = ((self.bits << shift) | 1) & mask if shift < self.window else 1
+        self.high = seq
+
+    def _add_old_gap(self, first: int, last: int) -> None:
+        # Gaps leave the window in increasing order, so they append (or extend the last range).
+        if self.old_gaps and self.old_gaps[-1][1] + 1 == first:
+            self.old_gaps[-1][1] = last
+        else:
+            self.old_gaps.append([first, last])
+
+    def _heal_old(self, seq: int) -> bool:
+        for i, (first, last) in enumerate(self.old_gaps):
+            if first <= seq <= last:
+                pieces = [[first, seq - 1]] if first < seq else []
+                if seq < last:
+                    pieces.append([seq + 1, last])
+                self.old_gaps[i:i + 1] = pieces
+                return True
+            if seq < first:
+                break
+        return False
+
+    @property
+    def missing(self) -> int:
+        """How many seqs in 0..high have not arrived."""
+        if self.high < 0:
+            return 0
+        covered = self.high - self.window_low + 1
+        in_window = covered - bin(self.bits & ((1 << covered) - 1)).count("1")
+        return in_window + sum(last - first + 1 for first, last in self.old_gaps)
+
+    def gaps(self, limit: int = 100) -> list[list[int]]:
+        """The first `limit` missing ranges, inclusive, oldest first."""
+        ranges = [list(r) for r in self.old_gaps[:limit]]
+        if self.high < 0:
+            return ranges
+        start = None
+        for s in range(self.window_low, self.high + 1):
+            seen = self.bits >> (self.high - s) & 1
+            if not seen and start is None:
+                start = s
+            elif seen and start is not None:
+                ranges.append([start, s - 1])
+                start = None
+            if len(ranges) >= limit:
+                break
+        return ranges[:limit]
+
+    def to_dict(self) -> dict:
+        """JSON-safe (the bitmap as hex, so no JSON library has to handle huge integers)."""
+        return {"w": self.window, "high": self.high, "bits": format(self.bits, "x"), "old_gaps": self.old_gaps}
+
+    @classmethod
+    def from_dict(cls, data: dict, window: int) -> "SeqTracker":
+        tracker = cls(data["w"], data["high"], int(data["bits"], 16), [list(r) for r in data["old_gaps"]])
+        return tracker if tracker.window == window else _refit(tracker, window)
+
+
+def _refit(old: SeqTracker, window: int) -> SeqTracker:
+    """The same seen set with a different bitmap size (the configured window changed)."""
+    new = SeqTracker(window, old.high)
+    missing = old.gaps(limit=len(old.old_gaps) + old.window)
+    if old.high < 0:
+        return new
+    low = new.window_low
+    covered = old.high - low + 1
+    new.bits = (1 << covered) - 1
+    for first, last in missing:
+        if first < low:
+            new.old_gaps.append([first, min(last, low - 1)])
+        for s in range(max(first, low), last + 1):
+            new.bits &= ~(1 << (old.high - s))
+    return new

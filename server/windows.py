@@ -1,0 +1,198 @@
+"""Event-time window aggregates per device and metric, with a watermark: pure, no Faust, no clock.
+
+Faust's windowed tables have no watermark and expire by wall-clock time, so
+the worker keeps its windows itself, in a plain table keyed by device id (the
+records' key, so no repartition). Per device:
+
+* `max_event_ms`: the newest event time accepted;
+* watermark = `max_event_ms - allowed_lateness_ms`;
+* an event older than the watermark is *late*: counted, not applied;
+* a window [start, start + size) is *closed* once watermark >= its end. No later event can
+  reach it (every accepted event is >= the watermark), so a closed window is final and is
+  returned exactly once by `add` - that is when the 1-minute series is published.
+
+Closed windows are kept apart (`History`, the newest `keep` per kind and metric) for the
+HTTP API, so the per-reading state stays small.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class WindowKind:
+    """Windows of `size_ms` starting every `step_ms` (tumbling when equal), aligned to the epoch.
+
+    `size_ms` must be a multiple of `step_ms` (the config checks it).
+    """
+
+    name: str
+    size_ms: int
+    step_ms: int
+
+    def starts(self, ts_ms: int) -> list[int]:
+        """Starts of every window that contains `ts_ms`, oldest first."""
+        last = ts_ms - ts_ms % self.step_ms
+        first = last - self.size_ms + self.step_ms
+        return list(range(first, last + 1, self.step_ms))
+
+
+@dataclass(slots=True)
+class Aggregate:
+    count: int
+    min: float
+    max: float
+    sum: float
+    last: float
+    last_ms: int
+
+    @classmethod
+    def first(cls, value: float, ts_ms: int) -> "Aggregate":
+        return cls(1, value, value, value, value, ts_ms)
+
+    def add(self, value: float, ts_ms: int) -> None:
+        self.count += 1
+        self.min = min(self.min, value)
+        self.max = max(self.max, value)
+        self.sum += value
+        if ts_ms >= self.last_ms:  # equal times: the later arrival wins
+            self.last, self.last_ms = value, ts_ms
+
+    @property
+    def mean(self) -> float:
+        return self.sum / self.count
+
+    def to_list(self) -> list:
+        return [self.count, self.min, self.max, self.sum, self.last, self.last_ms]
+
+    def view(self, kind: WindowKind, start: int, closed: bool) -> dict:
+        return {"start_ms": start, "end_ms": start + kind.size_ms, "count": self.count, "min": self.min,
+                "max": self.max, "mean": self.mean, "last": self.last, "closed": closed}
+
+
+@dataclass(frozen=True, slots=True)
+class ClosedWindow:
+    """A final window, as published."""
+
+    device: str
+    kind: str
+    metric: str
+    start_ms: int
+    end_ms: int
+    count: int
+    min: float
+    max: float
+    mean: float
+    last: float
+
+
+@dataclass(slots=True)
+class DeviceWindows:
+    """The open windows of one device, by kind, metric and start, and its event-time progress.
+
+    Rewritten on every reading, so it holds only what can still change; closed windows go to
+    `History`, which is written only when windows close.
+    """
+
+    device: str
+    max_event_ms: int = -1
+    late: int = 0
+    open: dict[str, dict[str, dict[int, Aggregate]]] = field(default_factory=dict)
+
+    def watermark(self, lateness_ms: int) -> int | None:
+        return None if self.max_event_ms < 0 else self.max_event_ms - lateness_ms
+
+    def add(self, ts_ms: int, metrics: dict[str, float], kinds: tuple[WindowKind, ...],
+            lateness_ms: int) -> list[ClosedWindow] | None:
+        """Apply one event; None when it is late, else the windows it closed (oldest first)."""
+        mark = self.watermark(lateness_ms)
+        if mark is not None and ts_ms < mark:
+            self.late += 1
+            return None
+        for kind in kinds:
+            per_metric = self.open.setdefault(kind.name, {})
+            for metric, value in metrics.items():
+                windows = per_metric.setdefault(metric, {})
+                for start in kind.starts(ts_ms):
+                    agg = windows.get(start)
+                    if agg is None:
+                        windows[start] = Aggregate.first(float(value), ts_ms)
+                    else:
+                        agg.add(float(value), ts_ms)
+        if ts_ms > self.max_event_ms:
+            self.max_event_ms = ts_ms
+        return self._close(kinds, self.watermark(lateness_ms))
+
+    def _close(self, kinds: tuple[WindowKind, ...], mark: int | None) -> list[ClosedWindow]:
+        done: list[ClosedWindow] = []
+        if mark is None:
+            return done
+        for kind in kinds:
+            for metric, windows in self.open.get(kind.name, {}).items():
+                for start in sorted(s for s in windows if s + kind.size_ms <= mark):
+                    agg = windows.pop(start)
+                    done.append(ClosedWindow(self.device, kind.name, metric, start, start + kind.size_ms,
+                                             agg.count, agg.min, agg.max, agg.mean, agg.last))
+            self.open[kind.name] = {m: w for m, w in self.open.get(kind.name, {}).items() if w}
+        done.sort(key=lambda w: (w.start_ms, w.kind, w.metric))
+        return done
+
+    def open_views(self, metric: str, kind: WindowKind) -> list[dict]:
+        windows = self.open.get(kind.name, {}).get(metric, {})
+        return [windows[s].view(kind, s, False) for s in sorted(windows)]
+
+    def metrics(self) -> list[str]:
+        return sorted({m for per_metric in self.open.values() for m in per_metric})
+
+    def to_dict(self) -> dict:
+        return {
+            "device": self.device, "max_event_ms": self.max_event_ms, "late": self.late,
+            "open": {k: {m: {str(s): a.to_list() for s, a in w.items()} for m, w in pm.items()}
+                     for k, pm in self.open.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "DeviceWindows":
+        return cls(
+            data["device"], data["max_event_ms"], data["late"],
+            {k: {m: {int(s): Aggregate(*a) for s, a in w.items()} for m, w in pm.items()}
+             for k, pm in data["open"].items()},
+        )
+
+
+@dataclass(slots=True)
+class History:
+    """The newest `keep` closed windows of one device per kind and metric, oldest first."""
+
+    rows: dict[str, dict[str, list[ClosedWindow]]] = field(default_factory=dict)
+
+    def extend(self, closed: list[ClosedWindow], keep: int) -> None:
+        for w in closed:
+            kept = self.rows.setdefault(w.kind, {}).setdefault(w.metric, [])
+            kept.append(w)
+            del kept[:-keep]
+
+    def views(self, metric: str, kind: WindowKind) -> list[dict]:
+        return [{"start_ms": w.start_ms, "end_ms": w.end_ms, "count": w.count, "min": w.min, "max": w.max,
+                 "mean": w.mean, "last": w.last, "closed": True}
+                for w in self.rows.get(kind.name, {}).get(metric, [])]
+
+    def metrics(self) -> list[str]:
+        return sorted({m for per_metric in self.rows.values() for m in per_metric})
+
+    def to_dict(self) -> dict:
+        return {k: {m: [[w.start_ms, w.end_ms, w.count, w.min, w.max, w.mean, w.last] for w in ws]
+                    for m, ws in pm.items()} for k, pm in self.rows.items()}
+
+    @classmethod
+    def from_dict(cls, device: str, data: dict) -> "History":
+        return cls({k: {m: [ClosedWindow(device, k, m, *row) for row in rows] for m, rows in pm.items()}
+                    for k, pm in data.items()})
+
+
+def series(metric: str, kinds: tuple[WindowKind, ...], windows: DeviceWindows | None,
+           history: History | None) -> dict:
+    """`/devices/{id}/series/{metric}`: per kind, the kept closed windows then the open ones, oldest first."""
+    return {kind.name: (history.views(metric, kind) if history else [])
+            + (windows.open_views(metric, kind) if windows else []) for kind in kinds}
