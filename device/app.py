@@ -1,0 +1,315 @@
+# Ferry firmware: the application (MicroPython, ESP32 v1.22+ and the unix port).
+#
+#   sample -> encode (ReadingEncoder) -> outbox.append -> publish from the outbox tail
+#   -> outbox ack on PUBACK -> feed the watchdog -> sleep in poll() until the next deadline
+#
+# Two modes (settings.mode):
+# - always_on: sample every sample_ms, stay connected, reconnect with backoff.
+# - duty_cycle: every wake is a boot: sample once, connect, send the backlog and take
+#   commands within wake_budget_ms, say "offline", deep-sleep until the next sample.
+# Each start takes the next boot number from flash before its first reading, and seq
+# counts that boot's readings from 0: (device, boot, seq) is never reused.
+import gc
+import os
+import time
+
+import micropython
+
+# The biggest modules first: compiling a .py needs the most free heap.
+from session import Session, Topics  # noqa: I001 - order matters, see above
+from outbox import Outbox
+from settings import Settings, SettingsError
+from reading import MetricSet, ReadingEncoder
+from hw import Hardware, log
+import commands
+import identity
+
+FW_VERSION = "0.1.0"
+DATA_DIR = "/data"
+_EPOCH_2000_UNIX_MS = 946684800000
+_SLEEP_CAP_MS = 60000  # never sleep longer than this (or half the watchdog) at once
+
+
+class App:
+    def __init__(self, hw, cfg):
+        self.hw = hw
+        self.cfg = cfg
+        self.reset_cause = hw.reset_cause()
+        self.boot = identity.next_boot()
+        self.seq = 0
+        self.dev = identity.device_id(cfg.device_id, hw.unique_id_hex())
+        try:
+            os.mkdir(DATA_DIR)
+        except OSError:
+            pass
+        self.ob = Outbox(DATA_DIR + "/ob", capacity=cfg.outbox_capacity, flush_every=cfg.outbox_flush_every,
+                         flush_interval_ms=cfg.outbox_flush_interval_ms, rtc=hw.rtc_memory())
+        self.metrics = MetricSet([b"temp_c", b"rh_pct"], [2, 2])
+        self.enc = ReadingEncoder(self.dev.encode())
+        self.t = [0, 0, 0]  # hw.now() output: seconds, ms, synced
+        self.bat = self.rssi = None
+        self.session = Session(cfg, self.dev, Topics(cfg.site, self.dev), self.ob, self.on_cmd, hw.feed)
+        self.will = ('{"v":1,"dev":"%s","state":"offline","boot":%d}' % (self.dev, self.boot)).encode()
+        self.reported_lost = self.birth_lost = self.ob.lost_total()
+        self.next_sample = time.ticks_ms()
+        self.next_connect = self.next_sample
+        self.ntp_at_s = 0  # next NTP attempt, in RTC seconds (days away: beyond ticks_ms' range)
+        self.ntp_check = self.next_sample
+        self.stats_seq = 0
+        self.stats_alloc = 0
+        half = cfg.wdt_timeout_ms // 2
+        self.max_sleep_ms = half if half < _SLEEP_CAP_MS else _SLEEP_CAP_MS
+        log("boot %d (%s), device %s, fw %s, mode %s, sample %d ms; outbox %d pending, %d lost%s" % (
+            self.boot, self.reset_cause, self.dev, FW_VERSION, cfg.mode, cfg.sample_ms, self.ob.pending(),
+            self.ob.lost_total(), "" if self.ob.last_loss is None else " %r" % (self.ob.last_loss,)))
+
+    # ---- readings -------------------------------------------------------
+    # The per-reading methods are small on purpose: MicroPython puts a call's frame on
+    # the heap when its locals + stack pass 11 words (a try block counts too).
+    def sample(self):
+        """Take one reading into the outbox; False when the sensor failed (no seq is used)."""
+        if not self._measure():
+            return False
+        try:
+            self._append()
+        except OSError:
+            log("outbox: append failed, reading %d not taken" % self.seq)
+            return False
+        self.seq += 1
+        return True
+
+    def _measure(self):
+        hw = self.hw
+        if not hw.sample(self.metrics.values):
+            return False
+        hw.now(self.t)
+        self.bat = hw.battery_mv()
+        self.rssi = hw.rssi()
+        return True
+
+    def _append(self):
+        self.ob.append(self.boot, self.seq, self.enc.view[:self._encode()])
+
+    def _encode(self):
+        # Only `self` as a local: with one more, this frame (8 arguments on the stack)
+        # would go to the heap.
+        return self.enc.encode(self.boot, self.seq, self.t[0], self.t[1], self.t[2] == 1, self.metrics,
+                               self.bat, self.rssi)
+
+    # ---- status and commands --------------------------------------------
+    def birth(self):
+        """The retained "online" status: boot, firmware, reset cause, outbox counters."""
+        t = [0, 0, 0]
+        self.hw.now(t)
+        ts = t[0] * 1000 + t[1] + (_EPOCH_2000_UNIX_MS if t[2] else 0)
+        self.birth_lost = self.ob.lost_total()
+        return ('{"v":1,"dev":"%s","state":"online","boot":%d,"fw":"%s","reset":"%s","ts":%d,"sync":%s,'
+                '"outbox":{"queued":%d,"dropped":%d}}' % (
+                    self.dev, self.boot, FW_VERSION, self.reset_cause, ts, "true" if t[2] else "false",
+                    self.ob.pending() + self.ob.staged(), self.birth_lost)).encode()
+
+    def on_cmd(self, payload, pid):
+        """A command from the cmd topic (the session PUBACKs it after the reply's PUBACK)."""
+        reply, changed = commands.handle(self.cfg, bytes(payload))
+        log("cmd: %s -> %s" % (bytes(payload).decode(), reply.decode()))
+        if changed:
+            self.next_sample = time.ticks_add(time.ticks_ms(), self.cfg.sample_ms)
+        self.session.reply(reply, pid)
+
+    # ---- connecting -----------------------------------------------------
+    def connect(self, wifi_wait_ms):
+        """Wi-Fi (waiting at most wifi_wait_ms for it), NTP when due, MQTT; True when the session is up."""
+        hw = self.hw
+        cfg = self.cfg
+        hw.feed()
+        if not hw.wifi_connect(cfg.wifi_ssid, cfg.wifi_password, min(wifi_wait_ms, cfg.wifi_timeout_ms), hw.feed):
+            return False
+        if time.time() >= self.ntp_at_s:
+            self.sync_clock()
+        hw.feed()
+        if not self.session.connect(self.birth(), self.will):
+            return False
+        self.reported_lost = self.birth_lost
+        return True
+
+    def sync_clock(self):
+        hw = self.hw
+        was = hw.synced
+        if hw.ntp_sync(self.cfg.ntp_host):  # in duty_cycle every wake: the RTC drifts in deep sleep
+            self.ntp_at_s = time.time() + self.cfg.ntp_resync_s
+            if not was:
+                log("clock: set from NTP at seq %d" % self.seq)
+        else:
+            self.ntp_at_s = time.time() + 60  # retry in a minute
+            log("clock: NTP failed")
+
+    def retry_later(self):
+        delay = self.session.backoff.next_ms()
+        self.next_connect = time.ticks_add(time.ticks_ms(), delay)
+        log("mqtt: reconnect in %d ms (attempt %d)" % (delay, self.session.backoff.attempt))
+        return delay
+
+    # ---- always on --------------------------------------------------------
+    def run(self):
+        self.hw.watchdog(self.cfg.wdt_timeout_ms)
+        log("watchdog: started, %d ms" % self.cfg.wdt_timeout_ms)
+        s = self.session
+        was_up = False
+        while True:
+            self.hw.feed()
+            now = time.ticks_ms()
+            if time.ticks_diff(now, self.next_sample) >= 0:
+                self._sample_due(now)
+            flush_in = self._flush_due()
+            if s.up:
+                s.service(time.ticks_ms())
+            elif was_up:  # just lost: the first retry after a short delay
+                self.retry_later()
+            elif time.ticks_diff(time.ticks_ms(), self.next_connect) >= 0:
+                # Association goes on in the background: waiting for it never holds up a sample.
+                if not self.connect(time.ticks_diff(self.next_sample, time.ticks_ms())):
+                    self.retry_later()
+            was_up = s.up
+            if was_up:
+                self._housekeeping()
+            self._sleep(flush_in)
+
+    def _sample_due(self, now):
+        self.sample()
+        nxt = time.ticks_add(self.next_sample, self.cfg.sample_ms)
+        if time.ticks_diff(nxt, now) <= 0:  # fell behind (a long connect): start again from now
+            nxt = time.ticks_add(now, self.cfg.sample_ms)
+        self.next_sample = nxt
+        if self.cfg.log_stats_every and self.seq % self.cfg.log_stats_every == 0:
+            self.log_stats()
+
+    def _flush_due(self):
+        """Flush the outbox if due; ms until it is next due (-1: nothing staged)."""
+        try:
+            return self.ob.poll()
+        except OSError:
+            log("outbox: flush failed")
+            return 1000
+
+    def _housekeeping(self):
+        if self.ob.lost_total() != self.reported_lost:  # the server must hear of losses
+            if self.session.publish_status(self.birth()):
+                self.reported_lost = self.birth_lost
+        now = time.ticks_ms()
+        if time.ticks_diff(now, self.ntp_check) >= 0:  # the RTC is read once a minute
+            self.ntp_check = time.ticks_add(now, 60000)
+            if time.time() >= self.ntp_at_s:
+                self.sync_clock()
+
+    def _sleep(self, flush_in):
+        """Until the next deadline: sample, outbox flush, session check, reconnect; never busy."""
+        now = time.ticks_ms()
+        s = self.session
+        d = time.ticks_diff(self.next_sample, now)
+        if d > self.max_sleep_ms:
+            d = self.max_sleep_ms
+        if 0 <= flush_in < d:
+            d = flush_in
+        if s.up:
+            if s.can_send():
+                d = 0
+            else:
+                d = min(d, s.deadline_ms(now))
+        else:
+            d = min(d, time.ticks_diff(self.next_connect, now))
+        if d < 0:
+            d = 0
+        if s.up:
+            s.wait(d)
+        elif d:
+            time.sleep_ms(d)
+
+    def log_stats(self):
+        """Heap and counters (log_stats_every): free heap after a collection, bytes allocated per reading."""
+        total = micropython.mem_total() if hasattr(micropython, "mem_total") else 0
+        per = (total - self.stats_alloc) // (self.seq - self.stats_seq) if self.stats_alloc else -1
+        self.stats_alloc = total
+        self.stats_seq = self.seq
+        gc.collect()
+        s = self.session
+        log("stats seq %d free %d alloc_per_reading %d pending %d sent %d resent %d acked %d links_lost %d" % (
+            self.seq, gc.mem_free(), per, self.ob.pending(), s.sent, s.resent, s.acked, s.links_lost))
+        self.stats_alloc = micropython.mem_total() if total else 0
+
+    # ---- duty cycle ---------------------------------------------------------
+    def wake(self):
+        """One duty-cycle wake: sample, send the backlog within the budget, deep-sleep."""
+        cfg = self.cfg
+        hw = self.hw
+        t0 = time.ticks_ms()
+        hw.watchdog(cfg.wdt_timeout_ms)
+        self.sample()
+        self.ob.flush()  # on flash now, so it can be sent during this wake
+        s = self.session
+        while not s.up and self._left(t0) > 0:
+            if self.connect(self._left(t0)):
+                break
+            d = self.retry_later()
+            if d >= self._left(t0):
+                break
+            time.sleep_ms(d)
+            hw.feed()
+        if s.up:
+            self._send_backlog(t0)
+        left = self._left(t0)
+        log("wake: %d pending, %d sent, %d acked, %d ms of the budget left" % (
+            self.ob.pending(), s.sent, s.acked, left))
+        self.ob.close()
+        awake = time.ticks_diff(time.ticks_ms(), t0)
+        hw.deepsleep(max(100, cfg.sample_ms - awake))
+
+    def _left(self, t0):
+        return self.cfg.wake_budget_ms - time.ticks_diff(time.ticks_ms(), t0)
+
+    def _send_backlog(self, t0):
+        """Publish until the outbox is empty and every PUBACK (birth, replies) is in; then "offline"."""
+        s = self.session
+        while s.up and not s.idle() and self._left(t0) > 0:
+            self.hw.feed()
+            s.service(time.ticks_ms())
+            if s.up and not s.can_send():
+                s.wait(min(self._left(t0), s.deadline_ms(time.ticks_ms())))
+        if s.up and s.idle():
+            # Asleep counts as offline: say so (the will's bytes) before a clean DISCONNECT.
+            s.publish_status(self.will)
+            while s.up and s.in_flight() and self._left(t0) > 0:
+                self.hw.feed()
+                s.service(time.ticks_ms())
+                if s.up:
+                    s.wait(min(self._left(t0), s.deadline_ms(time.ticks_ms())))
+        if s.up and not s.in_flight():
+            s.close()  # DISCONNECT: the broker drops the will
+        else:
+            s.abort()  # out of time: no DISCONNECT, so the broker publishes the will ("offline")
+
+
+def main():
+    try:
+        cfg = Settings.load()
+    except SettingsError as e:
+        log("config: %s" % e)
+        return  # no config, no firmware: the REPL stays usable to fix it
+    hw = Hardware(cfg.i2c_scl_pin, cfg.i2c_sda_pin)
+    app = None
+    try:
+        app = App(hw, cfg)
+        if cfg.mode == "duty_cycle":
+            app.wake()
+        else:
+            app.run()
+    except Exception as e:  # a bug or a broken flash: log it and start over (the watchdog covers hangs)
+        import sys
+        log("fatal: %r" % (e,))
+        sys.print_exception(e)
+        if app is not None:
+            try:
+                app.ob.close()
+            except Exception:
+                pass
+        time.sleep_ms(5000)  # not a tight reset loop: every start writes the boot counter
+        hw.reset()

@@ -1,0 +1,131 @@
+# Ferry firmware: the MQTT 3.1.1 packets the session builds and parses itself, sans-IO
+# (MicroPython). CONNECT/CONNACK go through umqtt.simple; the hot path (PUBLISH and
+# PUBACK) and everything the device reads are here, built in and parsed from
+# preallocated buffers, so they can be tested byte for byte without a socket or broker.
+# tests/vectors/device/umqtt_simple_session.json pins the PUBLISH bytes: the same as
+# umqtt.simple's, in one write instead of four.
+from micropython import const
+
+PUBLISH = const(0x30)
+PUBACK = const(0x40)
+SUBACK = const(0x90)
+PINGRESP = const(0xD0)
+CONNACK = const(0x20)
+QOS1 = const(0x02)
+DUP = const(0x08)
+RETAIN = const(0x01)
+PINGREQ_BYTES = b"\xc0\x00"
+DISCONNECT_BYTES = b"\xe0\x00"
+
+
+class Publisher:
+    """PUBLISH packets for one topic, built in place: [header][topic][packet id][payload].
+
+    The topic is written once; build() writes the payload, packet id and fixed header
+    around it: the packet is buf[start:end]. No allocation.
+    """
+
+    def __init__(self, topic, max_payload):
+        tl = len(topic)
+        if 2 + tl + 2 + max_payload >= 16384:
+            raise ValueError("packets: topic + payload too long")
+        self._pid_at = 5 + tl
+        self.buf = bytearray(self._pid_at + 2 + max_payload)
+        self.buf[3] = tl >> 8
+        self.buf[4] = tl & 0xFF
+        self.buf[5:5 + tl] = topic
+        self.max_payload = max_payload
+        self.start = self.end = 0
+
+    # MicroPython puts a frame on the heap when locals + stack pass 11 words: small methods.
+    def build(self, pid, payload, flags):
+        """The packet (QoS 1 when flags has QOS1) for payload: self.buf[self.start:self.end]."""
+        self._body(pid, payload)
+        self.start = self._header(self.end - 3, flags)
+        return self.start
+
+    def send(self, sock):
+        """Write the packet built last, in one write (one TCP segment with TCP_NODELAY)."""
+        sock.write(self.buf, self.start, self.end - self.start)
+
+    def _body(self, pid, payload):
+        o = self._pid_at
+        self.buf[o] = pid >> 8
+        self.buf[o + 1] = pid & 0xFF
+        o += 2
+        self.end = o + len(payload)
+        self.buf[o:self.end] = payload
+
+    def _header(self, rl, flags):
+        b = self.buf
+        if rl < 128:
+            b[1] = PUBLISH | flags
+            b[2] = rl
+            return 1
+        b[0] = PUBLISH | flags
+        b[1] = (rl & 0x7F) | 0x80
+        b[2] = rl >> 7
+        return 0
+
+
+def publish_bytes(topic, payload, pid, flags):
+    """A whole PUBLISH packet as new bytes (status and replies: rare, may allocate)."""
+    p = Publisher(topic, len(payload))
+    start = p.build(pid, payload, flags)
+    return p.buf[start:p.end]
+
+
+def subscribe_bytes(topic, pid, qos=1):
+    """SUBSCRIBE to one topic filter (rare: allocates)."""
+    n = 2 + 2 + len(topic) + 1
+    head = bytes((0x82, n & 0x7F | 0x80, n >> 7)) if n >= 128 else bytes((0x82, n))
+    return head + bytes((pid >> 8, pid & 0xFF, len(topic) >> 8, len(topic) & 0xFF)) + topic + bytes((qos,))
+
+
+def put_puback(buf, pid):
+    """PUBACK for pid into a 4-byte buffer."""
+    buf[0] = PUBACK
+    buf[1] = 2
+    buf[2] = pid >> 8
+    buf[3] = pid & 0xFF
+
+
+def u16(buf, o):
+    return buf[o] << 8 | buf[o + 1]
+
+
+class Incoming:
+    """Where the parts of a received PUBLISH are in the receive buffer (set by parse_publish)."""
+
+    def __init__(self):
+        self.topic_start = self.topic_end = 0
+        self.pid = 0
+        self.payload_start = self.payload_end = 0
+
+    def parse_publish(self, first, body, n):
+        """Parse a PUBLISH body of n bytes; False when it is malformed."""
+        if n < 2:
+            return False
+        tl = u16(body, 0)
+        self.topic_start = 2
+        self.topic_end = 2 + tl
+        o = self.topic_end
+        self.pid = 0
+        if first & 0x06:
+            self.pid = u16(body, o) if o + 2 <= n else 0
+            o += 2
+        if o > n:
+            return False
+        self.payload_start = o
+        self.payload_end = n
+        return True
+
+    def topic_is(self, body, topic):
+        """True when the parsed topic equals `topic` (bytes), compared in place."""
+        s = self.topic_start
+        if self.topic_end - s != len(topic):
+            return False
+        for i in range(len(topic)):
+            if body[s + i] != topic[i]:
+                return False
+        return True

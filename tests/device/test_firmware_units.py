@@ -1,0 +1,221 @@
+"""The firmware's pure parts on the real MicroPython interpreter, without a board or broker:
+MQTT packets against the golden umqtt bytes, settings validation, commands and their
+replies, the boot counter, the reconnect backoff, the SHT31 decoding.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from hwsim.board import SHIMS_DIR
+from hwsim.micropython import DEVICE_LIB_DIR, run_code
+from tests.device.fw_support import DEVICE_DIR
+from tests.vectors import load as load_vectors
+
+SESSION = load_vectors("device/umqtt_simple_session.json")
+
+
+def run_fw(code: str, shims: bool = False) -> dict:
+    """Run `code` with the firmware on sys.path; it prints one JSON object last."""
+    path = [DEVICE_DIR, DEVICE_LIB_DIR] + ([SHIMS_DIR] if shims else [])
+    result = run_code(code, sys_path=path, heap_bytes=256 * 1024)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_publish_is_the_golden_umqtt_packet_in_one_buffer() -> None:
+    client = SESSION["client"]
+    out = run_fw(f"""
+import json, binascii, packets
+topic = {client['publish_topic'].encode()!r}
+payload = memoryview(bytearray({client['publish_payload'].encode()!r}))
+p = packets.Publisher(topic, 236)
+start = p.build(1, payload, packets.QOS1)
+first = binascii.hexlify(p.buf[start:p.end]).decode()
+p.build(1, payload, packets.QOS1 | packets.DUP)
+dup = binascii.hexlify(p.buf[p.start:p.end]).decode()
+long = bytes(range(48, 48 + 70)) * 3
+p.build(513, long, packets.QOS1)
+big = binascii.hexlify(p.buf[p.start:p.end]).decode()
+print(json.dumps({{"first": first, "dup": dup, "big": big}}))
+""")
+    golden = SESSION["packets"][1]["hex"]
+    assert out["first"] == golden  # what umqtt.simple 1.3.4 sends in four writes
+    assert out["dup"] == "3a" + golden[2:]
+    topic = client["publish_topic"].encode()
+    body = len(topic).to_bytes(2, "big") + topic + (513).to_bytes(2, "big") + bytes(range(48, 118)) * 3
+    assert len(body) >= 128
+    assert bytes.fromhex(out["big"]) == bytes([0x32, len(body) & 0x7F | 0x80, len(body) >> 7]) + body
+
+
+def test_incoming_publish_is_parsed_in_place() -> None:
+    out = run_fw("""
+import json, packets
+body = bytearray(b"\\x00\\x0dferry/s/d/cmd\\x01\\x02{\\"v\\":1}")
+inc = packets.Incoming()
+ok = inc.parse_publish(0x32, body, len(body))
+res = {"ok": ok, "pid": inc.pid, "payload": bytes(body[inc.payload_start:inc.payload_end]).decode(),
+       "is_cmd": inc.topic_is(body, b"ferry/s/d/cmd"), "is_other": inc.topic_is(body, b"ferry/s/d/cmx")}
+q0 = bytearray(b"\\x00\\x01tXY")
+inc.parse_publish(0x30, q0, len(q0))
+res["q0"] = [inc.pid, bytes(q0[inc.payload_start:inc.payload_end]).decode()]
+res["short"] = inc.parse_publish(0x32, bytearray(b"\\x00\\x09ab"), 4)
+print(json.dumps(res))
+""")
+    assert out == {"ok": True, "pid": 0x0102, "payload": '{"v":1}', "is_cmd": True, "is_other": False,
+                   "q0": [0, "XY"], "short": False}
+
+
+BASE = {"site": "lab", "wifi_ssid": "ap", "broker_host": "10.0.0.2"}
+
+
+@pytest.mark.parametrize(("change", "error"), [
+    ({"site": "a/b"}, "site: must be 1-64 characters of A-Z a-z 0-9 _ -"),
+    ({"broker_host": None}, "broker_host: must be a string of 1-253 characters"),
+    ({"broker_port": 0}, "broker_port: must be an integer 1..65535, got 0"),
+    ({"sample_ms": 50}, "sample_ms: must be an integer 100..86400000, got 50"),
+    ({"sample_s": 30, "sample_ms": 30000}, "sample_s: give sample_s or sample_ms, not both"),
+    ({"mode": "sometimes"}, "mode: must be one of always_on duty_cycle, got 'sometimes'"),
+    ({"sampel_s": 3}, "sampel_s: unknown key"),
+    ({"backoff_min_ms": 5000, "backoff_max_ms": 1000}, "backoff_max_ms: must be >= backoff_min_ms"),
+    ({"wdt_timeout_ms": 5000}, "wdt_timeout_ms: must exceed 2 x connect_timeout_ms + ack_timeout_ms"),
+])
+def test_settings_errors_name_the_key(change: dict, error: str) -> None:
+    raw = {**BASE, **change}
+    if "broker_host" in change and change["broker_host"] is None:
+        raw["broker_host"] = 5
+    out = run_fw(f"""
+import json
+from settings import Settings, SettingsError
+try:
+    Settings(json.loads({json.dumps(raw)!r}), "/ferry_config.json")
+    print(json.dumps({{"error": None}}))
+except SettingsError as e:
+    print(json.dumps({{"error": str(e)}}))
+""")
+    assert out["error"] is not None and out["error"].startswith(f"/ferry_config.json: {error}"), out
+
+
+def test_settings_defaults_alias_and_runtime_update_persist(tmp_path: Path) -> None:
+    path = tmp_path / "ferry_config.json"
+    path.write_text(json.dumps({**BASE, "sample_s": 30}))
+    out = run_fw(f"""
+import json
+from settings import Settings, SettingsError
+s = Settings.load({str(path)!r})
+res = {{"sample_ms": s.sample_ms, "mode": s.mode, "port": s.broker_port, "device_id": s.device_id}}
+try:
+    s.update({{"sample_s": 0}})
+except SettingsError as e:
+    res["bad"] = str(e)
+try:
+    s.update({{"mode": "duty_cycle"}})
+except SettingsError as e:
+    res["unsettable"] = str(e)
+s.update({{"sample_ms": 250}})
+res["after"] = Settings.load({str(path)!r}).sample_ms
+print(json.dumps(res))
+""")
+    assert out == {"sample_ms": 30000, "mode": "always_on", "port": 1883, "device_id": "",
+                   "bad": "args.sample_s: must be 1..86400", "unsettable": "args.mode: cannot be set",
+                   "after": 250}
+    assert json.loads(path.read_text()) == {**BASE, "sample_ms": 250}
+    assert not (tmp_path / "ferry_config.json.tmp").exists()
+
+
+def test_commands_answer_as_the_contract_says(tmp_path: Path) -> None:
+    path = tmp_path / "ferry_config.json"
+    path.write_text(json.dumps(BASE))
+    commands = [
+        {"v": 1, "id": "c-42", "op": "set", "args": {"sample_s": 30}},
+        {"v": 1, "id": "c-43", "op": "set", "args": {"sample_s": 0}},
+        {"v": 1, "id": "c-44", "op": "get"},
+        {"v": 1, "id": "c-45", "op": "reboot"},
+        {"v": 2, "id": "c-46", "op": "get"},
+        {"v": 1, "op": "get"},
+    ]
+    out = run_fw(f"""
+import json, commands
+from settings import Settings
+s = Settings.load({str(path)!r})
+cmds = {json.dumps([json.dumps(c) for c in commands] + ["not json"])!r}
+res = []
+for c in json.loads(cmds):
+    reply, changed = commands.handle(s, c.encode())
+    res.append([reply.decode(), changed])
+print(json.dumps(res))
+""")
+    replies = [(json.loads(r), changed) for r, changed in out]
+    assert out[0][0].startswith('{"v":1,"id":"c-42","ok":true,"result":')  # the contract's key order
+    assert replies[0] == ({"v": 1, "id": "c-42", "ok": True, "result": {"sample_s": 30}}, True)
+    assert replies[1] == ({"v": 1, "id": "c-43", "ok": False, "error": "args.sample_s: must be 1..86400"}, False)
+    assert replies[2] == ({"v": 1, "id": "c-44", "ok": True,
+                           "result": {"sample_s": 30, "sample_ms": 30000, "mode": "always_on"}}, False)
+    assert replies[3][0]["ok"] is False and replies[3][0]["error"].startswith("op: unknown 'reboot'")
+    assert replies[4][0]["error"] == "v: unsupported contract version 2"
+    assert replies[5][0] == {"v": 1, "id": None, "ok": False, "error": "id: must be a string of 1-64 characters"}
+    assert replies[6][0] == {"v": 1, "id": None, "ok": False, "error": "payload: not JSON"}
+    assert json.loads(path.read_text())["sample_ms"] == 30000
+
+
+def test_boot_counter_counts_and_never_reuses_a_number(tmp_path: Path) -> None:
+    path = tmp_path / "ferry_boot"
+    out = run_fw(f"""
+import json, identity
+p = {str(path)!r}
+boots = [identity.next_boot(p) for _ in range(3)]
+open(p + ".tmp", "w").write("7\\n")  # a save cut off before its rename
+boots.append(identity.next_boot(p))
+ids = [identity.device_id("", "240AC4000001"), identity.device_id("pump-7", "x")]
+print(json.dumps({{"boots": boots, "id": ids[0], "cfg": ids[1]}}))
+""")
+    assert out == {"boots": [1, 2, 3, 8], "id": "esp32-240ac4000001", "cfg": "pump-7"}
+    assert path.read_text() == "8\n"
+
+
+@pytest.fixture
+def board_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """What the hw-sim shims read at import, for modules that import hw outside a board."""
+    (tmp_path / "wlan").write_text("down")
+    monkeypatch.setenv("FERRY_BOARD_STATE", str(tmp_path))
+    monkeypatch.setenv("FERRY_BOARD_CTL", "2")  # control messages go to stderr
+
+
+def test_backoff_doubles_with_jitter_up_to_the_cap(board_env: None) -> None:
+    out = run_fw("""
+import json
+from session import Backoff
+b = Backoff(1000, 60000)
+rounds = []
+for _ in range(200):
+    b.reset()
+    rounds.append([b.next_ms() for _ in range(9)])
+print(json.dumps(rounds))
+""", shims=True)
+    caps = [1000, 2000, 4000, 8000, 16000, 32000, 60000, 60000, 60000]
+    for attempt, cap in enumerate(caps):
+        draws = [r[attempt] for r in out]
+        assert all(cap // 2 <= d <= cap for d in draws), (attempt, min(draws), max(draws))
+        assert len(set(draws)) > 50  # jittered, not a fixed schedule
+    print("\nbackoff (min 1 s, max 60 s), delay range per attempt: "
+          + ", ".join(f"{min(r[a] for r in out) / 1000:.1f}-{max(r[a] for r in out) / 1000:.1f} s"
+                      for a in range(len(caps))))
+
+
+def test_sht31_crc_and_conversion(board_env: None) -> None:
+    out = run_fw("""
+import json, hw
+raw = bytearray(b"\\x66\\x66\\x00\\x80\\x00\\x00")
+raw[2] = hw.crc8_sht31(raw, 0)
+raw[5] = hw.crc8_sht31(raw, 3)
+v = [0, 0]
+ok = hw.sht31_convert(raw, v)
+raw[5] ^= 1
+bad = hw.sht31_convert(raw, [0, 0])
+print(json.dumps({"beef": hw.crc8_sht31(b"\\xbe\\xef", 0), "ok": ok, "v": v, "bad": bad}))
+""", shims=True)
+    # Sensirion's datasheet example: CRC(0xBEEF) = 0x92; 0x6666 is 25.00 degC, 0x8000 is 50.00 %RH.
+    assert out == {"beef": 0x92, "ok": True, "v": [2500, 5000], "bad": False}
