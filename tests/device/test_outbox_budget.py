@@ -7,6 +7,7 @@ block device that counts 4 KiB erases and programmed bytes.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -171,6 +172,7 @@ def test_flash_writes_per_reading_on_littlefs(tmp_path: Path, flush_every: int, 
 def test_littlefs_mid_file_writes_cost_more_than_segment_appends(tmp_path: Path) -> None:
     """Why segments: littlefs copies the rest of a file after a write in its middle."""
     out = run_mp(lfs_setup(tmp_path, blocks=256) + """
+import json
 slot, batch = 256, bytearray(2560)
 with open('/fl/ring', 'wb') as f:  # one preallocated 1,000-slot ring file
     for _ in range(100):
