@@ -60,3 +60,21 @@ def test_negative_values_and_trailing_zeros() -> None:
     assert payload == ('{"v":1,"dev":"d","boot":3,"seq":9,"ts":1732480000005,"sync":true,'
                        '"m":{"t":-4.5,"p":1013,"z":0},"rssi":-100}')
     assert json.loads(payload)["m"] == {"t": -4.5, "p": 1013, "z": 0}
+
+
+def test_encoding_allocates_nothing_measured_with_gc_disabled() -> None:
+    # heap_lock alone could hide a frame the VM falls back to putting on the C stack;
+    # counting allocated bytes over many calls with the collector off cannot.
+    script = (
+        "import gc\nfrom reading import MetricSet, ReadingEncoder\n"
+        "m = MetricSet([b'temp_c', b'rh_pct'], [2, 2])\nm.values[0] = 2150\nm.values[1] = 4025\n"
+        "e = ReadingEncoder(b'esp32-a1b2c3')\n"
+        "def run(k):\n"
+        "    for i in range(k):\n"
+        "        e.encode(17, i, 785795200, 123, True, m, 3910, -61)\n"
+        "run(10)\ngc.collect()\ngc.disable()\n"
+        "a = gc.mem_alloc()\nrun(1000)\nb = gc.mem_alloc()\n"
+        "print(b - a)\n")
+    result = run_code(script, sys_path=[DEVICE_DIR], heap_bytes=128 * 1024)
+    assert result.returncode == 0, result.stdout
+    assert int(result.stdout) < 1000  # under one byte per reading (the loop's own range object)
