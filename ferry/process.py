@@ -24,6 +24,16 @@ class ProcessFailed(RuntimeError):
     """A managed process exited or never became ready; carries its log tail."""
 
 
+def wait_until(predicate: Callable[[], bool], timeout_s: float, poll_s: float = POLL_INTERVAL_S) -> bool:
+    """Poll `predicate` until it is true or `timeout_s` passes; returns its last value."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(poll_s)
+    return predicate()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """Return a TCP port on `host` that was free a moment ago."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:

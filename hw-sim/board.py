@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ferry.process import wait_until
 from hwsim.micropython import interpreter
 
 log = logging.getLogger(__name__)
@@ -173,12 +174,7 @@ class VirtualBoard:
         return self.console_path.read_text(errors="replace") if self.console_path.exists() else ""
 
     def wait_for(self, predicate, timeout_s: float = 30.0, poll_s: float = 0.05) -> bool:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if predicate():
-                return True
-            time.sleep(poll_s)
-        return predicate()
+        return wait_until(predicate, timeout_s, poll_s)
 
     # ------------------------------------------------------------------ supervisor
 

@@ -19,6 +19,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from ferry.contract import parse_reading, parse_status
+from ferry.process import wait_until
 from hwsim.board import BoardConfig, VirtualBoard
 from hwsim.micropython import DEVICE_LIB_DIR, REPO_ROOT
 
@@ -156,12 +157,7 @@ class Collector:
         return [parse_status(m.payload) for m in self.on(device, "status")]
 
     def wait_for(self, predicate, timeout_s: float = 30.0, poll_s: float = 0.05) -> bool:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if predicate():
-                return True
-            time.sleep(poll_s)
-        return predicate()
+        return wait_until(predicate, timeout_s, poll_s)
 
     def close(self) -> None:
         self.client.disconnect()
