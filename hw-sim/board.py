@@ -219,12 +219,13 @@ class VirtualBoard:
     def _pump(self, run: _Run) -> None:
         """Read the board's control messages until it exits; fire the watchdog when it starves."""
         buffer = b""
+        poller = select.poll()  # not select.select: a fleet's descriptors go past 1024
+        poller.register(run.control, select.POLLIN)
         while True:
-            timeout = None
+            timeout_ms = None
             if run.watchdog_ms is not None:
-                timeout = max(0.0, run.last_feed + run.watchdog_ms / 1000 - time.monotonic())
-            ready, _, _ = select.select([run.control], [], [], timeout)
-            if not ready:
+                timeout_ms = max(0.0, (run.last_feed + run.watchdog_ms / 1000 - time.monotonic()) * 1000)
+            if not poller.poll(timeout_ms):
                 self._event("watchdog", f"not fed for {run.watchdog_ms} ms")
                 run.killed_for = ResetCause.WDT
                 os.killpg(run.process.pid, signal.SIGKILL)

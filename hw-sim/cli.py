@@ -1,7 +1,8 @@
 """`ferry sim`: the hardware simulator's command line.
 
 `ferry sim link ...` runs and steers fault-injecting links (see
-docs/link-profiles.md); `ferry sim fleet` is not built yet.
+docs/link-profiles.md); `ferry sim fleet ...` runs many virtual boards behind
+one link (see docs/fleet.md).
 """
 
 from __future__ import annotations
@@ -9,9 +10,8 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-EXIT_NOT_BUILT = 3
 USAGE = """usage: ferry sim link {serve,set,schedule,reset,stats,profiles} ...
-       ferry sim fleet ...   (not built yet: issue 5)"""
+       ferry sim fleet --devices N --gateway HOST:PORT [--profile P] [--duration S] ..."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -21,7 +21,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return link_main(argv[1:])
     if argv[:1] == ["fleet"]:
-        print("ferry sim fleet: not built yet (tracked in issue 5)", file=sys.stderr)
-        return EXIT_NOT_BUILT
+        from hwsim.fleet import main as fleet_main
+
+        return fleet_main(argv[1:])
     print(USAGE, file=sys.stderr if argv[:1] not in (["-h"], ["--help"]) else sys.stdout)
     return 0 if argv[:1] in (["-h"], ["--help"]) else 2

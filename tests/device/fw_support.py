@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-import subprocess
 import sys
 import threading
 import time
@@ -20,8 +18,9 @@ import pytest
 
 from ferry.contract import parse_reading, parse_status
 from ferry.process import wait_until
+from hwsim import fleet as fleet_firmware
 from hwsim.board import BoardConfig, VirtualBoard
-from hwsim.micropython import DEVICE_LIB_DIR, REPO_ROOT
+from hwsim.micropython import REPO_ROOT
 
 DEVICE_DIR = REPO_ROOT / "device"
 SITE = "lab"
@@ -39,16 +38,10 @@ def compile_firmware(out_dir: Path) -> Path:
     """device/*.py and umqtt.simple as .mpy (main.py stays source), once per test session.
 
     What goes on a board's flash: compiling the .py files on a 64 KB board needs more
-    free heap for a moment than the firmware needs to run (docs/device.md).
+    free heap for a moment than the firmware needs to run (docs/device.md). The logic
+    lives in `hwsim.fleet.compile_firmware`, which `ferry sim fleet` uses too.
     """
-    compiler = mpy_cross()
-    (out_dir / "lib" / "umqtt").mkdir(parents=True, exist_ok=True)
-    sources = [(p, out_dir / (p.stem + ".mpy")) for p in DEVICE_DIR.glob("*.py") if p.name != "main.py"]
-    sources += [(p, out_dir / "lib" / "umqtt" / (p.stem + ".mpy")) for p in (DEVICE_LIB_DIR / "umqtt").glob("*.py")]
-    for source, target in sources:
-        subprocess.run([str(compiler), "-o", str(target), str(source)], check=True, timeout=60)
-    shutil.copy2(DEVICE_DIR / "main.py", out_dir / "main.py")
-    return out_dir
+    return fleet_firmware.compile_firmware(out_dir, mpy_cross())
 
 
 def install_firmware(board: VirtualBoard, build: Path, **config: object) -> dict:
@@ -56,12 +49,10 @@ def install_firmware(board: VirtualBoard, build: Path, **config: object) -> dict
 
     What `ferry flash` will do with mpremote; here the flash is a host folder.
     """
-    shutil.copytree(build, board.flash_dir, dirs_exist_ok=True)
     settings = {"site": SITE, "wifi_ssid": board.config.wifi_ssid, "wifi_password": "pw",
                 "broker_host": "127.0.0.1"}
     settings.update(config)
-    write_config(board, settings)
-    return settings
+    return fleet_firmware.install_firmware(board.flash_dir, build, settings)
 
 
 def write_config(board: VirtualBoard, settings: dict) -> None:

