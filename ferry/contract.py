@@ -255,6 +255,12 @@ class BridgeNaming:
         }[channel]
 
 
+KAFKA_PARTITIONER = "murmur2_random"
+"""librdkafka partitioner for every record keyed by device id: the Java client's murmur2, which
+Faust's aiokafka producer and its web router also use, so a device's records, its table
+changelog records and the worker that answers for it all agree on one partition. (librdkafka's
+default, consistent_random, is CRC32 and would not.)"""
+
 HEADER_SITE = "ferry-site"
 HEADER_MQTT_TOPIC = "ferry-mqtt-topic"
 HEADER_GATEWAY = "ferry-gateway"

@@ -63,13 +63,17 @@ def _recv_exactly(sock: socket.socket, n: int) -> bytes | None:
 class LocalKafka:
     """One Tansu broker on 127.0.0.1 with in-memory storage."""
 
-    def __init__(self, log_dir: Path, port: int | None = None, host: str = "127.0.0.1") -> None:
+    def __init__(self, log_dir: Path, port: int | None = None, host: str = "127.0.0.1",
+                 advertised_port: int | None = None) -> None:
+        """`advertised_port`: the port clients are told to use after bootstrap, e.g. a link
+        simulator's in front of this broker, so every connection goes through the link."""
         self.host = host
         self.port = port or free_port(host)
         url = f"tcp://{host}:{self.port}"
+        advertised = f"tcp://{host}:{advertised_port or self.port}"
         self.process = ManagedProcess(
             "tansu",
-            [broker_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
+            [broker_binary(), "broker", "--listener-url", url, "--advertised-listener-url", advertised,
              "--storage-engine", "memory://tansu/"],
             log_dir / f"tansu-{self.port}.log",
         )
