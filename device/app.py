@@ -9,6 +9,16 @@
 #   commands within wake_budget_ms, say "offline", deep-sleep until the next sample.
 # Each start takes the next boot number from flash before its first reading, and seq
 # counts that boot's readings from 0: (device, boot, seq) is never reused.
+#
+# Heap (docs/device.md, "Heap"): the modules, the outbox's and the session's buffers and
+# the settings stay for the whole run; everything else is short-lived. MicroPython's
+# allocator does not move objects and, between collections, goes on from where its last
+# allocation ended: long-lived objects made right after a burst of garbage (an import, a
+# JSON parse, the outbox's recovery) end up scattered over the heap, and later a buffer of
+# a few hundred bytes finds no hole big enough although tens of KB are free. So the
+# firmware collects before each group of long-lived allocations (the next ones then fill
+# the heap from its lowest free block), allocates the big buffers early, and imports
+# `commands` only when the first command arrives.
 import gc
 import os
 import time
@@ -17,23 +27,28 @@ import micropython
 
 # The biggest modules first: compiling a .py needs the most free heap.
 from session import Session, Topics  # noqa: I001 - order matters, see above
-from outbox import Outbox
-from settings import Settings, SettingsError
-from reading import MetricSet, ReadingEncoder
-from hw import Hardware, log
-import commands
-import identity
+gc.collect()
+from outbox import Outbox  # noqa: E402
+gc.collect()
+from settings import Settings, SettingsError  # noqa: E402
+from reading import MetricSet, ReadingEncoder  # noqa: E402
+from hw import Hardware, log  # noqa: E402
+import identity  # noqa: E402
+gc.collect()
+_FREE_AFTER_IMPORTS = gc.mem_free()
 
 FW_VERSION = "0.1.0"
 DATA_DIR = "/data"
 _EPOCH_2000_UNIX_MS = 946684800000
 _SLEEP_CAP_MS = 60000  # never sleep longer than this (or half the watchdog) at once
+_HEAP_CHECK_ACKS = 100  # with log_stats_every: heap_check() and a log line every this many PUBACKs too
 
 
 class App:
     def __init__(self, hw, cfg):
         self.hw = hw
         self.cfg = cfg
+        self.heap_low = _FREE_AFTER_IMPORTS  # lowest gc.mem_free() after a collection (heap_check)
         self.reset_cause = hw.reset_cause()
         self.boot = identity.next_boot()
         self.seq = 0
@@ -42,13 +57,17 @@ class App:
             os.mkdir(DATA_DIR)
         except OSError:
             pass
+        # Long-lived allocations, biggest first, each group right after a collection.
+        gc.collect()
         self.ob = Outbox(DATA_DIR + "/ob", capacity=cfg.outbox_capacity, flush_every=cfg.outbox_flush_every,
                          flush_interval_ms=cfg.outbox_flush_interval_ms, rtc=hw.rtc_memory())
-        self.metrics = MetricSet([b"temp_c", b"rh_pct"], [2, 2])
+        free_ob = self.heap_check()  # also clears the recovery's garbage
+        self.session = Session(cfg, self.dev, Topics(cfg.site, self.dev), self.ob, self.on_cmd, hw.feed)
         self.enc = ReadingEncoder(self.dev.encode())
+        self.metrics = MetricSet([b"temp_c", b"rh_pct"], [2, 2])
         self.t = [0, 0, 0]  # hw.now() output: seconds, ms, synced
         self.bat = self.rssi = None
-        self.session = Session(cfg, self.dev, Topics(cfg.site, self.dev), self.ob, self.on_cmd, hw.feed)
+        self._heap_acked = 0  # session.acked at the last heap_check
         self.will = ('{"v":1,"dev":"%s","state":"offline","boot":%d}' % (self.dev, self.boot)).encode()
         self.reported_lost = self.birth_lost = self.ob.lost_total()
         self.next_sample = time.ticks_ms()
@@ -62,6 +81,16 @@ class App:
         log("boot %d (%s), device %s, fw %s, mode %s, sample %d ms; outbox %d pending, %d lost%s" % (
             self.boot, self.reset_cause, self.dev, FW_VERSION, cfg.mode, cfg.sample_ms, self.ob.pending(),
             self.ob.lost_total(), "" if self.ob.last_loss is None else " %r" % (self.ob.last_loss,)))
+        log("heap: free after imports %d, outbox %d, session %d" % (_FREE_AFTER_IMPORTS, free_ob,
+                                                                    self.heap_check()))
+
+    def heap_check(self):
+        """gc.collect(), then gc.mem_free(); keeps the lowest value in heap_low. Returns it."""
+        gc.collect()
+        f = gc.mem_free()
+        if f < self.heap_low:
+            self.heap_low = f
+        return f
 
     # ---- readings -------------------------------------------------------
     # The per-reading methods are small on purpose: MicroPython puts a call's frame on
@@ -110,6 +139,8 @@ class App:
 
     def on_cmd(self, payload, pid):
         """A command from the cmd topic (the session PUBACKs it after the reply's PUBACK)."""
+        import commands  # rare: not worth its heap until the first command comes
+
         reply, changed = commands.handle(self.cfg, bytes(payload))
         log("cmd: %s -> %s" % (bytes(payload).decode(), reply.decode()))
         if changed:
@@ -130,6 +161,8 @@ class App:
         if not self.session.connect(self.birth(), self.will):
             return False
         self.reported_lost = self.birth_lost
+        if self.session.connects == 1:
+            log("heap: free %d after the first connect" % self.heap_check())
         return True
 
     def sync_clock(self):
@@ -192,6 +225,8 @@ class App:
             return 1000
 
     def _housekeeping(self):
+        if self.cfg.log_stats_every and self.session.acked - self._heap_acked >= _HEAP_CHECK_ACKS:
+            self._heap_watch()  # a backlog replay acks many readings between two samples
         if self.ob.lost_total() != self.reported_lost:  # the server must hear of losses
             if self.session.publish_status(self.birth()):
                 self.reported_lost = self.birth_lost
@@ -200,6 +235,12 @@ class App:
             self.ntp_check = time.ticks_add(now, 60000)
             if time.time() >= self.ntp_at_s:
                 self.sync_clock()
+
+    def _heap_watch(self):
+        s = self.session
+        self._heap_acked = s.acked
+        log("heap: free %d low %d (after gc; seq %d, acked %d, pending %d)" % (
+            self.heap_check(), self.heap_low, self.seq, s.acked, self.ob.pending()))
 
     def _sleep(self, flush_in):
         """Until the next deadline: sample, outbox flush, session check, reconnect; never busy."""
@@ -230,10 +271,11 @@ class App:
         per = (total - self.stats_alloc) // (self.seq - self.stats_seq) if self.stats_alloc else -1
         self.stats_alloc = total
         self.stats_seq = self.seq
-        gc.collect()
+        free = self.heap_check()
         s = self.session
-        log("stats seq %d free %d alloc_per_reading %d pending %d sent %d resent %d acked %d links_lost %d" % (
-            self.seq, gc.mem_free(), per, self.ob.pending(), s.sent, s.resent, s.acked, s.links_lost))
+        log("stats seq %d free %d alloc_per_reading %d pending %d sent %d resent %d acked %d links_lost %d "
+            "heap_low %d" % (self.seq, free, per, self.ob.pending(), s.sent, s.resent, s.acked, s.links_lost,
+                             self.heap_low))
         self.stats_alloc = micropython.mem_total() if total else 0
 
     # ---- duty cycle ---------------------------------------------------------

