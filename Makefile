@@ -5,10 +5,22 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 UMQTT := device/lib/umqtt/simple.py
+UPLOT := server/dashboard/vendor/uPlot.iife.min.js
 
 .PHONY: test demo bench install clean
 
+# The dashboard's browser test needs Chromium (Debian package `chromium`), installed here when
+# missing and we are root; without it that test fails and says so.
 test: install
+	@if ! command -v chromium >/dev/null 2>&1 && [ ! -x /usr/bin/chromium ]; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium \
+				|| echo "could not install chromium: the dashboard's browser test will fail"; \
+		else \
+			echo "chromium is not installed: run 'sudo apt-get install chromium'" \
+			     "(the dashboard's browser test fails without it)"; \
+		fi; \
+	fi
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 demo: install
@@ -27,7 +39,7 @@ bench: install
 	fi
 	$(BIN)/ferry bench broker $(BENCH_ARGS)
 
-install: $(STAMP) $(UMQTT)
+install: $(STAMP) $(UMQTT) $(UPLOT)
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -41,5 +53,9 @@ $(STAMP): pyproject.toml | $(BIN)/python
 $(UMQTT): ferry/umqtt_vendor.py | $(STAMP)
 	$(BIN)/python -m ferry.umqtt_vendor
 
+# The dashboard's chart library, from the npm registry, pinned by sha512 (docs/dashboard.md).
+$(UPLOT): ferry/npm_vendor.py | $(STAMP)
+	$(BIN)/python -m ferry.npm_vendor
+
 clean:
-	rm -rf $(VENV) device/lib build *.egg-info .pytest_cache .hypothesis
+	rm -rf $(VENV) device/lib server/dashboard/vendor build *.egg-info .pytest_cache .hypothesis

@@ -1,7 +1,8 @@
 """`ferry bench TARGET`: benchmark a part of Ferry against a peer in the same command.
 
-Only `broker` is built: Ferry's MQTT gateway against Mosquitto (when
-installed), with the load generator in a process of its own.
+`broker`: Ferry's MQTT gateway against Mosquitto (when installed), with the
+load generator in a process of its own. `server`: readings per second through
+the analytics worker from a pre-filled topic (bench/server.py).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from bench.scenarios import SCENARIOS, Settings
 
 EXIT_NOT_BUILT = 3
 EXIT_INTERRUPTED = 130
-TARGETS = ("broker",)
+TARGETS = ("broker", "server")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,12 +80,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(f"usage: ferry bench {{{','.join(TARGETS)}}} [options]\n\n{__doc__.strip()}\n\n"
-              "`ferry bench broker --help` lists the options.", file=sys.stderr if not argv else sys.stdout)
+              "`ferry bench broker --help` and `ferry bench server --help` list the options.", file=sys.stderr if not argv else sys.stdout)
         return 0 if argv else 2
     target, rest = argv[0], argv[1:]
     if target not in TARGETS:
         print(f"ferry bench {target}: not built yet (built: {', '.join(TARGETS)})", file=sys.stderr)
         return EXIT_NOT_BUILT
+    if target == "server":
+        from bench.server import main as server_main
+
+        return server_main(rest)
     args = build_parser().parse_args(rest)
     if args.publishers < 1 or args.subscribers < 1 or args.duration <= 0 or args.connections < 1:
         print("ferry bench broker: --publishers, --subscribers, --connections and --duration must be positive",

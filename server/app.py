@@ -25,6 +25,8 @@ def create_app(config: ServerConfig) -> faust.App:
         web_host=config.web_host,
         web_port=config.web_port,
         web_bind=config.web_host,
+        # Peers reach each other's web views at this address (routed and fleet views).
+        canonical_url=f"http://{config.web_host}:{config.web_port}",
         broker_session_timeout=config.broker_session_timeout_s,
         producer_max_batch_size=config.producer_max_batch_size,
         producer_linger=config.producer_linger_ms / 1000.0,

@@ -35,6 +35,8 @@ class ServerConfig:
     status_topic: str = "ferry.status"
     series_topic: str = "ferry.series.1m"
     """Where closed 1-minute windows are published."""
+    alerts_topic: str = "ferry.alerts"
+    """Where anomaly and device-health alerts are published."""
     partitions: int = 8
     """Partitions of the telemetry/status topics; the tables' changelogs get as many."""
     web_host: str = "127.0.0.1"
@@ -52,29 +54,50 @@ class ServerConfig:
     """Sequence numbers below a boot's high-water mark tracked in a bitmap; older gaps kept as ranges."""
     series_keep: int = 60
     """Closed windows kept per device, metric and window kind for the HTTP API."""
+    alerts_keep: int = 20
+    """Newest alerts kept per device for the HTTP API (all of them go to `alerts_topic`)."""
+    batch_size: int = 5000
+    """Records taken per batch: each device's state is read and written once per batch."""
+    batch_within_ms: int = 500
+    """The longest a record waits for its batch to fill."""
+    health_check_interval_s: float = 5.0
+    """How often silent devices are checked (the `offline` alert needs no incoming record)."""
+    stall_timeout_s: float = 120.0
+    """Exit (status 1, for the supervisor to restart) when records wait and none was processed for
+    this long: Faust consumers can silently stop (server/liveness.py). 0 turns the watch off."""
+    offline_after_intervals: int = 3
+    """Offline after this many of the device's sample intervals without a record."""
+    battery_low_mv: int = 3400
+    rssi_poor_dbm: int = -80
+    reboot_loop_boots: int = 3
+    """A reboot loop: this many boots not caused by deep sleep within `reboot_loop_window_s`."""
+    reboot_loop_window_s: int = 600
     broker_session_timeout_s: float = 60.0
     """Faust's default; tests use 6 (the local broker holds JoinGroup for half of it)."""
-    producer_max_batch_size: int = 16384
-    """Bytes; tests that check tables after a restart use 1 (see docs/server.md)."""
-    producer_linger_ms: int = 0
+    producer_max_batch_size: int = 524288
+    """Bytes per produce batch (Faust's default is 16384: 4 device states); tests that check
+    tables after a restart use 1 (see docs/server.md)."""
+    producer_linger_ms: int = 10
     log_level: str = "info"
 
     def __post_init__(self) -> None:
         if not self.broker.strip():
             raise ConfigError("server.broker: must name at least one host:port")
         positive = ("partitions", "tumbling_s", "hopping_size_s", "hopping_step_s", "dedupe_window",
-                    "series_keep", "producer_max_batch_size")
+                    "series_keep", "producer_max_batch_size", "alerts_keep", "batch_size", "batch_within_ms",
+                    "offline_after_intervals", "reboot_loop_boots", "reboot_loop_window_s")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"server.{name}: must be at least 1, got {getattr(self, name)}")
-        if self.allowed_lateness_s < 0 or self.producer_linger_ms < 0:
-            raise ConfigError("server.allowed_lateness_s and producer_linger_ms must not be negative")
+        if self.allowed_lateness_s < 0 or self.producer_linger_ms < 0 or self.stall_timeout_s < 0:
+            raise ConfigError("server.allowed_lateness_s, producer_linger_ms and stall_timeout_s must not be negative")
         if self.hopping_size_s % self.hopping_step_s:
             raise ConfigError("server.hopping_size_s: must be a multiple of hopping_step_s")
         if not 0 <= self.web_port <= 65535:
             raise ConfigError(f"server.web_port: must be 0..65535, got {self.web_port}")
-        if self.broker_session_timeout_s <= 0:
-            raise ConfigError("server.broker_session_timeout_s: must be positive")
+        for name in ("broker_session_timeout_s", "health_check_interval_s"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"server.{name}: must be positive, got {getattr(self, name)}")
 
     @property
     def broker_url(self) -> str:

@@ -1,21 +1,29 @@
-"""What the agents do with one record, as pure functions over JSON-safe table values.
+"""What the worker does with a batch of records, as pure functions over JSON-safe table values.
 
-The agents in `server.streams` only read a table value, call one of these and
-write the result back, so everything here is tested without Faust or Kafka.
+The agent in `server.streams` turns Kafka events into `Record`s, calls
+`apply_batch` and writes back what it returns, so everything here is tested
+without Faust or Kafka. A batch reads each device's state once and returns it
+once, however many of its records the batch held.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from ferry.contract import ContractError, parse_reading, parse_status
-from server.accounting import DeviceAccount, DeviceStatus
+from server.alerts import Alert
+from server.anomaly import AnomalySettings
 from server.config import ServerConfig
-from server.windows import ClosedWindow, DeviceWindows, History, WindowKind
+from server.health import HealthSettings
+from server.state import DeviceState
+from server.windows import ClosedWindow, History, WindowKind
 
 UNKNOWN_DEVICE = "_unknown"
 """Where contract breakers without a usable key are counted."""
+TELEMETRY = "telemetry"
+STATUS = "status"
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,28 +32,62 @@ class Settings:
     kinds: tuple[WindowKind, ...]
     lateness_ms: int
     keep: int
+    alerts_keep: int
+    anomaly: AnomalySettings
+    health: HealthSettings
     published_kind: str = "1m"
 
     @classmethod
     def from_config(cls, config: ServerConfig) -> "Settings":
         kinds = (WindowKind("1m", config.tumbling_s * 1000, config.tumbling_s * 1000),
                  WindowKind("5m", config.hopping_size_s * 1000, config.hopping_step_s * 1000))
-        return cls(config.dedupe_window, kinds, config.allowed_lateness_s * 1000, config.series_keep)
+        health = HealthSettings(offline_after_intervals=config.offline_after_intervals,
+                                battery_low_mv=config.battery_low_mv, rssi_poor_dbm=config.rssi_poor_dbm,
+                                reboot_loop_boots=config.reboot_loop_boots,
+                                reboot_loop_window_ms=config.reboot_loop_window_s * 1000)
+        return cls(config.dedupe_window, kinds, config.allowed_lateness_s * 1000, config.series_keep,
+                   config.alerts_keep, AnomalySettings(), health)
+
+    def new_state(self, device: str) -> DeviceState:
+        return DeviceState.new(device, self.dedupe_window, self.anomaly)
+
+    def load_state(self, device: str, data: dict | None) -> DeviceState:
+        return DeviceState.from_dict(data, self.dedupe_window, self.anomaly) if data else self.new_state(device)
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One Kafka record as the worker needs it."""
+
+    device: str
+    channel: str
+    """TELEMETRY or STATUS: which source topic it came from."""
+    payload: bytes
+    record_ms: int
+    """The record's timestamp: the reading's time when synced, else the gateway's receive time."""
+    receive_ms: int
+    """When the gateway received it (the bridge's `ferry-received-ms` header, else `record_ms`)."""
+    partition: int
+    offset: int = -1
 
 
 @dataclass(slots=True)
 class Outcome:
-    """The new table values for one device and what to publish."""
-
-    device: str
     verdict: str
     """new, duplicate, late (new but older than the watermark) or invalid."""
-    account: dict
-    windows: dict | None = None
-    """None when the windows did not change."""
-    history: dict | None = None
-    """None when no window closed."""
+    closed: list[ClosedWindow] = field(default_factory=list)
+    alerts: list[Alert] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class BatchResult:
+    """New table values (device → (partition, value)) and what to publish."""
+
+    states: dict[str, tuple[int, dict]] = field(default_factory=dict)
+    history: dict[str, tuple[int, dict]] = field(default_factory=dict)
     publish: list[ClosedWindow] = field(default_factory=list)
+    alerts: list[Alert] = field(default_factory=list)
+    verdicts: Counter = field(default_factory=Counter)
 
 
 def device_key(key: bytes | str | None) -> str:
@@ -59,52 +101,85 @@ def event_time_ms(synced: bool, ts_ms: int, record_ts_ms: int) -> int:
     return ts_ms if synced else record_ts_ms
 
 
-def handle_reading(account: dict | None, windows: dict | None, key: bytes | str | None, payload: bytes,
-                   record_ts_ms: int, settings: Settings,
-                   history: Callable[[], dict | None] = lambda: None) -> Outcome:
-    """Dedupe, account and window one telemetry record.
-
-    `history` returns the device's closed-window history; it is called only when a window closes.
-    """
-    device = device_key(key)
-    acc = (DeviceAccount.from_dict(account, settings.dedupe_window) if account
-           else DeviceAccount(device, settings.dedupe_window))
+def apply_reading(state: DeviceState, payload: bytes, record_ms: int, receive_ms: int,
+                  settings: Settings) -> Outcome:
+    """Dedupe, account, window, score and health-check one telemetry record."""
     try:
         reading = parse_reading(payload)
-        if reading.device != device:
-            raise ContractError("dev", f"{reading.device!r} differs from the record key {device!r}")
+        if reading.device != state.device:
+            raise ContractError("dev", f"{reading.device!r} differs from the record key {state.device!r}")
     except ContractError:
-        acc.invalid += 1
-        return Outcome(device, "invalid", acc.to_dict())
-    when = event_time_ms(reading.synced, reading.ts_ms, record_ts_ms)
-    if not acc.observe_reading(reading, when):
-        return Outcome(device, "duplicate", acc.to_dict())
-    win = DeviceWindows.from_dict(windows) if windows else DeviceWindows(device)
-    closed = win.add(when, reading.metrics, settings.kinds, settings.lateness_ms)
+        state.account.invalid += 1
+        return Outcome("invalid")
+    when = event_time_ms(reading.synced, reading.ts_ms, record_ms)
+    if not state.account.observe_reading(reading, when):
+        # A duplicate still shows the device is alive; its battery and signal were counted already.
+        alerts = state.health.observe_reading(receive_ms, reading.boot, None, None, settings.health)
+        return _outcome(state, "duplicate", [], alerts, settings)
+    alerts = state.health.observe_reading(receive_ms, reading.boot, reading.battery_mv, reading.rssi_dbm,
+                                          settings.health)
+    closed = state.windows.add(when, reading.metrics, settings.kinds, settings.lateness_ms)
     if closed is None:
-        acc.late += 1
-        return Outcome(device, "late", acc.to_dict(), win.to_dict())
-    if not closed:
-        return Outcome(device, "new", acc.to_dict(), win.to_dict())
-    kept = History.from_dict(device, history() or {})
-    kept.extend(closed, settings.keep)
-    publish = [w for w in closed if w.kind == settings.published_kind]
-    return Outcome(device, "new", acc.to_dict(), win.to_dict(), kept.to_dict(), publish)
+        state.account.late += 1
+        return _outcome(state, "late", [], alerts, settings)
+    alerts += state.detectors.observe(when, reading.metrics)
+    return _outcome(state, "new", closed, alerts, settings)
 
 
-def handle_status(status: dict | None, key: bytes | str | None, payload: bytes) -> tuple[str, str, dict]:
-    """Take the device's state and its own loss counter from a status message.
-
-    Returns (device, verdict, new status table value).
-    """
-    device = device_key(key)
-    current = DeviceStatus.from_dict(status) if status else DeviceStatus(device)
+def apply_status(state: DeviceState, payload: bytes, receive_ms: int, settings: Settings) -> Outcome:
+    """Take the device's state, its own loss counter and its health from a status message."""
     try:
         parsed = parse_status(payload)
-        if parsed.device != device:
-            raise ContractError("dev", f"{parsed.device!r} differs from the record key {device!r}")
+        if parsed.device != state.device:
+            raise ContractError("dev", f"{parsed.device!r} differs from the record key {state.device!r}")
     except ContractError:
-        current.invalid += 1
-        return device, "invalid", current.to_dict()
-    current.observe(parsed)
-    return device, "new", current.to_dict()
+        state.status.invalid += 1
+        return Outcome("invalid")
+    state.status.observe(parsed)
+    alerts = state.health.observe_status(receive_ms, parsed.state.value, parsed.boot, parsed.reset_cause,
+                                         settings.health)
+    return _outcome(state, "new", [], alerts, settings)
+
+
+def _outcome(state: DeviceState, verdict: str, closed: list[ClosedWindow], alerts: list[Alert],
+             settings: Settings) -> Outcome:
+    if alerts:
+        state.remember(alerts, settings.alerts_keep)
+    return Outcome(verdict, closed, alerts)
+
+
+def apply_batch(records: Iterable[Record], state_of: Callable[[str], DeviceState],
+                history_of: Callable[[str], History], settings: Settings) -> BatchResult:
+    """Apply records in order to the states and histories `state_of` and `history_of` give
+    (changing them in place); each device's state is serialized once, its history at most once."""
+    result = BatchResult()
+    states: dict[str, DeviceState] = {}
+    partitions: dict[str, int] = {}
+    closed_by_device: dict[str, list[ClosedWindow]] = {}
+    for record in records:
+        state = states.get(record.device)
+        if state is None:
+            state = states[record.device] = state_of(record.device)
+        partitions[record.device] = record.partition
+        if record.channel == TELEMETRY:
+            outcome = apply_reading(state, record.payload, record.record_ms, record.receive_ms, settings)
+        else:
+            outcome = apply_status(state, record.payload, record.receive_ms, settings)
+        result.verdicts[f"{record.channel}.{outcome.verdict}"] += 1
+        if outcome.closed:
+            closed_by_device.setdefault(record.device, []).extend(outcome.closed)
+            result.publish.extend(w for w in outcome.closed if w.kind == settings.published_kind)
+        result.alerts.extend(outcome.alerts)
+    for device, state in states.items():
+        result.states[device] = (partitions[device], state.to_dict())
+    for device, closed in closed_by_device.items():
+        kept = history_of(device)
+        kept.extend(closed, settings.keep)
+        result.history[device] = (partitions[device], kept.to_dict())
+    return result
+
+
+def check_health(state: DeviceState, now_ms: int, settings: Settings) -> list[Alert]:
+    """The time-driven part of health (a device that went silent); the alerts are remembered."""
+    alerts = state.health.check(now_ms, settings.health)
+    return _outcome(state, "checked", [], alerts, settings).alerts

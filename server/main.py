@@ -35,13 +35,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     from server.streams import wire
 
     app = create_app(config)
-    wire(app, config)
+    streams = wire(app, config)
     worker = faust.Worker(app, loglevel=config.log_level)
+    # Faust's terminal spinner sets the root logger to DEBUG so that it can spin on every
+    # record: every library's debug message would then be built and thrown away.
+    worker.spinner = None
     try:
         worker.execute_from_commandline()
     except SystemExit as exc:
-        return int(exc.code or 0)
-    return 0
+        code = int(exc.code or 0)
+    else:
+        code = 0
+    if streams.worker.stall_reason is not None:
+        print(f"ferry worker: stopped: consumer stalled: {streams.worker.stall_reason}", file=sys.stderr)
+        return 1
+    return code
 
 
 if __name__ == "__main__":

@@ -1,144 +1,260 @@
-"""Topics, tables, agents and web views of the worker: thin wiring around `server.logic`.
+"""Topics, tables, the ingest agent and the health timer of the worker: thin wiring around `server.logic`.
 
-`wire(app, config)` declares everything on an app made by `server.app.create_app`;
-it returns the handles tests need. Table values are JSON dicts, written back
-whole after each record (Faust only logs assignments to the changelog).
+`wire(app, config)` declares everything on an app made by `server.app.create_app`
+and returns the handles tests need.
+
+One agent reads both source topics (telemetry and status are keyed and
+partitioned alike, so a device's records and its state share a partition) in
+batches (`take_events`): each batch reads every device's state once, applies
+its records in order, publishes closed windows and alerts, then writes each
+device's state once. Faust acks a batch's events only after the agent is done
+with it, and flushes the producer (changelog writes included) before it
+commits their offsets, so a crash re-processes whole batches, which dedupe
+absorbs.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import os
+import signal
+import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import faust
-from faust.web import Request, Response, View
+from aiokafka.partitioner import murmur2
 
-from server.accounting import DeviceAccount, DeviceStatus, detail, summary, totals
+from ferry.contract import HEADER_RECEIVED_MS
 from server.config import ServerConfig
-from server.logic import Settings, device_key, handle_reading, handle_status
+from server.liveness import StallWatch
+from server.logic import STATUS, TELEMETRY, BatchResult, Record, Settings, apply_batch, check_health, device_key
 from server.models import SeriesPoint
-from server.windows import DeviceWindows, History, series as series_view
+from server.state import DeviceState
+from server.windows import History
+from server.views import register_views
+from server.web import register_dashboard
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
 class Streams:
     settings: Settings
-    telemetry: Any
-    status: Any
+    source: Any
     series: Any
-    accounts: Any
-    device_status: Any
-    windows: Any
+    alerts: Any
+    devices: Any
     history: Any
     ingest: Any
-    statuses: Any
+    worker: "WorkerState"
+
+
+class WorkerState:
+    """The tables of this worker, the live states of its devices, and which devices it owns now.
+
+    The single writer of both tables. Device states stay live in memory between
+    batches (`live`), so a batch deserializes nothing; the cache is dropped at every
+    rebalance, after which states are read back from the table, which Faust has
+    recovered from the changelog by then. The ingest agent and the health timer both
+    write device states; `lock` keeps one from overwriting the other across an await.
+    """
+
+    def __init__(self, app: faust.App, config: ServerConfig, settings: Settings, devices: Any, history: Any,
+                 series: Any, alerts: Any) -> None:
+        self.app, self.config, self.settings = app, config, settings
+        self.devices, self.history, self.series, self.alerts = devices, history, series, alerts
+        self.lock = asyncio.Lock()
+        self.live: dict[str, DeviceState] = {}
+        self.live_history: dict[str, History] = {}
+        self.lagging = False
+        self.watch = StallWatch(config.broker, config.stall_timeout_s)
+        self.stall_reason: str | None = None
+        self.counts: dict[str, int] = {}
+
+    def forget(self) -> None:
+        """Drop the live states (a rebalance may have moved devices or changed their table values)."""
+        self.live.clear()
+        self.live_history.clear()
+        self.watch.forget()
+
+    def partition_of(self, device: str) -> int:
+        """The partition the bridge puts this device's records on (murmur2, as the bridge produces)."""
+        return (murmur2(device.encode()) & 0x7FFFFFFF) % self.config.partitions
+
+    def owned_partitions(self) -> set[int] | None:
+        """Partitions of the telemetry topic this worker is active for; None before an assignment."""
+        actives = self.app.assignor.assigned_actives()
+        if not actives:
+            return None
+        return {tp.partition for tp in actives if tp.topic == self.config.telemetry_topic}
+
+    def local_devices(self) -> list[str]:
+        """Devices whose partition this worker owns (its stores may also hold standby copies)."""
+        owned = self.owned_partitions()
+        return sorted(d for d, v in self.devices.items()
+                      if v is not None and (owned is None or self.partition_of(d) in owned))
+
+    def state(self, device: str) -> DeviceState | None:
+        """The device's live state, None when the table has none."""
+        state = self.live.get(device)
+        if state is None:
+            data = self.devices.get(device)
+            if data is None:
+                return None
+            state = self.live[device] = self.settings.load_state(device, data)
+        return state
+
+    def history_of(self, device: str) -> History:
+        """The device's live closed-window history (empty when the table has none)."""
+        kept = self.live_history.get(device)
+        if kept is None:
+            kept = self.live_history[device] = History.from_dict(self.history.get(device) or {})
+        return kept
+
+    def _state_or_new(self, device: str) -> DeviceState:
+        state = self.state(device)
+        if state is None:
+            state = self.live[device] = self.settings.new_state(device)
+        return state
+
+    async def process(self, records: Iterable[Record]) -> BatchResult:
+        records = list(records)
+        # A full batch means more records were waiting: the worker is behind its topics.
+        self.lagging = len(records) >= self.config.batch_size
+        async with self.lock:
+            owned = self.owned_partitions()
+            # Records of a partition revoked while they sat in the batch are its new owner's
+            # to process (their offsets were not committed here): leave them.
+            mine = [r for r in records if owned is None or r.partition in owned]
+            result = apply_batch(mine, self._state_or_new, self.history_of, self.settings)
+            # Publish before the tables record that the windows closed: a crash in between
+            # publishes them again (identical) rather than never.
+            await self._publish(result)
+            for device, (partition, value) in result.states.items():
+                _put(self.devices, partition, device, value)
+            for device, (partition, value) in result.history.items():
+                _put(self.history, partition, device, value)
+            for verdict, n in result.verdicts.items():
+                self.counts[verdict] = self.counts.get(verdict, 0) + n
+            self.watch.processed(((self._topic(r.channel), r.partition, r.offset) for r in mine), time.monotonic())
+            return result
+
+    def _topic(self, channel: str) -> str:
+        return self.config.status_topic if channel == STATUS else self.config.telemetry_topic
+
+    async def stalled(self) -> str | None:
+        """Why the consumer looks stuck (records wait, nothing processed for a while), or None."""
+        if not self.watch.due(time.monotonic()):
+            return None
+        return self.watch.waiting(await asyncio.to_thread(self.watch.partition_ends))
+
+    async def check_health(self, now_ms: int) -> int:
+        """Raise `offline` for devices that went silent; returns how many alerts were raised.
+
+        Skipped while the worker is behind its topics: a device whose readings still wait
+        in Kafka is not silent, and calling it offline would make every device flap
+        offline/online during a catch-up.
+        """
+        if self.lagging:
+            return 0
+        raised = 0
+        async with self.lock:
+            for device in self.local_devices():
+                state = self.state(device)
+                alerts = check_health(state, now_ms, self.settings)
+                if not alerts:
+                    continue
+                await self._publish(BatchResult(alerts=alerts))
+                _put(self.devices, self.partition_of(device), device, state.to_dict())
+                raised += len(alerts)
+        return raised
+
+    async def _publish(self, result: BatchResult) -> None:
+        for w in result.publish:
+            await self.series.send(key=w.device, value=SeriesPoint(
+                device=w.device, metric=w.metric, start_ms=w.start_ms, end_ms=w.end_ms, count=w.count,
+                min=w.min, max=w.max, mean=w.mean, last=w.last))
+        for alert in result.alerts:
+            await self.alerts.send(key=alert.device, value=alert.to_dict())
+
+
+def _put(table: Any, partition: int, key: str, value: dict) -> None:
+    """`table[key] = value`, with the changelog partition given explicitly.
+
+    Faust takes the partition from the event being processed, which a batch taken with
+    `take_events` (or a timer) does not have; the source partition is the one the
+    changelog must use (tables are co-partitioned with the source topics).
+    """
+    table.data[key] = value
+    table.send_changelog(partition, key, value)
 
 
 def wire(app: faust.App, config: ServerConfig) -> Streams:
     settings = Settings.from_config(config)
     raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw",
            "partitions": config.partitions}
-    telemetry = app.topic(config.telemetry_topic, **raw)
-    status = app.topic(config.status_topic, **raw)
+    source = app.topic(config.telemetry_topic, config.status_topic, **raw)
     series = app.topic(config.series_topic, key_type=str, value_type=SeriesPoint, key_serializer="raw",
                        partitions=config.partitions)
+    alerts = app.topic(config.alerts_topic, key_type=str, key_serializer="raw", value_serializer="json",
+                       partitions=config.partitions)
     table_args = {"key_type": str, "partitions": config.partitions}
-    accounts = app.Table("accounts", default=None, help="dedupe state and reading counts per device",
-                         **table_args)
-    device_status = app.Table("status", default=None, help="state and device-side losses per device",
-                              **table_args)
-    windows = app.Table("windows", default=None, help="open event-time windows per device", **table_args)
+    devices = app.Table("devices", default=None, help="everything known about each device (server.state)",
+                        **table_args)
     history = app.Table("history", default=None, help="the newest closed windows per device", **table_args)
-    for table in (accounts, device_status, windows, history):
+    for table in (devices, history):
         # Keys as the bridge writes them (the raw device id), so the web router hashes the same
-        # bytes the records carry. (Changelog records go to the source record's partition.)
+        # bytes the records carry.
         table.key_serializer = "raw"
         table.changelog_topic = table.changelog_topic.derive(key_serializer="raw")
+    worker = WorkerState(app, config, settings, devices, history, series, alerts)
+
+    @app.on_partitions_revoked.connect
+    async def on_revoked(app: faust.App, revoked: Any, **kwargs: Any) -> None:
+        worker.forget()
+
+    @app.on_partitions_assigned.connect
+    async def on_assigned(app: faust.App, assigned: Any, **kwargs: Any) -> None:
+        worker.forget()
 
     async def ingest(stream: faust.StreamT) -> None:
-        async for event in stream.events():
-            device = device_key(event.key)
-            out = handle_reading(accounts.get(device), windows.get(device), event.key, event.value,
-                                 _record_ms(event), settings, lambda: history.get(device))
-            # Publish before the tables record that the windows closed: a crash in between
-            # publishes them again (identical) rather than never.
-            for w in out.publish:
-                await series.send(key=w.device, value=SeriesPoint(
-                    device=w.device, metric=w.metric, start_ms=w.start_ms, end_ms=w.end_ms, count=w.count,
-                    min=w.min, max=w.max, mean=w.mean, last=w.last))
-            accounts[out.device] = out.account
-            if out.windows is not None:
-                windows[out.device] = out.windows
-            if out.history is not None:
-                history[out.device] = out.history
+        async for events in stream.take_events(config.batch_size, within=config.batch_within_ms / 1000):
+            await worker.process(_record(event, config) for event in events)
 
-    async def statuses(stream: faust.StreamT) -> None:
-        async for event in stream.events():
-            device, _, value = handle_status(device_status.get(device_key(event.key)), event.key, event.value)
-            device_status[device] = value
+    ingest_agent = app.agent(source, name="ferry-ingest")(ingest)
 
-    ingest_agent = app.agent(telemetry, name="ferry-ingest")(ingest)
-    status_agent = app.agent(status, name="ferry-status")(statuses)
+    @app.timer(interval=config.health_check_interval_s)
+    async def health_check() -> None:
+        await worker.check_health(int(time.time() * 1000))
+        reason = await worker.stalled()
+        if reason is not None and worker.stall_reason is None:
+            # Stop as on SIGTERM (offsets committed, producer flushed); `ferry worker` then exits 1.
+            log.error("ferry worker: consumer stalled: %s; stopping so that it is restarted", reason)
+            worker.stall_reason = reason
+            os.kill(os.getpid(), signal.SIGTERM)
 
-    def account(device: str) -> DeviceAccount | None:
-        data = accounts.get(device)
-        return None if data is None else DeviceAccount.from_dict(data, settings.dedupe_window)
-
-    def status_of(device: str) -> DeviceStatus | None:
-        data = device_status.get(device)
-        return None if data is None else DeviceStatus.from_dict(data)
-
-    def local_devices() -> list[str]:
-        return sorted({d for d, v in accounts.items() if v is not None}
-                      | {d for d, v in device_status.items() if v is not None})
-
-    @app.page("/devices")
-    class DevicesView(View):
-        """Devices owned by this worker, with their numbers."""
-
-        async def get(self, request: Request) -> Response:
-            return self.json({d: summary(account(d), status_of(d)) for d in local_devices()})
-
-    @app.page("/accounting")
-    class AccountingView(View):
-        """Fleet totals over the devices this worker owns."""
-
-        async def get(self, request: Request) -> Response:
-            return self.json(totals([summary(account(d), status_of(d)) for d in local_devices()]))
-
-    @app.page("/devices/{device}")
-    class DeviceView(View):
-        @app.table_route(table=accounts, match_info="device")
-        async def get(self, request: Request, device: str) -> Response:
-            acc, status = account(device), status_of(device)
-            if acc is None and status is None:
-                return self.notfound(f"no device {device!r}")
-            data = detail(device, acc, status)
-            open_windows, kept = _windows(device)
-            data["metrics"] = sorted(set(open_windows.metrics() if open_windows else [])
-                                     | set(kept.metrics() if kept else []))
-            return self.json(data)
-
-    @app.page("/devices/{device}/series/{metric}")
-    class SeriesView(View):
-        @app.table_route(table=windows, match_info="device")
-        async def get(self, request: Request, device: str, metric: str) -> Response:
-            open_windows, kept = _windows(device)
-            if open_windows is None:
-                return self.notfound(f"no windows for device {device!r}")
-            return self.json({"device": device, "metric": metric,
-                              "watermark_ms": open_windows.watermark(settings.lateness_ms),
-                              **series_view(metric, settings.kinds, open_windows, kept)})
-
-    def _windows(device: str) -> tuple[DeviceWindows | None, History | None]:
-        data, kept = windows.get(device), history.get(device)
-        return (DeviceWindows.from_dict(data) if data else None,
-                History.from_dict(device, kept) if kept else None)
-
-    return Streams(settings, telemetry, status, series, accounts, device_status, windows, history, ingest_agent,
-                   status_agent)
+    register_views(app, worker, devices)
+    register_dashboard(app)
+    return Streams(settings, source, series, alerts, devices, history, ingest_agent, worker)
 
 
-def _record_ms(event: Any) -> int:
-    timestamp = event.message.timestamp
-    return int(round(timestamp * 1000)) if timestamp else 0
+def _record(event: Any, config: ServerConfig) -> Record:
+    message = event.message
+    record_ms = int(round(message.timestamp * 1000)) if message.timestamp else 0
+    channel = STATUS if message.topic == config.status_topic else TELEMETRY
+    return Record(device_key(event.key), channel, event.value, record_ms, _received_ms(event.headers, record_ms),
+                  message.partition, message.offset)
+
+
+def _received_ms(headers: Any, default: int) -> int:
+    items = headers.items() if hasattr(headers, "items") else (headers or ())
+    for name, value in items:
+        if name == HEADER_RECEIVED_MS:
+            try:
+                return int(value)
+            except (TypeError, ValueError):
+                return default
+    return default

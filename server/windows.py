@@ -99,6 +99,9 @@ class DeviceWindows:
     max_event_ms: int = -1
     late: int = 0
     open: dict[str, dict[str, dict[int, Aggregate]]] = field(default_factory=dict)
+    next_end_ms: int | None = None
+    """The earliest end of an open window (None: not known, scan): until the watermark reaches
+    it no window can close, so most readings skip the scan. Derived, not stored."""
 
     def watermark(self, lateness_ms: int) -> int | None:
         return None if self.max_event_ms < 0 else self.max_event_ms - lateness_ms
@@ -118,6 +121,8 @@ class DeviceWindows:
                     agg = windows.get(start)
                     if agg is None:
                         windows[start] = Aggregate.first(float(value), ts_ms)
+                        if self.next_end_ms is not None and start + kind.size_ms < self.next_end_ms:
+                            self.next_end_ms = start + kind.size_ms
                     else:
                         agg.add(float(value), ts_ms)
         if ts_ms > self.max_event_ms:
@@ -126,7 +131,7 @@ class DeviceWindows:
 
     def _close(self, kinds: tuple[WindowKind, ...], mark: int | None) -> list[ClosedWindow]:
         done: list[ClosedWindow] = []
-        if mark is None:
+        if mark is None or (self.next_end_ms is not None and mark < self.next_end_ms):
             return done
         for kind in kinds:
             for metric, windows in self.open.get(kind.name, {}).items():
@@ -135,6 +140,9 @@ class DeviceWindows:
                     done.append(ClosedWindow(self.device, kind.name, metric, start, start + kind.size_ms,
                                              agg.count, agg.min, agg.max, agg.mean, agg.last))
             self.open[kind.name] = {m: w for m, w in self.open.get(kind.name, {}).items() if w}
+        ends = [start + kind.size_ms for kind in kinds for windows in self.open.get(kind.name, {}).values()
+                for start in windows]
+        self.next_end_ms = min(ends) if ends else None
         done.sort(key=lambda w: (w.start_ms, w.kind, w.metric))
         return done
 
@@ -163,32 +171,34 @@ class DeviceWindows:
 
 @dataclass(slots=True)
 class History:
-    """The newest `keep` closed windows of one device per kind and metric, oldest first."""
+    """The newest `keep` closed windows of one device per kind and metric, oldest first.
 
-    rows: dict[str, dict[str, list[ClosedWindow]]] = field(default_factory=dict)
+    Rows are kept as they are stored, `[start_ms, end_ms, count, min, max, mean, last]`, so
+    writing the history back costs a copy, not a conversion.
+    """
+
+    rows: dict[str, dict[str, list[list]]] = field(default_factory=dict)
 
     def extend(self, closed: list[ClosedWindow], keep: int) -> None:
         for w in closed:
             kept = self.rows.setdefault(w.kind, {}).setdefault(w.metric, [])
-            kept.append(w)
+            kept.append([w.start_ms, w.end_ms, w.count, w.min, w.max, w.mean, w.last])
             del kept[:-keep]
 
     def views(self, metric: str, kind: WindowKind) -> list[dict]:
-        return [{"start_ms": w.start_ms, "end_ms": w.end_ms, "count": w.count, "min": w.min, "max": w.max,
-                 "mean": w.mean, "last": w.last, "closed": True}
-                for w in self.rows.get(kind.name, {}).get(metric, [])]
+        return [{"start_ms": r[0], "end_ms": r[1], "count": r[2], "min": r[3], "max": r[4], "mean": r[5],
+                 "last": r[6], "closed": True}
+                for r in self.rows.get(kind.name, {}).get(metric, [])]
 
     def metrics(self) -> list[str]:
         return sorted({m for per_metric in self.rows.values() for m in per_metric})
 
     def to_dict(self) -> dict:
-        return {k: {m: [[w.start_ms, w.end_ms, w.count, w.min, w.max, w.mean, w.last] for w in ws]
-                    for m, ws in pm.items()} for k, pm in self.rows.items()}
+        return {k: {m: [r[:] for r in rows] for m, rows in pm.items()} for k, pm in self.rows.items()}
 
     @classmethod
-    def from_dict(cls, device: str, data: dict) -> "History":
-        return cls({k: {m: [ClosedWindow(device, k, m, *row) for row in rows] for m, rows in pm.items()}
-                    for k, pm in data.items()})
+    def from_dict(cls, data: dict) -> "History":
+        return cls({k: {m: [list(r) for r in rows] for m, rows in pm.items()} for k, pm in data.items()})
 
 
 def series(metric: str, kinds: tuple[WindowKind, ...], windows: DeviceWindows | None,

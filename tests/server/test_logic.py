@@ -9,7 +9,8 @@ import pytest
 
 from server.accounting import DeviceAccount, DeviceStatus, detail, summary, totals
 from server.config import ServerConfig
-from server.logic import Settings, handle_reading, handle_status
+from server.logic import STATUS, TELEMETRY, Record, Settings, apply_batch, apply_reading, apply_status
+from server.windows import History
 
 from tests.server.helpers import T0, reading, status
 
@@ -17,37 +18,47 @@ VECTORS = Path(__file__).parents[1] / "vectors" / "contract"
 SETTINGS = Settings.from_config(ServerConfig(broker="127.0.0.1:1", allowed_lateness_s=30, dedupe_window=16))
 
 
-class Device:
-    """One device's table values, fed through the logic as the agents do (with a JSON round trip)."""
+def round_trip(value: dict | None) -> dict | None:
+    return None if value is None else json.loads(json.dumps(value))
 
-    def __init__(self) -> None:
-        self.account: dict | None = None
-        self.status_value: dict | None = None
-        self.windows: dict | None = None
+
+class Device:
+    """One device's table values, fed through the logic one record at a time (with a JSON round trip)."""
+
+    def __init__(self, device: str = "dev-01") -> None:
+        self.device = device
+        self.value: dict | None = None
         self.history: dict | None = None
         self.published: list = []
 
-    def reading(self, payload: bytes, key: str = "dev-01", record_ms: int = 0) -> str:
-        out = handle_reading(self.account, self.windows, key.encode(), payload, record_ms, SETTINGS,
-                             lambda: self.history)
-        self.account = json.loads(json.dumps(out.account))
-        if out.windows is not None:
-            self.windows = json.loads(json.dumps(out.windows))
-        if out.history is not None:
-            self.history = json.loads(json.dumps(out.history))
-        self.published += out.publish
+    def reading(self, payload: bytes, record_ms: int = 0) -> str:
+        state = SETTINGS.load_state(self.device, round_trip(self.value))
+        out = apply_reading(state, payload, record_ms, record_ms, SETTINGS)
+        self.value = round_trip(state.to_dict())
+        if out.closed:
+            kept = History.from_dict(round_trip(self.history) or {})
+            kept.extend(out.closed, SETTINGS.keep)
+            self.history = round_trip(kept.to_dict())
+            self.published += [w for w in out.closed if w.kind == "1m"]
         return out.verdict
 
     def status(self, payload: bytes) -> str:
-        _, verdict, self.status_value = handle_status(self.status_value, b"dev-01", payload)
-        self.status_value = json.loads(json.dumps(self.status_value))
+        state = SETTINGS.load_state(self.device, round_trip(self.value))
+        verdict = apply_status(state, payload, T0, SETTINGS).verdict
+        self.value = round_trip(state.to_dict())
         return verdict
 
     @property
+    def account(self) -> DeviceAccount:
+        return DeviceAccount.from_dict(self.value["account"], SETTINGS.dedupe_window)
+
+    @property
+    def windows(self) -> dict:
+        return self.value["windows"]
+
+    @property
     def summary(self) -> dict:
-        account = DeviceAccount.from_dict(self.account, SETTINGS.dedupe_window) if self.account else None
-        status = DeviceStatus.from_dict(self.status_value) if self.status_value else None
-        return summary(account, status)
+        return summary(self.account, DeviceStatus.from_dict(self.value["status"]))
 
 
 def test_duplicates_are_counted_not_received() -> None:
@@ -61,7 +72,7 @@ def test_a_gap_is_reported_until_the_late_reading_heals_it() -> None:
     for s in (0, 1, 4, 5):
         d.reading(reading(s))
     assert d.summary["gaps"] == 2
-    info = detail("dev-01", DeviceAccount.from_dict(d.account, 16), None)
+    info = detail("dev-01", d.account, None)
     assert info["boots"]["1"]["gaps"] == [[2, 3]] and info["status"] is None
     d.reading(reading(2))
     d.reading(reading(3))
@@ -93,7 +104,7 @@ def test_device_reported_losses_are_a_running_total() -> None:
     assert d.summary["lost_at_device"] == 7
     assert d.status(b'{"v":1,"dev":"dev-01","state":"offline","boot":3}') == "new"
     assert d.status(b'{"v":1,"dev":"dev-01","state":"online","boot":3}') == "invalid"  # birth needs fw etc.
-    info = detail("dev-01", None, DeviceStatus.from_dict(d.status_value))
+    info = detail("dev-01", None, DeviceStatus.from_dict(d.value["status"]))
     assert info["status"] == {"state": "offline", "boot": 3, "fw": "0.1.0", "reset": "power_on", "outbox_dropped": 2}
     assert (info["lost_at_device"], info["invalid"], info["received"]) == (7, 1, 0)
 
@@ -108,10 +119,9 @@ def test_contract_breakers_are_counted_invalid() -> None:
 @pytest.mark.parametrize("case", json.loads((VECTORS / "readings.json").read_text())["valid"],
                          ids=lambda c: c["name"])
 def test_every_valid_contract_vector_is_accepted_once(case: dict) -> None:
-    d = Device()
-    key = case["reading"]["device"]
-    assert d.reading(case["payload"].encode(), key=key, record_ms=T0) == "new"
-    assert d.reading(case["payload"].encode(), key=key, record_ms=T0) == "duplicate"
+    d = Device(case["reading"]["device"])
+    assert d.reading(case["payload"].encode(), record_ms=T0) == "new"
+    assert d.reading(case["payload"].encode(), record_ms=T0) == "duplicate"
 
 
 @pytest.mark.parametrize("case", json.loads((VECTORS / "readings.json").read_text())["invalid"],
@@ -158,3 +168,30 @@ def test_totals_sum_devices() -> None:
     b = {"received": 1, "duplicates": 0, "gaps": 0, "lost_at_device": 4, "invalid": 1, "late": 0}
     assert totals([a, b]) == {"received": 4, "duplicates": 1, "gaps": 2, "lost_at_device": 4, "invalid": 1,
                               "late": 1, "devices": 2}
+
+
+def test_a_batch_gives_the_same_tables_as_one_record_at_a_time() -> None:
+    base = T0 - T0 % 60_000
+    records = []
+    for dev in ("dev-a", "dev-b"):
+        for seq in (0, 1, 1, 3, 2, 5):
+            records.append(Record(dev, TELEMETRY, reading(seq, dev=dev, ts_ms=base + seq * 40_000), 0, T0, 1))
+        records.append(Record(dev, STATUS, status(4, dev=dev), 0, T0, 1))
+    records.append(Record("dev-a", TELEMETRY, b"not json", 0, T0, 1))
+    singles: dict[str, dict] = {}
+    kept: dict[str, dict] = {}
+    published = 0
+    for record in records:
+        one = apply_batch([record], lambda d: SETTINGS.load_state(d, singles.get(d)),
+                          lambda d: History.from_dict(kept.get(d) or {}), SETTINGS)
+        singles.update({d: round_trip(v) for d, (_, v) in one.states.items()})
+        kept.update({d: round_trip(v) for d, (_, v) in one.history.items()})
+        published += len(one.publish)
+    whole = apply_batch(records, SETTINGS.new_state, lambda d: History(), SETTINGS)
+    assert {d: round_trip(v) for d, (_, v) in whole.states.items()} == singles
+    assert {d: round_trip(v) for d, (_, v) in whole.history.items()} == kept
+    # Per device: seq 3 (120 s) closes the first minute (seqs 0 and 1); seq 2 (80 s) is then late.
+    assert len(whole.publish) == published == 2
+    assert whole.verdicts == {"telemetry.new": 8, "telemetry.late": 2, "telemetry.duplicate": 2,
+                              "status.new": 2, "telemetry.invalid": 1}
+    assert {p for p, _ in whole.states.values()} == {1}

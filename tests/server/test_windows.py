@@ -58,7 +58,7 @@ def test_out_of_order_within_lateness_matches_in_order_result() -> None:
     assert DeviceWindows.from_dict(b.to_dict()).to_dict() == b.to_dict()
     h = History()
     h.extend(pb, keep=5)
-    assert History.from_dict("d", h.to_dict()) == h
+    assert History.from_dict(h.to_dict()) == h
 
 
 def test_every_window_closes_exactly_once() -> None:

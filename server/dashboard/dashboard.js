@@ -1,0 +1,413 @@
+/* Ferry dashboard: polls the worker's HTTP API and renders it. Vanilla JS, no external requests.
+
+   Every rendered value carries a stable hook for the browser test
+   (tests/server/test_dashboard_browser.py):
+     totals        data-field="<key of /accounting>"
+     fleet table   data-device="<id>" data-field="<key of /devices[id] or of its health>"
+     device panel  data-panel="<id>" data-field="<dotted path in /devices/<id>>"
+                   data-panel="<id>" data-metric="<m>" data-field="<key of the newest closed 1m window>"
+     alerts        data-alert="<index>" data-field="<key of the alert>"
+   A value the API does not give (absent or null) is rendered as "—"; times are shown
+   relative, with the raw milliseconds in data-value. */
+"use strict";
+
+(() => {
+  const POLL_MS = 5000;
+  const NONE = "\u2014";
+  const ALERT_LIMIT = 50;
+  const TOTALS = ["received", "duplicates", "gaps", "lost_at_device", "late", "invalid", "devices", "offline",
+    "alerts"];
+  const TOTALS_BAD = new Set(["gaps", "lost_at_device", "offline"]);
+  const TOTALS_WARN = new Set(["late", "invalid", "alerts"]);
+  const COUNTS = ["received", "duplicates", "gaps", "lost_at_device", "late", "invalid"];
+  const STATES = ["offline", "warning", "unknown", "ok"];
+  const CHART_HEIGHT = 200;
+
+  const view = { selected: decodeHash(), timer: null, chartDevice: null, charts: new Map() };
+
+  // ---- helpers ------------------------------------------------------------------------------
+
+  function decodeHash() {
+    try {
+      return decodeURIComponent(location.hash.slice(1)) || null;
+    } catch (err) {
+      return null;
+    }
+  }
+
+  function $(selector) {
+    return document.querySelector(selector);
+  }
+
+  function el(tag, attrs, ...children) {
+    const node = document.createElement(tag);
+    for (const [key, value] of Object.entries(attrs || {})) {
+      if (value === undefined || value === null || value === false) continue;
+      if (key === "class") node.className = value;
+      else node.setAttribute(key, String(value));
+    }
+    for (const child of children) {
+      if (child === undefined || child === null) continue;
+      node.append(child instanceof Node ? child : String(child));
+    }
+    return node;
+  }
+
+  function present(value) {
+    return value !== undefined && value !== null;
+  }
+
+  function fmtNum(value) {
+    if (typeof value !== "number" || !Number.isFinite(value)) return NONE;
+    return value.toLocaleString("en-US", { maximumFractionDigits: 2 });
+  }
+
+  function fmtText(value) {
+    return present(value) && value !== "" ? String(value) : NONE;
+  }
+
+  function span(seconds) {
+    if (seconds < 90) return `${seconds} s`;
+    const minutes = seconds / 60;
+    if (minutes < 90) return `${Math.round(minutes)} min`;
+    const hours = minutes / 60;
+    if (hours < 36) return `${Math.round(hours)} h`;
+    return `${Math.round(hours / 24)} d`;
+  }
+
+  function ago(ms, now) {
+    if (typeof ms !== "number" || !Number.isFinite(ms)) return NONE;
+    const seconds = Math.round((now - ms) / 1000);
+    if (seconds < 0) return `in ${span(-seconds)}`;
+    if (seconds < 2) return "just now";
+    return `${span(seconds)} ago`;
+  }
+
+  function isoTime(ms) {
+    return typeof ms === "number" && Number.isFinite(ms) ? new Date(ms).toISOString() : null;
+  }
+
+  function path(obj, dotted) {
+    let value = obj;
+    for (const key of dotted.split(".")) {
+      if (value === null || typeof value !== "object" || !Object.prototype.hasOwnProperty.call(value, key)) {
+        return undefined;
+      }
+      value = value[key];
+    }
+    return value;
+  }
+
+  async function getJSON(url) {
+    const response = await fetch(url, { cache: "no-store", headers: { Accept: "application/json" } });
+    if (response.status === 404) return undefined; // not there (yet): rendered as "—"
+    if (!response.ok) throw new Error(`${url}: HTTP ${response.status}`);
+    return response.json();
+  }
+
+  function enc(part) {
+    return encodeURIComponent(part);
+  }
+
+  function setStatus(text, error) {
+    const node = $("#status");
+    node.textContent = text;
+    node.classList.toggle("error", Boolean(error));
+  }
+
+  function stateBadge(state, attrs) {
+    const known = STATES.includes(state) ? state : "unknown";
+    return el("span", { ...attrs, class: `state state-${present(state) ? known : "unknown"}` }, fmtText(state));
+  }
+
+  // ---- totals -------------------------------------------------------------------------------
+
+  function renderTotals(accounting) {
+    for (const key of TOTALS) {
+      const node = document.querySelector(`.totals [data-field="${key}"]`);
+      const value = accounting ? accounting[key] : undefined;
+      node.textContent = fmtNum(value);
+      const stat = node.parentElement;
+      stat.classList.toggle("bad", TOTALS_BAD.has(key) && value > 0);
+      stat.classList.toggle("warn", TOTALS_WARN.has(key) && value > 0);
+    }
+  }
+
+  // ---- fleet table --------------------------------------------------------------------------
+
+  function renderFleet(devices, now) {
+    const body = $("#fleet-rows");
+    const ids = Object.keys(devices || {}).sort();
+    if (!ids.length) {
+      body.replaceChildren(el("tr", { class: "empty" }, el("td", { colspan: 14 }, "no devices yet")));
+      $("#fleet-summary").textContent = "";
+      return;
+    }
+    const byState = new Map();
+    const rows = ids.map((id) => {
+      const numbers = devices[id] || {};
+      const health = numbers.health && typeof numbers.health === "object" ? numbers.health : null;
+      const state = health ? health.state : undefined;
+      byState.set(state || NONE, (byState.get(state || NONE) || 0) + 1);
+      const cell = (field, content, cls, extra) =>
+        el("td", { "data-device": id, "data-field": field, class: cls, ...extra }, content);
+      const healthValue = (key) => (health ? health[key] : undefined);
+      const lastSeen = healthValue("last_seen_ms");
+      const problems = healthValue("problems");
+      const tr = el("tr", { "data-device": id, class: id === view.selected ? "selected" : null, title: id },
+        el("td", {}, el("b", {}, id)),
+        el("td", {}, stateBadge(state, {
+          "data-device": id, "data-field": "state",
+          title: health && health.offline_reason ? `offline: ${health.offline_reason}` : null,
+        })),
+        cell("last_seen_ms", ago(lastSeen, now), present(lastSeen) ? null : "dim",
+          { "data-value": present(lastSeen) ? lastSeen : "", title: isoTime(lastSeen) }),
+        cell("battery_mv", fmtNum(healthValue("battery_mv")), healthValue("battery_low") ? "num flag" : "num"),
+        cell("rssi_dbm", fmtNum(healthValue("rssi_dbm")), healthValue("rssi_poor") ? "num flag" : "num"),
+        cell("reboots_recent", fmtNum(healthValue("reboots_recent")),
+          healthValue("reboot_loop") ? "num flag" : "num"),
+        ...COUNTS.map((key) =>
+          cell(key, fmtNum(numbers[key]), key !== "received" && numbers[key] > 0 ? "num nonzero" : "num")),
+        cell("alerts", fmtNum(numbers.alerts), numbers.alerts > 0 ? "num nonzero" : "num"),
+        cell("problems", Array.isArray(problems) && problems.length ? problems.join(", ") : NONE, "problems"),
+      );
+      return tr;
+    });
+    body.replaceChildren(...rows);
+    const parts = [`${ids.length} device${ids.length === 1 ? "" : "s"}`];
+    for (const state of [...STATES, NONE]) {
+      if (byState.get(state)) parts.push(`${byState.get(state)} ${state === NONE ? "no health" : state}`);
+    }
+    $("#fleet-summary").textContent = parts.join(" · ");
+  }
+
+  function markSelected() {
+    for (const tr of document.querySelectorAll("#fleet-rows tr[data-device]")) {
+      tr.classList.toggle("selected", tr.dataset.device === view.selected);
+    }
+  }
+
+  // ---- alerts -------------------------------------------------------------------------------
+
+  function renderAlerts(data, now) {
+    const body = $("#alert-rows");
+    const alerts = data && Array.isArray(data.alerts) ? data.alerts : null;
+    if (alerts === null) {
+      body.replaceChildren(el("tr", { class: "empty" },
+        el("td", { colspan: 6 }, data === undefined ? "this worker serves no /alerts yet" : "alerts unavailable")));
+      return;
+    }
+    if (!alerts.length) {
+      body.replaceChildren(el("tr", { class: "empty" }, el("td", { colspan: 6 }, "no alerts")));
+      return;
+    }
+    body.replaceChildren(...alerts.flatMap((alert, index) => {
+      const cell = (field, content, cls, extra) =>
+        el("td", { "data-alert": index, "data-field": field, class: cls, ...extra }, content);
+      const kind = `kind-${String(alert.kind).replace(/[^a-z0-9_-]/gi, "")}`;
+      return [
+        el("tr", { "data-device-link": alert.device, class: `alert ${kind}` },
+          cell("ts_ms", ago(alert.ts_ms, now), null, { "data-value": present(alert.ts_ms) ? alert.ts_ms : "",
+            title: isoTime(alert.ts_ms) }),
+          cell("device", fmtText(alert.device)),
+          cell("kind", fmtText(alert.kind), "kind"),
+          cell("metric", fmtText(alert.metric)),
+          cell("value", fmtNum(alert.value), "num"),
+          cell("score", fmtNum(alert.score), "num"),
+        ),
+        el("tr", { "data-device-link": alert.device, class: "reason" },
+          cell("reason", fmtText(alert.reason), "reason", { colspan: 6 })),
+      ];
+    }));
+  }
+
+  // ---- device panel -------------------------------------------------------------------------
+
+  const FACTS = [
+    ["firmware", "status.fw"], ["boot", "last.boot"], ["last seq", "last.seq"],
+    ["last reading", "last.ts_ms", "time"], ["reset", "status.reset"],
+    ["outbox dropped", "status.outbox_dropped", "num"], ["received", "received", "num"],
+    ["duplicates", "duplicates", "num"], ["gaps", "gaps", "num"], ["lost at device", "lost_at_device", "num"],
+    ["battery mV", "health.battery_mv", "num"], ["RSSI dBm", "health.rssi_dbm", "num"],
+    ["reboots", "health.reboots_recent", "num"],
+  ];
+
+  function openGaps(boots) {
+    const parts = [];
+    for (const [boot, info] of Object.entries(boots || {})) {
+      for (const [first, last] of (info && info.gaps) || []) {
+        parts.push(`boot ${boot}: ${first === last ? first : `${first}–${last}`}`);
+      }
+    }
+    return parts.length ? parts.join(", ") : null;
+  }
+
+  function renderDeviceFacts(id, detail, now) {
+    $("#device-title").textContent = id;
+    const health = detail ? detail.health : undefined;
+    $("#device-state").replaceChildren(stateBadge(health ? health.state : undefined,
+      { "data-panel": id, "data-field": "health.state" }));
+    const facts = $("#device-facts");
+    if (!detail) {
+      facts.replaceChildren(el("div", {}, el("dt", {}, "not found on this worker")));
+      return;
+    }
+    const items = FACTS.map(([label, field, kind]) => {
+      const value = path(detail, field);
+      const attrs = { "data-panel": id, "data-field": field };
+      let text;
+      if (kind === "time") {
+        text = ago(value, now);
+        Object.assign(attrs, { "data-value": present(value) ? value : "", title: isoTime(value) });
+      } else {
+        text = kind === "num" ? fmtNum(value) : fmtText(value);
+      }
+      return el("div", {}, el("dt", {}, label), el("dd", attrs, text));
+    });
+    const problems = health && Array.isArray(health.problems) && health.problems.length ? health.problems : null;
+    items.push(el("div", {}, el("dt", {}, "problems"),
+      el("dd", { "data-panel": id, "data-field": "health.problems" }, problems ? problems.join(", ") : NONE)));
+    const gaps = openGaps(detail.boots);
+    if (gaps) items.push(el("div", {}, el("dt", {}, "open gaps"), el("dd", {}, gaps)));
+    facts.replaceChildren(...items);
+  }
+
+  function destroyCharts() {
+    for (const chart of view.charts.values()) {
+      if (chart.plot) chart.plot.destroy();
+    }
+    view.charts.clear();
+  }
+
+  function chartData(windows) {
+    const xs = [], mean = [], min = [], max = [];
+    for (const w of windows) {
+      xs.push(w.start_ms / 1000);
+      mean.push(w.mean);
+      min.push(w.min);
+      max.push(w.max);
+    }
+    return [xs, mean, min, max];
+  }
+
+  function makeChart(id, metric, box) {
+    const stat = (field) => el("b", { "data-panel": id, "data-metric": metric, "data-field": field }, NONE);
+    const stats = { mean: stat("mean"), min: stat("min"), max: stat("max"), count: stat("count") };
+    const title = el("h3", {}, el("span", {}, metric), el("small", { class: "stats" },
+      "last closed minute: mean ", stats.mean, " · min ", stats.min, " · max ", stats.max,
+      " · n ", stats.count));
+    const windowsNote = el("small", { class: "windows" });
+    const plotBox = el("div", { class: "plot" });
+    const card = el("div", { class: "chart", "data-chart": metric }, title, plotBox, windowsNote);
+    box.append(card);
+    const chart = { stats, plotBox, windowsNote, plot: null };
+    if (typeof window.uPlot !== "function") {
+      plotBox.replaceChildren(el("p", { class: "nochart" }, "chart library not installed: run make install"));
+      return chart;
+    }
+    const band = "rgba(37, 99, 235, 0.35)";
+    chart.plot = new window.uPlot({
+      width: Math.max(plotBox.clientWidth, 300),
+      height: CHART_HEIGHT,
+      scales: { x: { time: true } },
+      series: [
+        {},
+        { label: "mean", stroke: "#2563eb", width: 2, points: { show: true, size: 4 } },
+        { label: "min", stroke: band, width: 1, points: { show: false } },
+        { label: "max", stroke: band, width: 1, points: { show: false } },
+      ],
+      bands: [{ series: [3, 2], fill: "rgba(37, 99, 235, 0.12)" }],
+      axes: [{}, { size: 52 }],
+      cursor: { drag: { x: false, y: false } },
+      legend: { live: false },
+    }, [[], [], [], []], plotBox);
+    return chart;
+  }
+
+  function renderCharts(id, metrics, seriesList) {
+    const box = $("#charts");
+    const same = view.chartDevice === id && metrics.length === view.charts.size &&
+      metrics.every((m) => view.charts.has(m));
+    if (!same) {
+      destroyCharts();
+      box.replaceChildren();
+      view.chartDevice = id;
+      if (!metrics.length) box.append(el("p", { class: "hint" }, "no metrics yet"));
+      for (const metric of metrics) view.charts.set(metric, makeChart(id, metric, box));
+    }
+    metrics.forEach((metric, i) => {
+      const chart = view.charts.get(metric);
+      const series = seriesList[i];
+      const windows = series && Array.isArray(series["1m"]) ? series["1m"] : [];
+      const closed = windows.filter((w) => w.closed);
+      const newest = closed.length ? closed[closed.length - 1] : null;
+      for (const [field, node] of Object.entries(chart.stats)) {
+        node.textContent = fmtNum(newest ? newest[field] : undefined);
+      }
+      chart.windowsNote.textContent =
+        `1-minute windows: ${closed.length} closed, ${windows.length - closed.length} open (mean, min–max band)`;
+      if (chart.plot) chart.plot.setData(chartData(windows));
+    });
+  }
+
+  async function refreshDevice(id, now) {
+    const detail = await getJSON(`/devices/${enc(id)}`);
+    const metrics = detail && Array.isArray(detail.metrics) ? detail.metrics : [];
+    const seriesList = await Promise.all(metrics.map((metric) =>
+      getJSON(`/devices/${enc(id)}/series/${enc(metric)}`).catch(() => undefined)));
+    if (id !== view.selected) return; // the operator picked another device meanwhile
+    renderDeviceFacts(id, detail, now);
+    renderCharts(id, metrics, seriesList);
+  }
+
+  function select(id) {
+    if (!id || id === view.selected) return;
+    view.selected = id;
+    history.replaceState(null, "", `#${enc(id)}`);
+    markSelected();
+    refreshDevice(id, Date.now()).catch((err) => setStatus(`device ${id}: ${err.message}`, true));
+  }
+
+  // ---- the poll loop ------------------------------------------------------------------------
+
+  async function refresh() {
+    clearTimeout(view.timer);
+    try {
+      const [accounting, devices, alerts] = await Promise.all([
+        getJSON("/accounting"),
+        getJSON("/devices"),
+        getJSON(`/alerts?limit=${ALERT_LIMIT}`).catch(() => null),
+      ]);
+      const ids = Object.keys(devices || {}).sort();
+      if (ids.length && !ids.includes(view.selected)) view.selected = ids[0];
+      const now = Date.now();
+      renderTotals(accounting);
+      renderFleet(devices, now);
+      renderAlerts(alerts, now);
+      if (view.selected) await refreshDevice(view.selected, now);
+      setStatus(`updated ${new Date(now).toLocaleTimeString("en-GB")} · every ${POLL_MS / 1000} s`);
+      document.body.dataset.state = "ready";
+    } catch (err) {
+      setStatus(`worker unreachable: ${err.message}`, true);
+      document.body.dataset.state = "error";
+    } finally {
+      view.timer = setTimeout(refresh, POLL_MS);
+    }
+  }
+
+  $("#fleet-rows").addEventListener("click", (event) => {
+    const tr = event.target.closest("tr[data-device]");
+    if (tr) select(tr.dataset.device);
+  });
+  $("#alert-rows").addEventListener("click", (event) => {
+    const tr = event.target.closest("tr[data-device-link]");
+    if (tr) select(tr.dataset.deviceLink);
+  });
+  window.addEventListener("hashchange", () => select(decodeHash()));
+  window.addEventListener("resize", () => {
+    for (const chart of view.charts.values()) {
+      if (chart.plot) chart.plot.setSize({ width: Math.max(chart.plotBox.clientWidth, 300), height: CHART_HEIGHT });
+    }
+  });
+  refresh();
+})();

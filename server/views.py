@@ -1,0 +1,158 @@
+"""The worker's HTTP API (docs/server.md): per-device views routed to the worker that owns the
+device, fleet views gathered from every worker of the app.
+
+A fleet view (`/devices`, `/accounting`, `/alerts`) asked of any worker asks every
+member of the consumer group for its own part (`?scope=local`) and merges the
+answers, so two workers answer the same as one. A member that does not answer
+makes the view fail with 503 naming it, rather than return partial numbers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+import faust
+from faust.web import Request, Response, View
+
+from server.accounting import detail, summary
+from server.windows import series as series_view
+
+if TYPE_CHECKING:
+    from server.state import DeviceState
+    from server.streams import WorkerState
+
+PEER_TIMEOUT_S = 5.0
+ADDITIVE = ("received", "duplicates", "gaps", "lost_at_device", "invalid", "late", "devices", "alerts", "offline")
+
+
+def device_summary(state: "DeviceState", now_ms: int, worker: "WorkerState") -> dict:
+    """One device's numbers and health, as `/devices` lists them."""
+    return {**summary(state.account, state.status), "alerts": state.alerts_raised,
+            "health": state.health.view(now_ms, worker.settings.health)}
+
+
+def local_devices_view(worker: "WorkerState", now_ms: int) -> dict[str, dict]:
+    return {d: device_summary(worker.state(d), now_ms, worker) for d in worker.local_devices()}
+
+
+def accounting_of(devices: dict[str, dict]) -> dict:
+    """Fleet totals of a `/devices` answer."""
+    out = {k: sum(s[k] for s in devices.values()) for k in ADDITIVE if k not in ("devices", "offline")}
+    out["devices"] = len(devices)
+    out["offline"] = sum(1 for s in devices.values() if s["health"]["offline"])
+    return out
+
+
+def local_alerts(worker: "WorkerState") -> list[dict]:
+    return [a.to_dict() for d in worker.local_devices() for a in worker.state(d).alerts]
+
+
+def newest(alerts: list[dict], limit: int) -> list[dict]:
+    return sorted(alerts, key=lambda a: (a["ts_ms"], a["device"]), reverse=True)[:limit]
+
+
+class PeerError(Exception):
+    """A worker of the group did not answer its part of a fleet view."""
+
+
+async def gather_peers(app: faust.App, path: str) -> list[Any]:
+    """`path?scope=local` from every other worker of the group (per the last rebalance)."""
+    me = str(app.conf.canonical_url).rstrip("/")
+    peers = sorted(str(h).rstrip("/") for h in app.router.tables_metadata() if str(h).rstrip("/") != me)
+    if not peers:
+        return []
+    timeout = aiohttp.ClientTimeout(total=PEER_TIMEOUT_S)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        async def one(peer: str) -> Any:
+            try:
+                async with session.get(f"{peer}{path}", params={"scope": "local"}) as response:
+                    if response.status != 200:
+                        raise PeerError(f"{peer} answered {response.status}")
+                    return await response.json()
+            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                raise PeerError(f"{peer}: {exc!r}") from None
+        return list(await asyncio.gather(*(one(p) for p in peers)))
+
+
+def register_views(app: faust.App, worker: "WorkerState", devices_table: Any) -> None:
+    settings = worker.settings
+
+    def now_ms() -> int:
+        return int(time.time() * 1000)
+
+    def local_only(request: Request) -> bool:
+        return request.query.get("scope") == "local"
+
+    @app.page("/devices")
+    class DevicesView(View):
+        """Every device with its numbers and health."""
+
+        async def get(self, request: Request) -> Response:
+            out = local_devices_view(worker, now_ms())
+            if not local_only(request):
+                try:
+                    for part in await gather_peers(app, "/devices"):
+                        out.update(part)
+                except PeerError as exc:
+                    return self.json({"error": str(exc)}, status=503)
+            return self.json(dict(sorted(out.items())))
+
+    @app.page("/accounting")
+    class AccountingView(View):
+        """Fleet totals."""
+
+        async def get(self, request: Request) -> Response:
+            out = accounting_of(local_devices_view(worker, now_ms()))
+            if not local_only(request):
+                try:
+                    for part in await gather_peers(app, "/accounting"):
+                        out = {k: out[k] + part[k] for k in ADDITIVE}
+                except PeerError as exc:
+                    return self.json({"error": str(exc)}, status=503)
+            return self.json(out)
+
+    @app.page("/alerts")
+    class AlertsView(View):
+        """The newest alerts of the fleet (`?limit=N`, default 100), newest first."""
+
+        async def get(self, request: Request) -> Response:
+            try:
+                limit = max(1, int(request.query.get("limit", "100")))
+            except ValueError:
+                return self.json({"error": "limit: expected a positive integer"}, status=400)
+            alerts = local_alerts(worker)
+            if not local_only(request):
+                try:
+                    for part in await gather_peers(app, "/alerts"):
+                        alerts.extend(part["alerts"])
+                except PeerError as exc:
+                    return self.json({"error": str(exc)}, status=503)
+            return self.json({"alerts": newest(alerts, limit)})
+
+    @app.page("/devices/{device}")
+    class DeviceView(View):
+        @app.table_route(table=devices_table, match_info="device")
+        async def get(self, request: Request, device: str) -> Response:
+            state = worker.state(device)
+            if state is None:
+                return self.notfound(f"no device {device!r}")
+            data = detail(device, state.account, state.status)
+            data["metrics"] = sorted(set(state.windows.metrics()) | set(worker.history_of(device).metrics()))
+            data["health"] = state.health.view(now_ms(), settings.health)
+            data["alerts"] = state.alerts_raised
+            return self.json(data)
+
+    @app.page("/devices/{device}/series/{metric}")
+    class SeriesView(View):
+        @app.table_route(table=devices_table, match_info="device")
+        async def get(self, request: Request, device: str, metric: str) -> Response:
+            state = worker.state(device)
+            if state is None:
+                return self.notfound(f"no device {device!r}")
+            kept = worker.history_of(device)
+            return self.json({"device": device, "metric": metric,
+                              "watermark_ms": state.windows.watermark(settings.lateness_ms),
+                              **series_view(metric, settings.kinds, state.windows, kept)})

@@ -1,0 +1,538 @@
+"""The dashboard in headless Chromium: every number it renders equals what the API says.
+
+Two sources of API answers: canned JSON from a tiny in-process server (fast, and covers the
+shapes the worker may give: full, without the health fields, without the chart library), and
+a real `ferry worker` fed contract records through the local broker. Chromium renders the page
+with `--dump-dom` (its `--virtual-time-budget` lets the page's fetches finish first) and takes a
+screenshot; the test parses the page's `data-field` hooks (see server/dashboard/dashboard.js).
+
+Set FERRY_SCREENSHOT=docs/img/dashboard.png to keep the real worker's screenshot.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import signal
+import struct
+import subprocess
+import tempfile
+import threading
+import time
+import urllib.parse
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from html.parser import HTMLParser
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from ferry.contract import Reading, encode_reading
+from server.web import DASHBOARD_DIR, dashboard_file
+from tests.server.worker_support import create_topics, get_json, get_status, produce, wait_for, worker_process
+
+CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-quic", "--no-first-run", "--disable-component-update", "--disable-sync")
+VIRTUAL_TIME_BUDGET_MS = 4000  # less than the page's 5 s poll: it renders once
+CHROMIUM_TIMEOUT_S = 90.0
+NONE = "\u2014"
+TOTALS = ("received", "duplicates", "gaps", "lost_at_device", "late", "invalid", "devices", "offline", "alerts")
+ROW_FIELDS = ("state", "last_seen_ms", "battery_mv", "rssi_dbm", "reboots_recent", "received", "duplicates",
+              "gaps", "lost_at_device", "late", "invalid", "alerts", "problems")
+HEALTH_FIELDS = frozenset({"state", "last_seen_ms", "battery_mv", "rssi_dbm", "reboots_recent", "problems"})
+ALERT_FIELDS = ("ts_ms", "device", "kind", "metric", "value", "score", "reason")
+
+
+# ---- Chromium ---------------------------------------------------------------------------------
+
+def chromium_binary() -> str:
+    """Debian's Chromium (or $FERRY_CHROMIUM); a missing browser fails the test, it does not skip it."""
+    candidate = os.environ.get("FERRY_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+    if not os.access(candidate, os.X_OK):
+        pytest.fail("Chromium is not installed, and the dashboard's browser test needs it: `make test` installs "
+                    "Debian's `chromium` when run as root; otherwise run `sudo apt-get install chromium` "
+                    "(or point FERRY_CHROMIUM at a Chromium binary)", pytrace=False)
+    return candidate
+
+
+def run_chromium(args: list[str], tmp_path: Path) -> str:
+    """Run headless Chromium with a fresh profile; its stdout. Its whole process group is always stopped."""
+    profile = tempfile.mkdtemp(prefix="chromium-profile-", dir=tmp_path)
+    argv = [chromium_binary(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args]
+    with subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          start_new_session=True) as browser:
+        try:
+            out, err = browser.communicate(timeout=CHROMIUM_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            os.killpg(browser.pid, signal.SIGKILL)
+            out, err = browser.communicate()
+            pytest.fail(f"chromium did not finish in {CHROMIUM_TIMEOUT_S} s: {err.decode(errors='replace')[-2000:]}")
+        finally:
+            try:  # helpers (zygote, GPU, network service) that outlived the browser
+                os.killpg(browser.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    assert browser.returncode == 0, f"chromium exited with {browser.returncode}: {err.decode(errors='replace')[-2000:]}"
+    return out.decode("utf-8", "replace")
+
+
+def render_dom(url: str, tmp_path: Path, *extra: str) -> str:
+    return run_chromium([f"--virtual-time-budget={VIRTUAL_TIME_BUDGET_MS}", *extra, "--dump-dom", url], tmp_path)
+
+
+def screenshot(url: str, path: Path, tmp_path: Path) -> None:
+    run_chromium([f"--virtual-time-budget={VIRTUAL_TIME_BUDGET_MS}", "--window-size=1400,1000", "--hide-scrollbars",
+                  f"--screenshot={path}", url], tmp_path)
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR", "not a PNG"
+    return struct.unpack(">II", data[16:24])
+
+
+# ---- the rendered page ------------------------------------------------------------------------
+
+@dataclass
+class Hook:
+    attrs: dict[str, str]
+    text: list[str] = field(default_factory=list)
+
+    @property
+    def value(self) -> str:
+        return " ".join("".join(self.text).split())
+
+
+class HookParser(HTMLParser):
+    """Every element with a `data-field` attribute, with its attributes and text content."""
+
+    VOID = frozenset({"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source",
+                      "track", "wbr"})
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hooks: list[Hook] = []
+        self.body: dict[str, str] = {}
+        self.texts: list[str] = []
+        self._open: list[tuple[str, Hook | None]] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        values = {k: v or "" for k, v in attrs}
+        if tag == "body":
+            self.body = values
+        if tag in self.VOID:
+            return
+        hook = Hook(values) if "data-field" in values else None
+        if hook is not None:
+            self.hooks.append(hook)
+        self._open.append((tag, hook))
+
+    def handle_endtag(self, tag: str) -> None:
+        for i in range(len(self._open) - 1, -1, -1):
+            if self._open[i][0] == tag:
+                del self._open[i:]
+                return
+
+    def handle_data(self, data: str) -> None:
+        self.texts.append(data)
+        for _, hook in self._open:
+            if hook is not None:
+                hook.text.append(data)
+
+
+@dataclass
+class Page:
+    state: str
+    totals: dict[str, Hook]
+    rows: dict[str, dict[str, Hook]]
+    panel: dict[str, dict[str, Hook]]
+    metric_stats: dict[tuple[str, str], dict[str, Hook]]
+    alerts: dict[int, dict[str, Hook]]
+    text: str
+
+    @classmethod
+    def parse(cls, dom: str) -> "Page":
+        parser = HookParser()
+        parser.feed(dom)
+        page = cls(parser.body.get("data-state", ""), {}, {}, {}, {}, {}, " ".join("".join(parser.texts).split()))
+        for hook in parser.hooks:
+            a, name = hook.attrs, hook.attrs["data-field"]
+            if "data-alert" in a:
+                page.alerts.setdefault(int(a["data-alert"]), {})[name] = hook
+            elif "data-metric" in a:
+                page.metric_stats.setdefault((a["data-panel"], a["data-metric"]), {})[name] = hook
+            elif "data-panel" in a:
+                page.panel.setdefault(a["data-panel"], {})[name] = hook
+            elif "data-device" in a:
+                page.rows.setdefault(a["data-device"], {})[name] = hook
+            else:
+                page.totals[name] = hook
+        return page
+
+
+def mismatch(hook: Hook, expected: object) -> str | None:
+    """Why `hook` does not show `expected` (absent and null show "—"), or None when it does."""
+    text = hook.value
+    if "data-value" in hook.attrs:  # a time shown relative; the raw value rides along
+        raw = "" if expected is None else str(expected)
+        ok = hook.attrs["data-value"] == raw and (text == NONE) == (expected is None)
+        return None if ok else f"data-value {hook.attrs['data-value']!r} / {text!r}, API {expected!r}"
+    if expected is None:
+        return None if text == NONE else f"{text!r}, API has no value"
+    if isinstance(expected, list):
+        shown = ", ".join(map(str, expected)) if expected else NONE
+        return None if text == shown else f"{text!r}, API {expected!r}"
+    if isinstance(expected, str):
+        return None if text == expected else f"{text!r}, API {expected!r}"
+    if isinstance(expected, bool) or not isinstance(expected, (int, float)):
+        return f"{text!r}: the API's {expected!r} is not a number"
+    try:
+        number = float(text.replace(",", ""))
+    except ValueError:
+        return f"{text!r} is not a number, API {expected!r}"
+    # Integers exactly; fractions as the page rounds them (2 decimals).
+    ok = number == expected if isinstance(expected, int) else math.isclose(number, expected, abs_tol=0.005 + 1e-9)
+    return None if ok else f"{text!r}, API {expected!r}"
+
+
+def dotted(data: dict | None, path: str) -> object:
+    value: object = data
+    for key in path.split("."):
+        if not isinstance(value, dict) or key not in value:
+            return None
+        value = value[key]
+    return value
+
+
+@dataclass
+class Api:
+    """What the API answered around one rendering."""
+
+    accounting: dict | None
+    devices: dict
+    alerts: dict | None
+    selected: str
+    detail: dict | None
+    series: dict[str, dict | None]
+
+
+def compare(page: Page, api: Api) -> tuple[list[str], int]:
+    """(every rendered value that differs from the API, how many values were checked)."""
+    problems: list[str] = []
+    checked = 0
+
+    def check(where: str, hook: Hook | None, expected: object) -> None:
+        nonlocal checked
+        if hook is None:
+            problems.append(f"{where}: not rendered")
+            return
+        checked += 1
+        why = mismatch(hook, expected)
+        if why:
+            problems.append(f"{where}: {why}")
+
+    for key in TOTALS:
+        check(f"totals.{key}", page.totals.get(key), (api.accounting or {}).get(key))
+    if sorted(page.rows) != sorted(api.devices):
+        problems.append(f"fleet rows {sorted(page.rows)} != devices {sorted(api.devices)}")
+    for device, numbers in api.devices.items():
+        row = page.rows.get(device, {})
+        health = numbers.get("health") or {}
+        for key in ROW_FIELDS:
+            check(f"{device}.{key}", row.get(key), (health if key in HEALTH_FIELDS else numbers).get(key))
+    panel = page.panel.get(api.selected, {})
+    if not panel:
+        problems.append(f"device panel for {api.selected}: not rendered")
+    for key, hook in panel.items():
+        check(f"panel {api.selected}.{key}", hook, dotted(api.detail, key))
+    for metric in (api.detail or {}).get("metrics", []):
+        stats = page.metric_stats.get((api.selected, metric), {})
+        windows = (api.series.get(metric) or {}).get("1m", [])
+        closed = [w for w in windows if w["closed"]]
+        for key in ("mean", "min", "max", "count"):
+            check(f"chart {metric}.{key}", stats.get(key), closed[-1][key] if closed else None)
+    alerts = (api.alerts or {}).get("alerts", [])
+    if sorted(page.alerts) != list(range(len(alerts))):
+        problems.append(f"{len(page.alerts)} alert rows rendered, the API lists {len(alerts)}")
+    for i, alert in enumerate(alerts):
+        for key in ALERT_FIELDS:
+            check(f"alert {i}.{key}", page.alerts.get(i, {}).get(key), alert.get(key))
+    return problems, checked
+
+
+def assert_page_matches(page: Page, api: Api) -> int:
+    assert page.state == "ready", f"the page did not finish rendering (body data-state={page.state!r}): {page.text}"
+    problems, checked = compare(page, api)
+    assert not problems, "rendered values differ from the API:\n" + "\n".join(problems)
+    return checked
+
+
+# ---- canned API answers -----------------------------------------------------------------------
+
+def canned_api(now_ms: int, *, with_health: bool = True) -> dict[str, object]:
+    """Answers in the API's final shape (`with_health=False`: the shape before health and alerts)."""
+    minute = 60_000
+    start = now_ms - now_ms % minute - 10 * minute
+    windows = [{"start_ms": start + i * minute, "end_ms": start + (i + 1) * minute, "count": 6,
+                "min": 20.0 + i * 0.1, "max": 21.5 + i * 0.1 + (3 if i == 7 else 0), "mean": 20.75 + i / 3,
+                "last": 21.0, "closed": i < 9} for i in range(10)]
+    health = {
+        "dev-01": {"state": "ok", "last_seen_ms": now_ms - 4_000, "offline": False, "offline_reason": None,
+                   "battery_mv": 3912, "battery_low": False, "rssi_dbm": -58, "rssi_poor": False,
+                   "reboots_recent": 0, "reboot_loop": False, "problems": []},
+        "dev-02": {"state": "warning", "last_seen_ms": now_ms - 9_000, "offline": False, "offline_reason": None,
+                   "battery_mv": 3310, "battery_low": True, "rssi_dbm": -86, "rssi_poor": True,
+                   "reboots_recent": 1, "reboot_loop": False, "problems": ["battery low", "signal poor"]},
+        "dev-03": {"state": "offline", "last_seen_ms": now_ms - 3_600_000, "offline": True,
+                   "offline_reason": "lwt", "battery_mv": None, "battery_low": False, "rssi_dbm": None,
+                   "rssi_poor": False, "reboots_recent": 3, "reboot_loop": True,
+                   "problems": ["offline (last will)", "reboot loop"]},
+    }
+    numbers = {
+        "dev-01": {"received": 12345, "duplicates": 2, "gaps": 0, "lost_at_device": 0, "invalid": 0, "late": 1},
+        "dev-02": {"received": 980, "duplicates": 0, "gaps": 4, "lost_at_device": 2, "invalid": 1, "late": 0},
+        "dev-03": {"received": 77, "duplicates": 0, "gaps": 0, "lost_at_device": 0, "invalid": 0, "late": 0},
+    }
+    alerts = [
+        {"device": "dev-02", "kind": "anomaly", "metric": "temp_c", "reason": "temp_c 33.1 above its median 21.0",
+         "ts_ms": now_ms - 60_000, "value": 33.125, "score": 14.73},
+        {"device": "dev-02", "kind": "battery_low", "metric": None, "reason": "battery 3310 mV below 3400 mV",
+         "ts_ms": now_ms - 120_000, "value": 3310, "score": None},
+        {"device": "dev-03", "kind": "offline", "metric": None, "reason": "last will received",
+         "ts_ms": now_ms - 3_600_000, "value": None, "score": None},
+    ]
+    devices: dict[str, dict] = {}
+    for device, counts in numbers.items():
+        devices[device] = dict(counts)
+        if with_health:
+            devices[device].update(alerts=sum(a["device"] == device for a in alerts), health=health[device])
+    accounting = {k: sum(d[k] for d in numbers.values()) for k in numbers["dev-01"]}
+    accounting["devices"] = len(numbers)
+    if with_health:
+        accounting.update(alerts=len(alerts), offline=1)
+    detail = {"device": "dev-02", **devices["dev-02"],
+              "last": {"boot": 4, "seq": 979, "ts_ms": now_ms - 9_000},
+              "status": {"state": "online", "boot": 4, "fw": "0.1.0", "reset": "brownout", "outbox_dropped": 2},
+              "boots": {"4": {"high": 983, "missing": 4, "gaps": [[100, 101], [500, 501]]}},
+              "metrics": ["rh_pct", "temp_c"]}
+    answers: dict[str, object] = {"/accounting": accounting, "/devices": devices, "/devices/dev-02": detail}
+    for device in ("dev-01", "dev-03"):
+        answers[f"/devices/{device}"] = {**detail, "device": device, **devices[device]}
+    for metric in detail["metrics"]:
+        answers[f"/devices/dev-02/series/{metric}"] = {"device": "dev-02", "metric": metric,
+                                                       "watermark_ms": now_ms, "1m": windows, "5m": []}
+    if with_health:
+        answers["/alerts"] = {"alerts": alerts}
+    return answers
+
+
+class CannedApi:
+    """Serves the dashboard's files (through `server.web.dashboard_file`) and canned API answers."""
+
+    def __init__(self, answers: dict[str, object], vendor: bool = True) -> None:
+        self.answers, self.vendor = answers, vendor
+        self.requests: list[str] = []
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+                owner.requests.append(self.path)
+                path = urllib.parse.urlsplit(self.path).path
+                if path.startswith("/dashboard/") and (owner.vendor or not path.startswith("/dashboard/vendor/")):
+                    found = dashboard_file(path.removeprefix("/dashboard/"))
+                    if found is not None:
+                        return self.reply(200, found[0], found[1])
+                elif path in owner.answers:
+                    return self.reply(200, json.dumps(owner.answers[path]).encode(), "application/json")
+                self.reply(404, b'{"error": "not found"}', "application/json")
+
+            def reply(self, status: int, body: bytes, kind: str) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+
+    def __enter__(self) -> "CannedApi":
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def api(self, selected: str) -> Api:
+        a = self.answers
+        detail = a.get(f"/devices/{selected}")
+        metrics = detail.get("metrics", []) if isinstance(detail, dict) else []
+        return Api(a.get("/accounting"), a["/devices"], a.get("/alerts"), selected, detail,
+                   {m: a.get(f"/devices/{selected}/series/{m}") for m in metrics})
+
+
+@pytest.fixture
+def vendored() -> None:
+    if dashboard_file("vendor/uPlot.iife.min.js") is None:
+        pytest.fail("the chart library is not vendored: run `make install` (ferry/npm_vendor.py)", pytrace=False)
+
+
+@pytest.mark.integration
+def test_renders_every_number_of_the_full_api(tmp_path: Path, vendored: None) -> None:
+    with CannedApi(canned_api(int(time.time() * 1000))) as served:
+        page = Page.parse(render_dom(f"http://127.0.0.1:{served.port}/dashboard/index.html#dev-02", tmp_path))
+        checked = assert_page_matches(page, served.api("dev-02"))
+    assert checked >= 9 + 3 * len(ROW_FIELDS) + 3 * len(ALERT_FIELDS) + 8
+    assert "temp_c" in page.text and "chart library not installed" not in page.text
+    assert page.rows["dev-02"]["state"].attrs["class"] == "state state-warning"
+    assert page.rows["dev-03"]["state"].attrs["class"] == "state state-offline"
+    assert "boot 4: 100–101, boot 4: 500–501" in page.text  # open gaps in the device panel
+    # No request left the page's own origin (the canned server saw them all; a CDN would not show here).
+    assert any(r.startswith("/dashboard/vendor/uPlot.iife.min.js") for r in served.requests)
+
+
+@pytest.mark.integration
+def test_shows_a_dash_for_what_an_older_api_lacks(tmp_path: Path, vendored: None) -> None:
+    with CannedApi(canned_api(int(time.time() * 1000), with_health=False)) as served:
+        page = Page.parse(render_dom(f"http://127.0.0.1:{served.port}/dashboard/index.html", tmp_path))
+        assert_page_matches(page, served.api("dev-01"))  # the first device is selected by default
+    for key in ("offline", "alerts"):
+        assert page.totals[key].value == NONE
+    assert {page.rows[d]["state"].value for d in page.rows} == {NONE}
+    assert "this worker serves no /alerts yet" in page.text
+
+
+@pytest.mark.integration
+def test_without_the_chart_library_numbers_still_render(tmp_path: Path) -> None:
+    with CannedApi(canned_api(int(time.time() * 1000)), vendor=False) as served:
+        page = Page.parse(render_dom(f"http://127.0.0.1:{served.port}/dashboard/index.html#dev-02", tmp_path))
+        assert_page_matches(page, served.api("dev-02"))
+    assert page.text.count("chart library not installed: run make install") == 2  # rh_pct, temp_c
+
+
+# ---- the real worker --------------------------------------------------------------------------
+
+SAMPLE_S = 10
+SAMPLES = 36  # six minutes of readings: several 1-minute windows close
+
+
+def fleet_messages(t0_ms: int) -> list[tuple[str, bytes]]:
+    """Four devices' records as the bridge receives them: a duplicate, a gap, device-side loss, a spike,
+    a weak battery, a weak signal and a last will."""
+    def telemetry(dev: str, seq: int, temp: float, bat: int, rssi: int) -> tuple[str, bytes]:
+        reading = Reading(dev, 1, seq, t0_ms + seq * SAMPLE_S * 1000, True,
+                          {"temp_c": round(temp, 2), "rh_pct": round(45 + 3 * math.cos(seq / 4), 2)}, bat, rssi)
+        return f"ferry/site-1/{dev}/telemetry", encode_reading(reading)
+
+    def status(dev: str, state: str, dropped: int = 0) -> tuple[str, bytes]:
+        body = {"v": 1, "dev": dev, "state": state, "boot": 1}
+        if state == "online":
+            body.update(fw="0.1.0", reset="power_on", ts=t0_ms, sync=True, outbox={"queued": 0, "dropped": dropped})
+        return f"ferry/site-1/{dev}/status", json.dumps(body).encode()
+
+    messages = [status(d, "online") for d in ("dev-01", "dev-02", "dev-04")] + [status("dev-03", "online", 3)]
+    for seq in range(SAMPLES):
+        wave = 21 + 0.4 * math.sin(seq / 3) + 0.05 * ((seq * 7) % 5)
+        messages.append(telemetry("dev-01", seq, wave, 3920, -55))
+        if seq == 5:
+            messages.append(telemetry("dev-01", seq, wave, 3920, -55))  # a duplicate
+        if seq not in (12, 13):  # a gap of two
+            messages.append(telemetry("dev-02", seq, wave + (12 if seq == 30 else 0), 3850, -85))
+        messages.append(telemetry("dev-03", seq, wave - 2, 3300, -63))
+        if seq < 24:
+            messages.append(telemetry("dev-04", seq, wave + 1, 3700, -70))
+    messages.append(status("dev-04", "offline"))
+    return messages
+
+
+def snapshot(port: int, selected: str) -> Api:
+    detail = get_json(port, f"/devices/{selected}")
+    metrics = detail.get("metrics", []) if isinstance(detail, dict) else []
+    return Api(get_json(port, "/accounting"), get_json(port, "/devices") or {}, get_json(port, "/alerts?limit=50"),
+               selected, detail, {m: get_json(port, f"/devices/{selected}/series/{m}") for m in metrics})
+
+
+@pytest.mark.integration
+def test_dashboard_of_a_real_worker(kafka, tmp_path: Path, vendored: None) -> None:
+    topics = create_topics(kafka, "dash")
+    now_ms = int(time.time() * 1000)
+    t0_ms = now_ms - now_ms % 60_000 - SAMPLES * SAMPLE_S * 1000
+    produce(kafka, topics.naming, fleet_messages(t0_ms))
+    # Windows close as soon as event time passes them; the devices, silent once their records are
+    # in, stay online for an hour (else the silence check takes them offline during the test).
+    worker, port = worker_process(kafka, topics, tmp_path, allowed_lateness_s="0",
+                                  offline_after_intervals=str(3600 // SAMPLE_S))
+    with worker:
+        # dev-01 all, dev-02 all but the gap, dev-03 all, dev-04 the first 24
+        expected = {"received": SAMPLES + (SAMPLES - 2) + SAMPLES + 24, "duplicates": 1, "gaps": 2,
+                    "lost_at_device": 3, "invalid": 0, "late": 0, "devices": 4}
+        accounting = wait_for(lambda: get_json(port, "/accounting"),
+                              lambda a: isinstance(a, dict) and {k: a.get(k) for k in expected} == expected, worker)
+        assert {k: accounting.get(k) for k in expected} == expected, worker.log_tail()
+        series = get_json(port, "/devices/dev-02/series/temp_c")
+        assert sum(w["closed"] for w in series["1m"]) >= 4, series
+        assert get_status(port, "/") == 200  # the redirect to the page, followed
+        assert get_status(port, "/dashboard/vendor/uPlot.iife.min.js") == 200
+        assert get_status(port, "/dashboard/..%2Fweb.py") == 404
+
+        url = f"http://127.0.0.1:{port}/dashboard/index.html#dev-02"
+        for _ in range(3):  # health may change while the page renders (a device going silent): retry
+            before = snapshot(port, "dev-02")
+            page = Page.parse(render_dom(url, tmp_path))
+            if snapshot(port, "dev-02") == before:
+                break
+        else:
+            pytest.fail("the API kept changing while the page rendered")
+        assert_page_matches(page, before)
+        assert page.totals["received"].value == f"{expected['received']:,}"
+
+        png = tmp_path / "dashboard.png"
+        screenshot(url, png, tmp_path)
+        assert worker.stop() == 0, worker.log_tail()
+    data = png.read_bytes()
+    assert png_size(data) == (1400, 1000)
+    assert len(data) > 30_000, f"the screenshot is only {len(data)} bytes: a blank page?"
+    if os.environ.get("FERRY_SCREENSHOT"):
+        target = Path(os.environ["FERRY_SCREENSHOT"])
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(png, target)
+
+
+# ---- no external requests ---------------------------------------------------------------------
+
+URL = re.compile(r"(?:https?:)?//[A-Za-z0-9.-]+")
+LICENSE_COMMENT = re.compile(r"^\s*/\*!?.*?\*/", re.S)
+
+
+def served_files() -> Iterator[tuple[str, str]]:
+    names = sorted(p.name for p in DASHBOARD_DIR.iterdir() if p.is_file())
+    names += sorted(f"vendor/{p.name}" for p in (DASHBOARD_DIR / "vendor").glob("*") if p.is_file())
+    for name in names:
+        found = dashboard_file(name)
+        if found is not None and not found[1].startswith("image/png"):
+            yield name, found[0].decode("utf-8")
+
+
+def test_the_page_requests_nothing_outside_the_worker() -> None:
+    files = dict(served_files())
+    assert {"index.html", "dashboard.js", "dashboard.css"} <= set(files)
+    for name, text in files.items():
+        if name.startswith("vendor/"):
+            text = LICENSE_COMMENT.sub("", text, count=1)  # the library's banner names its home page
+        if name.endswith(".js"):  # comments are not requests
+            text = re.sub(r"^\s*(//|/\*|\*).*$", "", text, flags=re.M)
+        found = [m.group(0) for m in URL.finditer(text)]
+        assert not found, f"{name} refers to {found}"
+    index = files["index.html"]
+    for ref in re.findall(r'(?:src|href)="([^"]*)"', index):
+        assert ref == "data:," or not urllib.parse.urlsplit(ref).netloc and not ref.startswith("/"), ref
+    # The script asks only its own origin: every fetch is of a path starting with "/".
+    for call in re.findall(r"getJSON\(([^)]*)\)", files["dashboard.js"]):
+        assert call.startswith(("`/", '"/', "url")), call
