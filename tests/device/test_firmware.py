@@ -20,7 +20,7 @@ from gateway.process import GatewayProcess
 from hwsim.board import VirtualBoard
 from hwsim.link import LinkConfig, LinkThread
 from tests.device.fw_support import (
-    SITE, Collector, Delivery, cmd_payload, compile_firmware, console_events, console_lines, device_id,
+    SITE, Collector, Delivery, cmd_payload, console_events, console_lines, device_id,
     install_firmware, make_board, read_config,
 )
 
@@ -39,20 +39,6 @@ FAST = {
     "outbox_flush_interval_ms": 500,
 }
 EPOCH_2000_MS = 946_684_800_000
-
-
-@pytest.fixture(scope="module")
-def firmware(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return compile_firmware(tmp_path_factory.mktemp("firmware"))
-
-
-@pytest.fixture
-def gateway(tmp_path: Path) -> Iterator[GatewayProcess]:
-    gw = GatewayProcess(tmp_path / "gateway").start()
-    try:
-        yield gw
-    finally:
-        gw.stop()
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import re
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,27 +15,13 @@ import pytest
 from gateway.process import GatewayProcess
 from hwsim.board import UNIX_HEAP_FOR_64K_ESP32
 from tests.device.fw_support import (
-    Collector, Delivery, compile_firmware, console_lines, device_id, install_firmware, make_board,
+    Collector, Delivery, console_lines, device_id, install_firmware, make_board,
 )
 
 pytestmark = pytest.mark.integration
 
 FREE_HEAP_BUDGET = 24 * 1024  # free at steady state on the unix port: ~12 KB on a 64 KB ESP32
 STATS = re.compile(r"stats seq (\d+) free (\d+) alloc_per_reading (-?\d+)")
-
-
-@pytest.fixture(scope="module")
-def firmware(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return compile_firmware(tmp_path_factory.mktemp("firmware"))
-
-
-@pytest.fixture
-def gateway(tmp_path: Path) -> Iterator[GatewayProcess]:
-    gw = GatewayProcess(tmp_path / "gateway").start()
-    try:
-        yield gw
-    finally:
-        gw.stop()
 
 
 def cpu_seconds(flash_dir: Path) -> float:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,7 +26,7 @@ import pytest
 from gateway.process import GatewayProcess
 from hwsim.board import UNIX_HEAP_FOR_64K_ESP32
 from tests.device.fw_support import (
-    Collector, Delivery, compile_firmware, console_lines, device_id, install_firmware, make_board,
+    Collector, Delivery, console_lines, device_id, install_firmware, make_board,
 )
 
 pytestmark = pytest.mark.integration
@@ -60,20 +59,6 @@ while a.seq < %d:
 a.ob.flush()
 print("BACKLOG", a.seq, a.ob.pending(), a.ob.lost_total(), a.heap_low)
 """
-
-
-@pytest.fixture(scope="module")
-def firmware(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return compile_firmware(tmp_path_factory.mktemp("firmware"))
-
-
-@pytest.fixture
-def gateway(tmp_path: Path) -> Iterator[GatewayProcess]:
-    gw = GatewayProcess(tmp_path / "gateway").start()
-    try:
-        yield gw
-    finally:
-        gw.stop()
 
 
 def long_root(tmp_path: Path) -> Path:

@@ -7,7 +7,6 @@ block device that counts 4 KiB erases and programmed bytes.
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
