@@ -40,14 +40,29 @@ _EXTRA_SLOTS = const(4)  # in-flight slots beyond `inflight` for status messages
 RX_BYTES = const(640)  # largest packet the device reads (a command); bigger ones are skipped
 
 
+_DNS_RETRY_AFTER = const(3)  # failed connects in a row before the broker's name is looked up again
+
+
 class _TimedSockets:
-    """What umqtt.simple calls `socket`: sockets with a timeout and TCP_NODELAY from the start."""
+    """What umqtt.simple calls `socket`: sockets with a timeout and TCP_NODELAY from the start.
+
+    MicroPython's getaddrinfo takes no timeout, so the broker's address is looked up once
+    and kept: a hanging resolver can only stall the first connect and the one after every
+    _DNS_RETRY_AFTER failures in a row (the gateway may have moved), not every reconnect.
+    """
 
     def __init__(self):
         self.timeout_s = 5.0
+        self.failures = 0
+        self._dns = None  # (host, port, getaddrinfo result)
 
     def getaddrinfo(self, host, port):
-        return socket.getaddrinfo(host, port)
+        d = self._dns
+        if d is None or d[0] != host or d[1] != port or self.failures >= _DNS_RETRY_AFTER:
+            log("dns: looking up %s" % host)
+            d = self._dns = (host, port, socket.getaddrinfo(host, port))
+            self.failures = 0
+        return d[2]
 
     def socket(self):
         s = socket.socket()
@@ -155,8 +170,10 @@ class Session(MQTTClient):
             self.session_present = bool(MQTTClient.connect(self, False))
         except Exception as e:  # OSError, MQTTException (refused), or garbage instead of CONNACK
             log("mqtt: connect failed: %r" % (e,))
+            _SOCKETS.failures += 1
             self._drop()
             return False
+        _SOCKETS.failures = 0
         self.sock.settimeout(self._ack_ms / 1000)
         self._poll = select.poll()
         self._poll.register(self.sock, select.POLLIN)

@@ -182,6 +182,22 @@ def test_outage_readings_are_kept_and_replayed_in_order(board, collector: Collec
     assert statuses[-1].state.value == "online"
 
 
+def test_broker_name_is_looked_up_once_and_again_only_after_failed_connects(board, collector: Collector,
+                                                                           link: LinkThread) -> None:
+    b = board(broker_host="localhost")
+    b.power_on()
+    before = wait_for_readings(collector, b, boot=1, count=5)
+    link.set_profile("outage")
+    time.sleep(3.0)
+    link.set_profile("perfect")
+    check_delivery(wait_for_readings(collector, b, boot=1, count=before.count(1) + 20), 1, "dns")
+    lookups = len(console_lines(b, "dns: looking up localhost"))
+    failures = len(console_lines(b, "mqtt: connect failed"))
+    print(f"dns: {lookups} lookups for {failures} failed connects and the successful ones")
+    assert failures >= 3, "the outage should have failed several connects"
+    assert lookups == 1 + failures // 3  # once, then again after every 3 failed connects in a row
+
+
 def test_wifi_down_at_boot_then_outage_births_after_every_connect(board, collector: Collector,
                                                                   link: LinkThread) -> None:
     """Wi-Fi down at power-on: readings go into the outbox and arrive once the access point is
