@@ -14,6 +14,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gateway.bridge.config import BridgeConfig, check_bridge
 from gateway.broker.config import BrokerConfig
 from gateway.store import Durability
 
@@ -41,6 +42,7 @@ class GatewayConfig:
 
     broker: BrokerConfig = field(default_factory=BrokerConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
+    bridge: BridgeConfig = field(default_factory=BridgeConfig)
 
 
 def _convert(where: str, value: object, kind: object) -> object:
@@ -65,6 +67,16 @@ def _convert(where: str, value: object, kind: object) -> object:
         if not isinstance(value, str):
             raise ConfigError(f"{where}: expected a string, got {value!r}")
         return value
+    if kind is type(None):
+        raise ConfigError(f"{where}: cannot be empty")
+    if typing.get_origin(kind) is dict:
+        # A pass-through table of scalars (`bridge.librdkafka`).
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a table, got {value!r}")
+        for key, item in value.items():
+            if not isinstance(item, (str, int, float, bool)):
+                raise ConfigError(f"{where}.{key}: expected a string, number or boolean, got {item!r}")
+        return dict(value)
     if isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union:
         args = typing.get_args(kind)
         errors = []
@@ -90,8 +102,11 @@ def _section(name: str, cls: type, values: object) -> object:
     return cls(**kwargs)
 
 
-def parse_config(text: str, source: str = "ferry.toml") -> GatewayConfig:
-    """Parse and validate a config file's text; raises ConfigError naming the key."""
+def parse_config(text: str, source: str = "ferry.toml", kafka: str | None = None) -> GatewayConfig:
+    """Parse and validate a config file's text; raises ConfigError naming the key.
+
+    `kafka` (from `ferry gateway --kafka`) replaces `bridge.kafka`, turning the bridge on.
+    """
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -103,6 +118,8 @@ def parse_config(text: str, source: str = "ferry.toml") -> GatewayConfig:
             raise ConfigError(f"{name}: unknown section (known: {', '.join(sorted(sections))})")
         kwargs[name] = _section(name, sections[name], values)
     config = GatewayConfig(**kwargs)
+    if kafka is not None:
+        config = dataclasses.replace(config, bridge=dataclasses.replace(config.bridge, kafka=kafka))
     _check_ranges(config)
     return config
 
@@ -120,14 +137,20 @@ def _check_ranges(config: GatewayConfig) -> None:
         raise ConfigError("broker.max_keepalive_s: must be 1..65535")
     if config.store.segment_max_bytes < 4096:
         raise ConfigError("store.segment_max_bytes: must be at least 4096")
+    problem = check_bridge(config.bridge)
+    if problem is not None:
+        raise ConfigError(problem)
+    if config.bridge.kafka is None and config.bridge != BridgeConfig():
+        raise ConfigError("bridge.kafka: required to run the bridge (or pass --kafka HOST:PORT); "
+                          "leave out the [bridge] table to run without it")
 
 
-def load_config(path: Path | None) -> GatewayConfig:
-    """The config in `path`, or the defaults when no file is given."""
+def load_config(path: Path | None, kafka: str | None = None) -> GatewayConfig:
+    """The config in `path`, or the defaults when no file is given; `kafka` as in `parse_config`."""
     if path is None:
-        return GatewayConfig()
+        return parse_config("", "--kafka", kafka)
     try:
         text = path.read_text()
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
-    return parse_config(text, str(path))
+    return parse_config(text, str(path), kafka)

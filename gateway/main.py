@@ -1,4 +1,5 @@
-"""`ferry gateway`: recover the store, start the MQTT broker, run until SIGTERM, stop cleanly."""
+"""`ferry gateway`: recover the store, start the MQTT broker and the Kafka bridge, run until SIGTERM,
+stop cleanly."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ferry.addresses import host_port
+from gateway.bridge.bridge import Bridge
+from gateway.bridge.producer import ProducerSettingsError
 from gateway.broker.core import Broker
 from gateway.broker.recovery import durable_records, restore
 from gateway.config import ConfigError, GatewayConfig, load_config
@@ -35,18 +38,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", type=Path, help="ferry.toml; defaults apply without it")
     parser.add_argument("--metrics", type=host_port, metavar="HOST:PORT",
                         help="serve Prometheus metrics over HTTP at /metrics")
+    parser.add_argument("--kafka", metavar="HOST:PORT",
+                        help="run the Kafka bridge to these bootstrap servers (sets bridge.kafka; "
+                             "the rest of [bridge] still comes from --config)")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return parser
 
 
 class Gateway:
-    """The broker, its journal, the network server and the metrics, started and stopped together."""
+    """The broker, its journal, the network server, the Kafka bridge and the metrics, started and
+    stopped together."""
 
     def __init__(self, config: GatewayConfig, data_dir: Path) -> None:
         self.config = config
         self.data_dir = data_dir
         self.server: MqttServer | None = None
         self.metrics: MetricsServer | None = None
+        self.bridge: Bridge | None = None
         self.journal: Journal | None = None
         self.store_failed = asyncio.Event()
         self._loop = asyncio.get_running_loop()
@@ -63,13 +71,20 @@ class Gateway:
         broker = Broker(self.config.broker, self.journal, now=time.monotonic(), wall=time.time())
         restore(broker, state, time.monotonic())
         self.server = MqttServer(broker, self.journal, housekeeping=self._housekeeping)
-        sys_publisher = SysPublisher(broker, self.server, self.journal)
+        if self.config.bridge.enabled:
+            # Attached before the listener opens, so no device message can miss the spool.
+            self.bridge = Bridge(self.config.bridge, self.server)
+            try:
+                self.bridge.start()
+            except ProducerSettingsError as exc:
+                raise ConfigError(f"bridge.librdkafka: {exc}") from None
+        sys_publisher = SysPublisher(broker, self.server, self.journal, self.bridge)
         self.server.add_tick(sys_publisher.tick)
         host, port = await self.server.start(*listen)
         log.info("listening on %s:%d (durability=%s, data dir %s)", host, port,
                  self.config.store.durability.value, self.data_dir)
         if metrics is not None:
-            self.metrics = MetricsServer(broker, self.server, self.journal)
+            self.metrics = MetricsServer(broker, self.server, self.journal, self.bridge)
             metrics_host, metrics_port = await self.metrics.start(*metrics)
             log.info("metrics on http://%s:%d/metrics", metrics_host, metrics_port)
         return host, port
@@ -87,6 +102,8 @@ class Gateway:
     async def stop(self) -> None:
         if self.metrics is not None:
             await self.metrics.stop()
+        if self.bridge is not None:
+            await self.bridge.stop()
         if self.server is not None:
             await self.server.stop()
         if self.journal is not None and self.journal.failed is None:
@@ -102,7 +119,12 @@ async def _run(args: argparse.Namespace, config: GatewayConfig) -> int:
     unacknowledged messages until it is back.
     """
     gateway = Gateway(config, args.data_dir)
-    await gateway.start(args.listen, args.metrics)
+    try:
+        await gateway.start(args.listen, args.metrics)
+    except ConfigError as exc:
+        print(f"ferry gateway: config error: {exc}", file=sys.stderr)
+        await gateway.stop()
+        return EXIT_CONFIG
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -142,7 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        config = load_config(args.config)
+        config = load_config(args.config, args.kafka)
     except ConfigError as exc:
         print(f"ferry gateway: config error: {exc}", file=sys.stderr)
         return EXIT_CONFIG

@@ -29,8 +29,8 @@ class Metric:
     samples: tuple[tuple[tuple[tuple[str, str], ...], float], ...]
 
 
-def collect(broker: Broker, server, journal) -> list[Metric]:
-    """Every metric, computed now from the broker, the network layer and the journal."""
+def collect(broker: Broker, server, journal, bridge=None) -> list[Metric]:
+    """Every metric, computed now from the broker, the network layer, the journal and the bridge."""
     sessions = broker.sessions.values()
     stats = broker.stats
     journal_stats = journal.stats
@@ -42,7 +42,7 @@ def collect(broker: Broker, server, journal) -> list[Metric]:
     def per_qos(name: str, help_text: str, values: list[int]) -> Metric:
         return Metric(name, "counter", help_text, tuple(((("qos", q),), float(v)) for q, v in zip(qos, values)))
 
-    return [
+    metrics = [
         single("ferry_connections", "gauge", "Open client connections.", len(broker.connections)),
         single("ferry_connections_total", "counter", "Connections accepted since start.", stats.connections_total),
         single("ferry_sessions", "gauge", "Sessions, connected or not.", len(broker.sessions)),
@@ -81,6 +81,41 @@ def collect(broker: Broker, server, journal) -> list[Metric]:
                 ((("stat", "avg"),), journal_stats.records_avg),
                 ((("stat", "max"),), float(journal_stats.records_max)))),
     ]
+    if bridge is not None:
+        metrics += bridge_metrics(bridge, broker)
+    return metrics
+
+
+def bridge_metrics(bridge, broker: Broker) -> list[Metric]:
+    """The Kafka bridge's metrics (only when it runs)."""
+    stats = bridge.stats
+
+    def single(name: str, kind: str, help_text: str, value: float) -> Metric:
+        return Metric(name, kind, help_text, (((), float(value)),))
+
+    return [
+        single("ferry_bridge_produced_total", "counter", "Records handed to the Kafka producer (retries included).",
+               stats.produced),
+        single("ferry_bridge_acked_total", "counter",
+               "Records Kafka acknowledged (acks=all); each then leaves the spool.", stats.acked),
+        single("ferry_bridge_deadlettered_total", "counter",
+               "Acknowledged records on the dead-letter topic (contract breakers).", stats.deadlettered),
+        single("ferry_bridge_commands_skipped_total", "counter",
+               "Operator commands seen on ferry/+/+/cmd: acknowledged, not produced.", stats.commands_skipped),
+        single("ferry_bridge_produce_errors_total", "counter",
+               "Records Kafka failed; each stays spooled and is produced again.", stats.produce_errors),
+        single("ferry_bridge_producer_restarts_total", "counter",
+               "Kafka producers replaced after a fatal error.", stats.producer_restarts),
+        single("ferry_bridge_spool_messages", "gauge",
+               "Messages in the spool: queued for the bridge plus delivered to it and not yet in Kafka.",
+               bridge.spool_depth()),
+        single("ferry_bridge_spool_bytes", "gauge", "Payload bytes in the spool.", bridge.spool_bytes()),
+        single("ferry_bridge_spool_refused_total", "counter",
+               "Device publishes refused (not acknowledged, connection closed) because the spool was full.",
+               broker.stats.refused_full),
+        single("ferry_bridge_kafka_connected", "gauge", "1 while a connection to a Kafka broker is up.",
+               1 if bridge.kafka_connected else 0),
+    ]
 
 
 def prometheus_text(metrics: list[Metric]) -> str:
@@ -99,10 +134,11 @@ def prometheus_text(metrics: list[Metric]) -> str:
 class SysPublisher:
     """Publishes every metric as a retained `$SYS/broker/<name>` message every 10 s."""
 
-    def __init__(self, broker: Broker, server, journal, interval_s: float = SYS_INTERVAL_S) -> None:
+    def __init__(self, broker: Broker, server, journal, bridge=None, interval_s: float = SYS_INTERVAL_S) -> None:
         self._broker = broker
         self._server = server
         self._journal = journal
+        self._bridge = bridge
         self._interval_s = interval_s
         self._next_at = 0.0
         self._started_at = time.monotonic()
@@ -113,7 +149,7 @@ class SysPublisher:
         self._next_at = now + self._interval_s
         publish = self._broker.publish_internal
         publish("$SYS/broker/uptime", str(int(now - self._started_at)).encode(), now)
-        for metric in collect(self._broker, self._server, self._journal):
+        for metric in collect(self._broker, self._server, self._journal, self._bridge):
             base = "$SYS/broker/" + metric.name.removeprefix("ferry_").replace("_", "/")
             for labels, value in metric.samples:
                 topic = base + "".join(f"/{v}" for _, v in labels)
@@ -123,10 +159,11 @@ class SysPublisher:
 class MetricsServer:
     """A minimal HTTP/1.1 server for GET /metrics; one short request per connection."""
 
-    def __init__(self, broker: Broker, server, journal) -> None:
+    def __init__(self, broker: Broker, server, journal, bridge=None) -> None:
         self._broker = broker
         self._server = server
         self._journal = journal
+        self._bridge = bridge
         self._listener: asyncio.base_events.Server | None = None
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
@@ -142,7 +179,7 @@ class MetricsServer:
             elif path.split(b"?")[0] != b"/metrics":
                 status, body, kind = "404 Not Found", b"see /metrics\n", "text/plain"
             else:
-                text = prometheus_text(collect(self._broker, self._server, self._journal))
+                text = prometheus_text(collect(self._broker, self._server, self._journal, self._bridge))
                 status, body, kind = "200 OK", text.encode(), "text/plain; version=0.0.4; charset=utf-8"
             writer.write(f"HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {len(body)}\r\n"
                          f"Connection: close\r\n\r\n".encode() + body)

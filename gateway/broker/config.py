@@ -37,3 +37,20 @@ class BrokerConfig:
     max_output_buffer_bytes: int = 1_048_576
     """Bytes waiting to be written to one slow client before QoS 0 deliveries to it are dropped
     (QoS 1/2 deliveries wait in the session queue instead)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SessionPolicy:
+    """Limits that replace `[broker]`'s for one client id the gateway itself connects (the Kafka
+    bridge, whose session queue is its disk spool). Set with `Broker.set_session_policy`."""
+
+    max_queued_messages: int
+    """Messages waiting in this session's queue (replaces `max_queued_messages`)."""
+    max_queued_bytes: int
+    """Payload bytes waiting in this session's queue (replaces `max_queued_bytes`)."""
+    refuse_when_full: bool = True
+    """When the queue is full, a QoS 1/2 publish that would reach this session is refused as a
+    whole: not routed anywhere, not acknowledged, and the publisher's connection is closed
+    (MQTT 5: DISCONNECT 0x97 Quota exceeded), the one refusal MQTT 3.1.1 has [MQTT-3.3.5-2]. The
+    publisher keeps the message and resends it later. False: drop it for this session and count
+    it, like any other session."""

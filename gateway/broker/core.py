@@ -16,7 +16,7 @@ import logging
 from typing import Protocol
 
 from gateway.broker import delivery
-from gateway.broker.config import NEVER_EXPIRES, BrokerConfig
+from gateway.broker.config import NEVER_EXPIRES, BrokerConfig, SessionPolicy
 from gateway.broker.index import Subscribed, SubscriptionIndex
 from gateway.broker.session import Connection, Delivery, DeliveryState, Message, Session
 from gateway.broker.stats import BrokerStats, DropReason
@@ -30,6 +30,7 @@ from gateway.store import records as rec
 log = logging.getLogger(__name__)
 
 V5 = ProtocolVersion.V5
+REFUSAL_LOG_INTERVAL_S = 10.0
 
 
 class RecordSink(Protocol):
@@ -63,6 +64,9 @@ class Broker:
         self._ready: set[Connection] = set()
         self._holding: set[Connection] = set()
         self._pending_wills: dict[str, tuple[float, Connection]] = {}
+        self._policies: dict[str, SessionPolicy] = {}
+        self._refusals_unlogged = 0
+        self._refusal_logged_at = float("-inf")
         self._handlers = {
             Publish: self._on_publish, Puback: self._on_puback, Pubrec: self._on_pubrec,
             Pubrel: self._on_pubrel, Pubcomp: self._on_pubcomp, Pingreq: self._on_pingreq,
@@ -156,9 +160,14 @@ class Broker:
 
     # ------------------------------------------------------------------ connections
 
-    def open_connection(self, peer: str, now: float) -> Connection:
+    def set_session_policy(self, client_id: str, policy: SessionPolicy) -> None:
+        """Give one internal client id its own queue limits and full-queue policy; the id is then
+        reserved for connections opened with `internal=True`."""
+        self._policies[client_id] = policy
+
+    def open_connection(self, peer: str, now: float, internal: bool = False) -> Connection:
         conn = Connection(next(self._conn_ids), peer=peer, last_packet_at=now,
-                          inflight_limit=self.config.max_inflight_messages)
+                          inflight_limit=self.config.max_inflight_messages, internal=internal)
         self.connections[conn.conn_id] = conn
         self.stats.connections_total += 1
         return conn
@@ -262,9 +271,17 @@ class Broker:
                 self._close(conn, ReasonCode.CLIENT_IDENTIFIER_NOT_VALID, send_disconnect=False)
                 return
             client_id = assigned = f"ferry-auto-{next(self._auto_ids)}"
+        policy = self._policies.get(client_id)
+        if policy is not None and not conn.internal:
+            log.warning("refusing %s: client id %r is reserved for the gateway itself", conn.peer, client_id)
+            self._send_packet(conn, Connack(False, ReasonCode.CLIENT_IDENTIFIER_NOT_VALID))
+            self._close(conn, ReasonCode.CLIENT_IDENTIFIER_NOT_VALID, send_disconnect=False)
+            return
         props = packet.properties
         if v5:
             expiry = min(props.session_expiry_interval or 0, self.config.max_session_expiry_s)
+            if policy is not None:  # the gateway's own session is not bound by client limits
+                expiry = props.session_expiry_interval or 0
             if props.receive_maximum:
                 conn.inflight_limit = min(props.receive_maximum, 65535)
             if props.maximum_packet_size:
@@ -356,9 +373,10 @@ class Broker:
         if will is None:
             return
         self.stats.wills_published += 1
+        wall = self.wall(now)
         message = Message(0, will.topic, will.payload, will.qos, will.retain, conn.client_id,
                           delivery.forwarded_properties(will.properties),
-                          delivery.expiry_at(will.properties, self.wall(now)))
+                          delivery.expiry_at(will.properties, wall), received_at=wall)
         if will.retain:
             self._retain(message)
         self._route(message, now)
@@ -415,10 +433,14 @@ class Broker:
             self._violation(conn, ReasonCode.RECEIVE_MAXIMUM_EXCEEDED, "MQTT-3.3.4-7",
                             "more unacknowledged QoS 1/2 publishes than our Receive Maximum")
             return
+        wall = self.wall(now)
+        if qos and self._policies and self._refused(conn, topic, len(packet.payload), now):
+            return
         self.stats.messages_received[qos] += 1
         before = self._appends
         message = Message(0, topic, packet.payload, qos, packet.retain, session.client_id,
-                          delivery.forwarded_properties(props), delivery.expiry_at(props, self.wall(now)))
+                          delivery.forwarded_properties(props), delivery.expiry_at(props, wall),
+                          received_at=wall)
         if packet.retain:
             self._retain(message)
         matched = self._route(message, now)
@@ -432,6 +454,31 @@ class Broker:
             else ReasonCode.NO_MATCHING_SUBSCRIBERS
         ack = Puback(packet.packet_id, reason) if qos == 1 else Pubrec(packet.packet_id, reason)
         self._send(conn, encode(ack, conn.protocol_version), self._wait_batch(before), is_ack=qos == 1)
+
+    def _refused(self, conn: Connection, topic: str, size: int, now: float) -> bool:
+        """True (and the publisher's connection closing) when a session whose policy refuses
+        when full would receive this message and its queue has no room for it."""
+        for client_id, policy in self._policies.items():
+            target = self.sessions.get(client_id)
+            if target is None or not policy.refuse_when_full:
+                continue
+            if len(target.queue) < policy.max_queued_messages and \
+                    target.queued_bytes + size <= policy.max_queued_bytes:
+                continue
+            if not any(topic_matches(split_shared(f)[1], topic) for f in target.subscriptions):
+                continue
+            self.stats.refused_full += 1
+            self._refusals_unlogged += 1
+            if now - self._refusal_logged_at >= REFUSAL_LOG_INTERVAL_S:
+                log.warning("queue of %s is full (%d messages, %d bytes): refused %d publish(es) since the "
+                            "last report, now from %s (%s), closing its connection; publishers keep them",
+                            client_id, len(target.queue), target.queued_bytes, self._refusals_unlogged,
+                            conn.client_id, conn.peer)
+                self._refusals_unlogged = 0
+                self._refusal_logged_at = now
+            self._close(conn, ReasonCode.QUOTA_EXCEEDED)
+            return True
+        return False
 
     def _retain(self, message: Message) -> None:
         """Set or clear the retained message of its topic (an empty payload clears) [MQTT-3.3.1-10]."""
@@ -534,10 +581,19 @@ class Broker:
 
     def _enqueue(self, session: Session, item: Delivery) -> None:
         size = len(item.message.payload)
-        if len(session.queue) >= self.config.max_queued_messages:
+        policy = self._policies.get(session.client_id) if self._policies else None
+        max_messages, max_bytes = (self.config.max_queued_messages, self.config.max_queued_bytes) \
+            if policy is None else (policy.max_queued_messages, policy.max_queued_bytes)
+        if len(session.queue) >= max_messages:
+            if policy is not None:
+                log.warning("queue of %s is full: dropped a message for it (%s)", session.client_id,
+                            item.message.topic)
             self.stats.dropped[DropReason.QUEUE_FULL] += 1
             return
-        if session.queued_bytes + size > self.config.max_queued_bytes:
+        if session.queued_bytes + size > max_bytes:
+            if policy is not None:
+                log.warning("queue of %s is full: dropped a message for it (%s)", session.client_id,
+                            item.message.topic)
             self.stats.dropped[DropReason.QUEUE_BYTES] += 1
             return
         self._persist_delivery(session, item)

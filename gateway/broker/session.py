@@ -36,6 +36,9 @@ class Message:
     """The topic's UTF-8, encoded once for every delivery."""
     props_v5: bytes | None = None
     """Encoded property block for MQTT 5 deliveries without per-delivery properties."""
+    received_at: float = 0.0
+    """Wall-clock seconds when a client's PUBLISH arrived; 0 when unknown (restored from the
+    store, which does not keep it). The Kafka bridge reads it for `ferry-received-ms`."""
 
     def __post_init__(self) -> None:
         if not self.topic_bytes:
@@ -125,6 +128,9 @@ class Connection:
     """Set when the core wants the connection closed after its output is written."""
     clean_disconnect: bool = False
     closed: bool = False
+    internal: bool = False
+    """Opened by the gateway itself (the Kafka bridge): only such connections may use a client id
+    that has a `SessionPolicy`."""
 
     @property
     def client_id(self) -> str:

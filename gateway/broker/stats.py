@@ -33,5 +33,8 @@ class BrokerStats:
     dropped: Counter = field(default_factory=Counter)
     """DropReason → messages not delivered to a session."""
     protocol_errors: int = 0
+    refused_full: int = 0
+    """QoS 1/2 publishes refused (connection closed, no acknowledgement) because a session with a
+    refuse-when-full `SessionPolicy` (the Kafka bridge's spool) was full."""
     wills_published: int = 0
     sessions_expired: int = 0

@@ -1,0 +1,360 @@
+"""The Kafka bridge: an MQTT client inside the gateway whose persistent session is the disk spool.
+
+The bridge connects to the broker core in-process (an internal connection
+registered with the network layer like a socket, speaking real MQTT 5 bytes
+through the gateway's own codec) as `$ferry-bridge`, with a session that never
+expires, and subscribes to `ferry/#` at QoS 1. Every device message is thus
+journaled and fsynced for the bridge's session before the device gets its
+PUBACK, and stays there until the bridge PUBACKs it, which it does only from
+the Kafka delivery report of the record made of it (idempotent producer,
+acks=all). The session queue is the spool; the core's in-flight window
+(`bridge.inflight`, the bridge's Receive Maximum) bounds what is handed to
+librdkafka at a time.
+
+Everything here runs on the event loop; `gateway.bridge.producer` brings Kafka's
+answers over from its poll thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from dataclasses import dataclass
+
+from confluent_kafka import KafkaError, KafkaException
+
+from ferry.contract import Channel, ContractError, KafkaRecord, kafka_record, parse_topic
+from gateway.bridge.config import BridgeConfig
+from gateway.bridge.producer import Delivered, KafkaSide
+from gateway.broker.config import NEVER_EXPIRES, SessionPolicy
+from gateway.broker.session import Connection, Session
+from gateway.mqtt import (
+    Connack, Connect, Decoder, Disconnect, Pingreq, Properties, ProtocolError, ProtocolVersion, Puback,
+    Publish, Suback, Subscribe, Subscription,
+)
+
+log = logging.getLogger(__name__)
+
+CLIENT_ID = "$ferry-bridge"
+"""The bridge's MQTT client id; reserved: devices cannot connect with it."""
+TOPIC_FILTER = "ferry/#"
+"""Everything under ferry/: telemetry, status and reply go to their topics, anything off the
+contract to the dead-letter topic (`ferry.contract.kafka_record` decides); operator commands
+(`.../cmd`) flow to devices, not to Kafka, and are acknowledged without being produced."""
+RECONNECT_S = 1.0
+RETRY_FIRST_S = 0.5
+RETRY_MAX_S = 30.0
+ERROR_LOG_INTERVAL_S = 10.0
+STOP_FLUSH_S = 5.0
+
+
+@dataclass(slots=True)
+class BridgeStats:
+    """Running totals since start, for the metrics."""
+
+    produced: int = 0
+    """Records handed to the producer (retries included)."""
+    acked: int = 0
+    """Records Kafka acknowledged (and whose MQTT delivery was then PUBACKed)."""
+    deadlettered: int = 0
+    """Of those, records on the dead-letter topic."""
+    commands_skipped: int = 0
+    """Operator commands seen on `ferry/+/+/cmd`: acknowledged, not produced."""
+    produce_errors: int = 0
+    """Records Kafka (or librdkafka) failed; each stays in the spool and is produced again."""
+    producer_restarts: int = 0
+    """Producers replaced after a fatal error (e.g. the idempotent producer lost its sequence)."""
+
+
+@dataclass(slots=True, eq=False)
+class _Pending:
+    """A record on its way to Kafka, and the MQTT delivery that waits for it."""
+
+    packet_id: int | None
+    record: KafkaRecord
+    attempts: int = 0
+
+
+class _InternalTransport:
+    """What the network layer writes the bridge's connection to: bytes go straight to the bridge."""
+
+    __slots__ = ("bridge", "conn", "closed")
+
+    def __init__(self, bridge: "Bridge", conn: Connection) -> None:
+        self.bridge = bridge
+        self.conn = conn
+        self.closed = False
+
+    def write(self, data: bytes | bytearray) -> None:
+        if not self.closed:
+            self.bridge._received(self.conn, data)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.bridge._connection_closed(self.conn)
+
+
+class Bridge:
+    """Device data from the broker's `$ferry-bridge` session to Kafka; PUBACK once Kafka has it."""
+
+    def __init__(self, config: BridgeConfig, server) -> None:
+        self.config = config
+        self.naming = config.naming()
+        self.server = server
+        self.broker = server.broker
+        self.stats = BridgeStats()
+        self._loop = asyncio.get_running_loop()
+        self.broker.set_session_policy(CLIENT_ID, SessionPolicy(config.spool_max_messages,
+                                                                config.spool_max_bytes))
+        self.kafka = self._new_kafka()
+        self._conn: Connection | None = None
+        self._decoder: Decoder | None = None
+        self._pending: dict[int, _Pending] = {}
+        self._backlog: list[int] = []
+        self._tokens = itertools.count(1)
+        self._stopping = False
+        self._last_packet_at = 0.0
+        self._was_connected: bool | None = None
+        self._errors_unlogged = 0
+        self._error_logged_at = float("-inf")
+
+    def _new_kafka(self) -> KafkaSide:
+        return KafkaSide(self.config, self._loop, self._on_delivered, self._on_fatal)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        """Start the producer (raises ProducerSettingsError for bad librdkafka settings) and
+        attach to the broker; call before the listener accepts devices."""
+        self.kafka.start()
+        self._connect()
+        self.server.add_tick(self.tick)
+        log.info("bridge to Kafka %s as gateway %r (spool limits %d messages, %d bytes; in flight %d)",
+                 self.config.kafka, self.naming.gateway_id, self.config.spool_max_messages,
+                 self.config.spool_max_bytes, self.config.inflight)
+
+    def _connect(self) -> None:
+        if self._stopping:
+            return
+        now = self.server.now()
+        conn = self.broker.open_connection("internal:kafka-bridge", now, internal=True)
+        self._conn = conn
+        self._decoder = Decoder(server_side=False, protocol_version=ProtocolVersion.V5)
+        self._pending.clear()  # the session resends every unacknowledged delivery on reconnect
+        self._backlog.clear()
+        self.server.transports[conn.conn_id] = _InternalTransport(self, conn)
+        max_keepalive = self.broker.config.max_keepalive_s
+        keepalive = 0 if max_keepalive >= 65_535 else max_keepalive
+        props = Properties(session_expiry_interval=NEVER_EXPIRES, receive_maximum=self.config.inflight)
+        self._send(Connect(CLIENT_ID, ProtocolVersion.V5, False, keepalive, properties=props), now)
+        # retain_handling 1: retained messages only when the subscription is new (first start).
+        self._send(Subscribe(1, (Subscription(TOPIC_FILTER, 1, retain_handling=1),)), now)
+
+    def _send(self, packet: object, now: float) -> None:
+        self._last_packet_at = now
+        self.broker.handle_packet(self._conn, packet, now)
+        self.server.schedule_flush()
+
+    def _connection_closed(self, conn: Connection) -> None:
+        self.server.transports.pop(conn.conn_id, None)
+        self.broker.connection_lost(conn, self.server.now())
+        self.server.schedule_flush()
+        if conn is self._conn:
+            self._conn = None
+            if not self._stopping:
+                log.warning("the bridge's connection to the broker closed (%s); reconnecting",
+                            conn.close_reason.name if conn.close_reason is not None else "closed")
+                self._loop.call_later(RECONNECT_S, self._connect)
+
+    async def stop(self) -> None:
+        """Give Kafka a few seconds for what is in flight, PUBACK what it acknowledged, detach.
+        Whatever is still unacknowledged stays in the spool for the next start."""
+        self._stopping = True
+        left = await self.kafka.stop(STOP_FLUSH_S)
+        if left:
+            log.info("bridge stopped with %d record(s) unacknowledged by Kafka; they stay spooled", left)
+        conn = self._conn
+        if conn is not None and not conn.closed:
+            self._send(Disconnect(), self.server.now())
+
+    def tick(self, now: float) -> None:
+        """Once a second: keepalive, retry what librdkafka's queue refused, log Kafka going up/down."""
+        conn = self._conn
+        if conn is not None and conn.keepalive_s and now - self._last_packet_at >= conn.keepalive_s / 2:
+            self._send(Pingreq(), now)
+        if self._backlog:
+            self._produce_backlog()
+        connected = self.kafka.connected
+        if connected is not None and connected != self._was_connected:
+            if connected:
+                log.info("Kafka %s reachable; spool holds %d message(s)", self.config.kafka, self.spool_depth())
+            else:
+                log.warning("Kafka %s unreachable; device messages spool on disk (%d now)", self.config.kafka,
+                            self.spool_depth())
+            self._was_connected = connected
+
+    # ------------------------------------------------------------------ broker → Kafka
+
+    def _received(self, conn: Connection, data: bytes | bytearray) -> None:
+        if conn is not self._conn:
+            return
+        try:
+            packets = self._decoder.feed(bytes(data))
+        except ProtocolError as error:  # our own broker's output: a bug, never expected
+            log.error("bridge cannot decode the broker's output: %s", error)
+            self.server.transports[conn.conn_id].close()
+            return
+        for packet in packets:
+            kind = type(packet)
+            if kind is Publish:
+                self._on_publish(packet)
+            elif kind is Connack:
+                if packet.reason_code >= 0x80:
+                    log.error("broker refused the bridge's session: %s", packet.reason_code.name)
+                else:
+                    log.info("bridge attached to the broker (spool %s, %d message(s) waiting)",
+                             "resumed" if packet.session_present else "new", self.spool_depth())
+            elif kind is Suback:
+                if any(code >= 0x80 for code in packet.reason_codes):
+                    log.error("broker refused the bridge's subscription: %s", packet.reason_codes)
+            elif kind is Disconnect:
+                log.warning("broker disconnected the bridge: %s", packet.reason_code.name)
+
+    def _on_publish(self, packet: Publish) -> None:
+        if _is_command(packet.topic):
+            self.stats.commands_skipped += 1
+            if packet.packet_id:  # after this delivery is done: the broker is mid-call
+                self._loop.call_soon(self._ack_now, packet.packet_id)
+            return
+        received_at = 0.0
+        if packet.packet_id:
+            session = self._session()
+            item = session.inflight.get(packet.packet_id) if session is not None else None
+            if item is not None:
+                received_at = item.message.received_at
+        # The broker's receive time; unknown for messages restored after a restart: then now.
+        received_ms = int((received_at or time.time()) * 1000)
+        record = kafka_record(self.naming, packet.topic, packet.payload, received_ms)
+        token = next(self._tokens)
+        self._pending[token] = _Pending(packet.packet_id, record)
+        if self._backlog:
+            self._backlog.append(token)  # keep the order behind what waits already
+        else:
+            self._produce(token)
+
+    def _ack_now(self, packet_id: int) -> None:
+        if self._conn is not None:
+            self.broker.handle_packet(self._conn, Puback(packet_id), self.server.now())
+            self.server.schedule_flush()
+
+    def _produce(self, token: int) -> bool:
+        """Hand one pending record to librdkafka; False if its queue is full (kept in the backlog)."""
+        pending = self._pending.get(token)
+        if pending is None:
+            return True
+        try:
+            self.kafka.produce(pending.record, token)
+        except BufferError:
+            return False
+        except KafkaException as exc:
+            self._failed(token, pending, exc.args[0])
+            return True
+        self.stats.produced += 1
+        return True
+
+    def _produce_backlog(self) -> None:
+        backlog, self._backlog = self._backlog, []
+        for index, token in enumerate(backlog):
+            if not self._produce(token):
+                self._backlog = backlog[index:] + self._backlog
+                return
+
+    def _on_delivered(self, batch: list[Delivered]) -> None:
+        conn = self._conn
+        now = self.server.now()
+        acked = False
+        for delivered in batch:
+            pending = self._pending.get(delivered.token)
+            if pending is None:  # from before a reconnect: that delivery is resent anyway
+                continue
+            if delivered.error is not None:
+                self._failed(delivered.token, pending, delivered.error)
+                continue
+            del self._pending[delivered.token]
+            self.stats.acked += 1
+            if pending.record.topic == self.naming.deadletter_topic:
+                self.stats.deadlettered += 1
+            if pending.packet_id and conn is not None:
+                self._last_packet_at = now
+                self.broker.handle_packet(conn, Puback(pending.packet_id), now)
+                acked = True
+        if acked:
+            self.server.schedule_flush()
+        if self._backlog:
+            self._produce_backlog()
+
+    def _failed(self, token: int, pending: _Pending, error: KafkaError) -> None:
+        """Kafka did not take a record: no PUBACK; it stays in the spool and is produced again."""
+        self.stats.produce_errors += 1
+        pending.attempts += 1
+        delay = min(RETRY_MAX_S, RETRY_FIRST_S * 2 ** (pending.attempts - 1))
+        self._errors_unlogged += 1
+        now = self.server.now()
+        if now - self._error_logged_at >= ERROR_LOG_INTERVAL_S:
+            log.warning("Kafka did not take %d record(s) since the last report, now one for %s: %s; "
+                        "kept in the spool, retrying in %.1f s", self._errors_unlogged, pending.record.topic,
+                        error.str() if isinstance(error, KafkaError) else error, delay)
+            self._errors_unlogged = 0
+            self._error_logged_at = now
+        self._loop.call_later(delay, self._retry, token)
+
+    def _retry(self, token: int) -> None:
+        if token in self._pending and not self._stopping:
+            if self._backlog or not self._produce(token):
+                self._backlog.append(token)
+
+    def _on_fatal(self, error: KafkaError) -> None:
+        """The idempotent producer cannot go on: replace it and produce everything in flight again."""
+        if self._stopping:
+            return
+        log.error("Kafka producer failed fatally (%s): starting a new one and producing %d record(s) again",
+                  error.str(), len(self._pending))
+        self.stats.producer_restarts += 1
+        old = self.kafka
+        self._loop.create_task(old.stop(0))
+        self.kafka = self._new_kafka()
+        self.kafka.start()
+        tokens = sorted(self._pending)
+        self._pending = {next(self._tokens): self._pending[t] for t in tokens}  # old reports are ignored
+        self._backlog = list(self._pending)
+        self._produce_backlog()
+
+    # ------------------------------------------------------------------ metrics
+
+    def _session(self) -> Session | None:
+        return self.broker.sessions.get(CLIENT_ID)
+
+    def spool_depth(self) -> int:
+        """Messages in the spool: queued for the bridge plus delivered to it and not yet acknowledged."""
+        session = self._session()
+        return 0 if session is None else len(session.queue) + len(session.inflight)
+
+    def spool_bytes(self) -> int:
+        session = self._session()
+        if session is None:
+            return 0
+        return session.queued_bytes + sum(len(item.message.payload) for item in session.inflight.values())
+
+    @property
+    def kafka_connected(self) -> bool:
+        return bool(self.kafka.connected)
+
+
+def _is_command(topic: str) -> bool:
+    try:
+        return parse_topic(topic).channel is Channel.CMD
+    except ContractError:
+        return False

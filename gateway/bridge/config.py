@@ -1,0 +1,85 @@
+"""`[bridge]`: where the Kafka bridge sends device data and how large its disk spool may grow."""
+
+from __future__ import annotations
+
+import re
+import socket
+from dataclasses import dataclass, field
+
+from ferry.contract import BridgeNaming
+
+_DEFAULT_NAMING = BridgeNaming(gateway_id="-")
+
+LibrdkafkaValue = str | int | float | bool
+
+RESERVED_LIBRDKAFKA_KEYS = frozenset({
+    "bootstrap.servers", "metadata.broker.list", "enable.idempotence", "acks", "request.required.acks",
+    "partitioner", "statistics.interval.ms", "enable.gapless.guarantee",
+})
+"""librdkafka settings the bridge owns: its guarantees (idempotent, acks=all, murmur2 keys) and its
+Kafka-connected metric depend on them, so `bridge.librdkafka` cannot change them."""
+
+KAFKA_TOPIC_RE = re.compile(r"[A-Za-z0-9._-]{1,249}")
+
+
+@dataclass(frozen=True, slots=True)
+class BridgeConfig:
+    """`[bridge]`: the Kafka bridge; it runs only when `kafka` is set."""
+
+    kafka: str | None = None
+    """Kafka bootstrap servers, `host:port[,host:port...]`; the bridge is off without it."""
+    gateway_id: str | None = None
+    """This gateway's name in every record's `ferry-gateway` header; the host name when unset."""
+    telemetry_topic: str = _DEFAULT_NAMING.telemetry_topic
+    """Kafka topic for `ferry/<site>/<device>/telemetry`."""
+    status_topic: str = _DEFAULT_NAMING.status_topic
+    """Kafka topic for `ferry/<site>/<device>/status`."""
+    reply_topic: str = _DEFAULT_NAMING.reply_topic
+    """Kafka topic for `ferry/<site>/<device>/reply`."""
+    deadletter_topic: str = _DEFAULT_NAMING.deadletter_topic
+    """Kafka topic for anything under `ferry/` that breaks the contract (with a `ferry-error` header)."""
+    spool_max_messages: int = 1_000_000
+    """Messages the spool (the bridge's session queue in the store) holds; when full, device
+    publishes that would go to it are refused (not acknowledged) and devices keep them."""
+    spool_max_bytes: int = 1_073_741_824
+    """Payload bytes the spool holds; beyond it, as for `spool_max_messages`."""
+    inflight: int = 1000
+    """Messages handed to the Kafka producer and not yet acknowledged by Kafka (1..65535)."""
+    librdkafka: dict[str, LibrdkafkaValue] = field(default_factory=dict)
+    """Further librdkafka producer settings (security, batching, timeouts), passed through as is."""
+
+    @property
+    def enabled(self) -> bool:
+        return self.kafka is not None
+
+    def naming(self) -> BridgeNaming:
+        return BridgeNaming(self.gateway_id or socket.gethostname(), self.telemetry_topic,
+                            self.status_topic, self.reply_topic, self.deadletter_topic)
+
+
+def check_bridge(bridge: BridgeConfig) -> str | None:
+    """The first problem with a `[bridge]` table as `bridge.<key>: problem`, or None."""
+    if bridge.kafka is not None:
+        servers = [s.strip() for s in bridge.kafka.split(",")]
+        for server in servers:
+            host, sep, port = server.rpartition(":")
+            if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+                return f"bridge.kafka: {server!r} is not host:port"
+    if bridge.gateway_id is not None and not bridge.gateway_id:
+        return "bridge.gateway_id: must not be empty"
+    for key in ("telemetry_topic", "status_topic", "reply_topic", "deadletter_topic"):
+        topic = getattr(bridge, key)
+        if not KAFKA_TOPIC_RE.fullmatch(topic) or topic in (".", ".."):
+            return f"bridge.{key}: {topic!r} is not a Kafka topic name (1-249 of A-Z a-z 0-9 . _ -)"
+    if bridge.spool_max_messages < 1:
+        return "bridge.spool_max_messages: must be at least 1"
+    if bridge.spool_max_bytes < 1:
+        return "bridge.spool_max_bytes: must be at least 1"
+    if not 1 <= bridge.inflight <= 65_535:
+        return "bridge.inflight: must be 1..65535"
+    for key in bridge.librdkafka:
+        if key in RESERVED_LIBRDKAFKA_KEYS:
+            return f"bridge.librdkafka.{key}: set by the bridge itself and cannot be changed"
+        if key.endswith("_cb") or key in ("on_delivery", "logger"):
+            return f"bridge.librdkafka.{key}: callbacks cannot be set from the config file"
+    return None

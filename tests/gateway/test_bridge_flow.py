@@ -1,0 +1,109 @@
+"""The bridge's acknowledgement rule inside one gateway, with Kafka replaced by a fake producer.
+
+A real Gateway (broker core, journal, network layer, bridge) on the event loop;
+the device speaks MQTT over a socket; the test decides when and how "Kafka"
+answers each record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from confluent_kafka import KafkaError
+
+from ferry.contract import kafka_record
+from gateway.bridge import bridge as bridge_module
+from gateway.bridge.bridge import CLIENT_ID
+from gateway.bridge.producer import Delivered
+from gateway.config import parse_config
+from gateway.main import Gateway
+from gateway.mqtt import Connack, Connect, Decoder, ProtocolVersion, Puback, Publish, encode
+
+V311 = ProtocolVersion.V311
+READING = b'{"v":1,"dev":"dev1","boot":1,"seq":0,"ts":1732480000123,"sync":true,"m":{"t_c":1}}'
+
+
+class FakeKafka:
+    """Stands in for `KafkaSide`: keeps what was produced; the test delivers."""
+
+    def __init__(self, config, loop, on_delivered, on_fatal) -> None:
+        self.on_delivered = on_delivered
+        self.produced: list[tuple[int, object]] = []
+        self.connected = True
+
+    def start(self) -> None:
+        pass
+
+    def produce(self, record, token: int) -> None:
+        self.produced.append((token, record))
+
+    def deliver(self, index: int, error: KafkaError | None = None) -> None:
+        self.on_delivered([Delivered(self.produced[index][0], error)])
+
+    async def stop(self, flush_s: float) -> int:
+        return 0
+
+
+async def until(predicate, timeout_s: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not predicate():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.01)
+
+
+async def scenario(tmp_path: Path) -> None:
+    config = parse_config('[bridge]\nkafka = "127.0.0.1:9"\ngateway_id = "gw"\n')
+    gateway = Gateway(config, tmp_path)
+    host, port = await gateway.start(("127.0.0.1", 0), None)
+    try:
+        bridge = gateway.bridge
+        kafka: FakeKafka = bridge.kafka
+        session = gateway.server.broker.sessions[CLIENT_ID]
+        reader, writer = await asyncio.open_connection(host, port)
+        decoder = Decoder(server_side=False, protocol_version=V311)
+        writer.write(encode(Connect("dev1", V311, True, 60), V311))
+        writer.write(encode(Publish("ferry/s/dev1/telemetry", READING, 1, packet_id=1), V311))
+        got: list[object] = []
+        while len(got) < 2:
+            got += decoder.feed(await asyncio.wait_for(reader.read(4096), 5))
+        assert got == [Connack(False, 0), Puback(1)]  # the device's PUBACK: the message is in the spool
+
+        await until(lambda: len(kafka.produced) == 1)
+        record = kafka.produced[0][1]
+        received_ms = int(dict(record.headers)["ferry-received-ms"])
+        assert record == kafka_record(bridge.naming, "ferry/s/dev1/telemetry", READING, received_ms)
+        assert bridge.spool_depth() == 1
+
+        kafka.deliver(0, KafkaError(KafkaError._MSG_TIMED_OUT))  # Kafka did not take it
+        assert bridge.stats.produce_errors == 1
+        assert len(session.inflight) == 1  # no PUBACK to the core: still spooled
+        await until(lambda: len(kafka.produced) == 2, timeout_s=3)  # produced again after the back-off
+        assert kafka.produced[1][1] == record
+
+        kafka.deliver(1)  # acknowledged
+        await until(lambda: not session.inflight)
+        assert bridge.spool_depth() == 0
+        assert (bridge.stats.acked, bridge.stats.deadlettered) == (1, 0)
+
+        # The core closes the bridge's connection (here: as a keepalive timeout would): it reconnects
+        # and the session resends what was unacknowledged, which is produced again.
+        writer.write(encode(Publish("ferry/s/dev1/status", b"{}", 1, packet_id=2), V311))
+        await until(lambda: len(kafka.produced) == 3)
+        gateway.server.transports[bridge._conn.conn_id].close()
+        await until(lambda: len(kafka.produced) == 4, timeout_s=5)
+        assert kafka.produced[3][1].value == b"{}"
+        kafka.deliver(2)  # a report from before the reconnect is ignored: the resend is what counts
+        assert len(session.inflight) == 1
+        kafka.deliver(3)
+        await until(lambda: not session.inflight)
+        writer.close()
+    finally:
+        await gateway.stop()
+
+
+def test_the_spool_lets_go_of_a_message_only_when_kafka_acknowledged_it(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(bridge_module, "KafkaSide", FakeKafka)
+    asyncio.run(scenario(tmp_path))
