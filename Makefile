@@ -23,8 +23,10 @@ test: install
 	fi
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# The whole pipeline locally with a simulated fleet (docs/demo.md);
+# `make demo DEMO_ARGS="--devices 50 --duration 120"`.
 demo: install
-	$(BIN)/ferry demo
+	$(BIN)/ferry demo $(DEMO_ARGS)
 
 # Ferry's broker against Mosquitto (Debian package `mosquitto`), installed here when
 # missing and we are root; `make bench BENCH_ARGS="--scenarios qos0-throughput"`.

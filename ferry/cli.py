@@ -12,29 +12,22 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-EXIT_NOT_BUILT = 3
-
-
 @dataclass(frozen=True, slots=True)
 class Subcommand:
-    """A subcommand and the module whose `main(argv) -> int` runs it.
-
-    `module` is None while the part is not built; `issue` says where it is tracked.
-    """
+    """A subcommand and the module whose `main(argv) -> int` runs it."""
 
     name: str
     help: str
-    module: str | None
-    issue: int
+    module: str
 
 
 SUBCOMMANDS = (
-    Subcommand("gateway", "run the durable MQTT broker and the Kafka bridge (Raspberry Pi)", "gateway.main", 3),
-    Subcommand("worker", "run the Faust analytics worker", "server.main", 6),
-    Subcommand("flash", "copy the device firmware to a board with mpremote", "ferry.flash", 4),
-    Subcommand("sim", "run simulated boards, links and power cuts", "hwsim.cli", 5),
-    Subcommand("demo", "run the whole pipeline locally with a simulated fleet", None, 5),
-    Subcommand("bench", "benchmark a part of Ferry against a peer", "bench.main", 3),
+    Subcommand("gateway", "run the durable MQTT broker and the Kafka bridge (Raspberry Pi)", "gateway.main"),
+    Subcommand("worker", "run the Faust analytics worker", "server.main"),
+    Subcommand("flash", "copy the device firmware to a board with mpremote", "ferry.flash"),
+    Subcommand("sim", "run simulated boards, links and power cuts", "hwsim.cli"),
+    Subcommand("demo", "run the whole pipeline locally with a simulated fleet", "ferry.demo"),
+    Subcommand("bench", "benchmark a part of Ferry against a peer", "bench.main"),
 )
 
 
@@ -58,9 +51,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Only the subcommand name is parsed here; its own parser reads the rest.
     args = build_parser().parse_args(argv[:1])
     sub = next(s for s in SUBCOMMANDS if s.name == args.command)
-    if sub.module is None:
-        print(f"ferry {sub.name}: not built yet (tracked in issue {sub.issue})", file=sys.stderr)
-        return EXIT_NOT_BUILT
     return importlib.import_module(sub.module).main(argv[1:])
 
 

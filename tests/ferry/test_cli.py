@@ -1,4 +1,4 @@
-"""The `ferry` command lists its parts and is honest about the ones not built yet."""
+"""The `ferry` command lists its parts, and each part answers `--help`."""
 
 from __future__ import annotations
 
@@ -21,13 +21,11 @@ def test_help_lists_every_subcommand() -> None:
         assert name in result.stdout
 
 
-def test_unbuilt_subcommands_say_so_and_fail() -> None:
-    unbuilt = [sub for sub in SUBCOMMANDS if sub.module is None]
-    for sub in unbuilt:
-        result = run_ferry(sub.name)
-        assert result.returncode != 0
-        assert "not built yet" in result.stderr
-        assert result.stdout == ""
+def test_every_subcommand_answers_help() -> None:
+    for sub in SUBCOMMANDS:
+        result = run_ferry(sub.name, "--help")
+        assert result.returncode == 0, (sub.name, result.stderr[-1000:])
+        assert "usage:" in result.stdout.lower(), sub.name
 
 
 def test_sim_link_lists_the_profiles_and_fleet_needs_a_gateway() -> None:
