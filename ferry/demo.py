@@ -398,8 +398,6 @@ class Demo:
         self.stop_outages()
         self.say(f"{self.elapsed()} power cuts and uplink outages stopped; devices stop sampling and send "
                  f"their backlog")
-        if not self.wait_for_births():
-            return False
         if not self.fleet.drain(self.o.drain_timeout_s, self.signals.abort):
             self.say("stopped at once" if self.signals.abort.is_set() else
                      "the devices did NOT send everything within --drain-timeout")
@@ -422,23 +420,6 @@ class Demo:
                 return False
         self.say("the worker did NOT count every reading within --drain-timeout")
         return False
-
-    def wait_for_births(self) -> bool:
-        """The drain is a command on each device's cmd topic: a device that has never connected has no
-        subscription on the gateway yet, and would miss it. Its first birth status says it has one
-        (the firmware subscribes before it publishes the birth)."""
-        deadline = time.monotonic() + self.o.drain_timeout_s
-        while True:
-            with self.fleet.subscriber.lock:
-                waiting = [d for d, t in self.fleet.tallies.items() if t.status_boot == 0]
-            if not waiting:
-                return True
-            if time.monotonic() >= deadline:
-                self.say(f"devices never connected within --drain-timeout: {', '.join(waiting)}")
-                return False
-            if self.signals.abort.wait(0.2):
-                self.say("stopped at once")
-                return False
 
     def final(self, drained: bool | None) -> int:
         rows = balances(self.fleet.rows(), self.worker.get("/devices")) if self.fleet else []

@@ -47,6 +47,7 @@ from hwsim.micropython import DEVICE_LIB_DIR, REPO_ROOT
 DEVICE_DIR = REPO_ROOT / "device"
 DEFAULT_SITE = "sim"
 DRAIN_SAMPLE_S = 86400
+DRAIN_RESEND_S = 3.0
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 MAX_IN_PROCESS_LINK = 300
 """`VirtualBoard` waits with `select.select` (fds < 1024); an in-process link adds two sockets per
@@ -550,11 +551,19 @@ class Fleet:
         timeout_s = self.o.drain_timeout_s if timeout_s is None else timeout_s
         stop_event = stop_event or threading.Event()
         cid = f"drain-{os.getpid()}-{int(time.time())}"
-        for dev in self.tallies:
-            self.subscriber.command(dev, {"v": 1, "id": cid, "op": "set", "args": {"sample_s": DRAIN_SAMPLE_S}})
+        command = {"v": 1, "id": cid, "op": "set", "args": {"sample_s": DRAIN_SAMPLE_S}}
         deadline = time.monotonic() + timeout_s
         next_live = time.monotonic() + self.o.live_every_s
+        next_send = 0.0
         while True:
+            if time.monotonic() >= next_send:
+                # Again until each device answers: one that has never connected has no session
+                # (and no subscription) on the gateway yet, so the broker had nowhere to keep it.
+                next_send = time.monotonic() + DRAIN_RESEND_S
+                with self.subscriber.lock:
+                    unanswered = [d for d, t in self.tallies.items() if cid not in t.replies]
+                for dev in unanswered:
+                    self.subscriber.command(dev, command)
             if self._drained(cid):
                 return True
             if time.monotonic() >= deadline or stop_event.wait(0.5):

@@ -125,11 +125,9 @@ class WorkerState:
         # A full batch means more records were waiting: the worker is behind its topics.
         self.lagging = len(records) >= self.config.batch_size
         async with self.lock:
-            owned = self.owned_partitions()
-            # Records of a partition revoked while they sat in the batch are its new owner's
-            # to process (their offsets were not committed here): leave them.
-            mine = [r for r in records if owned is None or r.partition in owned]
-            result = apply_batch(mine, self._state_or_new, self.history_of, self.settings)
+            # Every record of the batch is applied, even one whose partition was revoked while it
+            # waited: `take_events` acks the whole batch afterwards, so one left out would be lost.
+            result = apply_batch(records, self._state_or_new, self.history_of, self.settings)
             # Publish before the tables record that the windows closed: a crash in between
             # publishes them again (identical) rather than never.
             await self._publish(result)
@@ -139,7 +137,8 @@ class WorkerState:
                 _put(self.history, partition, device, value)
             for verdict, n in result.verdicts.items():
                 self.counts[verdict] = self.counts.get(verdict, 0) + n
-            self.watch.processed(((self._topic(r.channel), r.partition, r.offset) for r in mine), time.monotonic())
+            self.watch.processed(((self._topic(r.channel), r.partition, r.offset) for r in records),
+                                 time.monotonic())
             return result
 
     def _topic(self, channel: str) -> str:
@@ -222,7 +221,15 @@ def wire(app: faust.App, config: ServerConfig) -> Streams:
 
     async def ingest(stream: faust.StreamT) -> None:
         async for events in stream.take_events(config.batch_size, within=config.batch_within_ms / 1000):
-            await worker.process(_record(event, config) for event in events)
+            # `take_events` acks the batch when this body is left, even by a cancellation (the
+            # worker stopping): finish writing the batch first, or its records would be acked,
+            # committed and never applied.
+            batch = asyncio.ensure_future(worker.process([_record(event, config) for event in events]))
+            try:
+                await asyncio.shield(batch)
+            except asyncio.CancelledError:
+                await batch
+                raise
 
     ingest_agent = app.agent(source, name="ferry-ingest")(ingest)
 

@@ -107,3 +107,18 @@ def test_the_health_timer_raises_offline_for_a_silent_device(streams: Streams) -
     assert (soon, later) == (0, 1)
     assert [s["value"]["kind"] for s in sent] == ["offline"]
     assert streams.devices["dev-01"]["alerts"][-1]["kind"] == "offline"
+
+
+def test_a_batch_applies_records_of_a_partition_revoked_while_they_waited(streams: Streams) -> None:
+    """`take_events` acks the whole batch afterwards: a record left out would be committed unapplied."""
+    from faust.types import TP
+
+    owned_elsewhere = {TP(streams.worker.config.telemetry_topic, 0)}
+
+    async def run() -> None:
+        with mock.patch.object(streams.devices, "send_changelog"), \
+                mock.patch.object(streams.worker.app.assignor, "assigned_actives", return_value=owned_elsewhere):
+            await streams.worker.process([Record("dev-01", TELEMETRY, reading(0), T0, T0, partition=1)])
+
+    asyncio.run(run())
+    assert streams.devices["dev-01"]["account"]["received"] == 1

@@ -78,7 +78,8 @@ def test_worker_dedupes_counts_gaps_and_heals_them(kafka, topics: Topics, tmp_pa
     with again:
         expected = {**expected, "received": 20, "duplicates": 5}
         accounting = wait_for(lambda: numbers(get_json(port, "/accounting")), lambda a: a == expected, again)
-        assert accounting == expected, (accounting, again.log_tail())
+        assert accounting == expected, (accounting, get_json(port, "/devices/dev-a"), get_json(port, "/devices/dev-b"),
+                                        again.log_tail())
         assert again.stop() == 0, again.log_tail()
 
 
