@@ -60,11 +60,16 @@ class GatewayProcess:
         self.process = ManagedProcess(f"gateway#{self.starts}", self.argv(), self.log_path)
         self.process.start()
         try:
-            self.process.wait_ready(lambda: accepts_connections(self.host, self.port), READY_TIMEOUT_S)
+            self.process.wait_ready(self._ready, READY_TIMEOUT_S)
         except Exception:
             self.process.stop()
             raise
         return self
+
+    def _ready(self) -> bool:
+        """The MQTT listener accepts, and so does the metrics endpoint when there is one."""
+        return accepts_connections(self.host, self.port) and (
+            self.metrics_port is None or accepts_connections(self.host, self.metrics_port))
 
     def kill(self) -> None:
         """SIGKILL: a crash or power cut, as far as the store can tell."""
