@@ -17,6 +17,7 @@ from typing import Protocol
 
 from gateway.broker import delivery
 from gateway.broker.config import NEVER_EXPIRES, BrokerConfig, SessionPolicy
+from gateway.broker.policies import SessionPolicies
 from gateway.broker.index import Subscribed, SubscriptionIndex
 from gateway.broker.session import Connection, Delivery, DeliveryState, Message, Session
 from gateway.broker.stats import BrokerStats, DropReason
@@ -30,7 +31,6 @@ from gateway.store import records as rec
 log = logging.getLogger(__name__)
 
 V5 = ProtocolVersion.V5
-REFUSAL_LOG_INTERVAL_S = 10.0
 
 
 class RecordSink(Protocol):
@@ -64,9 +64,7 @@ class Broker:
         self._ready: set[Connection] = set()
         self._holding: set[Connection] = set()
         self._pending_wills: dict[str, tuple[float, Connection]] = {}
-        self._policies: dict[str, SessionPolicy] = {}
-        self._refusals_unlogged = 0
-        self._refusal_logged_at = float("-inf")
+        self._policies = SessionPolicies()
         self._handlers = {
             Publish: self._on_publish, Puback: self._on_puback, Pubrec: self._on_pubrec,
             Pubrel: self._on_pubrel, Pubcomp: self._on_pubcomp, Pingreq: self._on_pingreq,
@@ -163,7 +161,7 @@ class Broker:
     def set_session_policy(self, client_id: str, policy: SessionPolicy) -> None:
         """Give one internal client id its own queue limits and full-queue policy; the id is then
         reserved for connections opened with `internal=True`."""
-        self._policies[client_id] = policy
+        self._policies.set(client_id, policy)
 
     def open_connection(self, peer: str, now: float, internal: bool = False) -> Connection:
         conn = Connection(next(self._conn_ids), peer=peer, last_packet_at=now,
@@ -458,27 +456,13 @@ class Broker:
     def _refused(self, conn: Connection, topic: str, size: int, now: float) -> bool:
         """True (and the publisher's connection closing) when a session whose policy refuses
         when full would receive this message and its queue has no room for it."""
-        for client_id, policy in self._policies.items():
-            target = self.sessions.get(client_id)
-            if target is None or not policy.refuse_when_full:
-                continue
-            if len(target.queue) < policy.max_queued_messages and \
-                    target.queued_bytes + size <= policy.max_queued_bytes:
-                continue
-            if not any(topic_matches(split_shared(f)[1], topic) for f in target.subscriptions):
-                continue
-            self.stats.refused_full += 1
-            self._refusals_unlogged += 1
-            if now - self._refusal_logged_at >= REFUSAL_LOG_INTERVAL_S:
-                log.warning("queue of %s is full (%d messages, %d bytes): refused %d publish(es) since the "
-                            "last report, now from %s (%s), closing its connection; publishers keep them",
-                            client_id, len(target.queue), target.queued_bytes, self._refusals_unlogged,
-                            conn.client_id, conn.peer)
-                self._refusals_unlogged = 0
-                self._refusal_logged_at = now
-            self._close(conn, ReasonCode.QUOTA_EXCEEDED)
-            return True
-        return False
+        target = self._policies.full_target(self.sessions, topic, size)
+        if target is None:
+            return False
+        self.stats.refused_full += 1
+        self._policies.log_refusal(target, conn.client_id, conn.peer, now)
+        self._close(conn, ReasonCode.QUOTA_EXCEEDED)
+        return True
 
     def _retain(self, message: Message) -> None:
         """Set or clear the retained message of its topic (an empty payload clears) [MQTT-3.3.1-10]."""
@@ -581,20 +565,14 @@ class Broker:
 
     def _enqueue(self, session: Session, item: Delivery) -> None:
         size = len(item.message.payload)
-        policy = self._policies.get(session.client_id) if self._policies else None
-        max_messages, max_bytes = (self.config.max_queued_messages, self.config.max_queued_bytes) \
-            if policy is None else (policy.max_queued_messages, policy.max_queued_bytes)
-        if len(session.queue) >= max_messages:
-            if policy is not None:
+        max_messages, max_bytes, warn = self._policies.limits(session.client_id, self.config)
+        reason = (DropReason.QUEUE_FULL if len(session.queue) >= max_messages
+                  else DropReason.QUEUE_BYTES if session.queued_bytes + size > max_bytes else None)
+        if reason is not None:
+            if warn:
                 log.warning("queue of %s is full: dropped a message for it (%s)", session.client_id,
                             item.message.topic)
-            self.stats.dropped[DropReason.QUEUE_FULL] += 1
-            return
-        if session.queued_bytes + size > max_bytes:
-            if policy is not None:
-                log.warning("queue of %s is full: dropped a message for it (%s)", session.client_id,
-                            item.message.topic)
-            self.stats.dropped[DropReason.QUEUE_BYTES] += 1
+            self.stats.dropped[reason] += 1
             return
         self._persist_delivery(session, item)
         session.queue.append(item)
