@@ -49,6 +49,8 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 $(STAMP): pyproject.toml | $(BIN)/python
+	@# The distribution was called `ferry` before 0.2; an old editable install would shadow the namespace.
+	$(BIN)/python -m pip uninstall --quiet --yes ferry 2>/dev/null || true
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $@
 

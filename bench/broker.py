@@ -16,11 +16,11 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from bench.loadgen import raise_nofile_limit
-from bench.model import FlowResult, IdleResult
-from bench.runner import run_load
-from bench.scenarios import Case, Settings, TargetCheck, build_cases, check_targets
-from bench.targets import Variant, find_mosquitto, make_target, mosquitto_version, nofile_limit
+from ferry.bench.loadgen import raise_nofile_limit
+from ferry.bench.model import FlowResult, IdleResult
+from ferry.bench.runner import run_load
+from ferry.bench.scenarios import Case, Settings, TargetCheck, build_cases, check_targets
+from ferry.bench.targets import Variant, find_mosquitto, make_target, mosquitto_version, nofile_limit
 
 log = logging.getLogger(__name__)
 

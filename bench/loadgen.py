@@ -1,4 +1,4 @@
-"""The load generator: `python -m bench.loadgen SPEC.json RESULT.json`, one process, one uvloop loop.
+"""The load generator: `python -m ferry.bench.loadgen SPEC.json RESULT.json`, one process, one uvloop loop.
 
 It runs in its own process (started by `ferry bench`, see `bench/runner.py`)
 so its CPU is its own and can be measured and pinned to a core of its own.
@@ -20,8 +20,8 @@ import sys
 import time
 from pathlib import Path
 
-from bench import wire
-from bench.model import FlowResult, Histogram, IdleResult, LoadSpec, Mode, read_json, write_json
+from ferry.bench import wire
+from ferry.bench.model import FlowResult, Histogram, IdleResult, LoadSpec, Mode, read_json, write_json
 
 BATCH = 32
 """QoS 0 throughput: messages per write (all stamped with the same send time)."""
@@ -626,7 +626,7 @@ def _loop_factory():
 
 def main(argv: list[str]) -> int:
     if len(argv) != 2:
-        print("usage: python -m bench.loadgen SPEC.json RESULT.json", file=sys.stderr)
+        print("usage: python -m ferry.bench.loadgen SPEC.json RESULT.json", file=sys.stderr)
         return 2
     spec = read_json(Path(argv[0]))
     assert isinstance(spec, LoadSpec)

@@ -14,7 +14,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench.scenarios import SCENARIOS, Settings
+from ferry.bench.scenarios import SCENARIOS, Settings
 
 EXIT_NOT_BUILT = 3
 EXIT_INTERRUPTED = 130
@@ -87,7 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"ferry bench {target}: not built yet (built: {', '.join(TARGETS)})", file=sys.stderr)
         return EXIT_NOT_BUILT
     if target == "server":
-        from bench.server import main as server_main
+        from ferry.bench.server import main as server_main
 
         return server_main(rest)
     args = build_parser().parse_args(rest)
@@ -101,9 +101,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         ferry_overrides=tuple(args.ferry_set))
     scenarios = tuple(s for s in SCENARIOS if s in args.scenarios)
 
-    from bench.broker import run_benchmark
-    from bench.report import render, write_results_json
-    from bench.targets import MOSQUITTO_INSTALL_HINT, find_mosquitto
+    from ferry.bench.broker import run_benchmark
+    from ferry.bench.report import render, write_results_json
+    from ferry.bench.targets import MOSQUITTO_INSTALL_HINT, find_mosquitto
 
     if not args.no_mosquitto and find_mosquitto() is None:
         print(f"ferry bench broker: Mosquitto was not found; running Ferry alone ({MOSQUITTO_INSTALL_HINT})",

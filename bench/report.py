@@ -6,10 +6,10 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from bench.broker import CaseResult, Environment, RunRecord
-from bench.model import FlowResult, IdleResult, to_json
-from bench.scenarios import SATURATED_CPU_PCT, bound_by
-from bench.targets import MOSQUITTO, MOSQUITTO_INSTALL_HINT, SINK
+from ferry.bench.broker import CaseResult, Environment, RunRecord
+from ferry.bench.model import FlowResult, IdleResult, to_json
+from ferry.bench.scenarios import SATURATED_CPU_PCT, bound_by
+from ferry.bench.targets import MOSQUITTO, MOSQUITTO_INSTALL_HINT, SINK
 
 Row = tuple[str, Callable[[object], float | str | None], str]
 """Label, how to get the value from a result, format ('' for text)."""

@@ -6,7 +6,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench.model import FlowResult, IdleResult, LoadSpec, Mode, read_json, write_json
+from ferry.bench.model import FlowResult, IdleResult, LoadSpec, Mode, read_json, write_json
 from ferry.process import ManagedProcess, ProcessFailed
 
 _PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -27,7 +27,7 @@ def run_load(spec: LoadSpec, work_dir: Path, name: str) -> FlowResult | IdleResu
     result_path = work_dir / f"{name}.result.json"
     result_path.unlink(missing_ok=True)
     write_json(spec, spec_path)
-    argv = [sys.executable, "-m", "bench.loadgen", str(spec_path), str(result_path)]
+    argv = [sys.executable, "-m", "ferry.bench.loadgen", str(spec_path), str(result_path)]
     process = ManagedProcess(f"loadgen {name}", argv, work_dir / f"{name}.loadgen.log", cwd=_PROJECT_ROOT)
     process.start()
     try:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from bench.model import FlowResult, IdleResult, LoadSpec, Mode
-from bench.targets import FERRY_FSYNC, FERRY_FSYNC_QOS1, FERRY_OS, MOSQUITTO, SINK, Variant
+from ferry.bench.model import FlowResult, IdleResult, LoadSpec, Mode
+from ferry.bench.targets import FERRY_FSYNC, FERRY_FSYNC_QOS1, FERRY_OS, MOSQUITTO, SINK, Variant
 
 SCENARIOS = ("generator-ceiling", "qos0-throughput", "qos1-throughput", "latency-10k", "idle-10k")
 CLOSED_LOOP_OUTSTANDING = 2_000

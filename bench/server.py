@@ -24,12 +24,12 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from ferry.contract import BridgeNaming, Reading, encode_reading
 from ferry.local_kafka import LocalKafka
-from hwsim.shims import sensor_model
-from server.config import ServerConfig
-from server.logic import TELEMETRY, Record, Settings, apply_batch
-from server.state import DeviceState
-from server.windows import History
-from server.process import WorkerProcess, bridge_records, produce, wait_for_answer
+from ferry.hwsim.shims import sensor_model
+from ferry.server.config import ServerConfig
+from ferry.server.logic import TELEMETRY, Record, Settings, apply_batch
+from ferry.server.state import DeviceState
+from ferry.server.windows import History
+from ferry.server.process import WorkerProcess, bridge_records, produce, wait_for_answer
 
 TARGET_PER_S = 5000
 T0_S = 1_767_225_600  # 2026-01-01T00:00:00Z

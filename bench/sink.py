@@ -1,4 +1,4 @@
-"""A null broker for measuring the load generator's own ceiling: `python -m bench.sink --port P`.
+"""A null broker for measuring the load generator's own ceiling: `python -m ferry.bench.sink --port P`.
 
 It speaks just enough MQTT 3.1.1 to look like a broker that costs nothing:
 CONNACK for every CONNECT; QoS 0 PUBLISHes are thrown away unread, QoS 1
@@ -17,7 +17,7 @@ import socket
 import sys
 import time
 
-from bench import wire
+from ferry.bench import wire
 
 CHUNK_MESSAGES = 512
 WRITE_HIGH_WATER_BYTES = 1_048_576
@@ -142,7 +142,7 @@ async def serve(host: str, port: int) -> None:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.sink", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m ferry.bench.sink", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args(argv)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ferry.process import ManagedProcess, free_port
-from gateway.process import READY_TIMEOUT_S, GatewayProcess, accepts_connections
+from ferry.gateway.process import READY_TIMEOUT_S, GatewayProcess, accepts_connections
 
 MOSQUITTO_PATHS = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
 MOSQUITTO_INSTALL_HINT = "install it with `sudo apt-get install mosquitto` (Debian/Ubuntu) to compare against it"
@@ -264,7 +264,7 @@ class SinkTarget(Target):
         self.process: ManagedProcess | None = None
 
     def start(self) -> "SinkTarget":
-        argv = [sys.executable, "-m", "bench.sink", "--host", HOST, "--port", str(self.port)]
+        argv = [sys.executable, "-m", "ferry.bench.sink", "--host", HOST, "--port", str(self.port)]
         self.process = ManagedProcess("sink", argv, self.work_dir / "sink.log", cwd=_project_root())
         self.process.start()
         try:

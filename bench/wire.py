@@ -16,8 +16,8 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 
-from bench.model import COARSE_MS, FINE_US, Histogram
-from gateway.mqtt import Connect, ProtocolVersion, Subscribe, Subscription, encode, encode_publish, encode_topic
+from ferry.bench.model import COARSE_MS, FINE_US, Histogram
+from ferry.gateway.mqtt import Connect, ProtocolVersion, Subscribe, Subscription, encode, encode_publish, encode_topic
 
 V311 = ProtocolVersion.V311
 PAYLOAD_BYTES = 64
@@ -114,7 +114,7 @@ class ScanResult:
 class Scanner:
     """A client-side MQTT 3.1.1 frame scanner for the benchmark's hot path.
 
-    Not a validating decoder (that is `gateway.mqtt.Decoder`): it trusts the
+    Not a validating decoder (that is `ferry.gateway.mqtt.Decoder`): it trusts the
     broker, reads only what the benchmark needs, and keeps at most one partial
     frame. Latencies (`now_ns` minus the embedded send time) are counted in
     `histogram` when it is not None.

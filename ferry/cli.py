@@ -22,12 +22,12 @@ class Subcommand:
 
 
 SUBCOMMANDS = (
-    Subcommand("gateway", "run the durable MQTT broker and the Kafka bridge (Raspberry Pi)", "gateway.main"),
-    Subcommand("worker", "run the Faust analytics worker", "server.main"),
+    Subcommand("gateway", "run the durable MQTT broker and the Kafka bridge (Raspberry Pi)", "ferry.gateway.main"),
+    Subcommand("worker", "run the Faust analytics worker", "ferry.server.main"),
     Subcommand("flash", "copy the device firmware to a board with mpremote", "ferry.flash"),
-    Subcommand("sim", "run simulated boards, links and power cuts", "hwsim.cli"),
+    Subcommand("sim", "run simulated boards, links and power cuts", "ferry.hwsim.cli"),
     Subcommand("demo", "run the whole pipeline locally with a simulated fleet", "ferry.demo"),
-    Subcommand("bench", "benchmark a part of Ferry against a peer", "bench.main"),
+    Subcommand("bench", "benchmark a part of Ferry against a peer", "ferry.bench.main"),
 )
 
 

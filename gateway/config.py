@@ -7,6 +7,7 @@ gateway with a message naming `section.key` and the problem.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import tomllib
 import types
@@ -14,9 +15,10 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gateway.bridge.config import BridgeConfig, check_bridge
-from gateway.broker.config import BrokerConfig
-from gateway.store import Durability
+from ferry.addresses import host_port
+from ferry.gateway.bridge.config import BridgeConfig, check_bridge
+from ferry.gateway.broker.config import BrokerConfig
+from ferry.gateway.store import Durability
 
 
 class ConfigError(ValueError):
@@ -37,9 +39,23 @@ class StoreConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ServiceConfig:
+    """`[gateway]`: where the gateway listens and keeps its data (each also a `ferry gateway` option,
+    which wins over the file)."""
+
+    listen: str = "127.0.0.1:1883"
+    """MQTT listener, `HOST:PORT` (`--listen`); `0.0.0.0:1883` serves the whole network."""
+    data_dir: str | None = None
+    """Folder of the store: the journal, its snapshots, the bridge's spool (`--data-dir`; required)."""
+    metrics: str | None = None
+    """Prometheus metrics over HTTP at `http://HOST:PORT/metrics` (`--metrics`); off when unset."""
+
+
+@dataclass(frozen=True, slots=True)
 class GatewayConfig:
     """The whole file."""
 
+    gateway: ServiceConfig = field(default_factory=ServiceConfig)
     broker: BrokerConfig = field(default_factory=BrokerConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     bridge: BridgeConfig = field(default_factory=BridgeConfig)
@@ -135,6 +151,15 @@ def _check_ranges(config: GatewayConfig) -> None:
         raise ConfigError("broker.topic_alias_maximum: must be 0..65535")
     if not 1 <= broker.max_keepalive_s <= 65_535:
         raise ConfigError("broker.max_keepalive_s: must be 1..65535")
+    for key in ("listen", "metrics"):
+        value = getattr(config.gateway, key)
+        if value is not None:
+            try:
+                host_port(value)
+            except argparse.ArgumentTypeError as exc:
+                raise ConfigError(f"gateway.{key}: {exc}") from None
+    if config.gateway.data_dir == "":
+        raise ConfigError("gateway.data_dir: must not be empty")
     if config.store.segment_max_bytes < 4096:
         raise ConfigError("store.segment_max_bytes: must be at least 4096")
     problem = check_bridge(config.bridge)

@@ -1,10 +1,15 @@
 """`ferry gateway`: recover the store, start the MQTT broker and the Kafka bridge, run until SIGTERM,
-stop cleanly."""
+stop cleanly.
+
+Under systemd (`--systemd-unit` prints the unit) it reports readiness once the store is recovered
+and the listener is open, and feeds the service watchdog from the event loop.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import resource
 import signal
@@ -14,35 +19,64 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ferry.addresses import host_port
-from gateway.bridge.bridge import Bridge
-from gateway.bridge.producer import ProducerSettingsError
-from gateway.broker.core import Broker
-from gateway.broker.recovery import durable_records, restore
-from gateway.config import ConfigError, GatewayConfig, load_config
-from gateway.metrics import MetricsServer, SysPublisher
-from gateway.server import MqttServer
-from gateway.store import Journal, recover
+from ferry.gateway.bridge.bridge import Bridge
+from ferry.gateway.bridge.producer import ProducerSettingsError
+from ferry.gateway.broker.core import Broker
+from ferry.gateway.broker.recovery import durable_records, restore
+from ferry.gateway.config import ConfigError, GatewayConfig, load_config
+from ferry.gateway.metrics import MetricsServer, SysPublisher
+from ferry.gateway.server import MqttServer
+from ferry.gateway.store import Journal, recover
+from ferry.gateway.systemd import configure_logging, notify, watchdog_interval_s
 
-log = logging.getLogger("gateway")
+log = logging.getLogger("ferry.gateway")
 
 EXIT_CONFIG = 2
 EXIT_STORE_FAILED = 3
-
+DEPLOY_DIR = Path(__file__).resolve().parent / "deploy"
+SAMPLE_CONFIG = DEPLOY_DIR / "ferry.toml"
+SYSTEMD_UNIT = DEPLOY_DIR / "ferry-gateway.service"
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ferry gateway", description=__doc__)
-    parser.add_argument("--listen", type=host_port, default=("127.0.0.1", 1883), metavar="HOST:PORT",
-                        help="MQTT listener (default 127.0.0.1:1883; port 0 picks a free one)")
-    parser.add_argument("--data-dir", type=Path, required=True, help="where the store lives")
+    parser.add_argument("--listen", type=host_port, metavar="HOST:PORT",
+                        help="MQTT listener (gateway.listen, default 127.0.0.1:1883; port 0 picks a free one)")
+    parser.add_argument("--data-dir", type=Path, help="where the store lives (gateway.data_dir; required)")
     parser.add_argument("--config", type=Path, help="ferry.toml; defaults apply without it")
     parser.add_argument("--metrics", type=host_port, metavar="HOST:PORT",
-                        help="serve Prometheus metrics over HTTP at /metrics")
+                        help="serve Prometheus metrics over HTTP at /metrics (gateway.metrics)")
     parser.add_argument("--kafka", metavar="HOST:PORT",
                         help="run the Kafka bridge to these bootstrap servers (sets bridge.kafka; "
                              "the rest of [bridge] still comes from --config)")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument("--check-config", action="store_true",
+                        help="validate the configuration, print it as used, and exit (0 valid, 2 not)")
+    parser.add_argument("--sample-config", action="store_true",
+                        help="print a ferry.toml with every key commented (for /etc/ferry/ferry.toml)")
+    parser.add_argument("--systemd-unit", action="store_true",
+                        help="print the systemd unit (for /etc/systemd/system/ferry-gateway.service)")
     return parser
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Service:
+    """Where this run listens and keeps its data: the command line over `[gateway]`."""
+
+    listen: tuple[str, int]
+    data_dir: Path
+    metrics: tuple[str, int] | None
+
+
+def resolve_service(args: argparse.Namespace, config: GatewayConfig) -> Service:
+    """The effective listener, data dir and metrics address; ConfigError naming the key if unusable."""
+    data_dir = args.data_dir or (Path(config.gateway.data_dir) if config.gateway.data_dir else None)
+    if data_dir is None:
+        raise ConfigError("gateway.data_dir: required (set it in [gateway] or pass --data-dir)")
+    metrics = args.metrics
+    if metrics is None and config.gateway.metrics is not None:
+        metrics = host_port(config.gateway.metrics)
+    return Service(args.listen or host_port(config.gateway.listen), data_dir, metrics)
 
 
 class Gateway:
@@ -110,7 +144,13 @@ class Gateway:
             log.info("stopped; store flushed")
 
 
-async def _run(args: argparse.Namespace, config: GatewayConfig) -> int:
+async def _feed_watchdog(interval_s: float) -> None:
+    while True:
+        notify("WATCHDOG=1")
+        await asyncio.sleep(interval_s)
+
+
+async def _run(service: Service, config: GatewayConfig) -> int:
     """Serve until SIGTERM/SIGINT (exit 0) or until the store cannot write (exit 3).
 
     A store that cannot write (disk full, I/O error) can never make another
@@ -118,13 +158,24 @@ async def _run(args: argparse.Namespace, config: GatewayConfig) -> int:
     the gateway closes every connection and exits, and clients keep their
     unacknowledged messages until it is back.
     """
-    gateway = Gateway(config, args.data_dir)
+    gateway = Gateway(config, service.data_dir)
     try:
-        await gateway.start(args.listen, args.metrics)
+        host, port = await gateway.start(service.listen, service.metrics)
     except ConfigError as exc:
         print(f"ferry gateway: config error: {exc}", file=sys.stderr)
         await gateway.stop()
         return EXIT_CONFIG
+    notify(f"READY=1\nSTATUS=listening on {host}:{port}")
+    interval_s = watchdog_interval_s()
+    watchdog = None if interval_s is None else asyncio.get_running_loop().create_task(_feed_watchdog(interval_s))
+    try:
+        return await _serve(gateway)
+    finally:
+        if watchdog is not None:
+            watchdog.cancel()
+
+
+async def _serve(gateway: Gateway) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -137,9 +188,11 @@ async def _run(args: argparse.Namespace, config: GatewayConfig) -> int:
     if gateway.store_failed.is_set():
         log.critical("the store cannot write (%s): closing every connection and exiting",
                      gateway.journal.failed)
+        notify("STOPPING=1\nSTATUS=the store cannot write")
         await gateway.stop()
         return EXIT_STORE_FAILED
     log.info("signal received, stopping")
+    notify("STOPPING=1")
     await gateway.stop()
     return 0
 
@@ -161,13 +214,21 @@ def _loop_factory():
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.sample_config or args.systemd_unit:
+        sys.stdout.write((SAMPLE_CONFIG if args.sample_config else SYSTEMD_UNIT).read_text())
+        return 0
+    configure_logging(args.log_level)
     try:
         config = load_config(args.config, args.kafka)
+        service = resolve_service(args, config)
     except ConfigError as exc:
         print(f"ferry gateway: config error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    if args.check_config:
+        print(f"{args.config or 'defaults'}: valid; listen {service.listen[0]}:{service.listen[1]}, "
+              f"data dir {service.data_dir}, bridge {config.bridge.kafka or 'off'}, "
+              f"durability {config.store.durability.value}")
+        return 0
     _raise_open_files_limit()
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-        return runner.run(_run(args, config))
+        return runner.run(_run(service, config))

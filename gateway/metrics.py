@@ -10,8 +10,8 @@ import logging
 import time
 from dataclasses import dataclass
 
-from gateway.broker.core import Broker
-from gateway.broker.stats import DropReason
+from ferry.gateway.broker.core import Broker
+from ferry.gateway.broker.stats import DropReason
 
 log = logging.getLogger(__name__)
 

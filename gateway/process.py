@@ -6,6 +6,7 @@ crash: nothing in the test process can flush the gateway's store for it.
 
 from __future__ import annotations
 
+import os
 import socket
 import sys
 from pathlib import Path
@@ -27,8 +28,10 @@ class GatewayProcess:
     """One `ferry gateway` on 127.0.0.1 with its own data dir; restartable on the same port and data."""
 
     def __init__(self, data_dir: Path, *, config_text: str | None = None, port: int | None = None,
-                 metrics_port: int | None = None, host: str = "127.0.0.1") -> None:
+                 metrics_port: int | None = None, host: str = "127.0.0.1",
+                 env: dict[str, str] | None = None) -> None:
         self.host = host
+        self.env = None if env is None else {**os.environ, **env}
         self.port = port or free_port(host)
         self.metrics_port = metrics_port
         self.data_dir = data_dir
@@ -57,7 +60,7 @@ class GatewayProcess:
         if self.process is not None and self.process.poll() is None:
             raise RuntimeError(f"gateway on port {self.port} is already running")
         self.starts += 1
-        self.process = ManagedProcess(f"gateway#{self.starts}", self.argv(), self.log_path)
+        self.process = ManagedProcess(f"gateway#{self.starts}", self.argv(), self.log_path, env=self.env)
         self.process.start()
         try:
             self.process.wait_ready(self._ready, READY_TIMEOUT_S)

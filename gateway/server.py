@@ -14,10 +14,10 @@ import logging
 import time
 from collections.abc import Callable
 
-from gateway.broker.core import Broker
-from gateway.broker.session import Connection
-from gateway.mqtt import Decoder, ProtocolError
-from gateway.store import Journal
+from ferry.gateway.broker.core import Broker
+from ferry.gateway.broker.session import Connection
+from ferry.gateway.mqtt import Decoder, ProtocolError
+from ferry.gateway.store import Journal
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ferry.process import wait_until
-from hwsim.micropython import interpreter
+from ferry.hwsim.micropython import interpreter
 
 log = logging.getLogger(__name__)
 

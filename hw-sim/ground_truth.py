@@ -12,7 +12,7 @@ Only `temp_c` carries anomalies; humidity and battery have none.
 
 from __future__ import annotations
 
-from hwsim.shims import sensor_model
+from ferry.hwsim.shims import sensor_model
 
 SLOT_S = sensor_model.ANOMALY_SLOT_S
 LENGTH_S = sensor_model.ANOMALY_LENGTH_S

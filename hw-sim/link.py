@@ -5,9 +5,9 @@ blackholes and outages between devices and the gateway, or the gateway and Kafka
         ...  # clients connect to 127.0.0.1:link.port
         link.set_profile("outage")
 
-    python -m hwsim.link serve --listen 127.0.0.1:11883 --upstream 127.0.0.1:1883 \\
+    python -m ferry.hwsim.link serve --listen 127.0.0.1:11883 --upstream 127.0.0.1:1883 \\
         --profile wifi-flaky --control 127.0.0.1:9999
-    python -m hwsim.link set --control 127.0.0.1:9999 --link link --profile outage
+    python -m ferry.hwsim.link set --control 127.0.0.1:9999 --link link --profile outage
 
 This module gathers the public API and is the command line (`main(argv) -> int`).
 The pieces: `link_profile` (profiles and presets), `link_shaper` (sans-IO timing),
@@ -27,16 +27,16 @@ import sys
 from collections.abc import Sequence
 
 from ferry.addresses import host_port
-from hwsim.link_control import (
+from ferry.hwsim.link_control import (
     ControlError, ControlOp, ControlRequest, LinkControl, LinkControlError, LinkSet, apply_request,
     handle_line, parse_request,
 )
-from hwsim.link_core import Link, LinkConfig, LinkStats, ScheduleStep, config_from_dict, config_to_dict
-from hwsim.link_profile import (
+from ferry.hwsim.link_core import Link, LinkConfig, LinkStats, ScheduleStep, config_from_dict, config_to_dict
+from ferry.hwsim.link_profile import (
     PERFECT, PROFILES, LinkProfile, ProfileError, ProfileSpec, describe, preset, profile_from_dict,
     profile_to_dict, resolve_profile,
 )
-from hwsim.link_runner import LinkProcess, LinkThread
+from ferry.hwsim.link_runner import LinkProcess, LinkThread
 
 __all__ = [
     "PERFECT", "PROFILES", "ControlError", "ControlOp", "ControlRequest", "Link", "LinkConfig",
@@ -46,7 +46,7 @@ __all__ = [
     "profile_to_dict", "resolve_profile",
 ]
 
-log = logging.getLogger("hwsim.link")
+log = logging.getLogger("ferry.hwsim.link")
 
 EXIT_USAGE = 2
 EXIT_CONTROL_FAILED = 1
@@ -80,7 +80,7 @@ def _step_arg(text: str) -> ScheduleStep:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m hwsim.link",
+    parser = argparse.ArgumentParser(prog="python -m ferry.hwsim.link",
                                      description="Fault-injecting TCP links for Ferry's simulator.")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 

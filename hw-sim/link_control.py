@@ -26,8 +26,8 @@ import socket
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from hwsim.link_core import Link, LinkConfig, LinkStats, ScheduleStep
-from hwsim.link_profile import LinkProfile, ProfileError, ProfileSpec, profile_to_dict, resolve_profile
+from ferry.hwsim.link_core import Link, LinkConfig, LinkStats, ScheduleStep
+from ferry.hwsim.link_profile import LinkProfile, ProfileError, ProfileSpec, profile_to_dict, resolve_profile
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ the sender as TCP would. Stalls and resets are `loop.call_at` timers driven by a
 `down` closes the listening socket but keeps the port bound (SO_REUSEPORT) so
 connects are refused and the port cannot be taken meanwhile; going back up
 listens on the same socket. Link methods must be called on the link's loop;
-`hwsim.link_runner.LinkThread` wraps them for other threads.
+`ferry.hwsim.link_runner.LinkThread` wraps them for other threads.
 """
 
 from __future__ import annotations
@@ -27,10 +27,10 @@ import struct
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from hwsim.link_profile import (
+from ferry.hwsim.link_profile import (
     PERFECT, LinkProfile, ProfileError, ProfileSpec, describe, profile_to_dict, resolve_profile,
 )
-from hwsim.link_shaper import DirectionShaper, Fault, FaultClock, read_size
+from ferry.hwsim.link_shaper import DirectionShaper, Fault, FaultClock, read_size
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Link profiles: what a simulated network link does to the bytes crossing it.
 
-A profile is a frozen value; a `hwsim.link.Link` applies whichever profile is
+A profile is a frozen value; a `ferry.hwsim.link.Link` applies whichever profile is
 current to every connection through it, per direction. The named presets in
 `PROFILES` are documented with their numbers (and why) in docs/link-profiles.md;
 a test keeps that table and this module in step.

@@ -2,7 +2,7 @@
 
 * `LinkThread` runs a `LinkSet` on its own event loop in a daemon thread and
   forwards `set_profile`/`schedule`/`reset_all`/`stats` to that loop.
-* `LinkProcess` runs `python -m hwsim.link serve` through
+* `LinkProcess` runs `python -m ferry.hwsim.link serve` through
   `ferry.process.ManagedProcess` (own process group, log file, SIGTERM then
   SIGKILL) and steers it over the control socket, as `ferry sim` will.
 """
@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import TypeVar
 
 from ferry.process import ManagedProcess, ProcessFailed, free_port
-from hwsim.link_control import LinkControl, LinkSet
-from hwsim.link_core import Link, LinkConfig, LinkStats, ScheduleStep, config_to_dict
-from hwsim.link_profile import LinkProfile, ProfileSpec, resolve_profile
+from ferry.hwsim.link_control import LinkControl, LinkSet
+from ferry.hwsim.link_core import Link, LinkConfig, LinkStats, ScheduleStep, config_to_dict
+from ferry.hwsim.link_profile import LinkProfile, ProfileSpec, resolve_profile
 
 T = TypeVar("T")
 
@@ -123,7 +123,7 @@ class LinkThread:
 
 
 class LinkProcess:
-    """`python -m hwsim.link serve` in a child process with a log file and a control socket.
+    """`python -m ferry.hwsim.link serve` in a child process with a log file and a control socket.
 
     Links with `listen_port=0` get a free port chosen here, so `port(name)` is
     known before the child starts.
@@ -136,7 +136,7 @@ class LinkProcess:
         self.configs = {c.name: c if c.listen_port else dataclasses.replace(c, listen_port=free_port())
                         for c in links}
         self.control_port = control_port or free_port()
-        argv = [sys.executable, "-m", "hwsim.link", "serve", "--control", f"127.0.0.1:{self.control_port}",
+        argv = [sys.executable, "-m", "ferry.hwsim.link", "serve", "--control", f"127.0.0.1:{self.control_port}",
                 "--log-level", log_level]
         for config in self.configs.values():
             argv += ["--link", json.dumps(config_to_dict(config))]

@@ -19,7 +19,7 @@ import math
 import random
 from dataclasses import dataclass
 
-from hwsim.link_profile import LinkProfile
+from ferry.hwsim.link_profile import LinkProfile
 
 
 def sample_latency_s(profile: LinkProfile, rng: random.Random) -> float:

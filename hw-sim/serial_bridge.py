@@ -8,7 +8,7 @@ REPL, like an ESP32 on a USB-UART. Clients reach that line as a pty
 `socket_url` (`socket://127.0.0.1:PORT`, pyserial's raw TCP).
 
 What differs between the unix port and a board is decided in the pure
-`hwsim.serial_line.SerialLine`; this module only moves bytes, reads
+`ferry.hwsim.serial_line.SerialLine`; this module only moves bytes, reads
 /proc/PID/status to learn whether a SIGINT would raise KeyboardInterrupt,
 sends that SIGINT, and restarts the interpreter where a board would reboot.
 See docs/virtual-serial.md.
@@ -34,9 +34,9 @@ import tty
 from dataclasses import dataclass
 from pathlib import Path
 
-from hwsim.board import BOOTSTRAP, SHIMS_DIR, BoardConfig, ResetCause, VirtualBoard, _Run
-from hwsim.micropython import interpreter
-from hwsim.serial_line import (
+from ferry.hwsim.board import BOOTSTRAP, SHIMS_DIR, BoardConfig, ResetCause, VirtualBoard, _Run
+from ferry.hwsim.micropython import interpreter
+from ferry.hwsim.serial_line import (
     Action,
     InterpreterState,
     Interrupt,
@@ -581,7 +581,7 @@ class SerialBridge(VirtualBoard):
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`python -m hwsim.serial_bridge BOARD_DIR`: serve one board's REPL until Ctrl-C."""
+    """`python -m ferry.hwsim.serial_bridge BOARD_DIR`: serve one board's REPL until Ctrl-C."""
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("board_dir", type=Path)
     parser.add_argument("--port", type=int, default=0, help="TCP port on 127.0.0.1 (0: any free one)")

@@ -21,7 +21,7 @@ UART is small, and this module is exactly that difference:
   sent as "\\r\\n"; the raw REPL stays byte-transparent (programs such as
   mpremote, whose `mount` protocol is binary).
 
-The caller (`hwsim.serial_bridge`) pumps bytes, sends signals and restarts
+The caller (`ferry.hwsim.serial_bridge`) pumps bytes, sends signals and restarts
 processes; time is passed in as `now` (seconds, any monotonic origin).
 """
 
@@ -31,7 +31,7 @@ import enum
 import re
 from dataclasses import dataclass
 
-from hwsim.board import ResetCause
+from ferry.hwsim.board import ResetCause
 
 CTRL_A = b"\x01"
 CTRL_C = b"\x03"

@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ferry.contract import DeviceState, Reading, Status
-from server.sequence import SeqTracker
+from ferry.server.sequence import SeqTracker
 
 
 @dataclass(slots=True)

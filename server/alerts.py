@@ -1,5 +1,5 @@
 """`Alert`: the one record for anything worth telling an operator about a device, raised by
-`server.anomaly` (a metric behaves oddly) and `server.health` (the device is in trouble).
+`ferry.server.anomaly` (a metric behaves oddly) and `ferry.server.health` (the device is in trouble).
 
 One type for both, so the worker publishes, stores and shows them the same way. Alerts mark
 the start of an episode (or a transition), never every reading of it.

@@ -49,7 +49,7 @@ from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from server.alerts import Alert
+from ferry.server.alerts import Alert
 
 _MAD_TO_SIGMA = 1.4826
 """MAD x this estimates the standard deviation of normal noise."""

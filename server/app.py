@@ -6,7 +6,7 @@ from pathlib import Path
 
 import faust
 
-from server.config import ServerConfig
+from ferry.server.config import ServerConfig
 
 
 def create_app(config: ServerConfig) -> faust.App:

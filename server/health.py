@@ -33,7 +33,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from server.alerts import Alert
+from ferry.server.alerts import Alert
 
 DEEP_SLEEP = "deepsleep"
 _MAX_BOOTS_KEPT = 32

@@ -1,6 +1,6 @@
 """What the worker does with a batch of records, as pure functions over JSON-safe table values.
 
-The agent in `server.streams` turns Kafka events into `Record`s, calls
+The agent in `ferry.server.streams` turns Kafka events into `Record`s, calls
 `apply_batch` and writes back what it returns, so everything here is tested
 without Faust or Kafka. A batch reads each device's state once and returns it
 once, however many of its records the batch held.
@@ -13,12 +13,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from ferry.contract import ContractError, parse_reading, parse_status
-from server.alerts import Alert
-from server.anomaly import AnomalySettings
-from server.config import ServerConfig
-from server.health import HealthSettings
-from server.state import DeviceState
-from server.windows import ClosedWindow, History, WindowKind
+from ferry.server.alerts import Alert
+from ferry.server.anomaly import AnomalySettings
+from ferry.server.config import ServerConfig
+from ferry.server.health import HealthSettings
+from ferry.server.state import DeviceState
+from ferry.server.windows import ClosedWindow, History, WindowKind
 
 UNKNOWN_DEVICE = "_unknown"
 """Where contract breakers without a usable key are counted."""

@@ -1,4 +1,4 @@
-"""`ferry worker` / `python -m server.main`: run the Faust analytics worker until SIGTERM or SIGINT."""
+"""`ferry worker` / `python -m ferry.server.main`: run the Faust analytics worker until SIGTERM or SIGINT."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from server.config import ENV_CONFIG_FILE, ENV_PREFIX, ConfigError, load_config
+from ferry.server.config import ENV_CONFIG_FILE, ENV_PREFIX, ConfigError, load_config
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,8 +31,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Faust is imported only here, so a config error is reported without its start-up cost.
     import faust
 
-    from server.app import create_app
-    from server.streams import wire
+    from ferry.server.app import create_app
+    from ferry.server.streams import wire
 
     app = create_app(config)
     streams = wire(app, config)

@@ -19,10 +19,9 @@ from confluent_kafka import Producer
 
 from ferry.contract import KAFKA_PARTITIONER, BridgeNaming, KafkaRecord, kafka_record
 from ferry.process import ManagedProcess, free_port
-from server.config import ENV_PREFIX
+from ferry.server.config import ENV_PREFIX
 
 READY_TIMEOUT_S = 60.0
-REPO = Path(__file__).resolve().parent.parent
 
 
 def get_json(port: int, path: str, host: str = "127.0.0.1") -> object | None:
@@ -44,8 +43,8 @@ class WorkerProcess:
         settings.setdefault("data_dir", str(work_dir / f"{name}-data"))
         self.env = {**os.environ, **{ENV_PREFIX + k.upper(): str(v) for k, v in settings.items()},
                     f"{ENV_PREFIX}WEB_PORT": str(self.port)}
-        self.process = ManagedProcess(name, [sys.executable, "-m", "server.main"], work_dir / f"{name}.log",
-                                      env=self.env, cwd=REPO)
+        self.process = ManagedProcess(name, [sys.executable, "-m", "ferry.server.main"], work_dir / f"{name}.log",
+                                      env=self.env, cwd=work_dir)
 
     def start(self) -> "WorkerProcess":
         self.work_dir.mkdir(parents=True, exist_ok=True)

@@ -3,7 +3,7 @@
 One value per device (not one table per concern) so a batch of records costs
 one read and one changelog write per device, whatever it touched: dedupe and
 loss accounting, status, open windows, anomaly detectors, health and the newest
-alerts. Closed windows live apart (`server.windows.History`, written only when
+alerts. Closed windows live apart (`ferry.server.windows.History`, written only when
 a window closes) so this value stays small.
 """
 
@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from server.accounting import DeviceAccount, DeviceStatus
-from server.alerts import Alert
-from server.anomaly import AnomalySettings, DeviceDetectors
-from server.health import DeviceHealth
-from server.windows import DeviceWindows
+from ferry.server.accounting import DeviceAccount, DeviceStatus
+from ferry.server.alerts import Alert
+from ferry.server.anomaly import AnomalySettings, DeviceDetectors
+from ferry.server.health import DeviceHealth
+from ferry.server.windows import DeviceWindows
 
 
 @dataclass(slots=True)

@@ -17,12 +17,12 @@ import aiohttp
 import faust
 from faust.web import Request, Response, View
 
-from server.accounting import detail, summary
-from server.windows import series as series_view
+from ferry.server.accounting import detail, summary
+from ferry.server.windows import series as series_view
 
 if TYPE_CHECKING:
-    from server.state import DeviceState
-    from server.streams import WorkerState
+    from ferry.server.state import DeviceState
+    from ferry.server.worker_state import WorkerState
 
 PEER_TIMEOUT_S = 5.0
 ADDITIVE = ("received", "duplicates", "gaps", "lost_at_device", "invalid", "late", "devices", "alerts", "offline")

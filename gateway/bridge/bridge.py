@@ -11,7 +11,7 @@ acks=all). The session queue is the spool; the core's in-flight window
 (`bridge.inflight`, the bridge's Receive Maximum) bounds what is handed to
 librdkafka at a time.
 
-Everything here runs on the event loop; `gateway.bridge.producer` brings Kafka's
+Everything here runs on the event loop; `ferry.gateway.bridge.producer` brings Kafka's
 answers over from its poll thread.
 """
 
@@ -26,11 +26,11 @@ from dataclasses import dataclass
 from confluent_kafka import KafkaError, KafkaException
 
 from ferry.contract import Channel, ContractError, KafkaRecord, kafka_record, parse_topic
-from gateway.bridge.config import BridgeConfig
-from gateway.bridge.producer import Delivered, KafkaSide
-from gateway.broker.config import NEVER_EXPIRES, SessionPolicy
-from gateway.broker.session import Connection, Session
-from gateway.mqtt import (
+from ferry.gateway.bridge.config import BridgeConfig
+from ferry.gateway.bridge.producer import Delivered, KafkaSide
+from ferry.gateway.broker.config import NEVER_EXPIRES, SessionPolicy
+from ferry.gateway.broker.session import Connection, Session
+from ferry.gateway.mqtt import (
     Connack, Connect, Decoder, Disconnect, Pingreq, Properties, ProtocolError, ProtocolVersion, Puback,
     Publish, Suback, Subscribe, Subscription,
 )

@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from confluent_kafka import KafkaError, KafkaException, Producer
 
 from ferry.contract import KAFKA_PARTITIONER, KafkaRecord
-from gateway.bridge.config import BridgeConfig
+from ferry.gateway.bridge.config import BridgeConfig
 
 log = logging.getLogger(__name__)
-librdkafka_log = logging.getLogger("gateway.bridge.librdkafka")
+librdkafka_log = logging.getLogger("ferry.gateway.bridge.librdkafka")
 
 POLL_S = 0.2
 STATS_INTERVAL_MS = 1000

@@ -15,18 +15,18 @@ import itertools
 import logging
 from typing import Protocol
 
-from gateway.broker import delivery
-from gateway.broker.config import NEVER_EXPIRES, BrokerConfig, SessionPolicy
-from gateway.broker.policies import SessionPolicies
-from gateway.broker.index import Subscribed, SubscriptionIndex
-from gateway.broker.session import Connection, Delivery, DeliveryState, Message, Session
-from gateway.broker.stats import BrokerStats, DropReason
-from gateway.mqtt import (
+from ferry.gateway.broker import delivery
+from ferry.gateway.broker.config import NEVER_EXPIRES, BrokerConfig, SessionPolicy
+from ferry.gateway.broker.policies import SessionPolicies
+from ferry.gateway.broker.index import Subscribed, SubscriptionIndex
+from ferry.gateway.broker.session import Connection, Delivery, DeliveryState, Message, Session
+from ferry.gateway.broker.stats import BrokerStats, DropReason
+from ferry.gateway.mqtt import (
     EMPTY_PROPERTIES, Connack, Connect, Disconnect, Pingreq, Pingresp, Properties, ProtocolError,
     ProtocolVersion, Puback, Pubcomp, Publish, Pubrec, Pubrel, ReasonCode, Suback, Subscribe,
     Unsuback, Unsubscribe, encode, split_shared, topic_matches,
 )
-from gateway.store import records as rec
+from ferry.gateway.store import records as rec
 
 log = logging.getLogger(__name__)
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from gateway.broker.session import Delivery
-from gateway.mqtt import (
+from ferry.gateway.broker.session import Delivery
+from ferry.gateway.mqtt import (
     EMPTY_PROPERTIES, Properties, ProtocolVersion, decode_properties_bytes, encode_properties, encode_publish,
 )
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import logging
 
-from gateway.broker.config import BrokerConfig, SessionPolicy
-from gateway.broker.session import Session
-from gateway.mqtt import split_shared, topic_matches
+from ferry.gateway.broker.config import BrokerConfig, SessionPolicy
+from ferry.gateway.broker.session import Session
+from ferry.gateway.mqtt import split_shared, topic_matches
 
 log = logging.getLogger(__name__)
 

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from gateway.broker import delivery
-from gateway.broker.config import NEVER_EXPIRES
-from gateway.broker.core import Broker
-from gateway.broker.index import Subscribed
-from gateway.broker.session import Delivery, DeliveryState, Message, Session
-from gateway.mqtt import ProtocolVersion, split_shared
-from gateway.store import records as rec
-from gateway.store.state import DurableState
+from ferry.gateway.broker import delivery
+from ferry.gateway.broker.config import NEVER_EXPIRES
+from ferry.gateway.broker.core import Broker
+from ferry.gateway.broker.index import Subscribed
+from ferry.gateway.broker.session import Delivery, DeliveryState, Message, Session
+from ferry.gateway.mqtt import ProtocolVersion, split_shared
+from ferry.gateway.store import records as rec
+from ferry.gateway.store.state import DurableState
 
 
 def _message(stored: rec.MessageAdded) -> Message:

@@ -11,8 +11,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from enum import Enum
 
-from gateway.broker.index import Subscribed
-from gateway.mqtt import EMPTY_PROPERTIES, Properties, ProtocolVersion, ReasonCode, Will
+from ferry.gateway.broker.index import Subscribed
+from ferry.gateway.mqtt import EMPTY_PROPERTIES, Properties, ProtocolVersion, ReasonCode, Will
 
 
 @dataclass(slots=True, eq=False)

@@ -1,6 +1,6 @@
 """Body parsers: one function per packet type, ``(decoder, first_byte, data, start, end)``.
 
-Internal to :mod:`gateway.mqtt.decoder`, which has already checked the fixed
+Internal to :mod:`ferry.gateway.mqtt.decoder`, which has already checked the fixed
 header (type, direction, flags, size) and passes ``data[start:end]`` as the
 packet's variable header and payload.  PUBLISH is parsed inline without a
 :class:`Reader` because it is the hot path.
@@ -9,7 +9,7 @@ packet's variable header and payload.  PUBLISH is parsed inline without a
 from __future__ import annotations
 
 from dataclasses import fields
-from typing import TYPE_CHECKING, Callable
+from typing import Callable, Protocol
 
 from ._wire import V5, Reader, packet_id_error, rule
 from .errors import ProtocolError, malformed, protocol_error
@@ -52,10 +52,18 @@ from .reason_codes import (
 )
 from .topics import SHARE_PREFIX, validate_topic_filter, validate_topic_name
 
-if TYPE_CHECKING:
-    from .decoder import Decoder
 
-Parser = Callable[["Decoder", int, bytes, int, int], Packet]
+
+class Decoder(Protocol):
+    """What a parser reads and sets on the decoder calling it (`decoder.Decoder`, which imports this module)."""
+
+    _server_side: bool
+    _version: ProtocolVersion | None
+
+    def _set_version(self, version: ProtocolVersion) -> None: ...
+
+
+Parser = Callable[[Decoder, int, bytes, int, int], Packet]
 
 _RC = {int(code): code for code in ReasonCode}
 _PINGREQ = Pingreq()

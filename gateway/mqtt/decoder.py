@@ -89,7 +89,7 @@ def _first_byte_table(
 
 
 class Decoder:
-    """Turns a byte stream from one peer into :data:`~gateway.mqtt.packets.Packet` objects.
+    """Turns a byte stream from one peer into :data:`~ferry.gateway.mqtt.packets.Packet` objects.
 
     Args:
         server_side: True in a broker (decoding what a client sends).  The

@@ -74,7 +74,7 @@ class Properties:
     """MQTT 5.0 properties (section 2.2.2.2); ``None`` means absent.
 
     Which properties a packet may carry is checked by the decoder and encoder
-    (see ``gateway.mqtt.properties``).  Intervals are in seconds as on the wire.
+    (see ``ferry.gateway.mqtt.properties``).  Intervals are in seconds as on the wire.
     """
 
     payload_format_indicator: int | None = None

@@ -1,11 +1,11 @@
 """The gateway's durable store: an append-only, group-committed journal.
 
-* :mod:`~gateway.store.records` - record types and their framed binary codec (pure);
-* :mod:`~gateway.store.reader` - :class:`RecordReader`, records out of a damaged byte stream (pure);
-* :mod:`~gateway.store.state` - :class:`DurableState`, what the records add up to (pure);
-* :mod:`~gateway.store.layout` - the data directory: segment names, manifest, write helpers;
-* :mod:`~gateway.store.recovery` - :func:`recover`, rebuilding the state after a crash;
-* :mod:`~gateway.store.journal` - :class:`Journal`, the writer thread and group commit.
+* :mod:`~ferry.gateway.store.records` - record types and their framed binary codec (pure);
+* :mod:`~ferry.gateway.store.reader` - :class:`RecordReader`, records out of a damaged byte stream (pure);
+* :mod:`~ferry.gateway.store.state` - :class:`DurableState`, what the records add up to (pure);
+* :mod:`~ferry.gateway.store.layout` - the data directory: segment names, manifest, write helpers;
+* :mod:`~ferry.gateway.store.recovery` - :func:`recover`, rebuilding the state after a crash;
+* :mod:`~ferry.gateway.store.journal` - :class:`Journal`, the writer thread and group commit.
 """
 
 from .journal import Durability, Journal, JournalError, JournalStats

@@ -1,6 +1,6 @@
 """Splitting a byte stream into records, and finding the way past damage.  Pure.
 
-See :mod:`gateway.store.records` for the frame format.  :class:`RecordReader`
+See :mod:`ferry.gateway.store.records` for the frame format.  :class:`RecordReader`
 never raises for bad bytes: it reports them as :class:`CorruptRegion` s and a
 tail, and carries on with the next frame that checks out.
 """

@@ -32,7 +32,7 @@ class RecoveryReport:
     truncated_tail_bytes: int
     """Bytes after the last good record of a segment (a write cut short)."""
     dangling_references: int
-    """Records that referenced something missing (see :mod:`gateway.store.state`)."""
+    """Records that referenced something missing (see :mod:`ferry.gateway.store.state`)."""
     duration_s: float
     garbage_messages: int = 0
     """Messages dropped at the end because nothing referenced them."""

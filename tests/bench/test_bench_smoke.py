@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from bench.broker import CaseResult, RunRecord, describe_environment
-from bench.model import FlowResult, LoadSpec, Mode
-from bench.report import render, results_json
-from bench.runner import run_load
-from bench.scenarios import Case, check_targets
-from bench.targets import FERRY_FSYNC, FerryTarget
+from ferry.bench.broker import CaseResult, RunRecord, describe_environment
+from ferry.bench.model import FlowResult, LoadSpec, Mode
+from ferry.bench.report import render, results_json
+from ferry.bench.runner import run_load
+from ferry.bench.scenarios import Case, check_targets
+from ferry.bench.targets import FERRY_FSYNC, FerryTarget
 
 pytestmark = pytest.mark.integration
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from bench import wire
-from bench.model import Histogram
-from gateway.mqtt import Connack, Pingresp, ProtocolVersion, Puback, ReasonCode, Suback, encode
+from ferry.bench import wire
+from ferry.bench.model import Histogram
+from ferry.gateway.mqtt import Connack, Pingresp, ProtocolVersion, Puback, ReasonCode, Suback, encode
 
 V311 = ProtocolVersion.V311
 
@@ -47,7 +47,7 @@ def test_scanner_counts_every_packet_in_any_split() -> None:
 
 
 def test_templates_match_the_codec() -> None:
-    from gateway.mqtt import Decoder
+    from ferry.gateway.mqtt import Decoder
 
     template = wire.PublishTemplate.build("bench/00001", 1, qos=1)
     frame = template.one(wire.timestamp(42), 513)

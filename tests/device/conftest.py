@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.process import GatewayProcess
+from ferry.gateway.process import GatewayProcess
 from tests.device.fw_support import compile_firmware
 
 

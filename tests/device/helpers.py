@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from hwsim.micropython import DEVICE_LIB_DIR, REPO_ROOT, run_code
+from ferry.hwsim.micropython import DEVICE_LIB_DIR, run_code
 
+REPO_ROOT = Path(__file__).resolve().parents[2]
 DEVICE_DIR = REPO_ROOT / "device"
 MP_DIR = Path(__file__).with_name("mp")  # MicroPython-side test helpers
 MP_PATH = (DEVICE_DIR, MP_DIR, DEVICE_LIB_DIR)

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from gateway.process import GatewayProcess
-from hwsim.board import VirtualBoard
-from hwsim.link import LinkConfig, LinkThread
+from ferry.gateway.process import GatewayProcess
+from ferry.hwsim.board import VirtualBoard
+from ferry.hwsim.link import LinkConfig, LinkThread
 from tests.device.fw_support import (
     SITE, Collector, Delivery, cmd_payload, console_events, console_lines, device_id,
     install_firmware, make_board, read_config,

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.process import GatewayProcess
-from hwsim.board import UNIX_HEAP_FOR_64K_ESP32
+from ferry.gateway.process import GatewayProcess
+from ferry.hwsim.board import UNIX_HEAP_FOR_64K_ESP32
 from tests.device.fw_support import (
     Collector, Delivery, console_lines, device_id, install_firmware, make_board,
 )

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from hwsim.board import SHIMS_DIR
-from hwsim.micropython import DEVICE_LIB_DIR, run_code
+from ferry.hwsim.board import SHIMS_DIR
+from ferry.hwsim.micropython import DEVICE_LIB_DIR, run_code
 from tests.device.fw_support import DEVICE_DIR
 from tests.vectors import load as load_vectors
 

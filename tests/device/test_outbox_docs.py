@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import ast
 
-from hwsim.micropython import REPO_ROOT
-from tests.device.helpers import DEVICE_DIR
+from tests.device.helpers import DEVICE_DIR, REPO_ROOT
 
 DOC = (REPO_ROOT / "docs" / "outbox.md").read_text()
 

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import pytest
 
-from hwsim.micropython import interpreter, prelude
+from ferry.hwsim.micropython import interpreter, prelude
 from tests.device.helpers import MP_PATH, UNIX_HEAP_FOR_64K_ESP32
 
 pytestmark = pytest.mark.integration

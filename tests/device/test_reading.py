@@ -6,7 +6,7 @@ import json
 from decimal import Decimal
 from pathlib import Path
 
-from hwsim.micropython import DEVICE_LIB_DIR, run_code
+from ferry.hwsim.micropython import DEVICE_LIB_DIR, run_code
 from tests.vectors import load as load_vectors
 
 DEVICE_DIR = Path(__file__).resolve().parents[2] / "device"

@@ -21,13 +21,13 @@ from pathlib import Path
 import pytest
 
 from ferry import flash
-from gateway.process import GatewayProcess
-from hwsim.board import BoardConfig
-from hwsim.serial_bridge import SerialBridge
+from ferry.gateway.process import GatewayProcess
+from ferry.hwsim.board import BoardConfig
+from ferry.hwsim.serial_bridge import SerialBridge
 from tests.device.fw_support import SITE, Collector
 
 REPO = Path(__file__).resolve().parents[2]
-DEVICE_MODULES = sorted(p.stem for p in (REPO / "device").glob("*.py") if p.name != "main.py")
+DEVICE_MODULES = sorted(p.stem for p in (REPO / "device").glob("*.py") if p.name not in ("main.py", "__init__.py"))
 WIFI = BoardConfig().wifi_ssid
 
 pytestmark = pytest.mark.skipif(not (REPO / "device" / "lib" / "umqtt" / "simple.py").exists(),

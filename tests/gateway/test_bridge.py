@@ -25,8 +25,8 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from ferry.contract import BridgeNaming, kafka_record, parse_reading
 from ferry.local_kafka import LocalKafka
 from ferry.process import free_port, wait_until
-from gateway.process import GatewayProcess
-from hwsim.link import LinkConfig, LinkProcess, resolve_profile
+from ferry.gateway.process import GatewayProcess
+from ferry.hwsim.link import LinkConfig, LinkProcess, resolve_profile
 from tests.gateway.paho_client import TestClient
 
 pytestmark = pytest.mark.integration

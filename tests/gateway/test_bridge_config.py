@@ -8,9 +8,9 @@ import socket
 import pytest
 
 from ferry.contract import KAFKA_PARTITIONER, BridgeNaming
-from gateway.bridge.config import BridgeConfig
-from gateway.bridge.producer import brokers_up, producer_settings
-from gateway.config import ConfigError, GatewayConfig, parse_config
+from ferry.gateway.bridge.config import BridgeConfig
+from ferry.gateway.bridge.producer import brokers_up, producer_settings
+from ferry.gateway.config import ConfigError, GatewayConfig, parse_config
 
 
 def test_without_a_bridge_table_the_bridge_is_off() -> None:

@@ -14,12 +14,12 @@ import pytest
 from confluent_kafka import KafkaError
 
 from ferry.contract import kafka_record
-from gateway.bridge import bridge as bridge_module
-from gateway.bridge.bridge import CLIENT_ID
-from gateway.bridge.producer import Delivered
-from gateway.config import parse_config
-from gateway.main import Gateway
-from gateway.mqtt import Connack, Connect, Decoder, ProtocolVersion, Puback, Publish, encode
+from ferry.gateway.bridge import bridge as bridge_module
+from ferry.gateway.bridge.bridge import CLIENT_ID
+from ferry.gateway.bridge.producer import Delivered
+from ferry.gateway.config import parse_config
+from ferry.gateway.main import Gateway
+from ferry.gateway.mqtt import Connack, Connect, Decoder, ProtocolVersion, Puback, Publish, encode
 
 V311 = ProtocolVersion.V311
 READING = b'{"v":1,"dev":"dev1","boot":1,"seq":0,"ts":1732480000123,"sync":true,"m":{"t_c":1}}'

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from gateway.broker.config import NEVER_EXPIRES, BrokerConfig, SessionPolicy
-from gateway.broker.stats import DropReason
-from gateway.mqtt import (
+from ferry.gateway.broker.config import NEVER_EXPIRES, BrokerConfig, SessionPolicy
+from ferry.gateway.broker.stats import DropReason
+from ferry.gateway.mqtt import (
     Connack, Connect, Disconnect, Properties, Puback, Publish, ReasonCode, Subscribe, Subscription,
 )
 from tests.gateway.broker.harness import V5, V311, Client, Harness
@@ -13,7 +13,7 @@ BRIDGE = "$ferry-bridge"
 
 
 def bridge_client(h: Harness, inflight: int = 2) -> Client:
-    """The bridge as `gateway.bridge` connects it: internal, MQTT 5, never expiring, ferry/# at QoS 1."""
+    """The bridge as `ferry.gateway.bridge` connects it: internal, MQTT 5, never expiring, ferry/# at QoS 1."""
     client = Client(h, V5)
     client.conn.internal = True
     props = Properties(session_expiry_interval=NEVER_EXPIRES, receive_maximum=inflight)

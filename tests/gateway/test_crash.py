@@ -17,7 +17,7 @@ from collections import Counter
 
 import paho.mqtt.client as mqtt
 
-from gateway.mqtt import Connect, Decoder, ProtocolVersion, Puback, Publish, encode
+from ferry.gateway.mqtt import Connect, Decoder, ProtocolVersion, Puback, Publish, encode
 
 V311 = ProtocolVersion.V311
 KILLS = 5

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from gateway.config import GatewayConfig
+from ferry.gateway.config import GatewayConfig
 
 DOC = (Path(__file__).resolve().parents[2] / "docs" / "gateway.md").read_text()
 

@@ -13,7 +13,7 @@ import time
 import paho.mqtt.client as mqtt
 
 from ferry.process import free_port
-from gateway.process import GatewayProcess, accepts_connections
+from ferry.gateway.process import GatewayProcess, accepts_connections
 from tests.gateway.paho_client import TestClient
 
 FILE_SIZE_LIMIT_BYTES = 256 * 1024

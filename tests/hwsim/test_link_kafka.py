@@ -17,7 +17,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from ferry.local_kafka import LocalKafka
 from ferry.process import free_port
-from hwsim.link import LinkConfig, LinkProcess, resolve_profile
+from ferry.hwsim.link import LinkConfig, LinkProcess, resolve_profile
 
 pytestmark = pytest.mark.integration
 

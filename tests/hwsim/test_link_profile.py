@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from hwsim.link import (
+from ferry.hwsim.link import (
     PROFILES, ControlError, ControlOp, Link, LinkProfile, ProfileError, ScheduleStep, config_from_dict,
     config_to_dict, handle_line, parse_request, profile_from_dict, profile_to_dict, resolve_profile,
 )
-from hwsim.link_core import LinkConfig
-from hwsim.link_shaper import DirectionShaper, Fault, FaultClock, read_size
+from ferry.hwsim.link_core import LinkConfig
+from ferry.hwsim.link_shaper import DirectionShaper, Fault, FaultClock, read_size
 
 DOC = (Path(__file__).resolve().parents[2] / "docs" / "link-profiles.md").read_text()
 

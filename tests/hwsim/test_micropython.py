@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 import threading
 
-from hwsim.micropython import DEVICE_LIB_DIR, prelude, run_code
+from ferry.hwsim.micropython import DEVICE_LIB_DIR, prelude, run_code
 from tests.vectors import load as load_vectors
 
 SESSION = load_vectors("device/umqtt_simple_session.json")

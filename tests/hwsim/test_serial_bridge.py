@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 import serial
 
-from hwsim.board import BOOTSTRAP, SHIMS_DIR, BoardConfig
-from hwsim.serial_bridge import SerialBridge, serial_bootstrap
-from hwsim.serial_line import SOFT_REBOOT, ReplMode
+from ferry.hwsim.board import BOOTSTRAP, SHIMS_DIR, BoardConfig
+from ferry.hwsim.serial_bridge import SerialBridge, serial_bootstrap
+from ferry.hwsim.serial_line import SOFT_REBOOT, ReplMode
 
 MPREMOTE = Path(sys.executable).parent / "mpremote"
 BUSY_MAIN = "print('main running')\nn = 0\nwhile True:\n    n += 1\n"

@@ -6,8 +6,8 @@ interpreter's state is passed in as the bridge would read it from /proc.
 
 from __future__ import annotations
 
-from hwsim.board import ResetCause
-from hwsim.serial_line import (
+from ferry.hwsim.board import ResetCause
+from ferry.hwsim.serial_line import (
     RAW_HEADER,
     SOFT_REBOOT,
     Action,

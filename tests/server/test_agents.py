@@ -7,10 +7,10 @@ from unittest import mock
 
 import pytest
 
-from server.app import create_app
-from server.config import ServerConfig
-from server.logic import STATUS, TELEMETRY, Record
-from server.streams import Streams, wire
+from ferry.server.app import create_app
+from ferry.server.config import ServerConfig
+from ferry.server.logic import STATUS, TELEMETRY, Record
+from ferry.server.streams import Streams, wire
 
 from tests.server.helpers import T0, reading, status
 

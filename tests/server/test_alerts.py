@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from server.alerts import Alert
+from ferry.server.alerts import Alert
 
 
 @pytest.mark.parametrize("alert", [

@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from server.alerts import Alert
-from server.anomaly import AnomalySettings, DeviceDetectors
+from ferry.server.alerts import Alert
+from ferry.server.anomaly import AnomalySettings, DeviceDetectors
 
 S = AnomalySettings()
 T0 = 1_767_225_600_000

@@ -1,6 +1,6 @@
 """Anomaly detection scored against hw-sim's ground truth (issue #6).
 
-Readings are made from `hwsim.shims.sensor_model` exactly as a virtual board makes them: the
+Readings are made from `ferry.hwsim.shims.sensor_model` exactly as a virtual board makes them: the
 SHT31 shim's raw words, the firmware's integer conversion to centi-units, two decimals on the
 wire, `ts` the host time of the read in ms, a fixed sample period. They go through
 `DeviceDetectors` one device per seed. An episode is detected when an alert of that device
@@ -15,9 +15,9 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-from hwsim.ground_truth import anomalies
-from hwsim.shims import sensor_model
-from server.anomaly import AnomalySettings, DeviceDetectors
+from ferry.hwsim.ground_truth import anomalies
+from ferry.hwsim.shims import sensor_model
+from ferry.server.anomaly import AnomalySettings, DeviceDetectors
 
 SEEDS = range(100_001, 100_021)  # what `ferry sim fleet --seed 1` gives its first 20 boards
 DAY0_S = 1_767_225_600  # 2026-01-01; each seed starts somewhere in the day after

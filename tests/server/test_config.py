@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from server.config import ConfigError, ServerConfig, load_config
+from ferry.server.config import ConfigError, ServerConfig, load_config
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -32,7 +32,7 @@ from pathlib import Path
 import pytest
 
 from ferry.contract import Reading, encode_reading
-from server.web import DASHBOARD_DIR, dashboard_file
+from ferry.server.web import DASHBOARD_DIR, dashboard_file
 from tests.server.worker_support import create_topics, get_json, get_status, produce, wait_for, worker_process
 
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -330,7 +330,7 @@ def canned_api(now_ms: int, *, with_health: bool = True) -> dict[str, object]:
 
 
 class CannedApi:
-    """Serves the dashboard's files (through `server.web.dashboard_file`) and canned API answers."""
+    """Serves the dashboard's files (through `ferry.server.web.dashboard_file`) and canned API answers."""
 
     def __init__(self, answers: dict[str, object], vendor: bool = True) -> None:
         self.answers, self.vendor = answers, vendor

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from server.health import DeviceHealth, HealthSettings
+from ferry.server.health import DeviceHealth, HealthSettings
 
 S = HealthSettings()
 T = 1_767_225_600_000

@@ -10,11 +10,11 @@ import pytest
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from server.app import create_app
-from server.config import ServerConfig
-from server.liveness import StallWatch, bootstrap_servers
-from server.logic import TELEMETRY, Record
-from server.streams import wire
+from ferry.server.app import create_app
+from ferry.server.config import ServerConfig
+from ferry.server.liveness import StallWatch, bootstrap_servers
+from ferry.server.logic import TELEMETRY, Record
+from ferry.server.streams import wire
 
 from tests.server.helpers import reading
 

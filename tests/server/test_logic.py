@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from server.accounting import DeviceAccount, DeviceStatus, detail, summary, totals
-from server.config import ServerConfig
-from server.logic import STATUS, TELEMETRY, Record, Settings, apply_batch, apply_reading, apply_status
-from server.windows import History
+from ferry.server.accounting import DeviceAccount, DeviceStatus, detail, summary, totals
+from ferry.server.config import ServerConfig
+from ferry.server.logic import STATUS, TELEMETRY, Record, Settings, apply_batch, apply_reading, apply_status
+from ferry.server.windows import History
 
 from tests.server.helpers import T0, reading, status
 

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from server.sequence import SeqTracker
+from ferry.server.sequence import SeqTracker
 
 
 def test_in_order_seqs_are_new_once() -> None:

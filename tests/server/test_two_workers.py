@@ -10,7 +10,7 @@ import pytest
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from ferry.contract import BridgeNaming
-from server.process import WorkerProcess, bridge_records, produce, wait_for_answer
+from ferry.server.process import WorkerProcess, bridge_records, produce, wait_for_answer
 
 from tests.server.helpers import T0, reading, status
 

@@ -1,4 +1,4 @@
-"""`server.web.dashboard_file`: only known file types inside server/dashboard/ (and its vendor/) are served."""
+"""`ferry.server.web.dashboard_file`: only known file types inside server/dashboard/ (and its vendor/) are served."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-import server.web as web
-from server.web import dashboard_file
+import ferry.server.web as web
+from ferry.server.web import dashboard_file
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from server.windows import DeviceWindows, History, WindowKind, series
+from ferry.server.windows import DeviceWindows, History, WindowKind, series
 
 M1 = WindowKind("1m", 60_000, 60_000)
 M5 = WindowKind("5m", 300_000, 60_000)

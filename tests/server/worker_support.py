@@ -17,8 +17,8 @@ from pathlib import Path
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from ferry.contract import BridgeNaming
-from server.process import WorkerProcess, bridge_records, get_json
-from server.process import produce as produce_records
+from ferry.server.process import WorkerProcess, bridge_records, get_json
+from ferry.server.process import produce as produce_records
 
 __all__ = ["DEADLINE_S", "PARTITIONS", "Topics", "create_topics", "get_json", "get_status", "produce", "wait_for",
            "worker_process"]

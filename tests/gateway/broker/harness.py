@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from gateway.broker.config import BrokerConfig
-from gateway.broker.core import Broker
-from gateway.mqtt import Connect, Decoder, ProtocolError, ProtocolVersion, encode
+from ferry.gateway.broker.config import BrokerConfig
+from ferry.gateway.broker.core import Broker
+from ferry.gateway.mqtt import Connect, Decoder, ProtocolError, ProtocolVersion, encode
 
 V311 = ProtocolVersion.V311
 V5 = ProtocolVersion.V5

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from gateway.broker.config import BrokerConfig
-from gateway.broker.stats import DropReason
-from gateway.mqtt import (
+from ferry.gateway.broker.config import BrokerConfig
+from ferry.gateway.broker.stats import DropReason
+from ferry.gateway.mqtt import (
     Connack, Connect, Disconnect, Pingreq, Pingresp, Properties, Puback, Pubcomp, Publish, Pubrec,
     Pubrel, ReasonCode, Suback, Subscribe, Subscription, Unsuback, Unsubscribe, Will,
 )

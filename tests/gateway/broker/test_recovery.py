@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from gateway.broker.recovery import durable_records, restore
-from gateway.mqtt import Connack, Properties, Puback, Pubcomp, Publish, Pubrec, Pubrel, ReasonCode, Subscribe, Subscription
-from gateway.store.state import DurableState
+from ferry.gateway.broker.recovery import durable_records, restore
+from ferry.gateway.mqtt import Connack, Properties, Puback, Pubcomp, Publish, Pubrec, Pubrel, ReasonCode, Subscribe, Subscription
+from ferry.gateway.store.state import DurableState
 from tests.gateway.broker.harness import V5, Harness
 
 

@@ -12,11 +12,8 @@ from __future__ import annotations
 
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
-
-from gateway.mqtt import (  # noqa: E402
+from ferry.gateway.mqtt import (
     Connect,
     Decoder,
     ProtocolVersion,

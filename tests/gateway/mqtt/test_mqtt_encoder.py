@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.mqtt import (
+from ferry.gateway.mqtt import (
     EMPTY_PROPERTIES,
     Auth,
     Connack,
@@ -218,7 +218,7 @@ def test_codec_imports_no_io_modules() -> None:
             for name in names:
                 assert name.split(".")[0] not in FORBIDDEN, f"{path.name} imports {name}"
     code = (
-        "import sys, gateway.mqtt; "
+        "import sys, ferry.gateway.mqtt; "
         f"bad = {sorted(FORBIDDEN - {'time'})!r}; "
         "print(sorted(m for m in bad if m in sys.modules))"
     )
@@ -232,7 +232,7 @@ def test_no_module_is_over_700_lines() -> None:
 
 
 def test_decode_properties_bytes_inverts_encode_properties() -> None:
-    from gateway.mqtt import ProtocolError, decode_properties_bytes
+    from ferry.gateway.mqtt import ProtocolError, decode_properties_bytes
 
     props = Properties(content_type="json", user_properties=(("a", "b"),), correlation_data=b"\x00")
     assert decode_properties_bytes(encode_properties(props)) == props

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.mqtt import (
+from ferry.gateway.mqtt import (
     Connect,
     Decoder,
     Disconnect,

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from gateway.mqtt import (
+from ferry.gateway.mqtt import (
     EMPTY_PROPERTIES,
     Connack,
     Connect,

@@ -7,7 +7,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.mqtt import (
+from ferry.gateway.mqtt import (
     EMPTY_PROPERTIES,
     Auth,
     Connack,
@@ -36,7 +36,7 @@ from gateway.mqtt import (
     encode_publish,
     encode_topic,
 )
-from gateway.mqtt.reason_codes import (
+from ferry.gateway.mqtt.reason_codes import (
     AUTH_CODES,
     CONNACK_CODES,
     DISCONNECT_CODES,

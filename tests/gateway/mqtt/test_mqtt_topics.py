@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.mqtt import (
+from ferry.gateway.mqtt import (
     ProtocolError,
     ProtocolVersion,
     ReasonCode,

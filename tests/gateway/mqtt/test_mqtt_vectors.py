@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-import gateway.mqtt as mqtt
-from gateway.mqtt import (
+import ferry.gateway.mqtt as mqtt
+from ferry.gateway.mqtt import (
     Connect,
     Decoder,
     Properties,

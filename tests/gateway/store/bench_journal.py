@@ -18,7 +18,7 @@ import time
 import timeit
 from pathlib import Path
 
-from gateway.store import Durability, Journal, MessageAdded, encode_record, recover
+from ferry.gateway.store import Durability, Journal, MessageAdded, encode_record, recover
 
 BATCH = 1000
 BATCHES = 300

@@ -18,7 +18,7 @@ import threading
 import time
 from pathlib import Path
 
-from gateway.store import (
+from ferry.gateway.store import (
     Durability,
     Enqueued,
     Journal,

@@ -6,7 +6,7 @@ import threading
 
 from hypothesis import strategies as st
 
-from gateway.store.records import (
+from ferry.gateway.store.records import (
     Dequeued,
     Enqueued,
     IncomingQos2,
@@ -24,7 +24,7 @@ from gateway.store.records import (
     SubscriptionAdded,
     SubscriptionRemoved,
 )
-from gateway.store.state import DurableState
+from ferry.gateway.store.state import DurableState
 
 ONE_OF_EACH: list[Record] = [
     MessageAdded(7, "ferry/site-1/dev-01/telemetry", b"\x00\xff" * 32, 1, True,

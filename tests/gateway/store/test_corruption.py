@@ -10,17 +10,17 @@ from pathlib import Path
 
 import pytest
 
-from gateway.store.journal import Durability, Journal, JournalError
-from gateway.store.layout import MANIFEST
-from gateway.store.records import (
+from ferry.gateway.store.journal import Durability, Journal, JournalError
+from ferry.gateway.store.layout import MANIFEST
+from ferry.gateway.store.records import (
     Enqueued,
     MessageAdded,
     SessionSaved,
     SubscriptionAdded,
     encode_record,
 )
-from gateway.store.recovery import recover
-from gateway.store.state import DurableState
+from ferry.gateway.store.recovery import recover
+from ferry.gateway.store.state import DurableState
 from tests.gateway.store.helpers import Commits, build_state, busy_state
 
 
@@ -81,7 +81,7 @@ def test_a_flipped_byte_drops_only_that_record(store: tuple[Path, list],
         damaged[at] ^= 0x40
         segment.write_bytes(bytes(damaged))
         caplog.clear()
-        with caplog.at_level(logging.WARNING, logger="gateway.store"):
+        with caplog.at_level(logging.WARNING, logger="ferry.gateway.store"):
             state, report = recover(data_dir)
         expected = build_state(ops[:victim] + ops[victim + 1:])
         assert state == expected
@@ -177,7 +177,7 @@ def test_a_missing_middle_segment_is_logged(tmp_path: Path,
     for n in range(3):
         write_store(tmp_path, [SessionSaved(f"c{n}", 5, 0)])
     (tmp_path / "0000000000000002.seg").unlink()
-    with caplog.at_level(logging.WARNING, logger="gateway.store"):
+    with caplog.at_level(logging.WARNING, logger="ferry.gateway.store"):
         state, _ = recover(tmp_path)
     assert set(state.sessions) == {"c0", "c2"}
     assert "segments 2 to 2 are missing" in caplog.text

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.store.recovery import recover
+from ferry.gateway.store.recovery import recover
 
 CHILD = Path(__file__).with_name("crash_child.py")
 REPO = Path(__file__).resolve().parents[3]

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from gateway.store import journal as journal_module
-from gateway.store.journal import Durability, Journal, JournalError
-from gateway.store.layout import MANIFEST
-from gateway.store.records import Dequeued, Enqueued, MessageAdded, SessionSaved
-from gateway.store.recovery import recover
-from gateway.store.state import DurableState
+from ferry.gateway.store import journal as journal_module
+from ferry.gateway.store.journal import Durability, Journal, JournalError
+from ferry.gateway.store.layout import MANIFEST
+from ferry.gateway.store.records import Dequeued, Enqueued, MessageAdded, SessionSaved
+from ferry.gateway.store.recovery import recover
+from ferry.gateway.store.state import DurableState
 from tests.gateway.store.helpers import Commits, build_state, busy_state
 
 DISK_MODES = [Durability.FSYNC, Durability.OS]

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.store.reader import CorruptRegion, RecordReader
-from gateway.store.records import SessionDeleted, encode_record
+from ferry.gateway.store.reader import CorruptRegion, RecordReader
+from ferry.gateway.store.records import SessionDeleted, encode_record
 from tests.gateway.store.helpers import ONE_OF_EACH, records
 
 

@@ -8,9 +8,9 @@ import zlib
 import pytest
 from hypothesis import given, settings
 
-from gateway.store import records as rec
-from gateway.store.reader import RecordReader
-from gateway.store.records import MessageAdded, SessionDeleted, decode_body, encode_record
+from ferry.gateway.store import records as rec
+from ferry.gateway.store.reader import RecordReader
+from ferry.gateway.store.records import MessageAdded, SessionDeleted, decode_body, encode_record
 from tests.gateway.store.helpers import ONE_OF_EACH, records
 from tests.vectors import load as load_vectors
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.store.records import (
+from ferry.gateway.store.records import (
     Dequeued,
     Enqueued,
     IncomingQos2,
@@ -23,8 +23,8 @@ from gateway.store.records import (
     SubscriptionRemoved,
     encode_record,
 )
-from gateway.store.reader import RecordReader
-from gateway.store.state import DurableState, QueueEntry
+from ferry.gateway.store.reader import RecordReader
+from ferry.gateway.store.state import DurableState, QueueEntry
 from tests.gateway.store.helpers import build_state, busy_state, state_ops
 
 
