@@ -1,14 +1,18 @@
 """The gateway's durable store: an append-only, group-committed journal.
 
-* :mod:`~ferry.gateway.store.records` - record types and their framed binary codec (pure);
-* :mod:`~ferry.gateway.store.reader` - :class:`RecordReader`, records out of a damaged byte stream (pure);
+* :mod:`~ferry.gateway.store.records` - record types, their frames, batches and segment
+  headers: the on-disk format (pure);
+* :mod:`~ferry.gateway.store.reader` - :class:`RecordReader`, the records of a segment's good
+  batches (pure);
 * :mod:`~ferry.gateway.store.state` - :class:`DurableState`, what the records add up to (pure);
-* :mod:`~ferry.gateway.store.layout` - the data directory: segment names, manifest, write helpers;
+* :mod:`~ferry.gateway.store.layout` - the data directory: segment names, manifest, salt,
+  format checks, write helpers;
 * :mod:`~ferry.gateway.store.recovery` - :func:`recover`, rebuilding the state after a crash;
 * :mod:`~ferry.gateway.store.journal` - :class:`Journal`, the writer thread and group commit.
 """
 
 from .journal import Durability, Journal, JournalError, JournalStats
+from .layout import StoreFormatError
 from .records import (
     Dequeued,
     Enqueued,
@@ -57,6 +61,7 @@ __all__ = [
     "SessionDeleted",
     "SessionSaved",
     "SubscriptionAdded",
+    "StoreFormatError",
     "SubscriptionRemoved",
     "encode_record",
     "recover",

@@ -1,8 +1,9 @@
 """The append-only journal: group commit on one writer thread, segments, snapshots.
 
 The broker appends records from its event loop (:meth:`Journal.append`, no
-I/O) and calls :meth:`Journal.flush`; one writer thread writes the pending
-batch, fsyncs it (per :class:`Durability`) and reports the batch number
+I/O) and calls :meth:`Journal.flush`; one writer thread frames the pending
+batch (one batch header and crc for all its records, see :mod:`.records`),
+writes it, fsyncs it (per :class:`Durability`) and reports the batch number
 through ``on_commit``.  Records appended while a write is in flight form the
 next batch, so under load one fsync covers many records.
 
@@ -10,11 +11,13 @@ Durability of each write path:
 
 * batches: written with one ``os.write``; fdatasync'ed before ``on_commit``
   in ``FSYNC`` mode, never fsynced in ``OS`` mode, not written in ``MEMORY``;
-* a new segment file: the directory is fsynced before the first batch in it
-  commits (``FSYNC`` mode only);
+* a new segment file: its header is written at once and made durable by the
+  fdatasync of the first batch in it, and the directory is fsynced before
+  that batch commits (``FSYNC`` mode only);
 * snapshots and the manifest: always fsynced, file and directory, in both
   ``FSYNC`` and ``OS`` modes, because a snapshot deletes the segments it
-  replaces and must never leave neither after a power cut.
+  replaces and must never leave neither after a power cut.  A new store's
+  manifest (with its salt) is written before its first segment.
 
 If a write or fsync fails the journal stops for good (after a failed fsync
 the page cache can no longer be trusted): no later batch commits, ``on_error``
@@ -26,10 +29,11 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -43,7 +47,7 @@ from .layout import (
     write_all,
     write_manifest,
 )
-from .records import Record, encode_record
+from .records import SALT_BYTES, Record, encode_batch, encode_record, encode_segment_header
 from .recovery import RecoveryReport, recover
 from .state import DurableState
 
@@ -53,6 +57,9 @@ __all__ = ["Durability", "Journal", "JournalError", "JournalStats", "RecoveryRep
 logger = logging.getLogger(__name__)
 
 MIB = 1024 * 1024
+SNAPSHOT_BATCH_BYTES = MIB
+"""A snapshot is written as batches of about this many bytes of records, so that damage to
+one costs only its records, not the whole base state."""
 
 
 class Durability(Enum):
@@ -104,11 +111,13 @@ class _Batch:
 
 
 class _Snapshot:
-    __slots__ = ("data", "records")
+    """Encoded records; the writer thread frames them into batches (it knows the segment)."""
 
-    def __init__(self, data: bytes, records: int) -> None:
-        self.data = data
-        self.records = records
+    __slots__ = ("frames", "size_bytes")
+
+    def __init__(self, frames: list[bytes]) -> None:
+        self.frames = frames
+        self.size_bytes = sum(map(len, frames))
 
 
 class Journal:
@@ -167,8 +176,10 @@ class Journal:
         self._phase = _Phase.NEW
         # Writer side: touched by open(), then only by the writer thread.
         self._fd: int | None = None
+        self._salt = b""
         self._segment = 0
         self._segment_bytes = 0
+        self._sequence = 0  # the last batch written to the current segment
         self._thread: threading.Thread | None = None
         # Stats, guarded by _lock.
         self._commits = self._records = self._records_last = self._records_max = 0
@@ -204,6 +215,7 @@ class Journal:
     def _open_files(self, state: DurableState, compact: bool | None) -> None:
         self._dir.mkdir(parents=True, exist_ok=True)
         layout = scan(self._dir)
+        self._salt = secrets.token_bytes(SALT_BYTES) if layout.salt is None else layout.salt
         for path in layout.temporary:
             logger.info("%s: removing leftover %s", self._dir, path.name)
             path.unlink()
@@ -213,23 +225,24 @@ class Journal:
         many = len(layout.live) > self._open_snapshot_max_segments
         if compact or (compact is None and (many or live_bytes >= self._open_snapshot_min_bytes)):
             snapshot = self._encode_snapshot(state.records())
-            if not (compact or many or 2 * len(snapshot.data) <= live_bytes):
+            if not (compact or many or 2 * snapshot.size_bytes <= live_bytes):
                 snapshot = None
         if snapshot is not None:  # switches the manifest, removes all older segments
-            logger.info("%s: compacting %d segments (%d bytes) into a %d-byte snapshot",
-                        self._dir, len(layout.live), live_bytes, len(snapshot.data))
+            logger.info("%s: compacting %d segments (%d bytes) into a snapshot of %d bytes "
+                        "of records", self._dir, len(layout.live), live_bytes,
+                        snapshot.size_bytes)
             self._write_snapshot(snapshot)
             self._since_snapshot = 0
             return
-        if layout.base is not None and layout.manifest_base != layout.base:
-            write_manifest(self._dir, layout.base)  # before the stale segments go
+        base = layout.next_number if layout.base is None else layout.base
+        if layout.manifest_base != base:
+            # Before the stale segments go; for a new store, the salt before any segment.
+            write_manifest(self._dir, base, self._salt)
         for segment in layout.stale:
             logger.info("%s: removing segment %s older than the base", self._dir,
                         segment.path.name)
             segment.path.unlink()
-        self._new_segment()
-        if layout.base is None:
-            write_manifest(self._dir, self._segment)
+        self._bytes_written += self._new_segment()
         self._since_snapshot = live_bytes
 
     def close(self) -> None:
@@ -331,7 +344,8 @@ class Journal:
         ``records`` (normally ``state.records()``) is encoded here, on the
         calling thread, before this returns; the pending batch is handed to the
         writer first, so the snapshot lands after every batch appended so far.
-        In the writer thread the snapshot is written to a ``.tmp`` file,
+        In the writer thread the snapshot is framed into batches (segment header
+        and batch headers carry the store's salt) and written to a ``.tmp`` file,
         fsynced, renamed to ``NNN.snap``, the directory fsynced, the manifest
         switched (tmp + fsync + rename + directory fsync), and only then are
         the older segments deleted.  Fsynced in ``FSYNC`` and ``OS`` modes;
@@ -411,8 +425,7 @@ class Journal:
 
     @staticmethod
     def _encode_snapshot(records: Iterable[Record]) -> _Snapshot:
-        chunks = [encode_record(record) for record in records]
-        return _Snapshot(b"".join(chunks), len(chunks))
+        return _Snapshot([encode_record(record) for record in records])
 
     # ---------------------------------------------------------- writer thread
 
@@ -464,49 +477,69 @@ class Journal:
                 logger.exception("on_error raised")
 
     def _write_batch(self, batch: _Batch) -> int:
-        """Write one batch to the current segment.  Fdatasync'ed in ``FSYNC`` mode."""
+        """Write one batch to the current segment; the bytes written, a new segment's header
+        included.  Fdatasync'ed in ``FSYNC`` mode (a new segment's header with it)."""
+        written = 0
         if self._segment_bytes >= self._segment_max_bytes:
-            self._new_segment()
-        data = b"".join(batch.chunks)
+            written = self._new_segment()
+        self._sequence += 1
+        data = encode_batch(self._salt, self._segment, self._sequence, b"".join(batch.chunks))
         write_all(self._fd, data)
         if self._durability is Durability.FSYNC:
             sync_data(self._fd)
         self._segment_bytes += len(data)
-        return len(data)
+        return written + len(data)
 
-    def _new_segment(self) -> None:
-        """Start the next ``.seg`` file.  The directory is fsynced in ``FSYNC`` mode;
-        the previous segment was synced with its last batch."""
+    def _new_segment(self) -> int:
+        """Start the next ``.seg`` file with its header; the bytes written.  The directory is
+        fsynced in ``FSYNC`` mode, the header only with the first batch; the previous segment
+        was synced with its last batch."""
         number = self._segment + 1
         fd = create_file(segment_path(self._dir, number, snapshot=False))
-        if self._durability is Durability.FSYNC:
-            fsync_dir(self._dir)
-        self._switch_to(fd, number, 0)
+        try:
+            header = encode_segment_header(self._salt)
+            write_all(fd, header)
+            if self._durability is Durability.FSYNC:
+                fsync_dir(self._dir)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._switch_to(fd, number, len(header), 0)
+        return len(header)
 
-    def _switch_to(self, fd: int, number: int, size: int) -> None:
+    def _switch_to(self, fd: int, number: int, size: int, sequence: int) -> None:
         old, self._fd = self._fd, fd
         self._segment = number
         self._segment_bytes = size
+        self._sequence = sequence
         if old is not None:
             os.close(old)
 
     def _write_snapshot(self, snapshot: _Snapshot) -> None:
-        """Write ``snapshot`` as the new base segment.  Always fsynced (file,
-        directory, manifest) before the old segments are deleted."""
+        """Write ``snapshot`` as the new base segment, in batches of about
+        :data:`SNAPSHOT_BATCH_BYTES`.  Always fsynced (file, directory, manifest)
+        before the old segments are deleted."""
         number = self._segment + 1
         final = segment_path(self._dir, number, snapshot=True)
         tmp = final.with_name(final.name + ".tmp")
         fd = create_file(tmp, exclusive=False)
         try:
-            write_all(fd, snapshot.data)
+            header = encode_segment_header(self._salt)
+            write_all(fd, header)
+            size = len(header)
+            batches = 0
+            for batch in _snapshot_batches(self._salt, number, snapshot.frames):
+                write_all(fd, batch)
+                size += len(batch)
+                batches += 1
             sync_data(fd)
             os.rename(tmp, final)
             fsync_dir(self._dir)
-            write_manifest(self._dir, number)
+            write_manifest(self._dir, number, self._salt)
         except BaseException:
             os.close(fd)
             raise
-        self._switch_to(fd, number, len(snapshot.data))
+        self._switch_to(fd, number, size, batches)
         removed = 0
         for segment in scan(self._dir).stale:
             segment.path.unlink()
@@ -515,6 +548,18 @@ class Journal:
             fsync_dir(self._dir)
         with self._lock:
             self._snapshots += 1
-            self._bytes_written += len(snapshot.data)
+            self._bytes_written += size
         logger.info("%s: snapshot %d written (%d records, %d bytes), %d old segments removed",
-                    self._dir, number, snapshot.records, len(snapshot.data), removed)
+                    self._dir, number, len(snapshot.frames), size, removed)
+
+
+def _snapshot_batches(salt: bytes, segment: int, frames: list[bytes]) -> Iterator[bytes]:
+    """``frames`` as batches 1, 2, ... of ``segment``, each of about :data:`SNAPSHOT_BATCH_BYTES`
+    (at least one frame, so a larger frame makes a larger batch)."""
+    sequence = start = size = 0
+    for index, frame in enumerate(frames):
+        size += len(frame)
+        if size >= SNAPSHOT_BATCH_BYTES or index == len(frames) - 1:
+            sequence += 1
+            yield encode_batch(salt, segment, sequence, b"".join(frames[start:index + 1]))
+            start, size = index + 1, 0

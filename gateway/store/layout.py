@@ -2,10 +2,20 @@
 
 A data directory holds::
 
-    MANIFEST                    {"format": "ferry-journal", "version": 1, "base": 7}
+    MANIFEST                    {"format": "ferry-journal", "version": 2, "base": 7,
+                                 "salt": "<the store's salt: 32 hex digits>"}
     0000000000000007.snap       a snapshot segment: the full state, then appended batches
     0000000000000008.seg        a log segment: appended batches only
     *.tmp                       leftovers of an interrupted snapshot or manifest switch
+
+Every segment starts with a header carrying the format version and the
+store's salt, then holds batches of records (the format is in
+:mod:`.records`).  The salt is drawn when the store is created and written
+to the manifest before the first segment exists; each segment header keeps
+a copy, so a lost manifest costs nothing.  A data directory of another
+format version (format 1 had neither batches nor salt) is refused with
+:class:`StoreFormatError`, as is a segment whose header carries another
+store's salt: there is no migration.
 
 Segments are numbered in the order they were created.  Recovery replays the
 *base* segment and every later one.  The base is the one the manifest names,
@@ -25,10 +35,13 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from .records import FORMAT_VERSION, SALT_BYTES, SEGMENT_HEADER, decode_segment_header
+
 __all__ = [
     "MANIFEST",
     "Layout",
     "SegmentFile",
+    "StoreFormatError",
     "create_file",
     "fsync_dir",
     "scan",
@@ -42,9 +55,23 @@ logger = logging.getLogger(__name__)
 
 MANIFEST = "MANIFEST"
 MANIFEST_FORMAT = "ferry-journal"
-MANIFEST_VERSION = 1
+_READS_ONLY = (f"this Ferry reads store format {FORMAT_VERSION} only and does not convert stores: "
+               f"move the directory away to start with an empty store")
 _SEGMENT_NAME = re.compile(r"^(\d{16})\.(seg|snap)$")
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+
+
+class StoreFormatError(Exception):
+    """The data directory is not a store this Ferry can read: another format version, or
+    segments of another store.  Nothing was changed on disk."""
+
+
+@dataclass(frozen=True, slots=True)
+class Manifest:
+    """What a readable manifest says."""
+
+    base: int
+    salt: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +97,8 @@ class Layout:
     """The base the manifest names, or None if it is missing or unreadable."""
     next_number: int
     """The number for the next segment file."""
+    salt: bytes | None
+    """The store's salt (from the manifest, else from a segment header); None for a new store."""
 
     @property
     def base(self) -> int | None:
@@ -84,30 +113,70 @@ def segment_path(data_dir: Path, number: int, *, snapshot: bool) -> Path:
     return data_dir / f"{number:016d}.{'snap' if snapshot else 'seg'}"
 
 
-def _read_manifest(data_dir: Path) -> int | None:
+def _read_manifest(data_dir: Path) -> Manifest | None:
+    """The manifest, or None if it is missing or unreadable (logged).
+
+    Raises :class:`StoreFormatError` for a manifest of another format version.
+    """
+    path = data_dir / MANIFEST
     try:
-        text = (data_dir / MANIFEST).read_bytes()
+        text = path.read_bytes()
     except FileNotFoundError:
         return None
     try:
         doc = json.loads(text)
-        base = doc["base"]
-        if (doc["format"] != MANIFEST_FORMAT or doc["version"] != MANIFEST_VERSION
-                or type(base) is not int or base < 0):
+        version = doc["version"]
+        if doc["format"] == MANIFEST_FORMAT and type(version) is int and version != FORMAT_VERSION:
+            raise StoreFormatError(
+                f"{path}: store format {version}, written by "
+                f"{'an older' if version < FORMAT_VERSION else 'a newer'} Ferry; {_READS_ONLY}")
+        base, salt = doc["base"], bytes.fromhex(doc["salt"])
+        if (doc["format"] != MANIFEST_FORMAT or type(base) is not int or base < 0
+                or len(salt) != SALT_BYTES):
             raise ValueError(doc)
     except (ValueError, KeyError, TypeError, UnicodeDecodeError):
         logger.warning("%s: unreadable manifest (%d bytes), using the segments on disk",
-                       data_dir / MANIFEST, len(text))
+                       path, len(text))
         return None
-    return base
+    return Manifest(base, salt)
+
+
+def _store_salt(data_dir: Path, manifest: Manifest | None,
+                live: tuple[SegmentFile, ...]) -> bytes | None:
+    """The salt of the manifest, else of the first live segment with a readable header.
+
+    A segment whose header does not check out is left to the reader, which skips it as
+    damage.  Raises :class:`StoreFormatError` for a segment of another format version or
+    another store, and for segments with content when neither gives a salt.
+    """
+    salt = None if manifest is None else manifest.salt
+    for segment in live:
+        with segment.path.open("rb") as file:
+            header = decode_segment_header(file.read(SEGMENT_HEADER.size))
+        if header is None:
+            continue
+        if header.format_version != FORMAT_VERSION:
+            raise StoreFormatError(
+                f"{segment.path}: store format {header.format_version}; {_READS_ONLY}")
+        if salt is None:
+            salt = header.salt
+        elif header.salt != salt:
+            raise StoreFormatError(f"{segment.path}: a segment of another store (its salt is "
+                                   f"not this store's); move it away")
+    if salt is None and any(segment.size_bytes for segment in live):
+        raise StoreFormatError(
+            f"{data_dir}: no readable manifest and no segment with a format-{FORMAT_VERSION} "
+            f"header, as in a store of format 1 (written by an older Ferry); {_READS_ONLY}")
+    return salt
 
 
 def scan(data_dir: Path) -> Layout:
-    """Read the manifest and list the segments.  Reads only; a missing directory is empty."""
+    """Read the manifest, list the segments and read their headers.  Reads only; a missing
+    directory is empty.  Raises :class:`StoreFormatError` (see :func:`_store_salt`)."""
     try:
         names = os.listdir(data_dir)
     except FileNotFoundError:
-        return Layout((), (), (), None, 1)
+        return Layout((), (), (), None, 1, None)
     segments: dict[int, SegmentFile] = {}
     temporary = []
     for name in sorted(names):
@@ -122,7 +191,8 @@ def scan(data_dir: Path) -> Layout:
                                            path.stat().st_size)
         elif name.endswith(".tmp"):
             temporary.append(path)
-    manifest_base = _read_manifest(data_dir)
+    manifest = _read_manifest(data_dir)
+    manifest_base = None if manifest is None else manifest.base
     numbers = sorted(segments)
     snapshots = [n for n in numbers if segments[n].snapshot]
     if manifest_base is not None and manifest_base in segments:
@@ -148,7 +218,7 @@ def scan(data_dir: Path) -> Layout:
             logger.warning("%s: segments %d to %d are missing: records may be lost",
                            data_dir, before.number + 1, after.number - 1)
     return Layout(live, stale, tuple(temporary), manifest_base,
-                  (numbers[-1] + 1) if numbers else 1)
+                  (numbers[-1] + 1) if numbers else 1, _store_salt(data_dir, manifest, live))
 
 
 # ------------------------------------------------------------------- writing
@@ -187,13 +257,14 @@ def create_file(path: Path, *, exclusive: bool = True) -> int:
     return os.open(path, flags, 0o644)
 
 
-def write_manifest(data_dir: Path, base: int) -> None:
-    """Atomically make ``base`` the manifest's base segment.
+def write_manifest(data_dir: Path, base: int, salt: bytes) -> None:
+    """Atomically make ``base`` the manifest's base segment (and ``salt`` the store's).
 
     Fsynced: writes ``MANIFEST.tmp``, fsyncs it, renames it over ``MANIFEST``
     and fsyncs the directory before returning, whatever the durability mode.
     """
-    doc = {"format": MANIFEST_FORMAT, "version": MANIFEST_VERSION, "base": base}
+    doc = {"format": MANIFEST_FORMAT, "version": FORMAT_VERSION, "base": base,
+           "salt": salt.hex()}
     tmp = data_dir / (MANIFEST + ".tmp")
     fd = create_file(tmp, exclusive=False)
     try:

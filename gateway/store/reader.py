@@ -1,161 +1,147 @@
-"""Splitting a byte stream into records, and finding the way past damage.  Pure.
+"""Reading a segment file back, batch by batch, and finding the way past damage.  Pure.
 
-See :mod:`ferry.gateway.store.records` for the frame format.  :class:`RecordReader`
-never raises for bad bytes: it reports them as :class:`CorruptRegion` s and a
-tail, and carries on with the next frame that checks out.
+See :mod:`ferry.gateway.store.records` for the format.  A segment is read from
+its header on, one batch after the other.  A batch counts only if it carries
+the store's salt and its segment's number, its sequence number is plausible
+and its crc checks out; its frames are then decoded in order from its start,
+and if one of them does not decode the whole batch is dropped (a writer bug or
+a crc collision: nothing of such a batch is trusted).  So the records of a
+batch are replayed all or none.
+
+Damage (a bad segment header, a bad crc, a batch running past the end of the
+file) is never searched for record frames.  The reader looks for the next
+``"FBAT"`` + salt and tries a batch there; its sequence number is plausible
+if it is above the last good batch's and no further ahead than the skipped
+bytes could hold batches (a batch header alone is 48 bytes).  The skipped
+bytes are a :class:`CorruptRegion`; bytes after the last good batch with no
+good batch after them are the *tail*, normally a write cut short by a crash.
+
+Why: a device chooses its payload bytes, and a payload can hold anything,
+whole encoded records with good crcs included.  Format 1 resynchronised at
+any frame whose crc checked out, so a payload torn by a power cut could
+replay records nobody wrote (a ``SessionDeleted`` of the bridge's session,
+a ``SubscriptionAdded`` for ``#``).  A payload cannot hold the salt: it never
+left the gateway's disk.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from zlib import crc32
 
-from .records import BODY_DECODERS, FRAME_HEAD, MALFORMED, MAX_RECORD_BYTES, Record
+from .records import (
+    BATCH_HEADER,
+    BATCH_MAGIC,
+    BODY_DECODERS,
+    FRAME_HEAD,
+    MALFORMED,
+    Record,
+    batch_crc,
+    encode_segment_header,
+)
 
 __all__ = ["CorruptRegion", "RecordReader"]
-
-# Where a frame could start: length's first byte <= 0x0F and a known type byte.
-_CANDIDATE = re.compile(
-    rb"(?=[\x00-\x0f][\x00-\xff]{7}["
-    + b"".join(re.escape(bytes([t])) for t in sorted(BODY_DECODERS))
-    + rb"])"
-)
 
 
 @dataclass(frozen=True, slots=True)
 class CorruptRegion:
-    """Bytes skipped between two good frames (offsets count from the stream start)."""
+    """Bytes skipped between two good batches (offsets count from the start of the file)."""
 
     offset: int
     length: int
 
 
 class RecordReader:
-    """Splits a byte stream into records, skipping damage.
+    """The records of one segment file, batch by batch, skipping damage.
 
-    Feed bytes with :meth:`feed`, iterate to get the records whose frames are
-    complete and check out, call :meth:`end` when the stream is over and
-    iterate once more.  A frame whose CRC, type or body is bad starts a
-    corrupt region; the reader scans forward byte by byte for the next frame
-    that checks out (CRC and body) and records the skipped bytes in
-    :attr:`corrupt_regions`.  Bytes after the last good frame with no good
-    frame following them are the *tail* (:attr:`tail_bytes`, known after
-    :meth:`end`): normally a write cut short by a crash.
-
-    Until :meth:`end`, a frame that runs past the bytes fed so far is awaited,
-    not judged.
+    Iterate once to get the records of every good batch in order; the counts,
+    :attr:`corrupt_regions`, :attr:`tail_bytes` and :attr:`good_end` are
+    complete when the iteration ends.
     """
 
-    __slots__ = ("_buf", "_view", "_base", "_pos", "_scan", "_ended",
-                 "corrupt_regions", "tail_bytes", "records")
+    __slots__ = ("_data", "_salt", "_segment", "batches", "records", "corrupt_regions",
+                 "tail_bytes", "good_end")
 
-    def __init__(self) -> None:
-        self._buf = b""
-        self._view = memoryview(b"")
-        self._base = 0  # stream offset of _buf[0]
-        self._pos = 0  # next unconsumed byte in _buf (start of the damage while scanning)
-        self._scan: int | None = None  # next candidate frame start while scanning
-        self._ended = False
+    def __init__(self, data: bytes, salt: bytes, segment: int) -> None:
+        """``data`` is the whole file; ``salt`` the store's; ``segment`` the file's number."""
+        self._data = data
+        self._salt = salt
+        self._segment = segment
+        self.batches = 0
+        self.records = 0
         self.corrupt_regions: list[CorruptRegion] = []
         self.tail_bytes = 0
-        self.records = 0
-
-    @property
-    def good_end(self) -> int:
-        """Stream offset just after the last frame consumed (or damage skipped)."""
-        return self._base + self._pos
-
-    def feed(self, data: bytes) -> None:
-        if self._ended:
-            raise ValueError("feed() after end()")
-        rest = self._buf[self._pos:]
-        self._base += self._pos
-        if self._scan is not None:
-            self._scan -= self._pos
-        self._pos = 0
-        self._buf = bytes(data) if not rest else rest + data
-        self._view = memoryview(self._buf)
-
-    def end(self) -> None:
-        """No more bytes will come: the next iteration judges what is left."""
-        self._ended = True
+        """Bytes after the last good batch that no good batch follows."""
+        self.good_end = 0
+        """Offset just after the last good batch (or the segment header): where the file
+        may be cut."""
 
     def __iter__(self) -> Iterator[Record]:
-        while (record := self.next_record()) is not None:
-            yield record
-
-    def next_record(self) -> Record | None:
-        """The next good record, or None until more bytes (or :meth:`end`)."""
-        buf = self._buf
-        size = len(buf)
-        while True:
-            if self._scan is not None and not self._resync():
-                return None
-            pos = self._pos
-            if size - pos < 9:
-                if not self._ended or size == pos:
-                    return None
-                self._scan = pos + 1  # a few stray bytes at the end
+        data = self._data
+        size = len(data)
+        marker = BATCH_MAGIC + self._salt
+        header = encode_segment_header(self._salt)
+        pos = len(header) if data.startswith(header) else 0
+        damage_at = None if pos or not size else 0  # start of the bytes being skipped
+        last_sequence = 0
+        while pos < size:
+            skipped = 0 if damage_at is None else pos - damage_at
+            batch = self._batch_at(pos, last_sequence, skipped)
+            if batch is None:
+                if damage_at is None:
+                    damage_at = pos
+                pos = data.find(marker, pos + 1)
+                if pos < 0:
+                    break
                 continue
-            length, crc, rtype = FRAME_HEAD.unpack_from(buf, pos)
-            decoder = BODY_DECODERS.get(rtype)
-            if decoder is not None and 0 < length <= MAX_RECORD_BYTES:
-                stop = pos + 8 + length
-                if stop > size:
-                    if not self._ended:
-                        return None
-                elif crc32(self._view[pos + 8:stop]) == crc:
-                    try:
-                        record = decoder(buf, pos + 9, stop)
-                    except MALFORMED:
-                        pass
-                    else:
-                        self._pos = stop
-                        self.records += 1
-                        return record
-            self._scan = pos + 1
+            if damage_at is not None:
+                if pos > damage_at:  # not a missing segment header alone
+                    self.corrupt_regions.append(CorruptRegion(damage_at, pos - damage_at))
+                damage_at = None
+            last_sequence, pos, records = batch
+            self.batches += 1
+            self.records += len(records)
+            yield from records
+        if damage_at is None:
+            self.good_end = size
+        else:
+            self.good_end = damage_at
+            self.tail_bytes = size - damage_at
 
-    def _check(self, p: int) -> bool | None:
-        """Does a good frame start at ``p``?  None: cannot tell before more bytes."""
-        buf = self._buf
-        length, crc, rtype = FRAME_HEAD.unpack_from(buf, p)
-        if not 0 < length <= MAX_RECORD_BYTES:
-            return False
-        stop = p + 8 + length
-        if stop > len(buf):
-            return False if self._ended else None
-        try:  # parsing rejects most false candidates before the CRC pass
-            BODY_DECODERS[rtype](buf, p + 9, stop)
-        except MALFORMED:
-            return False
-        return crc32(self._view[p + 8:stop]) == crc
+    def _batch_at(self, pos: int, last_sequence: int,
+                  skipped: int) -> tuple[int, int, list[Record]] | None:
+        """(sequence, end, records) of a good batch starting at ``pos``, or None."""
+        data = self._data
+        if len(data) - pos < BATCH_HEADER.size:
+            return None
+        magic, salt, segment, sequence, length, crc = BATCH_HEADER.unpack_from(data, pos)
+        plausible = last_sequence < sequence <= last_sequence + 1 + skipped // BATCH_HEADER.size
+        if magic != BATCH_MAGIC or salt != self._salt or segment != self._segment or not plausible:
+            return None
+        start = pos + BATCH_HEADER.size
+        end = start + length
+        if end > len(data) or batch_crc(segment, sequence, memoryview(data)[start:end]) != crc:
+            return None
+        records = self._decode(start, end)
+        return None if records is None else (sequence, end, records)
 
-    def _resync(self) -> bool:
-        """Scan for the next good frame; True once found (``_pos`` moved there)."""
-        buf = self._buf
-        size = len(buf)
-        p = self._scan
-        assert p is not None
-        while True:
-            match = _CANDIDATE.search(buf, p, size)
-            if match is None:
-                if self._ended:  # nothing good follows: the rest is the tail
-                    self.tail_bytes = size - self._pos
-                    self._pos = size
-                    self._scan = None
-                    return False
-                self._scan = max(p, size - 8)
-                return False
-            p = match.start()
-            found = self._check(p)
-            if found is None:
-                self._scan = p
-                return False
-            if found:
-                self.corrupt_regions.append(CorruptRegion(self._base + self._pos, p - self._pos))
-                self._pos = p
-                self._scan = None
-                return True
-            p += 1
+    def _decode(self, pos: int, end: int) -> list[Record] | None:
+        """The frames between ``pos`` and ``end``, in order; None if any does not decode."""
+        data = self._data
+        view = memoryview(data)
+        records = []
+        while pos < end:
+            if end - pos < FRAME_HEAD.size:
+                return None
+            length, crc, record_type = FRAME_HEAD.unpack_from(data, pos)
+            stop = pos + 8 + length
+            decoder = BODY_DECODERS.get(record_type)
+            if decoder is None or length == 0 or stop > end or crc32(view[pos + 8:stop]) != crc:
+                return None
+            try:
+                records.append(decoder(data, pos + 9, stop))
+            except MALFORMED:
+                return None
+            pos = stop
+        return records

@@ -1,7 +1,31 @@
-"""Journal records and their binary codec.  Pure: no files, no clocks, no threads.
+"""Journal records, the batches that carry them, and segment headers: the on-disk codec.
 
-Every mutation of the broker's durable state is one record.  On disk a record
-is one *frame*, all integers big-endian::
+Pure: no files, no clocks, no threads.  All integers are big-endian.
+
+**Segment file** (``NNN.seg`` or ``NNN.snap``, see :mod:`.layout`)::
+
+    [8s "FERRYSEG"][u32 format version][16s salt][u32 crc32]   segment header, 32 bytes
+    [batch][batch]...
+
+``crc32`` covers the 28 bytes before it.  The *salt* is 16 random bytes drawn
+with :mod:`secrets` when the store is created, kept in the manifest and in
+every segment header, and never sent anywhere else.
+
+**Batch** (one group commit, or one slice of a snapshot)::
+
+    [4s "FBAT"][16s salt][u64 segment][u64 sequence][u64 length][u32 crc32][frames]
+
+A 48-byte header, then ``length`` bytes of record frames.  ``segment`` is the
+number of the file the batch was written to; ``sequence`` counts the batches
+of that file from 1; ``crc32`` covers ``segment``, ``sequence``, ``length`` and
+the frames.  A batch is valid only as a whole.  Why: a batch's frames are
+parsed one after another from its start, never searched for, so a record's
+bytes inside another record's payload are only ever payload.  After damage
+:class:`~.reader.RecordReader` resynchronises only at ``"FBAT"`` + the salt:
+bytes from the network cannot contain the salt, because nothing on the
+network ever carried it.
+
+**Record frame** (one record, the unit inside a batch)::
 
     [u32 length][u32 crc32][u8 type][body]
 
@@ -18,13 +42,12 @@ dataclass field order and are encoded as:
 * ``subscription_id: int | None``: u8 presence flag + u32 (0 when absent);
 * ``subscription_ids: tuple[int, ...]``: u16 count + one u32 each.
 
-A frame is at most :data:`MAX_RECORD_BYTES` long (the MQTT maximum packet
-size), so the first byte of every frame is 0x00-0x0F; :class:`~.reader.RecordReader`
-uses that to skip garbage quickly when it resynchronises after corruption.
+A frame is at most :data:`MAX_RECORD_BYTES` long (the MQTT maximum packet size).
 
 The record constructors do not validate (they sit on the broker's hot path);
 :func:`encode_record` raises ``ValueError`` for a record it cannot represent,
-so nothing unreadable is ever written.
+so nothing unreadable is ever written.  Batch and segment headers cost
+nothing per record: the journal frames each batch once, in its writer thread.
 """
 
 from __future__ import annotations
@@ -36,7 +59,12 @@ from typing import ClassVar, Union
 from zlib import crc32
 
 __all__ = [
+    "BATCH_HEADER",
+    "BATCH_MAGIC",
+    "FORMAT_VERSION",
     "MAX_RECORD_BYTES",
+    "SALT_BYTES",
+    "SEGMENT_HEADER",
     "Dequeued",
     "Enqueued",
     "IncomingQos2",
@@ -49,16 +77,30 @@ __all__ = [
     "Record",
     "RetainCleared",
     "RetainSet",
+    "SegmentHeader",
     "SessionDeleted",
     "SessionSaved",
     "SubscriptionAdded",
     "SubscriptionRemoved",
+    "batch_crc",
     "decode_body",
+    "decode_segment_header",
+    "encode_batch",
     "encode_record",
+    "encode_segment_header",
 ]
 
 MAX_RECORD_BYTES = 0x0FFF_FFFF  # largest value of the frame's length field
-FRAME_HEADER_BYTES = 8  # length + crc; the type byte is counted by length
+FORMAT_VERSION = 2
+"""The store format in segment headers and the manifest (1: frames without batches or salt)."""
+SALT_BYTES = 16
+SEGMENT_MAGIC = b"FERRYSEG"
+BATCH_MAGIC = b"FBAT"
+SEGMENT_HEADER = struct.Struct(">8sI16sI")
+"""magic, format version, salt, crc32 of the preceding 28 bytes."""
+BATCH_HEADER = struct.Struct(">4s16sQQQI")
+"""magic, salt, segment, sequence, length, crc32 (of segment..length and the frames)."""
+_BATCH_CHECKED = struct.Struct(">QQQ")  # segment, sequence, length: what the crc covers first
 
 
 # --------------------------------------------------------------------- records
@@ -582,3 +624,41 @@ def decode_body(record_type: int, body: bytes) -> Record:
     except MALFORMED:
         raise ValueError(f"malformed body for record type {record_type}") from None
 
+
+# ------------------------------------------------- batches and segment headers
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentHeader:
+    """What a segment file says about itself."""
+
+    format_version: int
+    salt: bytes
+
+
+def encode_segment_header(salt: bytes) -> bytes:
+    """The 32 bytes every segment file starts with."""
+    head = SEGMENT_MAGIC + _U32.pack(FORMAT_VERSION) + salt
+    return head + _U32.pack(crc32(head))
+
+
+def decode_segment_header(data: bytes) -> SegmentHeader | None:
+    """The header ``data`` starts with, or None if it does not start with one that checks out
+    (whatever its format version: the caller decides what it can read)."""
+    if len(data) < SEGMENT_HEADER.size:
+        return None
+    magic, version, salt, crc = SEGMENT_HEADER.unpack_from(data)
+    if magic != SEGMENT_MAGIC or crc32(data[:SEGMENT_HEADER.size - 4]) != crc:
+        return None
+    return SegmentHeader(version, salt)
+
+
+def batch_crc(segment: int, sequence: int, frames: bytes | memoryview) -> int:
+    """The crc32 a batch header carries for these fields and frames."""
+    return crc32(frames, crc32(_BATCH_CHECKED.pack(segment, sequence, len(frames))))
+
+
+def encode_batch(salt: bytes, segment: int, sequence: int, frames: bytes) -> bytes:
+    """One batch: its header, then ``frames`` (records made by :func:`encode_record`)."""
+    return BATCH_HEADER.pack(BATCH_MAGIC, salt, segment, sequence, len(frames),
+                             batch_crc(segment, sequence, frames)) + frames

@@ -1,4 +1,5 @@
-"""Shared test data for the store suites: one record of each type, hypothesis strategies."""
+"""Shared test data for the store suites: one record of each type, hypothesis strategies,
+segment files built by hand."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import threading
 
 from hypothesis import strategies as st
 
+from ferry.gateway.store.reader import RecordReader
 from ferry.gateway.store.records import (
     Dequeued,
     Enqueued,
@@ -23,8 +25,14 @@ from ferry.gateway.store.records import (
     SessionSaved,
     SubscriptionAdded,
     SubscriptionRemoved,
+    encode_batch,
+    encode_record,
+    encode_segment_header,
 )
 from ferry.gateway.store.state import DurableState
+
+SALT = bytes(range(16))
+"""The salt of the segments built by :func:`segment_bytes`."""
 
 ONE_OF_EACH: list[Record] = [
     MessageAdded(7, "ferry/site-1/dev-01/telemetry", b"\x00\xff" * 32, 1, True,
@@ -151,3 +159,23 @@ class Commits:
             assert self._cond.wait_for(
                 lambda: bool(self.numbers) and self.numbers[-1] >= batch_no, timeout_s
             ), f"batch {batch_no} not committed; got {self.numbers}"
+
+
+def batch_bytes(records: list[Record], sequence: int, *, salt: bytes = SALT,
+                segment: int = 1) -> bytes:
+    """One batch as the journal's writer thread frames it."""
+    return encode_batch(salt, segment, sequence, b"".join(map(encode_record, records)))
+
+
+def segment_bytes(batches: list[list[Record]], *, salt: bytes = SALT, segment: int = 1) -> bytes:
+    """A segment file holding these batches, numbered from 1, as the journal writes them."""
+    return encode_segment_header(salt) + b"".join(
+        batch_bytes(records, sequence, salt=salt, segment=segment)
+        for sequence, records in enumerate(batches, 1))
+
+
+def read_segment(data: bytes, *, salt: bytes = SALT,
+                 segment: int = 1) -> tuple[list[Record], RecordReader]:
+    """Every record a :class:`RecordReader` takes from ``data``, and the reader."""
+    reader = RecordReader(data, salt, segment)
+    return list(reader), reader

@@ -11,20 +11,23 @@ from pathlib import Path
 import pytest
 
 from ferry.gateway.store.journal import Durability, Journal, JournalError
-from ferry.gateway.store.layout import MANIFEST
+from ferry.gateway.store.layout import MANIFEST, scan, write_manifest
 from ferry.gateway.store.records import (
     Enqueued,
     MessageAdded,
     SessionSaved,
     SubscriptionAdded,
-    encode_record,
+    encode_segment_header,
 )
 from ferry.gateway.store.recovery import recover
 from ferry.gateway.store.state import DurableState
-from tests.gateway.store.helpers import Commits, build_state, busy_state
+from tests.gateway.store.helpers import Commits, batch_bytes, build_state, busy_state
+
+FLUSH_EVERY = 8
 
 
-def write_store(data_dir: Path, ops: list, *, flush_every: int = 8) -> None:
+def write_store(data_dir: Path, ops: list, *, flush_every: int = FLUSH_EVERY) -> None:
+    """One batch of ``flush_every`` records after the other (the last one may be shorter)."""
     commits = Commits()
     journal = Journal(data_dir, Durability.FSYNC, on_commit=commits)
     journal.open(recover(data_dir)[0])
@@ -48,19 +51,27 @@ def store(tmp_path: Path) -> tuple[Path, list]:
     return tmp_path, ops
 
 
-def test_truncating_the_last_record_at_every_offset(store: tuple[Path, list]) -> None:
+def batches_of(ops: list) -> list[list]:
+    """The records of each batch :func:`write_store` wrote."""
+    return [ops[start:start + FLUSH_EVERY] for start in range(0, len(ops), FLUSH_EVERY)]
+
+
+def test_truncating_the_last_batch_at_every_offset(store: tuple[Path, list]) -> None:
     data_dir, ops = store
     segment = only_segment(data_dir)
     original = segment.read_bytes()
-    last = encode_record(ops[-1])
+    batches = batches_of(ops)
+    salt = scan(data_dir).salt
+    last = batch_bytes(batches[-1], len(batches), salt=salt)
     assert original.endswith(last)
     keep = len(original) - len(last)
-    without_last = build_state(ops[:-1])
+    kept_ops = ops[:-len(batches[-1])]
+    without_last = build_state(kept_ops)
     for cut in range(1, len(last)):
         segment.write_bytes(original[:keep + cut])
         state, report = recover(data_dir)
         assert state == without_last
-        assert report.records == len(ops) - 1
+        assert report.records == len(kept_ops) and report.batches == len(batches) - 1
         assert report.truncated_tail_bytes == cut == report.bytes_dropped
         assert report.corrupt_regions == 0
         assert segment.stat().st_size == keep  # cut back on disk
@@ -69,28 +80,35 @@ def test_truncating_the_last_record_at_every_offset(store: tuple[Path, list]) ->
     assert state == build_state(ops) and report.clean
 
 
-def test_a_flipped_byte_drops_only_that_record(store: tuple[Path, list],
-                                               caplog: pytest.LogCaptureFixture) -> None:
+def test_a_flipped_byte_drops_only_that_batch(store: tuple[Path, list],
+                                              caplog: pytest.LogCaptureFixture) -> None:
     data_dir, ops = store
     segment = only_segment(data_dir)
-    frames = [encode_record(op) for op in ops]
-    victim = len(ops) // 2
-    start = sum(map(len, frames[:victim]))
-    for at in (start, start + 5, start + 8, start + len(frames[victim]) - 1):
-        damaged = bytearray(b"".join(frames))
+    original = segment.read_bytes()
+    salt = scan(data_dir).salt
+    batches = batches_of(ops)
+    framed = [batch_bytes(batch, sequence, salt=salt) for sequence, batch in enumerate(batches, 1)]
+    assert original == encode_segment_header(salt) + b"".join(framed)
+    victim = len(batches) // 2
+    start = len(encode_segment_header(salt)) + sum(map(len, framed[:victim]))
+    # magic, salt, segment, sequence, length, crc, the first frame, the last byte
+    for at in (start, start + 10, start + 27, start + 35, start + 43, start + 47, start + 50,
+               start + len(framed[victim]) - 1):
+        damaged = bytearray(original)
         damaged[at] ^= 0x40
         segment.write_bytes(bytes(damaged))
         caplog.clear()
         with caplog.at_level(logging.WARNING, logger="ferry.gateway.store"):
             state, report = recover(data_dir)
-        expected = build_state(ops[:victim] + ops[victim + 1:])
+        expected = build_state([op for index, batch in enumerate(batches) if index != victim
+                                for op in batch])
         assert state == expected
-        assert report.records == len(ops) - 1
+        assert report.records == len(ops) - len(batches[victim])
         assert report.corrupt_regions == 1
-        assert report.bytes_dropped == len(frames[victim])
+        assert report.bytes_dropped == len(framed[victim])
         assert report.truncated_tail_bytes == 0
         assert report.dangling_references == expected.dangling_references
-        assert f"skipped {len(frames[victim])} corrupt bytes at offset {start}" in caplog.text
+        assert f"skipped {len(framed[victim])} corrupt bytes at offset {start}" in caplog.text
 
 
 def test_a_zero_filled_tail_is_cut(store: tuple[Path, list]) -> None:
@@ -105,27 +123,33 @@ def test_a_zero_filled_tail_is_cut(store: tuple[Path, list]) -> None:
     assert segment.stat().st_size == size
 
 
-@pytest.mark.parametrize("manifest", [b"\x00\xffgarbage", b"{}", b'{"format": "x", "version": 1,'
-                                      b' "base": 1}', b'{"format": "ferry-journal", "version": 1,'
-                                      b' "base": 99}', None],
-                         ids=["binary", "empty-object", "wrong-format", "missing-base", "absent"])
+@pytest.mark.parametrize("manifest", [
+    b"\x00\xffgarbage", b"{}", b'{"format": "x", "version": 2, "base": 1, "salt": "SALT"}',
+    b'{"format": "ferry-journal", "version": 2, "base": 99, "salt": "SALT"}',
+    b'{"format": "ferry-journal", "version": 2, "base": 1, "salt": "00ff"}', None,
+], ids=["binary", "empty-object", "wrong-format", "missing-base", "short-salt", "absent"])
 def test_a_bad_or_missing_manifest_falls_back_to_the_segments(store: tuple[Path, list],
                                                              manifest: bytes | None) -> None:
     data_dir, ops = store
+    salt = scan(data_dir).salt
     if manifest is None:
         (data_dir / MANIFEST).unlink()
     else:
-        (data_dir / MANIFEST).write_bytes(manifest)
+        (data_dir / MANIFEST).write_bytes(manifest.replace(b"SALT", salt.hex().encode()))
     state, report = recover(data_dir)
     assert state == build_state(ops) and report.clean
     journal = Journal(data_dir, Durability.FSYNC, on_commit=Commits())
-    journal.open(state)  # repairs the manifest
+    journal.open(state)  # repairs the manifest, with the salt of the segment headers
     journal.close()
-    assert json.loads((data_dir / MANIFEST).read_text())["base"] == 1
+    repaired = json.loads((data_dir / MANIFEST).read_text())
+    assert repaired["base"] == 1 and repaired["salt"] == salt.hex()
 
 
-def _snapshot_bytes(state: DurableState) -> bytes:
-    return b"".join(map(encode_record, state.records()))
+def _snapshot_bytes(state: DurableState, data_dir: Path, number: int = 2) -> bytes:
+    """Segment ``number`` of the store in ``data_dir`` as a snapshot of ``state``."""
+    salt = scan(data_dir).salt
+    return encode_segment_header(salt) + batch_bytes(list(state.records()), 1, salt=salt,
+                                                     segment=number)
 
 
 def _new_state(ops: list) -> DurableState:
@@ -135,7 +159,7 @@ def _new_state(ops: list) -> DurableState:
 
 def test_an_interrupted_snapshot_leaves_the_old_state(store: tuple[Path, list]) -> None:
     data_dir, ops = store
-    half = _snapshot_bytes(_new_state(ops))
+    half = _snapshot_bytes(_new_state(ops), data_dir)
     (data_dir / "0000000000000002.snap.tmp").write_bytes(half[: len(half) // 2])
     (data_dir / (MANIFEST + ".tmp")).write_bytes(b'{"format": "ferry-jour')
     state, report = recover(data_dir)
@@ -150,7 +174,7 @@ def test_a_finished_snapshot_wins_even_before_the_manifest_switch(
         store: tuple[Path, list]) -> None:
     data_dir, ops = store
     new = _new_state(ops)
-    (data_dir / "0000000000000002.snap").write_bytes(_snapshot_bytes(new))
+    (data_dir / "0000000000000002.snap").write_bytes(_snapshot_bytes(new, data_dir))
     assert json.loads((data_dir / MANIFEST).read_text())["base"] == 1
     state, report = recover(data_dir)
     assert state == new and report.segments == 1 and report.clean
@@ -160,9 +184,8 @@ def test_old_segments_left_after_the_switch_are_ignored_then_removed(
         store: tuple[Path, list]) -> None:
     data_dir, ops = store
     new = _new_state(ops)
-    (data_dir / "0000000000000002.snap").write_bytes(_snapshot_bytes(new))
-    (data_dir / MANIFEST).write_text(json.dumps({"format": "ferry-journal", "version": 1,
-                                                 "base": 2}))
+    (data_dir / "0000000000000002.snap").write_bytes(_snapshot_bytes(new, data_dir))
+    write_manifest(data_dir, 2, scan(data_dir).salt)
     state, report = recover(data_dir)
     assert state == new and report.segments == 1
     journal = Journal(data_dir, Durability.FSYNC, on_commit=Commits())

@@ -1,4 +1,4 @@
-"""Record codec: golden vectors, round trips, refusals."""
+"""Record codec, batches and segment headers: golden vectors, round trips, refusals."""
 
 from __future__ import annotations
 
@@ -9,9 +9,18 @@ import pytest
 from hypothesis import given, settings
 
 from ferry.gateway.store import records as rec
-from ferry.gateway.store.reader import RecordReader
-from ferry.gateway.store.records import MessageAdded, SessionDeleted, decode_body, encode_record
-from tests.gateway.store.helpers import ONE_OF_EACH, records
+from ferry.gateway.store.records import (
+    FORMAT_VERSION,
+    MessageAdded,
+    SegmentHeader,
+    SessionDeleted,
+    decode_body,
+    decode_segment_header,
+    encode_batch,
+    encode_record,
+    encode_segment_header,
+)
+from tests.gateway.store.helpers import ONE_OF_EACH, SALT, read_segment, records, segment_bytes
 from tests.vectors import load as load_vectors
 
 VECTORS = load_vectors("store/records.json")["records"]
@@ -28,24 +37,12 @@ def vector_record(vector: dict) -> rec.Record:
     return cls(**fields)
 
 
-def read_all(data: bytes, chunk: int | None = None) -> tuple[list, RecordReader]:
-    reader = RecordReader()
-    out = []
-    step = chunk or max(len(data), 1)
-    for start in range(0, len(data), step):
-        reader.feed(data[start:start + step])
-        out.extend(reader)
-    reader.end()
-    out.extend(reader)
-    return out, reader
-
-
 @pytest.mark.parametrize("vector", VECTORS,
                          ids=[f"{i}-{v['type']}" for i, v in enumerate(VECTORS)])
 def test_golden_vectors_encode_and_decode(vector: dict) -> None:
     record = vector_record(vector)
     assert encode_record(record).hex() == vector["hex"]
-    decoded, reader = read_all(bytes.fromhex(vector["hex"]))
+    decoded, reader = read_segment(segment_bytes([[record]]))
     assert decoded == [record]
     assert reader.corrupt_regions == [] and reader.tail_bytes == 0
 
@@ -62,7 +59,7 @@ def test_every_record_type_round_trips(record: rec.Record) -> None:
     assert crc == zlib.crc32(frame[8:])
     assert rtype == type(record).record_type
     assert decode_body(rtype, frame[9:]) == record
-    assert read_all(frame)[0] == [record]
+    assert read_segment(segment_bytes([[record]]))[0] == [record]
 
 
 @settings(max_examples=500)
@@ -104,3 +101,38 @@ def test_decode_body_rejects_unknown_types_and_bad_bodies() -> None:
         decode_body(15, b"\x00" * 7)
     with pytest.raises(ValueError):  # a presence flag other than 0/1
         decode_body(4, b"\x00\x01c\x00\x01#" + bytes([1, 0, 0, 0, 2]) + bytes(4))
+
+
+def test_segment_header_golden_vector() -> None:
+    header = encode_segment_header(SALT)
+    assert header.hex() == ("4645525259534547" "00000002" "000102030405060708090a0b0c0d0e0f"
+                            "df0954ec")  # "FERRYSEG", format 2, salt, crc32
+    assert struct.unpack(">I", header[28:]) == (zlib.crc32(header[:28]),)
+    assert decode_segment_header(header + b"batches follow") == SegmentHeader(FORMAT_VERSION, SALT)
+
+
+def test_batch_golden_vector() -> None:
+    frame = encode_record(SessionDeleted("x"))
+    batch = encode_batch(SALT, 7, 3, frame)
+    assert batch.hex() == (
+        "46424154" "000102030405060708090a0b0c0d0e0f"  # "FBAT", salt
+        "0000000000000007" "0000000000000003" "000000000000000c"  # segment, sequence, length
+        "1b10f54b" + frame.hex())
+    assert struct.unpack(">I", batch[44:48]) == (zlib.crc32(batch[20:44] + frame),)
+
+
+@pytest.mark.parametrize("damage", [
+    lambda header: header[:-1],  # torn
+    lambda header: b"FERRYSEX" + header[8:],  # another magic
+    lambda header: header[:12] + bytes([header[12] ^ 1]) + header[13:],  # a salt bit
+    lambda header: bytes(len(header)),  # zeros, as a power cut can leave
+], ids=["torn", "magic", "salt-bit", "zeros"])
+def test_a_damaged_segment_header_is_no_header(damage) -> None:
+    assert decode_segment_header(damage(encode_segment_header(SALT))) is None
+
+
+def test_a_segment_header_of_another_version_still_decodes() -> None:
+    """So that the store can say which format it found instead of calling it damage."""
+    head = b"FERRYSEG" + struct.pack(">I", 3) + SALT
+    header = head + struct.pack(">I", zlib.crc32(head))
+    assert decode_segment_header(header) == SegmentHeader(3, SALT)

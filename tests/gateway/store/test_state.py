@@ -21,11 +21,15 @@ from ferry.gateway.store.records import (
     SessionSaved,
     SubscriptionAdded,
     SubscriptionRemoved,
-    encode_record,
 )
-from ferry.gateway.store.reader import RecordReader
 from ferry.gateway.store.state import DurableState, QueueEntry
-from tests.gateway.store.helpers import build_state, busy_state, state_ops
+from tests.gateway.store.helpers import (
+    build_state,
+    busy_state,
+    read_segment,
+    segment_bytes,
+    state_ops,
+)
 
 
 def msg(msg_id: int, topic: str = "t") -> MessageAdded:
@@ -137,10 +141,7 @@ def test_records_rebuild_the_same_state(ops: list) -> None:
     assert again.dangling_references == 0
     assert list(again.records()) == emitted  # minimal form is a fixed point
     # ...and survives the codec.
-    reader = RecordReader()
-    reader.feed(b"".join(map(encode_record, emitted)))
-    reader.end()
-    assert list(reader) == emitted
+    assert read_segment(segment_bytes([emitted]))[0] == emitted
     # Nothing unreferenced is emitted.
     for record in emitted:
         if isinstance(record, MessageAdded):
