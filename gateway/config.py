@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import enum
 import tomllib
 import types
 import typing
@@ -63,7 +64,7 @@ class GatewayConfig:
 
 def _convert(where: str, value: object, kind: object) -> object:
     """Check `value` against the annotation `kind`; return it converted (enums from strings)."""
-    if isinstance(kind, type) and issubclass(kind, Durability):
+    if isinstance(kind, type) and issubclass(kind, enum.Enum):
         try:
             return kind(value)
         except ValueError:

@@ -26,7 +26,7 @@ from ferry.gateway.broker.recovery import durable_records, restore
 from ferry.gateway.config import ConfigError, GatewayConfig, load_config
 from ferry.gateway.metrics import MetricsServer, SysPublisher
 from ferry.gateway.server import MqttServer
-from ferry.gateway.store import Journal, recover
+from ferry.gateway.store import Journal, StoreFormatError, recover
 from ferry.gateway.systemd import configure_logging, notify, watchdog_interval_s
 
 log = logging.getLogger("ferry.gateway")
@@ -107,7 +107,7 @@ class Gateway:
         self.server = MqttServer(broker, self.journal, housekeeping=self._housekeeping)
         if self.config.bridge.enabled:
             # Attached before the listener opens, so no device message can miss the spool.
-            self.bridge = Bridge(self.config.bridge, self.server)
+            self.bridge = Bridge(self.config.bridge, self.server, self.data_dir)
             try:
                 self.bridge.start()
             except ProducerSettingsError as exc:
@@ -163,6 +163,11 @@ async def _run(service: Service, config: GatewayConfig) -> int:
         host, port = await gateway.start(service.listen, service.metrics)
     except ConfigError as exc:
         print(f"ferry gateway: config error: {exc}", file=sys.stderr)
+        await gateway.stop()
+        return EXIT_CONFIG
+    except StoreFormatError as exc:
+        # Not retried by systemd either (RestartPreventExitStatus): a restart reads the same files.
+        print(f"ferry gateway: store error: {exc}", file=sys.stderr)
         await gateway.stop()
         return EXIT_CONFIG
     notify(f"READY=1\nSTATUS=listening on {host}:{port}")

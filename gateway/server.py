@@ -22,6 +22,9 @@ from ferry.gateway.store import Journal
 log = logging.getLogger(__name__)
 
 TICK_INTERVAL_S = 1.0
+CLOSE_LINGER_S = 5.0
+"""How long a connection the gateway closes may take to read its last bytes (a DISCONNECT or CONNACK
+naming the reason) before the socket is aborted."""
 
 
 class MqttProtocol(asyncio.Protocol):
@@ -49,13 +52,15 @@ class MqttProtocol(asyncio.Protocol):
         broker = server.broker
         conn = self.conn
         server.bytes_received += len(data)
+        if conn.close_reason is not None:
+            return  # closing: read only so that unread bytes do not turn the close into a reset
         now = server.now()
         try:
             packets = self.decoder.feed(data)
         except ProtocolError as error:
             for packet in error.packets:
                 broker.handle_packet(conn, packet, now)
-            broker.protocol_error(conn, error)
+            broker.protocol_error(conn, error, self.decoder.protocol_version)
             server.schedule_flush()
             return
         handle = broker.handle_packet
@@ -67,11 +72,15 @@ class MqttProtocol(asyncio.Protocol):
         conn = self.conn
         server = self.server
         server.transports.pop(conn.conn_id, None)
+        server.forget_closing(conn.conn_id)
         if not conn.closed:
             if conn.close_reason is None and conn.session is not None:
                 log.info("connection lost: %s (%s): %s", conn.client_id, conn.peer, exc or "closed by peer")
             server.broker.connection_lost(conn, server.now())
             server.schedule_flush()
+
+    def eof_received(self) -> bool:
+        return False  # the peer is done sending: close (after our output, if the gateway is closing)
 
     def pause_writing(self) -> None:
         self.conn.output_blocked = True
@@ -90,6 +99,7 @@ class MqttServer:
         self._housekeeping = housekeeping
         self._tick_callbacks: list[Callable[[float], None]] = []
         self.transports: dict[int, asyncio.Transport] = {}
+        self._closing: set[int] = set()  # connection ids half-closed by the gateway
         self.bytes_received = 0
         self.bytes_sent = 0
         self._loop = asyncio.get_running_loop()
@@ -107,6 +117,9 @@ class MqttServer:
         self._ticker = self._loop.create_task(self._tick_forever())
         sockname = self._server.sockets[0].getsockname()
         return sockname[0], sockname[1]
+
+    def forget_closing(self, conn_id: int) -> None:
+        self._closing.discard(conn_id)
 
     def add_tick(self, callback: Callable[[float], None]) -> None:
         """Call `callback(now)` once per tick, after the broker's own timers."""
@@ -140,8 +153,27 @@ class MqttServer:
                 self.bytes_sent += len(out)
                 conn.out = bytearray()  # the transport may keep `out`: hand it over, no copy
                 transport.write(out)
-            if conn.close_reason is not None:
-                transport.close()
+            if conn.close_reason is not None and conn.conn_id not in self._closing:
+                self._close_gracefully(conn.conn_id, transport)
+
+    def _close_gracefully(self, conn_id: int, transport: asyncio.Transport) -> None:
+        """Send what is queued, then FIN, and keep reading until the peer closes (or CLOSE_LINGER_S).
+
+        Closing a socket with unread input makes the kernel send a reset that discards output the
+        peer has not read yet, such as the DISCONNECT naming why it was closed; a half-close does not.
+        """
+        self._closing.add(conn_id)
+        can_write_eof = getattr(transport, "can_write_eof", None)  # the bridge's in-process link has none
+        if can_write_eof is not None and can_write_eof():
+            transport.write_eof()
+            self._loop.call_later(CLOSE_LINGER_S, self._abort, conn_id, transport)
+        else:
+            transport.close()
+
+    def _abort(self, conn_id: int, transport: asyncio.Transport) -> None:
+        self._closing.discard(conn_id)
+        if not transport.is_closing():
+            transport.abort()
 
     async def _tick_forever(self) -> None:
         while True:

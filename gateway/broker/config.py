@@ -3,8 +3,22 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import Enum
 
 NEVER_EXPIRES = 0xFFFF_FFFF
+
+
+class QueueFull(Enum):
+    """What a QoS 1/2 publish meets when a persistent session it must reach has a full queue."""
+
+    REFUSE = "refuse"
+    """Refuse the publish as a whole, before acknowledging it: MQTT 5 publishers get PUBACK/PUBREC
+    0x97 (Quota exceeded), MQTT 3.1.1 publishers no acknowledgement and a closed connection, and
+    keep the message. Nothing acknowledged is dropped; one stuck subscriber holds back every
+    publisher of the topics it subscribed to."""
+    DROP_NEW = "drop_new"
+    """Acknowledge the publish and drop it for that session (counted), as Mosquitto does: the
+    other sessions get it, the full one loses it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +48,10 @@ class BrokerConfig:
     """Largest session expiry a v5 client is granted."""
     queue_qos0_offline: bool = False
     """Queue QoS 0 messages for offline persistent sessions (Mosquitto's queue_qos0_messages)."""
+    queue_full: QueueFull = QueueFull.REFUSE
+    """When a persistent session's queue (`max_queued_messages`, `max_queued_bytes`) is full:
+    `refuse` new QoS 1/2 publishes that would reach it, or `drop_new` them for that session.
+    Sessions of clean clients always drop (counted): they promised nothing across a disconnect."""
     max_output_buffer_bytes: int = 1_048_576
     """Bytes waiting to be written to one slow client before QoS 0 deliveries to it are dropped
     (QoS 1/2 deliveries wait in the session queue instead)."""
@@ -50,7 +68,10 @@ class SessionPolicy:
     """Payload bytes waiting in this session's queue (replaces `max_queued_bytes`)."""
     refuse_when_full: bool = True
     """When the queue is full, a QoS 1/2 publish that would reach this session is refused as a
-    whole: not routed anywhere, not acknowledged, and the publisher's connection is closed
-    (MQTT 5: DISCONNECT 0x97 Quota exceeded), the one refusal MQTT 3.1.1 has [MQTT-3.3.5-2]. The
-    publisher keeps the message and resends it later. False: drop it for this session and count
-    it, like any other session."""
+    whole, as `QueueFull.REFUSE` does (MQTT 3.1.1: no acknowledgement and the connection closed,
+    the one refusal 3.1.1 has [MQTT-3.3.5-2]; MQTT 5: PUBACK/PUBREC 0x97). The publisher keeps the
+    message and resends it later. False: drop it for this session and count it."""
+    skip_when_full: tuple[str, ...] = ()
+    """Topic filters of messages this session can do without: while its queue is full they are
+    not queued for it, and never refused because of it (operator commands, which the bridge does
+    not forward, must reach devices during a long uplink outage)."""

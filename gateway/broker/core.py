@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import itertools
 import logging
+import secrets
+from collections.abc import Callable
 from typing import Protocol
 
-from ferry.gateway.broker import delivery
+from ferry.gateway.broker import delivery, routing
 from ferry.gateway.broker.config import NEVER_EXPIRES, BrokerConfig, SessionPolicy
 from ferry.gateway.broker.policies import SessionPolicies
 from ferry.gateway.broker.index import Subscribed, SubscriptionIndex
@@ -26,6 +28,7 @@ from ferry.gateway.mqtt import (
     ProtocolVersion, Puback, Pubcomp, Publish, Pubrec, Pubrel, ReasonCode, Suback, Subscribe,
     Unsuback, Unsubscribe, encode, split_shared, topic_matches,
 )
+from ferry.gateway.mqtt.reason_codes import CONNACK_CODES
 from ferry.gateway.store import records as rec
 
 log = logging.getLogger(__name__)
@@ -45,10 +48,17 @@ class RecordSink(Protocol):
     def append(self, record: rec.Record) -> None: ...
 
 
+def random_client_id() -> str:
+    """A client id for a client that sent none: 128 random bits, so it never repeats, not even
+    across restarts, and never names a session another client left behind [MQTT-3.1.3-6]."""
+    return "ferry-auto-" + secrets.token_hex(16)
+
+
 class Broker:
     """All sessions, subscriptions and retained messages of one gateway."""
 
-    def __init__(self, config: BrokerConfig, journal: RecordSink, *, now: float, wall: float) -> None:
+    def __init__(self, config: BrokerConfig, journal: RecordSink, *, now: float, wall: float,
+                 new_client_id: Callable[[], str] = random_client_id) -> None:
         self.config = config
         self.journal = journal
         self.stats = BrokerStats()
@@ -58,7 +68,7 @@ class Broker:
         self.retained: dict[str, Message] = {}
         self._wall_offset = wall - now
         self._conn_ids = itertools.count(1)
-        self._auto_ids = itertools.count(1)
+        self._new_client_id = new_client_id
         self._next_msg_id = 1
         self._appends = 0
         self._ready: set[Connection] = set()
@@ -170,11 +180,29 @@ class Broker:
         self.stats.connections_total += 1
         return conn
 
-    def protocol_error(self, conn: Connection, error: ProtocolError) -> None:
-        """A malformed or forbidden packet: close this connection with the error's reason code."""
+    def protocol_error(self, conn: Connection, error: ProtocolError,
+                       version: ProtocolVersion | None = None) -> None:
+        """A malformed or forbidden packet: close this connection with the error's reason code.
+
+        `version` is the protocol the connection's decoder learnt from the CONNECT, if it got that
+        far: a CONNECT refused for an error is answered with a CONNACK the client can read.
+        """
         self.stats.protocol_errors += 1
         log.warning("closing %s (%s): %s", conn.peer, conn.client_id or "-", error)
+        if conn.session is None:
+            self._refuse_connect(conn, error.reason_code, version)
         self._close(conn, error.reason_code)
+
+    def _refuse_connect(self, conn: Connection, reason: ReasonCode, version: ProtocolVersion | None) -> None:
+        if version is None and reason is ReasonCode.UNSUPPORTED_PROTOCOL_VERSION:
+            # A level we do not speak: CONNACK return code 0x01 in the format every MQTT 3.x
+            # client reads [MQTT-3.1.2-2].
+            conn.protocol_version = ProtocolVersion.V311
+        elif version is V5 and reason in CONNACK_CODES:
+            conn.protocol_version = V5  # the reason code, as MQTT 5 allows before closing (4.13)
+        else:
+            return  # a 3.1.1 CONNECT that is malformed gets no CONNACK [MQTT-3.1.4-1]
+        self._send_packet(conn, Connack(False, reason))
 
     def _violation(self, conn: Connection, reason: ReasonCode, rule: str, message: str,
                    section: str = "") -> None:
@@ -268,7 +296,7 @@ class Broker:
                 self._send_packet(conn, Connack(False, ReasonCode.CLIENT_IDENTIFIER_NOT_VALID))
                 self._close(conn, ReasonCode.CLIENT_IDENTIFIER_NOT_VALID, send_disconnect=False)
                 return
-            client_id = assigned = f"ferry-auto-{next(self._auto_ids)}"
+            client_id = assigned = self._new_client_id()
         policy = self._policies.get(client_id)
         if policy is not None and not conn.internal:
             log.warning("refusing %s: client id %r is reserved for the gateway itself", conn.peer, client_id)
@@ -276,6 +304,13 @@ class Broker:
             self._close(conn, ReasonCode.CLIENT_IDENTIFIER_NOT_VALID, send_disconnect=False)
             return
         props = packet.properties
+        if v5 and props.authentication_method is not None:
+            # No enhanced authentication is offered: refuse the method and close [MQTT-4.12.0-1].
+            log.warning("refusing %s (%s): authentication method %r is not supported", client_id, conn.peer,
+                        props.authentication_method)
+            self._send_packet(conn, Connack(False, ReasonCode.BAD_AUTHENTICATION_METHOD))
+            self._close(conn, ReasonCode.BAD_AUTHENTICATION_METHOD, send_disconnect=False)
+            return
         if v5:
             expiry = min(props.session_expiry_interval or 0, self.config.max_session_expiry_s)
             if policy is not None:  # the gateway's own session is not bound by client limits
@@ -432,37 +467,52 @@ class Broker:
                             "more unacknowledged QoS 1/2 publishes than our Receive Maximum")
             return
         wall = self.wall(now)
-        if qos and self._policies and self._refused(conn, topic, len(packet.payload), now):
-            return
-        self.stats.messages_received[qos] += 1
+        v5 = conn.protocol_version is V5
         before = self._appends
-        message = Message(0, topic, packet.payload, qos, packet.retain, session.client_id,
-                          delivery.forwarded_properties(props), delivery.expiry_at(props, wall),
-                          received_at=wall)
-        if packet.retain:
-            self._retain(message)
-        matched = self._route(message, now)
+        if topic.startswith("$"):
+            # Topics beginning with $ belong to the server ($SYS) [MQTT-4.7.2-1]: not routed, not
+            # retained; MQTT 5 publishers are told, 3.1.1 ones acknowledged as the spec allows
+            # for a publish they may not make [MQTT-3.3.5-2].
+            self.stats.publishes_denied += 1
+            reason = ReasonCode.NOT_AUTHORIZED if v5 else ReasonCode.SUCCESS
+        else:
+            message = Message(0, topic, packet.payload, qos, packet.retain, session.client_id,
+                              delivery.forwarded_properties(props), delivery.expiry_at(props, wall),
+                              received_at=wall)
+            targets = routing.targets(self.index, self.sessions, message)
+            full = self._policies.full_target(self.sessions, targets, topic, len(packet.payload), self.config) \
+                if qos else None
+            if full is not None:
+                self._refuse_publish(conn, packet, full, now)
+                return
+            self.stats.messages_received[qos] += 1
+            if packet.retain:
+                self._retain(message)
+            self._deliver_all(message, targets, now)
+            reason = ReasonCode.SUCCESS if targets or not v5 else ReasonCode.NO_MATCHING_SUBSCRIBERS
         if qos == 0:
             return
-        if qos == 2:
+        if qos == 2 and reason < 0x80:
             session.incoming_qos2.add(packet.packet_id)
             if session.persistent:
                 self._record(rec.IncomingQos2(session.client_id, packet.packet_id))
-        reason = ReasonCode.SUCCESS if matched or conn.protocol_version is not V5 \
-            else ReasonCode.NO_MATCHING_SUBSCRIBERS
         ack = Puback(packet.packet_id, reason) if qos == 1 else Pubrec(packet.packet_id, reason)
         self._send(conn, encode(ack, conn.protocol_version), self._wait_batch(before), is_ack=qos == 1)
 
-    def _refused(self, conn: Connection, topic: str, size: int, now: float) -> bool:
-        """True (and the publisher's connection closing) when a session whose policy refuses
-        when full would receive this message and its queue has no room for it."""
-        target = self._policies.full_target(self.sessions, topic, size)
-        if target is None:
-            return False
-        self.stats.refused_full += 1
-        self._policies.log_refusal(target, conn.client_id, conn.peer, now)
-        self._close(conn, ReasonCode.QUOTA_EXCEEDED)
-        return True
+    def _refuse_publish(self, conn: Connection, packet: Publish, full: Session, now: float) -> None:
+        """Refuse a QoS 1/2 publish as a whole: nothing routed or acknowledged. MQTT 5 publishers get
+        PUBACK/PUBREC 0x97 and may try again; 3.1.1 has no negative acknowledgement, so the
+        connection closes and the client resends after reconnecting [MQTT-3.3.5-2]."""
+        if self._policies.get(full.client_id) is not None:
+            self.stats.refused_full += 1
+        else:
+            self.stats.refused_queue_full += 1
+        self._policies.log_refusal(full, conn.client_id, conn.peer, now)
+        if conn.protocol_version is V5:
+            ack = Puback if packet.qos == 1 else Pubrec
+            self._send_packet(conn, ack(packet.packet_id, ReasonCode.QUOTA_EXCEEDED))
+        else:
+            self._close(conn, ReasonCode.QUOTA_EXCEEDED)
 
     def _retain(self, message: Message) -> None:
         """Set or clear the retained message of its topic (an empty payload clears) [MQTT-3.3.1-10]."""
@@ -482,49 +532,16 @@ class Broker:
         if message.refs:
             message.refs -= 1
 
-    def _route(self, message: Message, now: float) -> bool:
-        """Deliver or queue `message` for every matching session; True if any matched."""
-        targets: dict[str, tuple[int, list[int], bool]] = {}
-        origin = message.origin
-        for node, _ in self.index.match(message.topic):
-            for client_id, sub in node.subscribers.items():
-                if sub.no_local and client_id == origin:
-                    continue
-                self._add_target(targets, client_id, sub, message)
-            for group in node.shared.values():
-                members = list(group.members.items())
-                if not members:
-                    continue
-                chosen = None
-                for step in range(len(members)):
-                    client_id, sub = members[(group.next_index + step) % len(members)]
-                    target = self.sessions.get(client_id)
-                    if target is not None and target.connection is not None:
-                        chosen = (client_id, sub)
-                        group.next_index = (group.next_index + step + 1) % len(members)
-                        break
-                if chosen is None:
-                    chosen = members[group.next_index % len(members)]
-                    group.next_index = (group.next_index + 1) % len(members)
-                self._add_target(targets, chosen[0], chosen[1], message)
-        for client_id, (qos, sub_ids, retain) in targets.items():
+    def _route(self, message: Message, now: float) -> None:
+        """Deliver or queue `message` for every matching session."""
+        self._deliver_all(message, routing.targets(self.index, self.sessions, message), now)
+
+    def _deliver_all(self, message: Message, targets: dict[str, routing.Target], now: float) -> None:
+        for client_id, target in targets.items():
             session = self.sessions.get(client_id)
             if session is not None:
-                self._deliver(session, Delivery(message, qos, retain, tuple(sub_ids)), now)
-        return bool(targets)
-
-    @staticmethod
-    def _add_target(targets: dict, client_id: str, sub: Subscribed, message: Message) -> None:
-        qos = min(message.qos, sub.qos)
-        retain = message.retain and sub.retain_as_published
-        known = targets.get(client_id)
-        if known is None:
-            targets[client_id] = (qos, [sub.subscription_id] if sub.subscription_id else [], retain)
-        else:
-            ids = known[1]
-            if sub.subscription_id:
-                ids.append(sub.subscription_id)
-            targets[client_id] = (max(known[0], qos), ids, known[2] or retain)
+                self._deliver(session, Delivery(message, target.qos, target.retain,
+                                                tuple(target.subscription_ids)), now)
 
     def _deliver(self, session: Session, item: Delivery, now: float) -> None:
         conn = session.connection
@@ -549,7 +566,11 @@ class Broker:
         item.packet_id = session.allocate_packet_id()
         item.state = DeliveryState.PUBLISH_SENT
         session.inflight[item.packet_id] = item
-        if item.durable and item.qos == 2:
+        # The packet id goes to the store so that a resend after a restart carries it [MQTT-4.4.0-1]
+        # (QoS 2 waits for it, see _transmit; a QoS 1 resend under a new id, if the gateway died
+        # before the record was written, is a duplicate QoS 1 allows). The gateway's own clients
+        # restart with it and need no ids kept.
+        if item.durable and (item.qos == 2 or not conn.internal):
             self._record(rec.InflightAssigned(session.client_id, item.message.msg_id, item.packet_id))
         if not self._transmit(conn, item, dup=False, now=now):
             del session.inflight[item.packet_id]
@@ -568,6 +589,8 @@ class Broker:
         max_messages, max_bytes, warn = self._policies.limits(session.client_id, self.config)
         reason = (DropReason.QUEUE_FULL if len(session.queue) >= max_messages
                   else DropReason.QUEUE_BYTES if session.queued_bytes + size > max_bytes else None)
+        if reason is not None and self._policies.skips(session.client_id, item.message.topic):
+            return  # a message this session does without while full (SessionPolicy.skip_when_full)
         if reason is not None:
             if warn:
                 log.warning("queue of %s is full: dropped a message for it (%s)", session.client_id,
@@ -635,13 +658,16 @@ class Broker:
             self._finish(session, item)
             self._fill_window(session, now)
             return
+        before = self._appends
         if item.state is DeliveryState.PUBLISH_SENT:
             item.state = DeliveryState.PUBREL_SENT
             if item.durable:
                 # The store ends the queue entry here; only the packet id stays until PUBCOMP.
                 self._record(rec.PubrecReceived(session.client_id, packet.packet_id))
                 self._release_message(item.message)
-        self._send_packet(conn, Pubrel(packet.packet_id))
+        # PUBREL only once PubrecReceived is durable: a PUBREL that overtook it, then a crash,
+        # would restore the delivery as unsent and resend the message the client already has.
+        self._send_packet(conn, Pubrel(packet.packet_id), self._wait_batch(before))
 
     def _on_pubcomp(self, conn: Connection, session: Session, packet: Pubcomp, now: float) -> None:
         item = session.inflight.get(packet.packet_id)
@@ -654,10 +680,13 @@ class Broker:
 
     def _on_pubrel(self, conn: Connection, session: Session, packet: Pubrel, now: float) -> None:
         if packet.packet_id in session.incoming_qos2:
+            before = self._appends
             session.incoming_qos2.discard(packet.packet_id)
             if session.persistent:
                 self._record(rec.IncomingReleased(session.client_id, packet.packet_id))
-            self._send_packet(conn, Pubcomp(packet.packet_id))
+            # PUBCOMP only once IncomingReleased is durable: the client reuses the packet id
+            # after PUBCOMP, and a restored id would make its next message look like a duplicate.
+            self._send_packet(conn, Pubcomp(packet.packet_id), self._wait_batch(before))
         else:
             self._send_packet(conn, Pubcomp(packet.packet_id, ReasonCode.PACKET_IDENTIFIER_NOT_FOUND
                                             if conn.protocol_version is V5 else ReasonCode.SUCCESS))

@@ -98,7 +98,7 @@ def durable_records(broker: Broker) -> Iterator[rec.Record]:
                 continue
             yield from message_once(item.message)
             yield rec.Enqueued(cid, item.message.msg_id, item.qos, item.subscription_ids)
-            if item.state is DeliveryState.PUBLISH_SENT and item.qos == 2:
+            if item.state is DeliveryState.PUBLISH_SENT:
                 yield rec.InflightAssigned(cid, item.message.msg_id, item.packet_id)
     for topic, message in list(broker.retained.items()):
         if message.msg_id:

@@ -34,7 +34,12 @@ class BrokerStats:
     """DropReason → messages not delivered to a session."""
     protocol_errors: int = 0
     refused_full: int = 0
-    """QoS 1/2 publishes refused (connection closed, no acknowledgement) because a session with a
-    refuse-when-full `SessionPolicy` (the Kafka bridge's spool) was full."""
+    """QoS 1/2 publishes refused (not acknowledged) because a session with a refuse-when-full
+    `SessionPolicy` (the Kafka bridge's spool) was full."""
+    refused_queue_full: int = 0
+    """QoS 1/2 publishes refused (not acknowledged) because a persistent client session they must
+    reach had a full queue (`broker.queue_full = "refuse"`)."""
+    publishes_denied: int = 0
+    """Publishes from clients to topics beginning with `$`, which belong to the server."""
     wills_published: int = 0
     sessions_expired: int = 0

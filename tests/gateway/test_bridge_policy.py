@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ferry.gateway.broker.config import NEVER_EXPIRES, BrokerConfig, SessionPolicy
+from ferry.gateway.broker.config import NEVER_EXPIRES, BrokerConfig, QueueFull, SessionPolicy
 from ferry.gateway.broker.stats import DropReason
 from ferry.gateway.mqtt import (
     Connack, Connect, Disconnect, Properties, Puback, Publish, ReasonCode, Subscribe, Subscription,
@@ -31,7 +31,7 @@ def publish(client: Client, topic: str, payload: bytes, packet_id: int) -> list[
 
 
 def test_the_bridge_session_has_its_own_limits_not_the_brokers() -> None:
-    h = Harness(BrokerConfig(max_queued_messages=3))
+    h = Harness(BrokerConfig(max_queued_messages=3, queue_full=QueueFull.DROP_NEW))
     h.broker.set_session_policy(BRIDGE, SessionPolicy(max_queued_messages=10, max_queued_bytes=1 << 20))
     bridge = bridge_client(h, inflight=2)
     other = h.client("other", clean=False)
@@ -50,7 +50,7 @@ def test_the_bridge_session_has_its_own_limits_not_the_brokers() -> None:
     assert not bridge.closing
 
 
-def test_a_full_spool_refuses_the_publish_closes_the_publisher_and_routes_it_nowhere() -> None:
+def test_a_full_spool_refuses_the_publish_and_routes_it_nowhere() -> None:
     h = Harness()
     h.broker.set_session_policy(BRIDGE, SessionPolicy(max_queued_messages=2, max_queued_bytes=1 << 20))
     bridge = bridge_client(h, inflight=1)
@@ -73,10 +73,11 @@ def test_a_full_spool_refuses_the_publish_closes_the_publisher_and_routes_it_now
     other.received()
     assert publish(other, "elsewhere/x", b"y", 1) == [Puback(1)]
 
-    # An MQTT 5 publisher is told why.
+    # An MQTT 5 publisher is told why, with a negative PUBACK, and stays connected.
     v5 = h.client("dev2", V5)
     v5.received()
-    assert publish(v5, "ferry/s/dev2/telemetry", b"z", 1) == [Disconnect(ReasonCode.QUOTA_EXCEEDED)]
+    assert publish(v5, "ferry/s/dev2/telemetry", b"z", 1) == [Puback(1, ReasonCode.QUOTA_EXCEEDED)]
+    assert not v5.closing
 
     # Once the bridge acknowledges, there is room again.
     bridge.send(Puback(1))

@@ -129,7 +129,8 @@ def test_session_expiry_ends_an_offline_session(gateway) -> None:
 
 
 def test_queue_limit_drops_new_messages_and_counts_them(start_gateway) -> None:
-    gateway = start_gateway(config_text="[broker]\nmax_queued_messages = 5\n", metrics_port=free_port())
+    gateway = start_gateway(config_text='[broker]\nmax_queued_messages = 5\nqueue_full = "drop_new"\n',
+                            metrics_port=free_port())
     sub = TestClient(gateway.port, "offline", clean=False)
     sub.subscribe("q", 1)
     sub.close()
@@ -141,3 +142,34 @@ def test_queue_limit_drops_new_messages_and_counts_them(start_gateway) -> None:
         back.expect_nothing(0.5)
     metrics = urllib.request.urlopen(f"http://127.0.0.1:{gateway.metrics_port}/metrics", timeout=10).read()
     assert b'ferry_dropped_messages_total{reason="queue_full"} 3' in metrics
+
+
+def test_a_full_persistent_queue_refuses_publishers_who_keep_their_messages(start_gateway) -> None:
+    """`queue_full = "refuse"` (the default): nothing is acknowledged and then dropped. A 3.1.1
+    publisher gets no PUBACK and a closed connection, an MQTT 5 one PUBACK 0x97; both keep the message,
+    and it arrives once the subscriber has made room."""
+    gateway = start_gateway(config_text="[broker]\nmax_queued_messages = 5\n", metrics_port=free_port())
+    sub = TestClient(gateway.port, "offline", clean=False)
+    sub.subscribe("q", 1)
+    sub.close()
+    pub = TestClient(gateway.port, "p")
+    for i in range(5):
+        pub.publish("q", str(i).encode(), 1)
+    refused = pub.client.publish("q", b"5", 1)
+    refused.wait_for_publish(2)
+    assert not refused.is_published()
+    assert pub.disconnects.get(timeout=10) is not None  # the gateway closed the connection
+    pub.client.loop_stop()
+    with TestClient(gateway.port, "p5", v5=True) as v5:
+        acks: list = []
+        v5.client.on_publish = lambda client, userdata, mid, reason, props: acks.append(reason)
+        v5.client.publish("q", b"6", 1).wait_for_publish(10)
+        assert [int(code.value) for code in acks] == [0x97]
+    with TestClient(gateway.port, "offline", clean=False) as back:
+        assert [m.payload for m in back.expect(5)] == [b"0", b"1", b"2", b"3", b"4"]
+        back.expect_nothing(0.5)
+    metrics = urllib.request.urlopen(f"http://127.0.0.1:{gateway.metrics_port}/metrics", timeout=10).read()
+    refused_total = next(line for line in metrics.decode().splitlines()
+                         if line.startswith("ferry_publishes_refused_total "))
+    assert float(refused_total.split()[1]) >= 2  # paho may have retried "5" on a reconnect
+    assert b'ferry_dropped_messages_total{reason="queue_full"} 0' in metrics

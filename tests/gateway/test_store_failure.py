@@ -74,3 +74,19 @@ def test_write_failure_exits_with_status_3_and_keeps_what_was_acked(tmp_path) ->
                     break
                 received.append(int.from_bytes(message.payload[:4], "big"))
     assert set(acked) <= set(received)
+
+
+def test_a_store_of_an_older_format_stops_the_gateway_with_status_2_and_touches_nothing(tmp_path) -> None:
+    """Restarting cannot help (systemd's unit does not retry exit 2), and nothing is rewritten."""
+    store = tmp_path / "data" / "store"
+    store.mkdir(parents=True)
+    manifest = store / "MANIFEST"
+    manifest.write_bytes(b'{"format": "ferry-journal", "version": 1, "base": 1}\n')
+    (store / "00000001.seg").write_bytes(b"\x00" * 64)
+    before = {p.name: p.read_bytes() for p in store.iterdir()}
+    result = subprocess.run([sys.executable, "-m", "ferry", "gateway", "--data-dir", str(tmp_path / "data"),
+                             "--listen", f"127.0.0.1:{free_port()}"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "ferry gateway: store error:" in result.stderr and "format 1" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert {p.name: p.read_bytes() for p in store.iterdir()} == before
