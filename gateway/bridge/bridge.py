@@ -11,6 +11,13 @@ acks=all). The session queue is the spool; the core's in-flight window
 (`bridge.inflight`, the bridge's Receive Maximum) bounds what is handed to
 librdkafka at a time.
 
+Nothing may hold a slot of that window for ever: a record Kafka refuses for
+good goes to the dead-letter file (`ferry.gateway.bridge.rejected`) and is
+PUBACKed once that is fsynced; a record librdkafka's full queue refuses
+(BufferError) waits in order in a backlog and is produced as soon as there is
+room. QoS 0 messages are not in the spool and are bounded in memory instead
+(`bridge.qos0_max_pending`): beyond it they are dropped and counted.
+
 Everything here runs on the event loop; `ferry.gateway.bridge.producer` brings Kafka's
 answers over from its poll thread.
 """
@@ -21,13 +28,15 @@ import asyncio
 import itertools
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from confluent_kafka import KafkaError, KafkaException
 
 from ferry.contract import Channel, ContractError, KafkaRecord, kafka_record, parse_topic
 from ferry.gateway.bridge.config import BridgeConfig
 from ferry.gateway.bridge.producer import Delivered, KafkaSide
+from ferry.gateway.bridge.rejected import DIRECTORY, RejectedFile, RejectedRecord, RejectReason, rejection
 from ferry.gateway.broker.config import NEVER_EXPIRES, SessionPolicy
 from ferry.gateway.broker.session import Connection, Session
 from ferry.gateway.mqtt import (
@@ -43,10 +52,15 @@ TOPIC_FILTER = "ferry/#"
 """Everything under ferry/: telemetry, status and reply go to their topics, anything off the
 contract to the dead-letter topic (`ferry.contract.kafka_record` decides); operator commands
 (`.../cmd`) flow to devices, not to Kafka, and are acknowledged without being produced."""
+COMMAND_FILTER = "ferry/+/+/cmd"
+"""Operator commands to devices: acknowledged by the bridge without being produced."""
 RECONNECT_S = 1.0
 RETRY_FIRST_S = 0.5
 RETRY_MAX_S = 30.0
 ERROR_LOG_INTERVAL_S = 10.0
+REJECTED_WRITE_RETRY_S = 5.0
+"""A dead-letter entry that could not be written (disk full, I/O error) is tried again this often;
+its message stays in the spool meanwhile."""
 STOP_FLUSH_S = 5.0
 
 
@@ -63,9 +77,30 @@ class BridgeStats:
     commands_skipped: int = 0
     """Operator commands seen on `ferry/+/+/cmd`: acknowledged, not produced."""
     produce_errors: int = 0
-    """Records Kafka (or librdkafka) failed; each stays in the spool and is produced again."""
+    """Produce attempts Kafka (or librdkafka) failed: each record is produced again, or, when the
+    error is for good, moved to the dead-letter file."""
     producer_restarts: int = 0
     """Producers replaced after a fatal error (e.g. the idempotent producer lost its sequence)."""
+    rejected: dict[RejectReason, int] = field(default_factory=lambda: dict.fromkeys(RejectReason, 0))
+    """Records moved to the dead-letter file (fsynced, then acknowledged), by reason."""
+    qos0_dropped: int = 0
+    """QoS 0 messages dropped because `bridge.qos0_max_pending(_bytes)` were already pending."""
+
+
+@dataclass(slots=True)
+class _Throttle:
+    """A log line at most every ERROR_LOG_INTERVAL_S, saying how often it happened since the last."""
+
+    count: int = 0
+    said_at: float = float("-inf")
+
+    def due(self, now: float) -> int:
+        """Count one occurrence; the count to report if a line is due now, else 0."""
+        self.count += 1
+        if now - self.said_at < ERROR_LOG_INTERVAL_S:
+            return 0
+        count, self.count, self.said_at = self.count, 0, now
+        return count
 
 
 @dataclass(slots=True, eq=False)
@@ -73,8 +108,14 @@ class _Pending:
     """A record on its way to Kafka, and the MQTT delivery that waits for it."""
 
     packet_id: int | None
-    record: KafkaRecord
+    """None for a QoS 0 delivery: nothing to acknowledge, not in the spool."""
+    mqtt_topic: str
+    payload: bytes
+    received_ms: int
+    record: KafkaRecord | None
+    """None when `kafka_record` could not make one: it goes straight to the dead-letter file."""
     attempts: int = 0
+    """Times Kafka or librdkafka failed it."""
 
 
 class _InternalTransport:
@@ -98,28 +139,42 @@ class _InternalTransport:
 
 
 class Bridge:
-    """Device data from the broker's `$ferry-bridge` session to Kafka; PUBACK once Kafka has it."""
+    """Device data from the broker's `$ferry-bridge` session to Kafka; PUBACK once Kafka has it (or,
+    refused for good, the dead-letter file)."""
 
-    def __init__(self, config: BridgeConfig, server) -> None:
+    def __init__(self, config: BridgeConfig, server, data_dir: Path) -> None:
         self.config = config
         self.naming = config.naming()
         self.server = server
         self.broker = server.broker
         self.stats = BridgeStats()
         self._loop = asyncio.get_running_loop()
-        self.broker.set_session_policy(CLIENT_ID, SessionPolicy(config.spool_max_messages,
-                                                                config.spool_max_bytes))
+        # Operator commands are not forwarded to Kafka: a full spool must not refuse them, so that
+        # an operator can reach devices (slow them down) during a long uplink outage.
+        self.broker.set_session_policy(CLIENT_ID, SessionPolicy(config.spool_max_messages, config.spool_max_bytes,
+                                                                skip_when_full=(COMMAND_FILTER,)))
         self.kafka = self._new_kafka()
+        self.rejected = RejectedFile(data_dir / DIRECTORY, config.rejected_max_file_bytes,
+                                     config.rejected_max_files, self._loop)
         self._conn: Connection | None = None
         self._decoder: Decoder | None = None
         self._pending: dict[int, _Pending] = {}
+        """Records handed to librdkafka or waiting for it, by token (their delivery reports name it)."""
         self._backlog: list[int] = []
+        """Tokens waiting, in order, for room in librdkafka's queue (or behind one that does)."""
+        self._rejecting: dict[int, _Pending] = {}
+        """Records being written to the dead-letter file; PUBACKed once it is fsynced."""
+        self._qos0_pending = 0
+        self._qos0_pending_bytes = 0
         self._tokens = itertools.count(1)
         self._stopping = False
         self._last_packet_at = 0.0
         self._was_connected: bool | None = None
-        self._errors_unlogged = 0
-        self._error_logged_at = float("-inf")
+        self._produce_errors_log = _Throttle()
+        self._rejected_log = _Throttle()
+        self._rejected_failed_log = _Throttle()
+        self._queue_full_log = _Throttle()
+        self._qos0_dropped_log = _Throttle()
 
     def _new_kafka(self) -> KafkaSide:
         return KafkaSide(self.config, self._loop, self._on_delivered, self._on_fatal)
@@ -143,8 +198,12 @@ class Bridge:
         conn = self.broker.open_connection("internal:kafka-bridge", now, internal=True)
         self._conn = conn
         self._decoder = Decoder(server_side=False, protocol_version=ProtocolVersion.V5)
-        self._pending.clear()  # the session resends every unacknowledged delivery on reconnect
+        # The session resends every unacknowledged delivery on reconnect; reports and dead-letter
+        # writes for the old connection's deliveries are ignored from now on.
+        self._pending.clear()
         self._backlog.clear()
+        self._rejecting.clear()
+        self._qos0_pending = self._qos0_pending_bytes = 0
         self.server.transports[conn.conn_id] = _InternalTransport(self, conn)
         max_keepalive = self.broker.config.max_keepalive_s
         keepalive = 0 if max_keepalive >= 65_535 else max_keepalive
@@ -170,12 +229,14 @@ class Bridge:
                 self._loop.call_later(RECONNECT_S, self._connect)
 
     async def stop(self) -> None:
-        """Give Kafka a few seconds for what is in flight, PUBACK what it acknowledged, detach.
-        Whatever is still unacknowledged stays in the spool for the next start."""
+        """Give Kafka a few seconds for what is in flight, PUBACK what it acknowledged and what the
+        dead-letter file holds, detach. Whatever is still unacknowledged stays in the spool for the
+        next start."""
         self._stopping = True
         left = await self.kafka.stop(STOP_FLUSH_S)
         if left:
             log.info("bridge stopped with %d record(s) unacknowledged by Kafka; they stay spooled", left)
+        await self.rejected.close()
         conn = self._conn
         if conn is not None and not conn.closed:
             self._send(Disconnect(), self.server.now())
@@ -235,15 +296,42 @@ class Bridge:
             item = session.inflight.get(packet.packet_id) if session is not None else None
             if item is not None:
                 received_at = item.message.received_at
+        elif not self._admit_qos0(len(packet.payload)):
+            return
         # The broker's receive time; unknown for messages restored after a restart: then now.
         received_ms = int((received_at or time.time()) * 1000)
-        record = kafka_record(self.naming, packet.topic, packet.payload, received_ms)
         token = next(self._tokens)
-        self._pending[token] = _Pending(packet.packet_id, record)
-        if self._backlog:
-            self._backlog.append(token)  # keep the order behind what waits already
-        else:
-            self._produce(token)
+        try:
+            record = kafka_record(self.naming, packet.topic, packet.payload, received_ms)
+        except Exception as exc:  # a contract bug: this message must not stop the others
+            pending = _Pending(packet.packet_id, packet.topic, packet.payload, received_ms, None)
+            self._reject(token, pending, RejectReason.NOT_BUILT, f"{type(exc).__name__}: {exc}")
+            return
+        self._pending[token] = _Pending(packet.packet_id, packet.topic, packet.payload, received_ms, record)
+        # Behind what waits already, to keep the order; it waits too if librdkafka's queue is full.
+        if self._backlog or not self._produce(token):
+            self._backlog.append(token)
+
+    def _admit_qos0(self, size: int) -> bool:
+        """Whether a QoS 0 message fits within `bridge.qos0_max_pending(_bytes)`; counted if not."""
+        if (self._qos0_pending < self.config.qos0_max_pending
+                and self._qos0_pending_bytes + size <= self.config.qos0_max_pending_bytes):
+            self._qos0_pending += 1
+            self._qos0_pending_bytes += size
+            return True
+        self.stats.qos0_dropped += 1
+        dropped = self._qos0_dropped_log.due(self.server.now())
+        if dropped:
+            log.warning("%d QoS 0 message(s) for Kafka dropped since the last report: %d (%d bytes) are "
+                        "pending already (bridge.qos0_max_pending, bridge.qos0_max_pending_bytes)", dropped,
+                        self._qos0_pending, self._qos0_pending_bytes)
+        return False
+
+    def _done_with(self, pending: _Pending) -> None:
+        """A record left the bridge (acknowledged by Kafka or in the dead-letter file)."""
+        if pending.packet_id is None:
+            self._qos0_pending -= 1
+            self._qos0_pending_bytes -= len(pending.payload)
 
     def _ack_now(self, packet_id: int) -> None:
         if self._conn is not None:
@@ -251,16 +339,24 @@ class Bridge:
             self.server.schedule_flush()
 
     def _produce(self, token: int) -> bool:
-        """Hand one pending record to librdkafka; False if its queue is full (kept in the backlog)."""
+        """Hand one pending record to librdkafka; False if it must wait in the backlog: librdkafka's
+        queue is full (BufferError is backpressure, not a failure) or the bridge is stopping."""
         pending = self._pending.get(token)
         if pending is None:
             return True
+        if self._stopping:
+            return False
         try:
             self.kafka.produce(pending.record, token)
         except BufferError:
+            if self._queue_full_log.due(self.server.now()):
+                log.warning("librdkafka's queue is full (queue.buffering.max.messages/kbytes): %d record(s) "
+                            "wait for room, in order", len(self._backlog) + 1)
             return False
         except KafkaException as exc:
-            self._failed(token, pending, exc.args[0])
+            error = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) \
+                else KafkaError(KafkaError._FAIL, str(exc))
+            self._failed(token, pending, error)
             return True
         self.stats.produced += 1
         return True
@@ -284,6 +380,7 @@ class Bridge:
                 self._failed(delivered.token, pending, delivered.error)
                 continue
             del self._pending[delivered.token]
+            self._done_with(pending)
             self.stats.acked += 1
             if pending.record.topic == self.naming.deadletter_topic:
                 self.stats.deadlettered += 1
@@ -297,24 +394,71 @@ class Bridge:
             self._produce_backlog()
 
     def _failed(self, token: int, pending: _Pending, error: KafkaError) -> None:
-        """Kafka did not take a record: no PUBACK; it stays in the spool and is produced again."""
+        """Kafka did not take a record: no PUBACK. If the error is for good (`rejection`) the record
+        goes to the dead-letter file; otherwise it stays in the spool and is produced again."""
         self.stats.produce_errors += 1
         pending.attempts += 1
+        reason = rejection(error, pending.attempts, self.config.rejected_after_attempts)
+        if reason is not None:
+            self._reject(token, pending, reason, f"{error.name()}: {error.str()}")
+            return
         delay = min(RETRY_MAX_S, RETRY_FIRST_S * 2 ** (pending.attempts - 1))
-        self._errors_unlogged += 1
-        now = self.server.now()
-        if now - self._error_logged_at >= ERROR_LOG_INTERVAL_S:
+        failures = self._produce_errors_log.due(self.server.now())
+        if failures:
             log.warning("Kafka did not take %d record(s) since the last report, now one for %s: %s; "
-                        "kept in the spool, retrying in %.1f s", self._errors_unlogged, pending.record.topic,
-                        error.str() if isinstance(error, KafkaError) else error, delay)
-            self._errors_unlogged = 0
-            self._error_logged_at = now
+                        "kept in the spool, retrying in %.1f s", failures, pending.record.topic, error.str(), delay)
         self._loop.call_later(delay, self._retry, token)
 
     def _retry(self, token: int) -> None:
         if token in self._pending and not self._stopping:
             if self._backlog or not self._produce(token):
                 self._backlog.append(token)
+
+    # ------------------------------------------------------------------ the dead-letter file
+
+    def _reject(self, token: int, pending: _Pending, reason: RejectReason, error: str) -> None:
+        """Move a record Kafka refused for good to the dead-letter file; its slot is released (PUBACK)
+        once the entry is fsynced. While stopping (or detached) it stays in the spool and is rejected
+        again after the next start (or reconnect) instead."""
+        self._pending.pop(token, None)
+        if self._stopping or self._conn is None:
+            return  # the session delivers it again after the reconnect
+        self._rejecting[token] = pending
+        record = RejectedRecord(int(time.time() * 1000), pending.mqtt_topic, pending.payload,
+                                0 if pending.packet_id is None else 1, pending.received_ms, reason, error,
+                                pending.record.topic if pending.record is not None else None, pending.attempts)
+        self._write_rejected(token, self._conn, record)
+
+    def _write_rejected(self, token: int, conn: Connection, record: RejectedRecord) -> None:
+        if self._stopping or conn is not self._conn or token not in self._rejecting:
+            return  # stopping: stays spooled; reconnected: the session delivers it again
+        self.rejected.append(record, lambda error: self._rejected_written(token, conn, record, error))
+
+    def _rejected_written(self, token: int, conn: Connection, record: RejectedRecord,
+                          error: OSError | None) -> None:
+        if conn is not self._conn or token not in self._rejecting:
+            return  # reconnected meanwhile: the session delivers it again
+        now = self.server.now()
+        if error is not None:
+            failures = self._rejected_failed_log.due(now)
+            if failures:
+                log.error("cannot write %d entr%s to the dead-letter file in %s (%s); the messages stay in the "
+                          "spool, trying again every %.0f s", failures, "y" if failures == 1 else "ies",
+                          self.rejected.directory, error, REJECTED_WRITE_RETRY_S)
+            self._loop.call_later(REJECTED_WRITE_RETRY_S, self._write_rejected, token, conn, record)
+            return
+        pending = self._rejecting.pop(token)
+        self._done_with(pending)
+        self.stats.rejected[record.reason] += 1
+        rejected = self._rejected_log.due(now)
+        if rejected:
+            log.warning("%d record(s) Kafka refused for good moved to the dead-letter file in %s since the last "
+                        "report, now %s (%d bytes) for %s: %s", rejected, self.rejected.directory,
+                        record.mqtt_topic, len(record.payload), record.kafka_topic, record.error)
+        if pending.packet_id:
+            self._last_packet_at = now
+            self.broker.handle_packet(conn, Puback(pending.packet_id), now)
+            self.server.schedule_flush()
 
     def _on_fatal(self, error: KafkaError) -> None:
         """The idempotent producer cannot go on: replace it and produce everything in flight again."""
@@ -341,6 +485,14 @@ class Bridge:
         """Messages in the spool: queued for the bridge plus delivered to it and not yet acknowledged."""
         session = self._session()
         return 0 if session is None else len(session.queue) + len(session.inflight)
+
+    def producer_waiting(self) -> int:
+        """Records waiting, in order, for room in librdkafka's queue."""
+        return len(self._backlog)
+
+    def qos0_pending(self) -> int:
+        """QoS 0 records held for Kafka (bounded by `bridge.qos0_max_pending`)."""
+        return self._qos0_pending
 
     def spool_bytes(self) -> int:
         session = self._session()

@@ -45,6 +45,26 @@ class BridgeConfig:
     """Payload bytes the spool holds; beyond it, as for `spool_max_messages`."""
     inflight: int = 1000
     """Messages handed to the Kafka producer and not yet acknowledged by Kafka (1..65535)."""
+    qos0_max_pending: int = 10_000
+    """QoS 0 messages held for Kafka at a time (in librdkafka's queue or waiting for room in it).
+    They are not in the spool, so during an outage they would pile up in memory: beyond this the
+    newest are dropped and counted (`ferry_bridge_qos0_dropped_total`); 0 bridges no QoS 0 message.
+    Keep it well below librdkafka's `queue.buffering.max.messages` (100,000) so that QoS 0 traffic
+    cannot fill the queue the spooled QoS 1 records need."""
+    qos0_max_pending_bytes: int = 16_777_216
+    """Payload bytes of those QoS 0 messages; beyond it, as for `qos0_max_pending`."""
+    rejected_after_attempts: int = 10
+    """Times a record is produced while Kafka refuses it for a reason an operator can fix (topic
+    unknown, not authorised, a policy) before it goes to the dead-letter file (about 2 minutes of
+    back-off with 10). Records no retry can cure (too large, invalid) go there at the first refusal;
+    errors that mean Kafka is unreachable are retried for ever."""
+    rejected_max_file_bytes: int = 16_777_216
+    """The dead-letter file (`<data_dir>/rejected/`) is rotated before it passes this size (a file
+    with a single larger entry may)."""
+    rejected_max_files: int = 8
+    """Dead-letter files kept; beyond it the oldest is deleted and its entries counted
+    (`ferry_bridge_rejected_discarded_total`), so they take at most about this many times
+    `rejected_max_file_bytes` of disk."""
     librdkafka: dict[str, LibrdkafkaValue] = field(default_factory=dict)
     """Further librdkafka producer settings (security, batching, timeouts), passed through as is."""
 
@@ -77,6 +97,9 @@ def check_bridge(bridge: BridgeConfig) -> str | None:
         return "bridge.spool_max_bytes: must be at least 1"
     if not 1 <= bridge.inflight <= 65_535:
         return "bridge.inflight: must be 1..65535"
+    for key in ("rejected_after_attempts", "rejected_max_file_bytes", "rejected_max_files"):
+        if getattr(bridge, key) < 1:
+            return f"bridge.{key}: must be at least 1"
     for key in bridge.librdkafka:
         if key in RESERVED_LIBRDKAFKA_KEYS:
             return f"bridge.librdkafka.{key}: set by the bridge itself and cannot be changed"

@@ -317,6 +317,14 @@ def test_a_full_spool_refuses_devices_which_keep_their_messages(uplink: Uplink, 
     assert metrics(gateway)["ferry_dropped_messages_total{reason=\"queue_full\"}"] == 0
     assert "is full" in gateway.log_text()
 
+    # An operator can still reach devices: commands are not refused for the full spool.
+    with TestClient(gateway.port, "dev-b", clean=False) as target:
+        target.subscribe("ferry/s/dev-b/cmd", 1)
+        with TestClient(gateway.port, "operator") as operator:
+            operator.publish("ferry/s/dev-b/cmd", b'{"op":"sample_s","value":600}', 1)  # asserts the PUBACK
+        assert [m.payload for m in target.expect(1)] == [b'{"op":"sample_s","value":600}']
+    assert metrics(gateway)["ferry_bridge_spool_refused_total"] == 1
+
     uplink.up()
     assert wait_until(lambda: metrics(gateway)["ferry_bridge_spool_messages"] == 0, TIMEOUT_S)
     again = TestClient(gateway.port, "dev-a")  # the device's outbox sends it again

@@ -23,6 +23,9 @@ def test_defaults_follow_the_contract_and_the_host_name() -> None:
     assert bridge.enabled
     assert bridge.naming() == BridgeNaming(socket.gethostname())
     assert (bridge.spool_max_messages, bridge.spool_max_bytes, bridge.inflight) == (1_000_000, 1 << 30, 1000)
+    assert (bridge.qos0_max_pending, bridge.qos0_max_pending_bytes) == (10_000, 16 << 20)
+    assert (bridge.rejected_after_attempts, bridge.rejected_max_file_bytes, bridge.rejected_max_files) == (
+        10, 16 << 20, 8)
 
 
 def test_every_key_is_read() -> None:
@@ -37,6 +40,11 @@ deadletter_topic = "d"
 spool_max_messages = 5
 spool_max_bytes = 6
 inflight = 7
+qos0_max_pending = 0
+qos0_max_pending_bytes = 8
+rejected_after_attempts = 9
+rejected_max_file_bytes = 10
+rejected_max_files = 11
 [bridge.librdkafka]
 "linger.ms" = 20
 "security.protocol" = "SASL_SSL"
@@ -44,6 +52,8 @@ inflight = 7
 """).bridge
     assert bridge.naming() == BridgeNaming("pi-7", "t", "s", "r", "d")
     assert (bridge.spool_max_messages, bridge.spool_max_bytes, bridge.inflight) == (5, 6, 7)
+    assert (bridge.qos0_max_pending, bridge.qos0_max_pending_bytes) == (0, 8)
+    assert (bridge.rejected_after_attempts, bridge.rejected_max_file_bytes, bridge.rejected_max_files) == (9, 10, 11)
     assert bridge.librdkafka == {"linger.ms": 20, "security.protocol": "SASL_SSL",
                                  "enable.ssl.certificate.verification": True}
 
@@ -65,6 +75,10 @@ def test_the_cli_shortcut_sets_kafka_and_keeps_the_rest_of_the_file() -> None:
     ('[bridge]\nkafka = "h:1"\nspool_max_messages = 0', "bridge.spool_max_messages: must be at least 1"),
     ('[bridge]\nkafka = "h:1"\nspool_max_bytes = -1', "bridge.spool_max_bytes: must not be negative"),
     ('[bridge]\nkafka = "h:1"\ninflight = 65536', "bridge.inflight: must be 1..65535"),
+    ('[bridge]\nkafka = "h:1"\nqos0_max_pending = -1', "bridge.qos0_max_pending: must not be negative"),
+    ('[bridge]\nkafka = "h:1"\nrejected_after_attempts = 0', "bridge.rejected_after_attempts: must be at least 1"),
+    ('[bridge]\nkafka = "h:1"\nrejected_max_file_bytes = 0', "bridge.rejected_max_file_bytes: must be at least 1"),
+    ('[bridge]\nkafka = "h:1"\nrejected_max_files = 0', "bridge.rejected_max_files: must be at least 1"),
     ('[bridge]\nkafka = "h:1"\nspool = 3', "bridge.spool: unknown key"),
     ('[bridge]\nkafka = "h:1"\nlibrdkafka = 3', "bridge.librdkafka: expected a table"),
     ('[bridge]\nkafka = "h:1"\n[bridge.librdkafka]\nx = [1]', "bridge.librdkafka.x: expected a string, number"),
