@@ -37,6 +37,10 @@ class StoreConfig:
     """A journal segment is closed and a new one started beyond this size."""
     compact_after_bytes: int = 256 * 1_048_576
     """Write a snapshot of the live state once the journal has grown this much since the last."""
+    min_free_disk_bytes: int | None = None
+    """Below this much free space on the data dir's filesystem, QoS 1/2 publishes that need the
+    store are refused as for a full queue, until space returns. Unset: 5 % of the filesystem,
+    at most 1 GiB."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,13 +26,18 @@ from ferry.gateway.broker.recovery import durable_records, restore
 from ferry.gateway.config import ConfigError, GatewayConfig, load_config
 from ferry.gateway.metrics import MetricsServer, SysPublisher
 from ferry.gateway.server import MqttServer
-from ferry.gateway.store import Journal, StoreFormatError, recover
+from ferry.gateway.disk import DiskGuard
+from ferry.gateway.store import Durability, Journal, StoreFormatError, recover
+from ferry.gateway.store.spool import SPOOL_DIR
+from ferry.gateway.store.spool_queue import SpoolQueue
 from ferry.gateway.systemd import configure_logging, notify, watchdog_interval_s
 
 log = logging.getLogger("ferry.gateway")
 
 EXIT_CONFIG = 2
 EXIT_STORE_FAILED = 3
+COMPACT_RETRY_S = 60.0
+"""After a compaction that could not be written, wait this long before trying again."""
 DEPLOY_DIR = Path(__file__).resolve().parent / "deploy"
 SAMPLE_CONFIG = DEPLOY_DIR / "ferry.toml"
 SYSTEMD_UNIT = DEPLOY_DIR / "ferry-gateway.service"
@@ -90,6 +95,8 @@ class Gateway:
         self.metrics: MetricsServer | None = None
         self.bridge: Bridge | None = None
         self.journal: Journal | None = None
+        self.disk_guard: DiskGuard | None = None
+        self._compact_failed_at: float | None = None
         self.store_failed = asyncio.Event()
         self._loop = asyncio.get_running_loop()
 
@@ -105,20 +112,27 @@ class Gateway:
         broker = Broker(self.config.broker, self.journal, now=time.monotonic(), wall=time.time())
         restore(broker, state, time.monotonic())
         self.server = MqttServer(broker, self.journal, housekeeping=self._housekeeping)
+        self.disk_guard = DiskGuard(store_dir, self.config.store.min_free_disk_bytes)
+        self._check_disk()
         if self.config.bridge.enabled:
+            durable = self.config.store.durability is not Durability.MEMORY
+            spool = SpoolQueue(self.journal, store_dir / SPOOL_DIR if durable else None, self.journal.salt,
+                               state.spool_head, self.journal.spool_opened.tail,
+                               max_messages=self.config.bridge.spool_max_messages,
+                               max_bytes=self.config.bridge.spool_max_bytes)
             # Attached before the listener opens, so no device message can miss the spool.
-            self.bridge = Bridge(self.config.bridge, self.server, self.data_dir)
+            self.bridge = Bridge(self.config.bridge, self.server, self.data_dir, spool)
             try:
                 self.bridge.start()
             except ProducerSettingsError as exc:
                 raise ConfigError(f"bridge.librdkafka: {exc}") from None
-        sys_publisher = SysPublisher(broker, self.server, self.journal, self.bridge)
+        sys_publisher = SysPublisher(broker, self.server, self.journal, self.bridge, self.disk_guard)
         self.server.add_tick(sys_publisher.tick)
         host, port = await self.server.start(*listen)
         log.info("listening on %s:%d (durability=%s, data dir %s)", host, port,
                  self.config.store.durability.value, self.data_dir)
         if metrics is not None:
-            self.metrics = MetricsServer(broker, self.server, self.journal, self.bridge)
+            self.metrics = MetricsServer(broker, self.server, self.journal, self.bridge, self.disk_guard)
             metrics_host, metrics_port = await self.metrics.start(*metrics)
             log.info("metrics on http://%s:%d/metrics", metrics_host, metrics_port)
         return host, port
@@ -128,10 +142,30 @@ class Gateway:
             self.server.on_commit(batch)
 
     def _housekeeping(self) -> None:
+        """Once a second: the free-disk guard, and compaction when the journal has grown (after a
+        compaction that failed, e.g. on a full disk, not before COMPACT_RETRY_S)."""
+        self._check_disk()
         journal = self.journal
+        now = time.monotonic()
+        if journal.snapshot_error is not None and self._compact_failed_at is None:
+            self._compact_failed_at = now
+        if self._compact_failed_at is not None and now - self._compact_failed_at < COMPACT_RETRY_S:
+            return
         if journal.bytes_since_snapshot > self.config.store.compact_after_bytes:
             log.info("compacting the store (%d bytes since the last snapshot)", journal.bytes_since_snapshot)
+            self._compact_failed_at = None
             journal.snapshot(durable_records(self.server.broker))
+
+    def _check_disk(self) -> None:
+        low = self.disk_guard.low()
+        broker = self.server.broker
+        if low != broker.disk_low:
+            if low:
+                log.error("free disk below %d bytes (store.min_free_disk_bytes): refusing QoS 1/2 publishes "
+                          "that need the store until there is room", self.disk_guard.min_free_bytes)
+            else:
+                log.info("free disk above store.min_free_disk_bytes again: accepting publishes")
+            broker.disk_low = low
 
     async def stop(self) -> None:
         if self.metrics is not None:

@@ -29,8 +29,9 @@ class Metric:
     samples: tuple[tuple[tuple[tuple[str, str], ...], float], ...]
 
 
-def collect(broker: Broker, server, journal, bridge=None) -> list[Metric]:
-    """Every metric, computed now from the broker, the network layer, the journal and the bridge."""
+def collect(broker: Broker, server, journal, bridge=None, disk=None) -> list[Metric]:
+    """Every metric, computed now from the broker, the network layer, the journal, the bridge and
+    the free-disk guard."""
     sessions = broker.sessions.values()
     stats = broker.stats
     journal_stats = journal.stats
@@ -65,9 +66,11 @@ def collect(broker: Broker, server, journal, bridge=None) -> list[Metric]:
                tuple(((("reason", r.value),), float(stats.dropped[r])) for r in DropReason)),
         single("ferry_protocol_errors_total", "counter", "Connections closed for a protocol violation.",
                stats.protocol_errors),
-        single("ferry_publishes_refused_total", "counter",
-               "QoS 1/2 publishes refused, not acknowledged, because a persistent session's queue was full.",
-               stats.refused_queue_full),
+        Metric("ferry_publishes_refused_total", "counter",
+               "QoS 1/2 publishes refused, not acknowledged: a persistent session's queue was full, or the "
+               "free disk below store.min_free_disk_bytes.",
+               (((("reason", "queue_full"),), float(stats.refused_queue_full)),
+                ((("reason", "disk_low"),), float(stats.refused_disk_low)))),
         single("ferry_publishes_denied_total", "counter",
                "Publishes from clients to topics beginning with $ (not routed).", stats.publishes_denied),
         single("ferry_wills_published_total", "counter", "Will messages published.", stats.wills_published),
@@ -86,6 +89,14 @@ def collect(broker: Broker, server, journal, bridge=None) -> list[Metric]:
                 ((("stat", "avg"),), journal_stats.records_avg),
                 ((("stat", "max"),), float(journal_stats.records_max)))),
     ]
+    if disk is not None:
+        metrics += [
+            single("ferry_store_free_bytes", "gauge", "Free bytes on the data dir's filesystem.", disk.free_bytes),
+            single("ferry_store_min_free_bytes", "gauge", "store.min_free_disk_bytes in effect.",
+                   disk.min_free_bytes),
+            single("ferry_store_disk_low", "gauge", "1 while free disk is below the floor (publishes refused).",
+                   1 if broker.disk_low else 0),
+        ]
     if bridge is not None:
         metrics += bridge_metrics(bridge, broker)
     return metrics
@@ -106,7 +117,7 @@ def bridge_metrics(bridge, broker: Broker) -> list[Metric]:
         single("ferry_bridge_deadlettered_total", "counter",
                "Acknowledged records on the dead-letter topic (contract breakers).", stats.deadlettered),
         single("ferry_bridge_commands_skipped_total", "counter",
-               "Operator commands seen on ferry/+/+/cmd: acknowledged, not produced.", stats.commands_skipped),
+               "QoS 0 operator commands seen on ferry/+/+/cmd: not produced (QoS 1/2 ones are never spooled).", stats.commands_skipped),
         single("ferry_bridge_produce_errors_total", "counter",
                "Produce attempts Kafka failed; each record is produced again or, failed for good, rejected.",
                stats.produce_errors),
@@ -126,12 +137,19 @@ def bridge_metrics(bridge, broker: Broker) -> list[Metric]:
         single("ferry_bridge_producer_restarts_total", "counter",
                "Kafka producers replaced after a fatal error.", stats.producer_restarts),
         single("ferry_bridge_spool_messages", "gauge",
-               "Messages in the spool: queued for the bridge plus delivered to it and not yet in Kafka.",
+               "Messages in the spool not yet acknowledged by Kafka, those in flight to it included.",
                bridge.spool_depth()),
-        single("ferry_bridge_spool_bytes", "gauge", "Payload bytes in the spool.", bridge.spool_bytes()),
+        single("ferry_bridge_spool_bytes", "gauge", "Bytes of the spool's files on disk.", bridge.spool_bytes()),
+        single("ferry_bridge_spool_oldest_age_seconds", "gauge",
+               "Age of the oldest message Kafka has not acknowledged (0 when none is in flight).",
+               bridge.oldest_spooled_age_s()),
+        single("ferry_bridge_drain_rate", "gauge",
+               "Records Kafka acknowledged per second, over the last 10 s.", bridge.drain_rate()),
         single("ferry_bridge_spool_refused_total", "counter",
-               "Device publishes refused (not acknowledged, connection closed) because the spool was full.",
+               "Device publishes refused (not acknowledged) because the spool was full.",
                broker.stats.refused_full),
+        single("ferry_bridge_spool_dropped_total", "counter",
+               "Spooled messages given up to make room (bridge.overflow = drop_oldest).", bridge.spool.dropped),
         single("ferry_bridge_kafka_connected", "gauge", "1 while a connection to a Kafka broker is up.",
                1 if bridge.kafka_connected else 0),
     ]
@@ -153,11 +171,13 @@ def prometheus_text(metrics: list[Metric]) -> str:
 class SysPublisher:
     """Publishes every metric as a retained `$SYS/broker/<name>` message every 10 s."""
 
-    def __init__(self, broker: Broker, server, journal, bridge=None, interval_s: float = SYS_INTERVAL_S) -> None:
+    def __init__(self, broker: Broker, server, journal, bridge=None, disk=None,
+                 interval_s: float = SYS_INTERVAL_S) -> None:
         self._broker = broker
         self._server = server
         self._journal = journal
         self._bridge = bridge
+        self._disk = disk
         self._interval_s = interval_s
         self._next_at = 0.0
         self._started_at = time.monotonic()
@@ -168,7 +188,7 @@ class SysPublisher:
         self._next_at = now + self._interval_s
         publish = self._broker.publish_internal
         publish("$SYS/broker/uptime", str(int(now - self._started_at)).encode(), now)
-        for metric in collect(self._broker, self._server, self._journal, self._bridge):
+        for metric in collect(self._broker, self._server, self._journal, self._bridge, self._disk):
             base = "$SYS/broker/" + metric.name.removeprefix("ferry_").replace("_", "/")
             for labels, value in metric.samples:
                 topic = base + "".join(f"/{v}" for _, v in labels)
@@ -178,11 +198,12 @@ class SysPublisher:
 class MetricsServer:
     """A minimal HTTP/1.1 server for GET /metrics; one short request per connection."""
 
-    def __init__(self, broker: Broker, server, journal, bridge=None) -> None:
+    def __init__(self, broker: Broker, server, journal, bridge=None, disk=None) -> None:
         self._broker = broker
         self._server = server
         self._journal = journal
         self._bridge = bridge
+        self._disk = disk
         self._listener: asyncio.base_events.Server | None = None
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
@@ -198,7 +219,7 @@ class MetricsServer:
             elif path.split(b"?")[0] != b"/metrics":
                 status, body, kind = "404 Not Found", b"see /metrics\n", "text/plain"
             else:
-                text = prometheus_text(collect(self._broker, self._server, self._journal, self._bridge))
+                text = prometheus_text(collect(self._broker, self._server, self._journal, self._bridge, self._disk))
                 status, body, kind = "200 OK", text.encode(), "text/plain; version=0.0.4; charset=utf-8"
             writer.write(f"HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {len(body)}\r\n"
                          f"Connection: close\r\n\r\n".encode() + body)

@@ -1,15 +1,16 @@
-"""The Kafka bridge: an MQTT client inside the gateway whose persistent session is the disk spool.
+"""The Kafka bridge: an MQTT client inside the gateway whose QoS 1/2 messages go to a spool on disk.
 
 The bridge connects to the broker core in-process (an internal connection
 registered with the network layer like a socket, speaking real MQTT 5 bytes
 through the gateway's own codec) as `$ferry-bridge`, with a session that never
-expires, and subscribes to `ferry/#` at QoS 1. Every device message is thus
-journaled and fsynced for the bridge's session before the device gets its
-PUBACK, and stays there until the bridge PUBACKs it, which it does only from
-the Kafka delivery report of the record made of it (idempotent producer,
-acks=all). The session queue is the spool; the core's in-flight window
-(`bridge.inflight`, the bridge's Receive Maximum) bounds what is handed to
-librdkafka at a time.
+expires, and subscribes to `ferry/#` at QoS 1. The core does not queue that
+session's QoS 1/2 messages in memory: it appends each to the spool
+(`ferry.gateway.store.spool_queue`), which the journal's writer thread writes
+and fsyncs before the device gets its PUBACK. The bridge takes entries from the
+spool in order, at most `bridge.inflight` at a time, and acknowledges an entry
+to the spool only from the Kafka delivery report of the record made of it
+(idempotent producer, acks=all); only then may it leave the disk. QoS 0
+messages still arrive over the MQTT connection, not spooled.
 
 Nothing may hold a slot of that window for ever: a record Kafka refuses for
 good goes to the dead-letter file (`ferry.gateway.bridge.rejected`) and is
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from collections import deque
 import logging
 import time
 from dataclasses import dataclass, field
@@ -34,11 +36,13 @@ from pathlib import Path
 from confluent_kafka import KafkaError, KafkaException
 
 from ferry.contract import Channel, ContractError, KafkaRecord, kafka_record, parse_topic
-from ferry.gateway.bridge.config import BridgeConfig
+from ferry.gateway.bridge.config import BridgeConfig, Overflow
 from ferry.gateway.bridge.producer import Delivered, KafkaSide
 from ferry.gateway.bridge.rejected import DIRECTORY, RejectedFile, RejectedRecord, RejectReason, rejection
 from ferry.gateway.broker.config import NEVER_EXPIRES, SessionPolicy
 from ferry.gateway.broker.session import Connection, Session
+from ferry.gateway.store.spool import SpoolEntry
+from ferry.gateway.store.spool_queue import SpoolQueue
 from ferry.gateway.mqtt import (
     Connack, Connect, Decoder, Disconnect, Pingreq, Properties, ProtocolError, ProtocolVersion, Puback,
     Publish, Suback, Subscribe, Subscription,
@@ -62,6 +66,7 @@ REJECTED_WRITE_RETRY_S = 5.0
 """A dead-letter entry that could not be written (disk full, I/O error) is tried again this often;
 its message stays in the spool meanwhile."""
 STOP_FLUSH_S = 5.0
+DRAIN_RATE_WINDOW_S = 10
 
 
 @dataclass(slots=True)
@@ -105,10 +110,12 @@ class _Throttle:
 
 @dataclass(slots=True, eq=False)
 class _Pending:
-    """A record on its way to Kafka, and the MQTT delivery that waits for it."""
+    """A record on its way to Kafka, and what waits for it: a spool entry or an MQTT delivery."""
 
     packet_id: int | None
-    """None for a QoS 0 delivery: nothing to acknowledge, not in the spool."""
+    """The MQTT delivery to PUBACK; None for a spool entry and for QoS 0."""
+    seq: int | None
+    """The spool entry to acknowledge; None for what came over MQTT."""
     mqtt_topic: str
     payload: bytes
     received_ms: int
@@ -142,17 +149,25 @@ class Bridge:
     """Device data from the broker's `$ferry-bridge` session to Kafka; PUBACK once Kafka has it (or,
     refused for good, the dead-letter file)."""
 
-    def __init__(self, config: BridgeConfig, server, data_dir: Path) -> None:
+    def __init__(self, config: BridgeConfig, server, data_dir: Path, spool: SpoolQueue) -> None:
         self.config = config
         self.naming = config.naming()
         self.server = server
         self.broker = server.broker
         self.stats = BridgeStats()
         self._loop = asyncio.get_running_loop()
-        # Operator commands are not forwarded to Kafka: a full spool must not refuse them, so that
-        # an operator can reach devices (slow them down) during a long uplink outage.
-        self.broker.set_session_policy(CLIENT_ID, SessionPolicy(config.spool_max_messages, config.spool_max_bytes,
-                                                                skip_when_full=(COMMAND_FILTER,)))
+        # Operator commands are not forwarded to Kafka: they are not spooled, so a full spool never
+        # refuses them and an operator can reach devices (slow them down) during a long uplink outage.
+        self.broker.set_session_policy(CLIENT_ID, SessionPolicy(
+            config.spool_max_messages, config.spool_max_bytes,
+            drop_oldest=config.overflow is Overflow.DROP_OLDEST, ignored=(COMMAND_FILTER,)))
+        self.spool = spool
+        self.broker.attach_spool(CLIENT_ID, spool)
+        spool.on_append = self._pump_soon
+        self._pump_scheduled = False
+        self._reading = False
+        self._spool_inflight = 0
+        self._acked_history: deque[tuple[float, int]] = deque(maxlen=DRAIN_RATE_WINDOW_S + 1)
         self.kafka = self._new_kafka()
         self.rejected = RejectedFile(data_dir / DIRECTORY, config.rejected_max_file_bytes,
                                      config.rejected_max_files, self._loop)
@@ -198,12 +213,15 @@ class Bridge:
         conn = self.broker.open_connection("internal:kafka-bridge", now, internal=True)
         self._conn = conn
         self._decoder = Decoder(server_side=False, protocol_version=ProtocolVersion.V5)
-        # The session resends every unacknowledged delivery on reconnect; reports and dead-letter
-        # writes for the old connection's deliveries are ignored from now on.
+        # The session resends every unacknowledged delivery on reconnect, and the spool hands out
+        # every unacknowledged entry again; reports and dead-letter writes from before are ignored.
         self._pending.clear()
         self._backlog.clear()
         self._rejecting.clear()
         self._qos0_pending = self._qos0_pending_bytes = 0
+        self._spool_inflight = 0
+        self.spool.rewind()
+        self._pump_soon()
         self.server.transports[conn.conn_id] = _InternalTransport(self, conn)
         max_keepalive = self.broker.config.max_keepalive_s
         keepalive = 0 if max_keepalive >= 65_535 else max_keepalive
@@ -237,6 +255,7 @@ class Bridge:
         if left:
             log.info("bridge stopped with %d record(s) unacknowledged by Kafka; they stay spooled", left)
         await self.rejected.close()
+        self.spool.record_head()
         conn = self._conn
         if conn is not None and not conn.closed:
             self._send(Disconnect(), self.server.now())
@@ -248,6 +267,9 @@ class Bridge:
             self._send(Pingreq(), now)
         if self._backlog:
             self._produce_backlog()
+        self.spool.tick()
+        self._pump()
+        self._acked_history.append((now, self.stats.acked))
         connected = self.kafka.connected
         if connected is not None and connected != self._was_connected:
             if connected:
@@ -304,10 +326,57 @@ class Bridge:
         try:
             record = kafka_record(self.naming, packet.topic, packet.payload, received_ms)
         except Exception as exc:  # a contract bug: this message must not stop the others
-            pending = _Pending(packet.packet_id, packet.topic, packet.payload, received_ms, None)
+            pending = _Pending(packet.packet_id, None, packet.topic, packet.payload, received_ms, None)
             self._reject(token, pending, RejectReason.NOT_BUILT, f"{type(exc).__name__}: {exc}")
             return
-        self._pending[token] = _Pending(packet.packet_id, packet.topic, packet.payload, received_ms, record)
+        self._pending[token] = _Pending(packet.packet_id, None, packet.topic, packet.payload, received_ms, record)
+        # Behind what waits already, to keep the order; it waits too if librdkafka's queue is full.
+        if self._backlog or not self._produce(token):
+            self._backlog.append(token)
+
+    # ------------------------------------------------------------------ spool → Kafka
+
+    def _pump_soon(self) -> None:
+        if not self._pump_scheduled:
+            self._pump_scheduled = True
+            self._loop.call_soon(self._pump)
+
+    def _pump(self) -> None:
+        """Take spool entries up to the in-flight window and produce them; start reading the next
+        file in a thread when the spool's backlog is on disk only."""
+        self._pump_scheduled = False
+        if self._stopping:
+            return
+        room = self.config.inflight - self._spool_inflight
+        if room <= 0:
+            return
+        entries = self.spool.take(room)
+        for entry in entries:
+            self._start(entry)
+        if len(entries) < room and not self._reading and self.spool.needs_read:
+            self._reading = True
+            self._loop.create_task(self._read_ahead())
+
+    async def _read_ahead(self) -> None:
+        try:
+            await self.spool.read_ahead()
+        except OSError as exc:
+            log.error("cannot read the spool back (%s); trying again in a second", exc)
+            await asyncio.sleep(1.0)
+        finally:
+            self._reading = False
+        self._pump()
+
+    def _start(self, entry: SpoolEntry) -> None:
+        self._spool_inflight += 1
+        token = next(self._tokens)
+        try:
+            record = kafka_record(self.naming, entry.topic, entry.payload, entry.received_ms)
+        except Exception as exc:  # a contract bug: this message must not stop the others
+            pending = _Pending(None, entry.seq, entry.topic, entry.payload, entry.received_ms, None)
+            self._reject(token, pending, RejectReason.NOT_BUILT, f"{type(exc).__name__}: {exc}")
+            return
+        self._pending[token] = _Pending(None, entry.seq, entry.topic, entry.payload, entry.received_ms, record)
         # Behind what waits already, to keep the order; it waits too if librdkafka's queue is full.
         if self._backlog or not self._produce(token):
             self._backlog.append(token)
@@ -328,8 +397,13 @@ class Bridge:
         return False
 
     def _done_with(self, pending: _Pending) -> None:
-        """A record left the bridge (acknowledged by Kafka or in the dead-letter file)."""
-        if pending.packet_id is None:
+        """A record left the bridge (acknowledged by Kafka or in the dead-letter file): acknowledge
+        its spool entry, or count a QoS 0 one out."""
+        if pending.seq is not None:
+            self._spool_inflight -= 1
+            self.spool.ack(pending.seq)
+            self._pump_soon()
+        elif pending.packet_id is None:
             self._qos0_pending -= 1
             self._qos0_pending_bytes -= len(pending.payload)
 
@@ -425,7 +499,8 @@ class Bridge:
             return  # the session delivers it again after the reconnect
         self._rejecting[token] = pending
         record = RejectedRecord(int(time.time() * 1000), pending.mqtt_topic, pending.payload,
-                                0 if pending.packet_id is None else 1, pending.received_ms, reason, error,
+                                0 if pending.packet_id is None and pending.seq is None else 1,
+                                pending.received_ms, reason, error,
                                 pending.record.topic if pending.record is not None else None, pending.attempts)
         self._write_rejected(token, self._conn, record)
 
@@ -482,9 +557,8 @@ class Bridge:
         return self.broker.sessions.get(CLIENT_ID)
 
     def spool_depth(self) -> int:
-        """Messages in the spool: queued for the bridge plus delivered to it and not yet acknowledged."""
-        session = self._session()
-        return 0 if session is None else len(session.queue) + len(session.inflight)
+        """Messages in the spool not acknowledged by Kafka, those in flight to it included."""
+        return self.spool.depth
 
     def producer_waiting(self) -> int:
         """Records waiting, in order, for room in librdkafka's queue."""
@@ -495,10 +569,20 @@ class Bridge:
         return self._qos0_pending
 
     def spool_bytes(self) -> int:
-        session = self._session()
-        if session is None:
-            return 0
-        return session.queued_bytes + sum(len(item.message.payload) for item in session.inflight.values())
+        """Bytes of the spool on disk (and of entries about to be written)."""
+        return self.spool.bytes
+
+    def drain_rate(self) -> float:
+        """Records Kafka acknowledged per second over the last DRAIN_RATE_WINDOW_S seconds."""
+        if len(self._acked_history) < 2:
+            return 0.0
+        (first_at, first), (last_at, last) = self._acked_history[0], self._acked_history[-1]
+        return (last - first) / (last_at - first_at) if last_at > first_at else 0.0
+
+    def oldest_spooled_age_s(self) -> float:
+        """Age of the oldest entry Kafka has not acknowledged (0 when none is in flight)."""
+        received_ms = self.spool.oldest_received_ms()
+        return 0.0 if received_ms is None else max(0.0, time.time() - received_ms / 1000)
 
     @property
     def kafka_connected(self) -> bool:

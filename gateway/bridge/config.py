@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import socket
 from dataclasses import dataclass, field
+from enum import Enum
 
 from ferry.contract import BridgeNaming
 
@@ -20,6 +21,13 @@ RESERVED_LIBRDKAFKA_KEYS = frozenset({
 Kafka-connected metric depend on them, so `bridge.librdkafka` cannot change them."""
 
 KAFKA_TOPIC_RE = re.compile(r"[A-Za-z0-9._-]{1,249}")
+
+
+class Overflow(Enum):
+    """What a full spool does with a new device message."""
+
+    REFUSE_NEW = "refuse_new"
+    DROP_OLDEST = "drop_oldest"
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,11 +46,14 @@ class BridgeConfig:
     """Kafka topic for `ferry/<site>/<device>/reply`."""
     deadletter_topic: str = _DEFAULT_NAMING.deadletter_topic
     """Kafka topic for anything under `ferry/` that breaks the contract (with a `ferry-error` header)."""
-    spool_max_messages: int = 1_000_000
-    """Messages the spool (the bridge's session queue in the store) holds; when full, device
-    publishes that would go to it are refused (not acknowledged) and devices keep them."""
-    spool_max_bytes: int = 1_073_741_824
-    """Payload bytes the spool holds; beyond it, as for `spool_max_messages`."""
+    spool_max_messages: int = 10_000_000
+    """Messages the spool (on disk, `<data_dir>/store/spool/`) holds, those in flight to Kafka
+    included; when full, `overflow` decides."""
+    spool_max_bytes: int = 2_147_483_648
+    """Bytes of the spool's files; when full, as for `spool_max_messages`."""
+    overflow: Overflow = Overflow.REFUSE_NEW
+    """When the spool is full: `refuse_new` device publishes (not acknowledged: devices keep their
+    readings) or `drop_oldest` spooled messages to make room (counted, logged per file dropped)."""
     inflight: int = 1000
     """Messages handed to the Kafka producer and not yet acknowledged by Kafka (1..65535)."""
     qos0_max_pending: int = 10_000

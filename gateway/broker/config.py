@@ -71,7 +71,10 @@ class SessionPolicy:
     whole, as `QueueFull.REFUSE` does (MQTT 3.1.1: no acknowledgement and the connection closed,
     the one refusal 3.1.1 has [MQTT-3.3.5-2]; MQTT 5: PUBACK/PUBREC 0x97). The publisher keeps the
     message and resends it later. False: drop it for this session and count it."""
-    skip_when_full: tuple[str, ...] = ()
-    """Topic filters of messages this session can do without: while its queue is full they are
-    not queued for it, and never refused because of it (operator commands, which the bridge does
+    drop_oldest: bool = False
+    """For a spooled session (`Broker.attach_spool`): when full, give up the oldest entries to make
+    room instead of refusing or dropping the new message (`bridge.overflow = "drop_oldest"`)."""
+    ignored: tuple[str, ...] = ()
+    """Topic filters of QoS 1/2 messages this session does not take: they are neither queued nor
+    spooled for it, so a full queue never refuses them (operator commands, which the bridge does
     not forward, must reach devices during a long uplink outage)."""

@@ -54,6 +54,22 @@ def random_client_id() -> str:
     return "ferry-auto-" + secrets.token_hex(16)
 
 
+class SpoolSink(Protocol):
+    """A session's queue kept on disk (`ferry.gateway.store.spool_queue.SpoolQueue`)."""
+
+    head: int
+    depth: int
+    bytes: int
+
+    def append(self, topic: str, payload: bytes, qos: int, received_ms: int) -> None: ...
+
+    def has_room(self, size: int) -> bool: ...
+
+    def drop_oldest(self) -> int: ...
+
+    def committed(self, batch: int) -> None: ...
+
+
 class Broker:
     """All sessions, subscriptions and retained messages of one gateway."""
 
@@ -75,6 +91,9 @@ class Broker:
         self._holding: set[Connection] = set()
         self._pending_wills: dict[str, tuple[float, Connection]] = {}
         self._policies = SessionPolicies()
+        self._spools: dict[str, SpoolSink] = {}
+        self.disk_low = False
+        """Set by the gateway's free-disk guard: refuse QoS 1/2 publishes that need the store."""
         self._handlers = {
             Publish: self._on_publish, Puback: self._on_puback, Pubrec: self._on_pubrec,
             Pubrel: self._on_pubrel, Pubcomp: self._on_pubcomp, Pingreq: self._on_pingreq,
@@ -141,6 +160,8 @@ class Broker:
 
     def commit_done(self, batch: int) -> None:
         """The journal committed every batch up to `batch`: release what waited for it."""
+        for spool in self._spools.values():
+            spool.committed(batch)
         released = []
         for conn in self._holding:
             held = conn.held
@@ -167,6 +188,15 @@ class Broker:
         self._ready.add(conn)
 
     # ------------------------------------------------------------------ connections
+
+    def attach_spool(self, client_id: str, spool: SpoolSink) -> None:
+        """Spool this internal client's QoS 1/2 messages on disk instead of queueing them in its
+        session (memory that grows with the depth); it reads them from `spool` itself."""
+        self._spools[client_id] = spool
+
+    @property
+    def spools(self) -> dict[str, SpoolSink]:
+        return self._spools
 
     def set_session_policy(self, client_id: str, policy: SessionPolicy) -> None:
         """Give one internal client id its own queue limits and full-queue policy; the id is then
@@ -480,10 +510,13 @@ class Broker:
                               delivery.forwarded_properties(props), delivery.expiry_at(props, wall),
                               received_at=wall)
             targets = routing.targets(self.index, self.sessions, message)
-            full = self._policies.full_target(self.sessions, targets, topic, len(packet.payload), self.config) \
-                if qos else None
+            full = self._policies.full_target(self.sessions, targets, topic, len(packet.payload), self.config,
+                                              self._spools) if qos else None
             if full is not None:
                 self._refuse_publish(conn, packet, full, now)
+                return
+            if qos and self.disk_low and self._needs_store(packet.retain, targets):
+                self._refuse_publish(conn, packet, None, now)
                 return
             self.stats.messages_received[qos] += 1
             if packet.retain:
@@ -499,15 +532,33 @@ class Broker:
         ack = Puback(packet.packet_id, reason) if qos == 1 else Pubrec(packet.packet_id, reason)
         self._send(conn, encode(ack, conn.protocol_version), self._wait_batch(before), is_ack=qos == 1)
 
-    def _refuse_publish(self, conn: Connection, packet: Publish, full: Session, now: float) -> None:
+    def _needs_store(self, retain: bool, targets: dict[str, routing.Target]) -> bool:
+        """Whether a QoS 1/2 publish would write to the store (retained, or for a session that keeps it)."""
+        if retain:
+            return True
+        for client_id, target in targets.items():
+            session = self.sessions.get(client_id)
+            if target.qos and session is not None and (session.persistent or client_id in self._spools):
+                return True
+        return False
+
+    def _refuse_publish(self, conn: Connection, packet: Publish, full: Session | None, now: float) -> None:
         """Refuse a QoS 1/2 publish as a whole: nothing routed or acknowledged. MQTT 5 publishers get
         PUBACK/PUBREC 0x97 and may try again; 3.1.1 has no negative acknowledgement, so the
-        connection closes and the client resends after reconnecting [MQTT-3.3.5-2]."""
-        if self._policies.get(full.client_id) is not None:
+        connection closes and the client resends after reconnecting [MQTT-3.3.5-2]. `full` is the
+        session whose queue is full; None: the disk is below the free-space floor."""
+        spool = None if full is None else self._spools.get(full.client_id)
+        if full is None:
+            self.stats.refused_disk_low += 1
+            why = "free disk is below store.min_free_disk_bytes"
+        elif self._policies.get(full.client_id) is not None:
             self.stats.refused_full += 1
+            why = f"spool of {full.client_id} is full ({spool.depth} messages, {spool.bytes} bytes)" \
+                if spool is not None else f"queue of {full.client_id} is full ({len(full.queue)} messages)"
         else:
             self.stats.refused_queue_full += 1
-        self._policies.log_refusal(full, conn.client_id, conn.peer, now)
+            why = f"queue of {full.client_id} is full ({len(full.queue)} messages, {full.queued_bytes} bytes)"
+        self._policies.log_refusal(why, conn.client_id, conn.peer, now)
         if conn.protocol_version is V5:
             ack = Puback if packet.qos == 1 else Pubrec
             self._send_packet(conn, ack(packet.packet_id, ReasonCode.QUOTA_EXCEEDED))
@@ -544,6 +595,13 @@ class Broker:
                                                 tuple(target.subscription_ids)), now)
 
     def _deliver(self, session: Session, item: Delivery, now: float) -> None:
+        if item.qos and self._policies.ignores(session.client_id, item.message.topic):
+            return
+        if item.qos and self._spools:
+            spool = self._spools.get(session.client_id)
+            if spool is not None:
+                self._spool(session, spool, item.message, item.qos, now)
+                return
         conn = session.connection
         if item.qos == 0:
             if conn is None:
@@ -560,6 +618,16 @@ class Broker:
             self._start_flow(session, conn, item, now)
             return
         self._enqueue(session, item)
+
+    def _spool(self, session: Session, spool: SpoolSink, message: Message, qos: int, now: float) -> None:
+        """A QoS 1/2 message for a session whose queue is a spool on disk (the Kafka bridge's)."""
+        size = len(message.topic_bytes) + len(message.payload)
+        if not spool.has_room(size) and not self._policies.make_room(session.client_id, spool, size):
+            # Only what no publisher can send again gets here (wills): a full spool refuses the rest.
+            self.stats.dropped[DropReason.QUEUE_FULL] += 1
+            return
+        spool.append(message.topic, message.payload, qos, int((message.received_at or self.wall(now)) * 1000))
+        self._appends += 1
 
     def _start_flow(self, session: Session, conn: Connection, item: Delivery, now: float) -> None:
         """Give a QoS 1/2 delivery a packet id and send it."""
@@ -589,8 +657,6 @@ class Broker:
         max_messages, max_bytes, warn = self._policies.limits(session.client_id, self.config)
         reason = (DropReason.QUEUE_FULL if len(session.queue) >= max_messages
                   else DropReason.QUEUE_BYTES if session.queued_bytes + size > max_bytes else None)
-        if reason is not None and self._policies.skips(session.client_id, item.message.topic):
-            return  # a message this session does without while full (SessionPolicy.skip_when_full)
         if reason is not None:
             if warn:
                 log.warning("queue of %s is full: dropped a message for it (%s)", session.client_id,

@@ -8,10 +8,21 @@ Pure: the core asks, this module answers and keeps the rate-limited refusal log.
 from __future__ import annotations
 
 import logging
+from typing import Protocol
 
 from ferry.gateway.broker.config import BrokerConfig, QueueFull, SessionPolicy
 from ferry.gateway.broker.routing import Target
 from ferry.gateway.broker.session import Session
+
+
+class SpoolRoom(Protocol):
+    """What a policy asks of a spool (`ferry.gateway.store.spool_queue.SpoolQueue`)."""
+
+    head: int
+
+    def has_room(self, size: int) -> bool: ...
+
+    def drop_oldest(self) -> int: ...
 from ferry.gateway.mqtt import topic_matches
 
 log = logging.getLogger(__name__)
@@ -39,12 +50,22 @@ class SessionPolicies:
         return policy.max_queued_messages, policy.max_queued_bytes, True
 
     def full_target(self, sessions: dict[str, Session], targets: dict[str, Target], topic: str, size: int,
-                    config: BrokerConfig) -> Session | None:
+                    config: BrokerConfig, spools: dict[str, SpoolRoom]) -> Session | None:
         """A session this QoS 1/2 message would have to queue for, whose queue is full and whose
-        policy is to refuse rather than drop; None when the message can go everywhere."""
+        policy is to refuse rather than drop; None when the message can go everywhere (a spool
+        whose policy drops its oldest entries has made room by then)."""
         for client_id, target in targets.items():
             session = sessions.get(client_id)
             if target.qos == 0 or session is None:
+                continue
+            spool = spools.get(client_id)
+            if spool is not None:
+                entry_size = len(topic.encode()) + size
+                if self.ignores(client_id, topic) or spool.has_room(entry_size) \
+                        or self.make_room(client_id, spool, entry_size):
+                    continue
+                if self.refuses_when_full(session, config):
+                    return session
                 continue
             conn = session.connection
             if conn is not None and not session.queue and len(session.inflight) < conn.inflight_limit:
@@ -52,9 +73,23 @@ class SessionPolicies:
             max_messages, max_bytes, _ = self.limits(client_id, config)
             if len(session.queue) < max_messages and session.queued_bytes + size <= max_bytes:
                 continue
-            if not self.skips(client_id, topic) and self.refuses_when_full(session, config):
+            if not self.ignores(client_id, topic) and self.refuses_when_full(session, config):
                 return session
         return None
+
+    def make_room(self, client_id: str, spool: SpoolRoom, size: int) -> bool:
+        """Under a `drop_oldest` policy, give up the spool's oldest entries until ``size`` fits;
+        whether it fits now. Logs each drop (rate-limited)."""
+        policy = self._by_client.get(client_id)
+        if policy is None or not policy.drop_oldest:
+            return False
+        while not spool.has_room(size):
+            dropped = spool.drop_oldest()
+            if not dropped:
+                return False
+            log.warning("spool of %s is full: dropped its %d oldest message(s) (overflow policy drop_oldest)",
+                        client_id, dropped)
+        return True
 
     def refuses_when_full(self, session: Session, config: BrokerConfig) -> bool:
         """Whether a full queue of `session` refuses new publishes (else they are dropped for it)."""
@@ -63,18 +98,17 @@ class SessionPolicies:
             return policy.refuse_when_full
         return session.persistent and config.queue_full is QueueFull.REFUSE
 
-    def skips(self, client_id: str, topic: str) -> bool:
-        """Whether this session does without `topic`'s messages while its queue is full."""
+    def ignores(self, client_id: str, topic: str) -> bool:
+        """Whether this session does not take `topic`'s QoS 1/2 messages (`SessionPolicy.ignored`)."""
         policy = self._by_client.get(client_id)
-        return policy is not None and any(topic_matches(f, topic) for f in policy.skip_when_full)
+        return policy is not None and any(topic_matches(f, topic) for f in policy.ignored)
 
-    def log_refusal(self, target: Session, publisher: str, peer: str, now: float) -> None:
+    def log_refusal(self, why: str, publisher: str, peer: str, now: float) -> None:
         """Count a refusal; log at most one line per REFUSAL_LOG_INTERVAL_S with the count since."""
         self._unlogged += 1
         if now - self._logged_at < REFUSAL_LOG_INTERVAL_S:
             return
-        log.warning("queue of %s is full (%d messages, %d bytes): refused %d publish(es) since the last "
-                    "report, now from %s (%s); publishers keep them",
-                    target.client_id, len(target.queue), target.queued_bytes, self._unlogged, publisher, peer)
+        log.warning("%s: refused %d publish(es) since the last report, now from %s (%s); publishers keep them",
+                    why, self._unlogged, publisher, peer)
         self._unlogged = 0
         self._logged_at = now

@@ -104,3 +104,5 @@ def durable_records(broker: Broker) -> Iterator[rec.Record]:
         if message.msg_id:
             yield from message_once(message)
             yield rec.RetainSet(topic, message.msg_id)
+    for spool in broker.spools.values():
+        yield rec.SpoolHead(spool.head)

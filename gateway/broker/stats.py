@@ -39,6 +39,8 @@ class BrokerStats:
     refused_queue_full: int = 0
     """QoS 1/2 publishes refused (not acknowledged) because a persistent client session they must
     reach had a full queue (`broker.queue_full = "refuse"`)."""
+    refused_disk_low: int = 0
+    """QoS 1/2 publishes refused (not acknowledged) because free disk was below the floor."""
     publishes_denied: int = 0
     """Publishes from clients to topics beginning with `$`, which belong to the server."""
     wills_published: int = 0

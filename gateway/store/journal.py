@@ -49,6 +49,7 @@ from .layout import (
 )
 from .records import SALT_BYTES, Record, encode_batch, encode_record, encode_segment_header
 from .recovery import RecoveryReport, recover
+from .spool import SPOOL_DIR, OpenedSpool, SpoolFiles, open_spool_files
 from .state import DurableState
 
 __all__ = ["Durability", "Journal", "JournalError", "JournalStats", "RecoveryReport",
@@ -102,12 +103,22 @@ class JournalStats:
 
 
 class _Batch:
-    __slots__ = ("number", "chunks", "sealed_at")
+    __slots__ = ("number", "chunks", "spool_first", "spool_chunks", "spool_release", "sealed_at")
 
-    def __init__(self, number: int, chunks: list[bytes]) -> None:
+    def __init__(self, number: int, chunks: list[bytes], spool_first: int, spool_chunks: list[bytes],
+                 spool_release: int | None) -> None:
         self.number = number
         self.chunks = chunks
+        self.spool_first = spool_first
+        """Sequence number of the first spool entry in ``spool_chunks``."""
+        self.spool_chunks = spool_chunks
+        self.spool_release = spool_release
+        """Delete spool files below this head once the batch (which records that head) is synced."""
         self.sealed_at = time.perf_counter()
+
+
+class _SnapshotNotWritten(Exception):
+    """The snapshot's ``.tmp`` could not be written; it is gone and nothing else changed."""
 
 
 class _Snapshot:
@@ -140,6 +151,7 @@ class Journal:
         on_error: Callable[[BaseException], None] | None = None,
         open_snapshot_min_bytes: int = 8 * MIB,
         open_snapshot_max_segments: int = 16,
+        spool_file_max_bytes: int = 4 * MIB,
     ) -> None:
         """
         Args:
@@ -151,6 +163,8 @@ class Journal:
                 replay are at least this large and over twice the snapshot size.
             open_snapshot_max_segments: :meth:`open` also compacts when there
                 are more segments than this.
+            spool_file_max_bytes: start a new spool file beyond this size (the
+                bridge reads a file whole when it drains a backlog).
         """
         if segment_max_bytes <= 0:
             raise ValueError("segment_max_bytes must be positive")
@@ -161,10 +175,14 @@ class Journal:
         self._on_error = on_error
         self._open_snapshot_min_bytes = open_snapshot_min_bytes
         self._open_snapshot_max_segments = open_snapshot_max_segments
+        self._spool_file_max_bytes = spool_file_max_bytes
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         # Event-loop side, guarded by _lock.
         self._chunks: list[bytes] = []
+        self._spool_chunks: list[bytes] = []
+        self._spool_first = 0
+        self._spool_release: int | None = None
         self._next_batch = 1
         self._committed = 0
         self._busy = False  # a job is being written or queued
@@ -176,6 +194,9 @@ class Journal:
         self._phase = _Phase.NEW
         # Writer side: touched by open(), then only by the writer thread.
         self._fd: int | None = None
+        self._spool: SpoolFiles | None = None
+        self.spool_opened = OpenedSpool([], 0, 0)
+        """What the spool folder held at :meth:`open` (its files and next sequence number)."""
         self._salt = b""
         self._segment = 0
         self._segment_bytes = 0
@@ -185,6 +206,7 @@ class Journal:
         self._commits = self._records = self._records_last = self._records_max = 0
         self._latency_total = self._latency_last = self._latency_max = 0.0
         self._bytes_written = self._snapshots = 0
+        self._snapshot_error: BaseException | None = None
 
     # ------------------------------------------------------------- lifecycle
 
@@ -220,6 +242,11 @@ class Journal:
             logger.info("%s: removing leftover %s", self._dir, path.name)
             path.unlink()
         self._segment = layout.next_number - 1
+        spool_dir = self._dir / SPOOL_DIR
+        fsync = self._durability is Durability.FSYNC
+        self.spool_opened = open_spool_files(spool_dir, self._salt, state.spool_head, fsync)
+        self._spool = SpoolFiles(spool_dir, self._salt, fsync, self._spool_file_max_bytes,
+                                 self.spool_opened.files)
         live_bytes = layout.live_bytes
         snapshot = None
         many = len(layout.live) > self._open_snapshot_max_segments
@@ -231,9 +258,13 @@ class Journal:
             logger.info("%s: compacting %d segments (%d bytes) into a snapshot of %d bytes "
                         "of records", self._dir, len(layout.live), live_bytes,
                         snapshot.size_bytes)
-            self._write_snapshot(snapshot)
-            self._since_snapshot = 0
-            return
+            try:
+                self._write_snapshot(snapshot)
+            except OSError as exc:  # a full disk must not stop the start: the segments are intact
+                logger.error("%s: compaction at start failed (%s); starting without it", self._dir, exc)
+            else:
+                self._since_snapshot = 0
+                return
         base = layout.next_number if layout.base is None else layout.base
         if layout.manifest_base != base:
             # Before the stale segments go; for a new store, the salt before any segment.
@@ -258,7 +289,7 @@ class Journal:
             self._phase = _Phase.CLOSED
             return
         with self._cond:
-            if self._error is None and self._chunks:
+            if self._error is None and self._has_pending():
                 if self._busy:
                     self._armed = True
                 else:
@@ -272,6 +303,8 @@ class Journal:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+        if self._spool is not None:
+            self._spool.close()
         if self._error is not None:
             raise JournalError("the journal failed") from self._error
 
@@ -295,6 +328,32 @@ class Journal:
         with self._lock:
             self._chunks.append(data)
             self._since_snapshot += len(data)
+
+    def append_spool(self, frame: bytes, seq: int) -> None:
+        """Add one spool entry (made by :func:`~.spool.encode_entry`, sequence number ``seq``) to
+        the pending batch.  No I/O; durable once its batch is committed."""
+        if self._error is not None or self._phase is not _Phase.OPEN:
+            self._raise_unusable()
+        with self._lock:
+            if not self._spool_chunks:
+                self._spool_first = seq
+            self._spool_chunks.append(frame)
+
+    def release_spool_below(self, head: int) -> None:
+        """Delete the spool files whose entries all come before ``head`` once the pending batch
+        is committed (append the record that makes ``head`` durable to it first)."""
+        with self._lock:
+            self._spool_release = head
+
+    @property
+    def salt(self) -> bytes:
+        """The store's salt (known once :meth:`open` returned; empty in ``MEMORY`` mode)."""
+        return self._salt
+
+    @property
+    def spool_bytes_on_disk(self) -> int:
+        """Bytes of the spool's files (0 in ``MEMORY`` mode)."""
+        return 0 if self._spool is None else self._spool.bytes_on_disk
 
     @property
     def pending_batch(self) -> int:
@@ -331,7 +390,7 @@ class Journal:
             self._commit_in_memory()
             return
         with self._lock:
-            if not self._chunks:
+            if not self._has_pending():
                 return
             if self._busy:
                 self._armed = True
@@ -360,7 +419,7 @@ class Journal:
             return
         job = self._encode_snapshot(records)
         with self._lock:
-            if self._chunks:
+            if self._has_pending():
                 self._seal()
             self._jobs.append(job)
             self._since_snapshot = 0
@@ -383,7 +442,7 @@ class Journal:
                 latency_max_s=self._latency_max,
                 bytes_written=self._bytes_written,
                 snapshots=self._snapshots,
-                pending_records=len(self._chunks),
+                pending_records=len(self._chunks) + len(self._spool_chunks),
             )
 
     def _raise_unusable(self) -> None:
@@ -391,11 +450,18 @@ class Journal:
             raise JournalError("the journal failed; nothing more will commit") from self._error
         raise JournalError(f"the journal is {self._phase.value}, not open")
 
+    def _has_pending(self) -> bool:
+        """With the lock held: is there anything for a batch?"""
+        return bool(self._chunks or self._spool_chunks or self._spool_release is not None)
+
     def _seal(self) -> None:
         """With the lock held: queue the pending batch for the writer."""
-        self._jobs.append(_Batch(self._next_batch, self._chunks))
+        self._jobs.append(_Batch(self._next_batch, self._chunks, self._spool_first, self._spool_chunks,
+                                 self._spool_release))
         self._next_batch += 1
         self._chunks = []
+        self._spool_chunks = []
+        self._spool_release = None
         self._armed = False
         if not self._busy:
             self._busy = True
@@ -403,12 +469,14 @@ class Journal:
 
     def _commit_in_memory(self) -> None:
         with self._lock:
-            if not self._chunks:
+            if not self._has_pending():
                 return
             number = self._next_batch
             self._next_batch += 1
-            self._account(len(self._chunks), 0.0, 0)
+            self._account(len(self._chunks) + len(self._spool_chunks), 0.0, 0)
             self._chunks = []
+            self._spool_chunks = []
+            self._spool_release = None
             self._committed = number
         self._on_commit(number)
 
@@ -441,16 +509,16 @@ class Journal:
                 if isinstance(job, _Batch):
                     written = self._write_batch(job)
                 else:
-                    self._write_snapshot(job)
+                    self._snapshot_or_skip(job)
             except BaseException as exc:  # noqa: BLE001 - fail-stop, reported below
                 self._fail(exc)
                 return
             with self._cond:
                 if isinstance(job, _Batch):
                     self._committed = job.number
-                    self._account(len(job.chunks), time.perf_counter() - job.sealed_at,
-                                  written)
-                if not self._jobs and self._armed and self._chunks:
+                    self._account(len(job.chunks) + len(job.spool_chunks),
+                                  time.perf_counter() - job.sealed_at, written)
+                if not self._jobs and self._armed and self._has_pending():
                     self._seal()
                 if not self._jobs:
                     self._busy = False
@@ -477,18 +545,26 @@ class Journal:
                 logger.exception("on_error raised")
 
     def _write_batch(self, batch: _Batch) -> int:
-        """Write one batch to the current segment; the bytes written, a new segment's header
-        included.  Fdatasync'ed in ``FSYNC`` mode (a new segment's header with it)."""
+        """Write one batch: its spool entries to the spool's files, its records to the current
+        segment; the bytes written, a new file's header included.  Both fdatasync'ed in ``FSYNC``
+        mode before the batch commits; spool files a committed head has passed are deleted after."""
         written = 0
-        if self._segment_bytes >= self._segment_max_bytes:
-            written = self._new_segment()
-        self._sequence += 1
-        data = encode_batch(self._salt, self._segment, self._sequence, b"".join(batch.chunks))
-        write_all(self._fd, data)
-        if self._durability is Durability.FSYNC:
+        if batch.spool_chunks:
+            written += self._spool.write(batch.spool_first, b"".join(batch.spool_chunks))
+        if batch.chunks:
+            if self._segment_bytes >= self._segment_max_bytes:
+                written += self._new_segment()
+            self._sequence += 1
+            data = encode_batch(self._salt, self._segment, self._sequence, b"".join(batch.chunks))
+            write_all(self._fd, data)
+            self._segment_bytes += len(data)
+            written += len(data)
+        self._spool.sync()
+        if batch.chunks and self._durability is Durability.FSYNC:
             sync_data(self._fd)
-        self._segment_bytes += len(data)
-        return written + len(data)
+        if batch.spool_release is not None:
+            self._spool.release_below(batch.spool_release)
+        return written
 
     def _new_segment(self) -> int:
         """Start the next ``.seg`` file with its header; the bytes written.  The directory is
@@ -515,6 +591,28 @@ class Journal:
         if old is not None:
             os.close(old)
 
+    def _snapshot_or_skip(self, snapshot: _Snapshot) -> None:
+        """A snapshot that cannot be written (a full disk) is given up, its ``.tmp`` deleted, and
+        the journal goes on in its current segment: the old segments are intact, and compaction
+        is tried again later (:attr:`snapshot_error`).  A failure after the snapshot got its name
+        still stops the journal, since batches must not go on into a segment it supersedes."""
+        try:
+            self._write_snapshot(snapshot)
+        except _SnapshotNotWritten as exc:
+            logger.error("%s: compaction failed (%s); going on without it", self._dir, exc.__cause__)
+            with self._lock:
+                self._snapshot_error = exc.__cause__
+                self._since_snapshot += snapshot.size_bytes
+        else:
+            with self._lock:
+                self._snapshot_error = None
+
+    @property
+    def snapshot_error(self) -> BaseException | None:
+        """Why the last snapshot could not be written, None after one that was."""
+        with self._lock:
+            return self._snapshot_error
+
     def _write_snapshot(self, snapshot: _Snapshot) -> None:
         """Write ``snapshot`` as the new base segment, in batches of about
         :data:`SNAPSHOT_BATCH_BYTES`.  Always fsynced (file, directory, manifest)
@@ -522,7 +620,10 @@ class Journal:
         number = self._segment + 1
         final = segment_path(self._dir, number, snapshot=True)
         tmp = final.with_name(final.name + ".tmp")
-        fd = create_file(tmp, exclusive=False)
+        try:
+            fd = create_file(tmp, exclusive=False)
+        except OSError as exc:
+            raise _SnapshotNotWritten() from exc
         try:
             header = encode_segment_header(self._salt)
             write_all(fd, header)
@@ -533,6 +634,11 @@ class Journal:
                 size += len(batch)
                 batches += 1
             sync_data(fd)
+        except OSError as exc:
+            os.close(fd)
+            tmp.unlink(missing_ok=True)
+            raise _SnapshotNotWritten() from exc
+        try:
             os.rename(tmp, final)
             fsync_dir(self._dir)
             write_manifest(self._dir, number, self._salt)

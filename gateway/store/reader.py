@@ -26,7 +26,7 @@ left the gateway's disk.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from zlib import crc32
 
@@ -60,12 +60,15 @@ class RecordReader:
     complete when the iteration ends.
     """
 
-    __slots__ = ("_data", "_salt", "_segment", "batches", "records", "corrupt_regions",
+    __slots__ = ("_data", "_salt", "_segment", "_decoders", "batches", "records", "corrupt_regions",
                  "tail_bytes", "good_end")
 
-    def __init__(self, data: bytes, salt: bytes, segment: int) -> None:
-        """``data`` is the whole file; ``salt`` the store's; ``segment`` the file's number."""
+    def __init__(self, data: bytes, salt: bytes, segment: int,
+                 decoders: Mapping[int, Callable[[bytes, int, int], object]] = BODY_DECODERS) -> None:
+        """``data`` is the whole file; ``salt`` the store's; ``segment`` the file's number (the
+        spool's files: the first entry's sequence number, with the spool's entry decoders)."""
         self._data = data
+        self._decoders = decoders
         self._salt = salt
         self._segment = segment
         self.batches = 0
@@ -136,7 +139,7 @@ class RecordReader:
                 return None
             length, crc, record_type = FRAME_HEAD.unpack_from(data, pos)
             stop = pos + 8 + length
-            decoder = BODY_DECODERS.get(record_type)
+            decoder = self._decoders.get(record_type)
             if decoder is None or length == 0 or stop > end or crc32(view[pos + 8:stop]) != crc:
                 return None
             try:

@@ -80,6 +80,7 @@ __all__ = [
     "SegmentHeader",
     "SessionDeleted",
     "SessionSaved",
+    "SpoolHead",
     "SubscriptionAdded",
     "SubscriptionRemoved",
     "batch_crc",
@@ -280,6 +281,15 @@ class MsgIdHighWater:
     msg_id: int
 
 
+@dataclass(frozen=True, slots=True)
+class SpoolHead:
+    """Every spool entry before ``seq`` is acknowledged by Kafka (see :mod:`.spool`)."""
+
+    record_type: ClassVar[int] = 16
+
+    seq: int
+
+
 Record = Union[
     MessageAdded,
     SessionSaved,
@@ -296,6 +306,7 @@ Record = Union[
     RetainSet,
     RetainCleared,
     MsgIdHighWater,
+    SpoolHead,
 ]
 
 # ---------------------------------------------------------------------- encode
@@ -424,6 +435,10 @@ def _enc_high_water(r: MsgIdHighWater) -> bytes:
     return _frame(b"\x0f" + _pack_u64(r.msg_id))
 
 
+def _enc_spool_head(r: SpoolHead) -> bytes:
+    return _frame(b"\x10" + _pack_u64(r.seq))
+
+
 _ENCODERS: dict[type, Callable] = {
     MessageAdded: _enc_message,
     SessionSaved: _enc_session,
@@ -440,6 +455,7 @@ _ENCODERS: dict[type, Callable] = {
     RetainSet: _enc_retain_set,
     RetainCleared: _enc_retain_cleared,
     MsgIdHighWater: _enc_high_water,
+    SpoolHead: _enc_spool_head,
 }
 
 
@@ -590,6 +606,12 @@ def _dec_high_water(b: bytes, o: int, e: int) -> MsgIdHighWater:
     return MsgIdHighWater(msg_id)
 
 
+def _dec_spool_head(b: bytes, o: int, e: int) -> SpoolHead:
+    (seq,), o = _fixed(_U64, b, o, e)
+    _end(o, e)
+    return SpoolHead(seq)
+
+
 # type byte -> decoder(buffer, body start, body end); raises MALFORMED.
 BODY_DECODERS: dict[int, Callable[[bytes, int, int], Record]] = {
     1: _dec_message,
@@ -607,6 +629,7 @@ BODY_DECODERS: dict[int, Callable[[bytes, int, int], Record]] = {
     13: _dec_client_msg(RetainSet),
     14: _dec_client(RetainCleared),
     15: _dec_high_water,
+    16: _dec_spool_head,
 }
 assert {cls.record_type for cls in _ENCODERS} == set(BODY_DECODERS)
 

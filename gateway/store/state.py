@@ -36,6 +36,7 @@ from .records import (
     InflightAssigned,
     MessageAdded,
     MsgIdHighWater,
+    SpoolHead,
     PubcompReceived,
     PubrecReceived,
     Record,
@@ -84,7 +85,7 @@ class DurableState:
     """
 
     __slots__ = ("sessions", "subscriptions", "messages", "queues", "pubrel_pending",
-                 "incoming_qos2", "retained", "max_msg_id", "dangling_references",
+                 "incoming_qos2", "retained", "max_msg_id", "spool_head", "dangling_references",
                  "_refs", "_inflight")
 
     def __init__(self) -> None:
@@ -98,6 +99,8 @@ class DurableState:
         self.incoming_qos2: dict[str, dict[int, None]] = {}
         self.retained: dict[str, int] = {}
         self.max_msg_id = 0
+        self.spool_head = 0
+        """The first spool entry Kafka has not acknowledged (``SpoolHead``)."""
         self.dangling_references = 0
         self._refs: dict[int, int] = {}  # msg_id -> queue entries + retained topics
         self._inflight: dict[str, dict[int, int]] = {}  # client -> packet_id -> msg_id
@@ -124,6 +127,10 @@ class DurableState:
         self.messages[r.msg_id] = r
         if r.msg_id > self.max_msg_id:
             self.max_msg_id = r.msg_id
+
+    def _spool_head(self, r: SpoolHead) -> None:
+        if r.seq > self.spool_head:
+            self.spool_head = r.seq
 
     def _high_water(self, r: MsgIdHighWater) -> None:
         if r.msg_id > self.max_msg_id:
@@ -263,6 +270,8 @@ class DurableState:
         """
         if self.max_msg_id:
             yield MsgIdHighWater(self.max_msg_id)
+        if self.spool_head:
+            yield SpoolHead(self.spool_head)
         messages = self.messages
         emitted: set[int] = set()
         clients = dict.fromkeys(self.sessions)
@@ -315,6 +324,7 @@ class DurableState:
             {cid: list(ids) for cid, ids in self.incoming_qos2.items()},
             self.retained,
             self.max_msg_id,
+            self.spool_head,
         )
 
     def __eq__(self, other: object) -> bool:
@@ -354,4 +364,5 @@ _APPLY: dict[type, Callable[[DurableState, Record], None]] = {
     RetainSet: DurableState._retain_set,
     RetainCleared: DurableState._retain_cleared,
     MsgIdHighWater: DurableState._high_water,
+    SpoolHead: DurableState._spool_head,
 }

@@ -170,6 +170,6 @@ def test_a_full_persistent_queue_refuses_publishers_who_keep_their_messages(star
         back.expect_nothing(0.5)
     metrics = urllib.request.urlopen(f"http://127.0.0.1:{gateway.metrics_port}/metrics", timeout=10).read()
     refused_total = next(line for line in metrics.decode().splitlines()
-                         if line.startswith("ferry_publishes_refused_total "))
+                         if line.startswith('ferry_publishes_refused_total{reason="queue_full"} '))
     assert float(refused_total.split()[1]) >= 2  # paho may have retried "5" on a reconnect
     assert b'ferry_dropped_messages_total{reason="queue_full"} 0' in metrics

@@ -191,7 +191,7 @@ def test_an_authentication_method_we_do_not_offer_is_refused_and_closed() -> Non
 def test_operator_commands_pass_a_full_spool() -> None:
     h = Harness()
     bridge_id = "$ferry-bridge"
-    h.broker.set_session_policy(bridge_id, SessionPolicy(1, 1 << 20, skip_when_full=("ferry/+/+/cmd",)))
+    h.broker.set_session_policy(bridge_id, SessionPolicy(1, 1 << 20, ignored=("ferry/+/+/cmd",)))
     bridge = Client(h, V5)
     bridge.conn.internal = True
     bridge.send(Connect(bridge_id, V5, False, 0, properties=Properties(

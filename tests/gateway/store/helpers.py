@@ -16,6 +16,7 @@ from ferry.gateway.store.records import (
     InflightAssigned,
     MessageAdded,
     MsgIdHighWater,
+    SpoolHead,
     PubcompReceived,
     PubrecReceived,
     Record,
@@ -54,6 +55,7 @@ ONE_OF_EACH: list[Record] = [
     RetainSet("ferry/site-1/dev-01/status", 7),
     RetainCleared("ferry/site-1/dev-01/status"),
     MsgIdHighWater(123),
+    SpoolHead(2**40),
 ]
 
 text = st.text(st.characters(codec="utf-8"), max_size=12)
@@ -80,6 +82,7 @@ records = st.one_of(
     st.builds(RetainSet, text, u64),
     st.builds(RetainCleared, text),
     st.builds(MsgIdHighWater, u64),
+    st.builds(SpoolHead, u64),
 )
 
 # Small id spaces so that random operations hit each other: the same client,
