@@ -138,8 +138,11 @@ class Gateway:
         return host, port
 
     def _on_commit(self, batch: int) -> None:
+        """In the journal's writer thread: release what waited for `batch`, and look at the free disk
+        again (a burst can fill a small disk well within the once-a-second housekeeping)."""
         if self.server is not None:
             self.server.on_commit(batch)
+            self._loop.call_soon_threadsafe(self._check_disk)
 
     def _housekeeping(self) -> None:
         """Once a second: the free-disk guard, and compaction when the journal has grown (after a

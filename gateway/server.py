@@ -140,7 +140,7 @@ class MqttServer:
 
     def _flush(self) -> None:
         self._flush_scheduled = False
-        if self.journal.failed is None:
+        if self.journal.writable:
             self.journal.flush()
         transports = self.transports
         for conn in self.broker.take_ready():

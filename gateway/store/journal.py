@@ -372,6 +372,11 @@ class Journal:
         return self._since_snapshot
 
     @property
+    def writable(self) -> bool:
+        """Open and not failed: appends and flushes are accepted."""
+        return self._phase is _Phase.OPEN and self._error is None
+
+    @property
     def failed(self) -> BaseException | None:
         """The error that stopped the journal, if any."""
         return self._error
