@@ -50,8 +50,14 @@ class ServerConfig:
     hopping_step_s: int = 60
     allowed_lateness_s: int = 120
     """Per-device watermark = newest event time - this; older events are counted late, not applied."""
+    max_clock_skew_s: int = 60
+    """A synced reading stamped later than its gateway receive time + this is counted `future` and
+    windowed at receive time + this, without moving the device's watermark."""
     dedupe_window: int = 1024
     """Sequence numbers below a boot's high-water mark tracked in a bitmap; older gaps kept as ranges."""
+    boot_grace_s: int = 3600
+    """A boot closes (its bitmap folded into the device's closed-boots summary) once a newer boot has
+    begun and nothing of it was received for this long (gateway receive time)."""
     series_keep: int = 60
     """Closed windows kept per device, metric and window kind for the HTTP API."""
     alerts_keep: int = 20
@@ -60,6 +66,9 @@ class ServerConfig:
     """Records taken per batch: each device's state is read and written once per batch."""
     batch_within_ms: int = 500
     """The longest a record waits for its batch to fill."""
+    write_timeout_s: float = 60.0
+    """The longest a batch waits for Kafka to acknowledge what it wrote (series points, alerts,
+    changelog records); past it, or on a refusal, the worker exits 1 without committing the batch."""
     health_check_interval_s: float = 5.0
     """How often silent devices are checked (the `offline` alert needs no incoming record)."""
     stall_timeout_s: float = 120.0
@@ -89,13 +98,15 @@ class ServerConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"server.{name}: must be at least 1, got {getattr(self, name)}")
-        if self.allowed_lateness_s < 0 or self.producer_linger_ms < 0 or self.stall_timeout_s < 0:
-            raise ConfigError("server.allowed_lateness_s, producer_linger_ms and stall_timeout_s must not be negative")
+        for name in ("allowed_lateness_s", "producer_linger_ms", "stall_timeout_s", "max_clock_skew_s",
+                     "boot_grace_s"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"server.{name}: must not be negative, got {getattr(self, name)}")
         if self.hopping_size_s % self.hopping_step_s:
             raise ConfigError("server.hopping_size_s: must be a multiple of hopping_step_s")
         if not 0 <= self.web_port <= 65535:
             raise ConfigError(f"server.web_port: must be 0..65535, got {self.web_port}")
-        for name in ("broker_session_timeout_s", "health_check_interval_s"):
+        for name in ("broker_session_timeout_s", "health_check_interval_s", "write_timeout_s"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"server.{name}: must be positive, got {getattr(self, name)}")
 

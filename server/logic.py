@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from ferry.contract import ContractError, parse_reading, parse_status
+from ferry.contract import DeviceState as ReportedState
 from ferry.server.alerts import Alert
 from ferry.server.anomaly import AnomalySettings
 from ferry.server.config import ServerConfig
@@ -31,6 +32,9 @@ class Settings:
     dedupe_window: int
     kinds: tuple[WindowKind, ...]
     lateness_ms: int
+    skew_ms: int
+    """How far a synced reading's stamp may be ahead of its receive time (`max_clock_skew_s`)."""
+    boot_grace_ms: int
     keep: int
     alerts_keep: int
     anomaly: AnomalySettings
@@ -45,8 +49,8 @@ class Settings:
                                 battery_low_mv=config.battery_low_mv, rssi_poor_dbm=config.rssi_poor_dbm,
                                 reboot_loop_boots=config.reboot_loop_boots,
                                 reboot_loop_window_ms=config.reboot_loop_window_s * 1000)
-        return cls(config.dedupe_window, kinds, config.allowed_lateness_s * 1000, config.series_keep,
-                   config.alerts_keep, AnomalySettings(), health)
+        return cls(config.dedupe_window, kinds, config.allowed_lateness_s * 1000, config.max_clock_skew_s * 1000,
+                   config.boot_grace_s * 1000, config.series_keep, config.alerts_keep, AnomalySettings(), health)
 
     def new_state(self, device: str) -> DeviceState:
         return DeviceState.new(device, self.dedupe_window, self.anomaly)
@@ -66,7 +70,8 @@ class Record:
     record_ms: int
     """The record's timestamp: the reading's time when synced, else the gateway's receive time."""
     receive_ms: int
-    """When the gateway received it (the bridge's `ferry-received-ms` header, else `record_ms`)."""
+    """When the gateway received it (the bridge's `ferry-received-ms` header); 0 when the record has
+    none: then health takes `record_ms`, and neither the clock skew nor closing boots is judged."""
     partition: int
     offset: int = -1
 
@@ -112,17 +117,27 @@ def apply_reading(state: DeviceState, payload: bytes, record_ms: int, receive_ms
         state.account.invalid += 1
         return Outcome("invalid")
     when = event_time_ms(reading.synced, reading.ts_ms, record_ms)
-    if not state.account.observe_reading(reading, when):
+    # A clock far ahead (a bad NTP answer, a corrupted RTC) must not drag the device's watermark into
+    # the future, where every later reading would be late: such a reading is kept, counted, windowed
+    # at the latest time it can honestly have, and leaves the watermark and the detectors alone.
+    ahead = receive_ms > 0 and when > receive_ms + settings.skew_ms
+    if ahead:
+        when = receive_ms + settings.skew_ms
+    seen_ms = receive_ms or record_ms
+    if not state.account.observe_reading(reading, when, receive_ms, settings.boot_grace_ms):
         # A duplicate still shows the device is alive; its battery and signal were counted already.
-        alerts = state.health.observe_reading(receive_ms, reading.boot, None, None, settings.health)
+        alerts = state.health.observe_reading(seen_ms, reading.boot, None, None, settings.health)
         return _outcome(state, "duplicate", [], alerts, settings)
-    alerts = state.health.observe_reading(receive_ms, reading.boot, reading.battery_mv, reading.rssi_dbm,
+    alerts = state.health.observe_reading(seen_ms, reading.boot, reading.battery_mv, reading.rssi_dbm,
                                           settings.health)
-    closed = state.windows.add(when, reading.metrics, settings.kinds, settings.lateness_ms)
+    if ahead:
+        state.account.future += 1
+    closed = state.windows.add(when, reading.metrics, settings.kinds, settings.lateness_ms, advance=not ahead)
     if closed is None:
         state.account.late += 1
         return _outcome(state, "late", [], alerts, settings)
-    alerts += state.detectors.observe(when, reading.metrics)
+    if not ahead:
+        alerts += state.detectors.observe(when, reading.metrics)
     return _outcome(state, "new", closed, alerts, settings)
 
 
@@ -136,6 +151,8 @@ def apply_status(state: DeviceState, payload: bytes, receive_ms: int, settings: 
         state.status.invalid += 1
         return Outcome("invalid")
     state.status.observe(parsed)
+    if parsed.state is ReportedState.ONLINE:
+        state.account.observe_birth(parsed.boot, receive_ms)
     alerts = state.health.observe_status(receive_ms, parsed.state.value, parsed.boot, parsed.reset_cause,
                                          settings.health)
     return _outcome(state, "new", [], alerts, settings)
@@ -164,7 +181,7 @@ def apply_batch(records: Iterable[Record], state_of: Callable[[str], DeviceState
         if record.channel == TELEMETRY:
             outcome = apply_reading(state, record.payload, record.record_ms, record.receive_ms, settings)
         else:
-            outcome = apply_status(state, record.payload, record.receive_ms, settings)
+            outcome = apply_status(state, record.payload, record.receive_ms or record.record_ms, settings)
         result.verdicts[f"{record.channel}.{outcome.verdict}"] += 1
         if outcome.closed:
             closed_by_device.setdefault(record.device, []).extend(outcome.closed)

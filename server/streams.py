@@ -7,9 +7,10 @@ One agent reads both source topics (telemetry and status are keyed and
 partitioned alike, so a device's records and its state share a partition) in
 batches (`take_events`): each batch reads every device's state once, applies
 its records in order, publishes closed windows and alerts, then writes each
-device's state once. Faust acks a batch's events only after the agent is done
-with it, and flushes the producer (changelog writes included) before it
-commits their offsets, so a crash re-processes whole batches, which dedupe
+device's state once, each step waiting for Kafka's acknowledgement of what it
+wrote. Faust acks a batch's events only after the agent is done with it, and
+commits only acked offsets, so the offsets of a batch are committed only after
+its records are in Kafka; a crash re-processes whole batches, which dedupe
 absorbs.
 """
 
@@ -20,6 +21,7 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,9 +33,11 @@ from ferry.server.logic import STATUS, TELEMETRY, Record, Settings, device_key
 from ferry.server.models import SeriesPoint
 from ferry.server.views import register_views
 from ferry.server.web import register_dashboard
-from ferry.server.worker_state import WorkerState
+from ferry.server.worker_state import LostWrite, WorkerState
 
 log = logging.getLogger(__name__)
+EXIT_LOST_WRITE = 1
+"""`ferry worker`'s exit status when Kafka refused a record it wrote (as for a stalled consumer: restart it)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,20 +72,25 @@ def wire(app: faust.App, config: ServerConfig) -> Streams:
         table.changelog_topic = table.changelog_topic.derive(key_serializer="raw")
     worker = WorkerState(app, config, settings, devices, history, series, alerts)
 
+    # Both signals fire when table recovery starts; `on_rebalance_complete` when it is done.
     @app.on_partitions_revoked.connect
     async def on_revoked(app: faust.App, revoked: Any, **kwargs: Any) -> None:
-        worker.forget()
+        worker.rebalance_started()
 
     @app.on_partitions_assigned.connect
     async def on_assigned(app: faust.App, assigned: Any, **kwargs: Any) -> None:
-        worker.forget()
+        worker.rebalance_started()
+
+    @app.on_rebalance_complete.connect
+    async def on_recovered(app: faust.App, **kwargs: Any) -> None:
+        worker.recovery_completed()
 
     async def ingest(stream: faust.StreamT) -> None:
         async for events in stream.take_events(config.batch_size, within=config.batch_within_ms / 1000):
             # `take_events` acks the batch when this body is left, even by a cancellation (the
             # worker stopping): finish writing the batch first, or its records would be acked,
             # committed and never applied.
-            batch = asyncio.ensure_future(worker.process([_record(event, config) for event in events]))
+            batch = asyncio.ensure_future(_or_exit(worker.process([_record(event, config) for event in events])))
             try:
                 await asyncio.shield(batch)
             except asyncio.CancelledError:
@@ -92,7 +101,7 @@ def wire(app: faust.App, config: ServerConfig) -> Streams:
 
     @app.timer(interval=config.health_check_interval_s)
     async def health_check() -> None:
-        await worker.check_health(int(time.time() * 1000))
+        await _or_exit(worker.check_health(int(time.time() * 1000)))
         reason = await worker.stalled()
         if reason is not None and worker.stall_reason is None:
             # Stop as on SIGTERM (offsets committed, producer flushed); `ferry worker` then exits 1.
@@ -105,20 +114,37 @@ def wire(app: faust.App, config: ServerConfig) -> Streams:
     return Streams(settings, source, series, alerts, devices, history, ingest_agent, worker)
 
 
+async def _or_exit(work: Awaitable[object]) -> None:
+    """Await `work`; end the process when Kafka did not take what it wrote.
+
+    Leaving the agent's body, normally or by an exception, acks the batch's events, and Faust
+    commits acked offsets, on an agent error too (`Consumer.on_task_error`): the batch would
+    count as done with its effects not in Kafka. Exiting at once commits nothing; the group
+    gives the partitions to a worker that processes the batch again (dedupe absorbs what was
+    done already).
+    """
+    try:
+        await work
+    except LostWrite as exc:
+        log.critical("ferry worker: %s; exiting without committing this batch's offsets", exc)
+        os._exit(EXIT_LOST_WRITE)
+
+
 def _record(event: Any, config: ServerConfig) -> Record:
     message = event.message
     record_ms = int(round(message.timestamp * 1000)) if message.timestamp else 0
     channel = STATUS if message.topic == config.status_topic else TELEMETRY
-    return Record(device_key(event.key), channel, event.value, record_ms, _received_ms(event.headers, record_ms),
+    return Record(device_key(event.key), channel, event.value, record_ms, _received_ms(event.headers),
                   message.partition, message.offset)
 
 
-def _received_ms(headers: Any, default: int) -> int:
+def _received_ms(headers: Any) -> int:
+    """The bridge's `ferry-received-ms` header; 0 when the record has none (or a broken one)."""
     items = headers.items() if hasattr(headers, "items") else (headers or ())
     for name, value in items:
         if name == HEADER_RECEIVED_MS:
             try:
                 return int(value)
             except (TypeError, ValueError):
-                return default
-    return default
+                return 0
+    return 0

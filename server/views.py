@@ -4,7 +4,9 @@ device, fleet views gathered from every worker of the app.
 A fleet view (`/devices`, `/accounting`, `/alerts`) asked of any worker asks every
 member of the consumer group for its own part (`?scope=local`) and merges the
 answers, so two workers answer the same as one. A member that does not answer
-makes the view fail with 503 naming it, rather than return partial numbers.
+makes the view fail with 503 naming it, rather than return partial numbers; so
+does a worker whose tables are being recovered (`WorkerState.ready`), rather than
+answer from a half-replayed changelog.
 """
 
 from __future__ import annotations
@@ -25,12 +27,14 @@ if TYPE_CHECKING:
     from ferry.server.worker_state import WorkerState
 
 PEER_TIMEOUT_S = 5.0
-ADDITIVE = ("received", "duplicates", "gaps", "lost_at_device", "invalid", "late", "devices", "alerts", "offline")
+ADDITIVE = ("received", "duplicates", "gaps", "lost_at_device", "invalid", "late", "future", "devices", "alerts",
+            "offline")
+RECOVERING = "recovering: this worker's tables are being restored from their changelogs (a rebalance); ask again"
 
 
 def device_summary(state: "DeviceState", now_ms: int, worker: "WorkerState") -> dict:
     """One device's numbers and health, as `/devices` lists them."""
-    return {**summary(state.account, state.status), "alerts": state.alerts_raised,
+    return {**summary(state.account, state.status), "future": state.account.future, "alerts": state.alerts_raised,
             "health": state.health.view(now_ms, worker.settings.health)}
 
 
@@ -58,8 +62,8 @@ class PeerError(Exception):
     """A worker of the group did not answer its part of a fleet view."""
 
 
-async def gather_peers(app: faust.App, path: str) -> list[Any]:
-    """`path?scope=local` from every other worker of the group (per the last rebalance)."""
+async def gather_peers(app: faust.App, path: str, **params: str) -> list[Any]:
+    """`path?scope=local` (and `params`) from every other worker of the group (per the last rebalance)."""
     me = str(app.conf.canonical_url).rstrip("/")
     peers = sorted(str(h).rstrip("/") for h in app.router.tables_metadata() if str(h).rstrip("/") != me)
     if not peers:
@@ -68,7 +72,7 @@ async def gather_peers(app: faust.App, path: str) -> list[Any]:
     async with aiohttp.ClientSession(timeout=timeout) as session:
         async def one(peer: str) -> Any:
             try:
-                async with session.get(f"{peer}{path}", params={"scope": "local"}) as response:
+                async with session.get(f"{peer}{path}", params={**params, "scope": "local"}) as response:
                     if response.status != 200:
                         raise PeerError(f"{peer} answered {response.status}")
                     return await response.json()
@@ -91,6 +95,8 @@ def register_views(app: faust.App, worker: "WorkerState", devices_table: Any) ->
         """Every device with its numbers and health."""
 
         async def get(self, request: Request) -> Response:
+            if not worker.ready:
+                return self.json({"error": RECOVERING}, status=503)
             out = local_devices_view(worker, now_ms())
             if not local_only(request):
                 try:
@@ -105,6 +111,8 @@ def register_views(app: faust.App, worker: "WorkerState", devices_table: Any) ->
         """Fleet totals."""
 
         async def get(self, request: Request) -> Response:
+            if not worker.ready:
+                return self.json({"error": RECOVERING}, status=503)
             out = accounting_of(local_devices_view(worker, now_ms()))
             if not local_only(request):
                 try:
@@ -123,10 +131,12 @@ def register_views(app: faust.App, worker: "WorkerState", devices_table: Any) ->
                 limit = max(1, int(request.query.get("limit", "100")))
             except ValueError:
                 return self.json({"error": "limit: expected a positive integer"}, status=400)
+            if not worker.ready:
+                return self.json({"error": RECOVERING}, status=503)
             alerts = local_alerts(worker)
             if not local_only(request):
                 try:
-                    for part in await gather_peers(app, "/alerts"):
+                    for part in await gather_peers(app, "/alerts", limit=str(limit)):
                         alerts.extend(part["alerts"])
                 except PeerError as exc:
                     return self.json({"error": str(exc)}, status=503)
@@ -136,6 +146,8 @@ def register_views(app: faust.App, worker: "WorkerState", devices_table: Any) ->
     class DeviceView(View):
         @app.table_route(table=devices_table, match_info="device")
         async def get(self, request: Request, device: str) -> Response:
+            if not worker.ready:
+                return self.json({"error": RECOVERING}, status=503)
             state = worker.state(device)
             if state is None:
                 return self.notfound(f"no device {device!r}")
@@ -149,6 +161,8 @@ def register_views(app: faust.App, worker: "WorkerState", devices_table: Any) ->
     class SeriesView(View):
         @app.table_route(table=devices_table, match_info="device")
         async def get(self, request: Request, device: str, metric: str) -> Response:
+            if not worker.ready:
+                return self.json({"error": RECOVERING}, status=503)
             state = worker.state(device)
             if state is None:
                 return self.notfound(f"no device {device!r}")

@@ -107,8 +107,11 @@ class DeviceWindows:
         return None if self.max_event_ms < 0 else self.max_event_ms - lateness_ms
 
     def add(self, ts_ms: int, metrics: dict[str, float], kinds: tuple[WindowKind, ...],
-            lateness_ms: int) -> list[ClosedWindow] | None:
-        """Apply one event; None when it is late, else the windows it closed (oldest first)."""
+            lateness_ms: int, advance: bool = True) -> list[ClosedWindow] | None:
+        """Apply one event; None when it is late, else the windows it closed (oldest first).
+
+        `advance=False` applies it without moving the watermark (an event whose time is not trusted).
+        """
         mark = self.watermark(lateness_ms)
         if mark is not None and ts_ms < mark:
             self.late += 1
@@ -125,7 +128,7 @@ class DeviceWindows:
                             self.next_end_ms = start + kind.size_ms
                     else:
                         agg.add(float(value), ts_ms)
-        if ts_ms > self.max_event_ms:
+        if advance and ts_ms > self.max_event_ms:
             self.max_event_ms = ts_ms
         return self._close(kinds, self.watermark(lateness_ms))
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
 from typing import Any
 
 import faust
@@ -22,14 +22,30 @@ from ferry.server.state import DeviceState
 from ferry.server.windows import History
 
 
+class LostWrite(Exception):
+    """Kafka did not acknowledge a record the worker wrote: the batch (or health check) is not done.
+
+    The agent must not be left normally then: Faust would ack the batch's events and commit
+    their offsets (and does so on an agent error too), so `ferry.server.streams` ends the process
+    instead, and the batch is processed again by whichever worker takes the partition.
+    """
+
+
 class WorkerState:
     """The tables of this worker, the live states of its devices, and which devices it owns now.
 
     The single writer of both tables. Device states stay live in memory between
-    batches (`live`), so a batch deserializes nothing; the cache is dropped at every
-    rebalance, after which states are read back from the table, which Faust has
-    recovered from the changelog by then. The ingest agent and the health timer both
-    write device states; `lock` keeps one from overwriting the other across an await.
+    batches (`live`), so a batch deserializes nothing. Faust's rebalance signals
+    (`on_partitions_revoked`/`_assigned`) fire when table recovery *starts*
+    (faust/app/base.py `_on_partitions_assigned`: `tables.on_rebalance()`, then the
+    signal); recovery ends in `on_rebalance_complete`, sent from
+    `Recovery.on_recovery_completed` (faust/tables/recovery.py) once the active
+    partitions' changelogs are read to their end, and `app.rebalancing` goes False in
+    `app.on_rebalance_end()` at the very end of it. Between the two the tables hold a
+    partial replay: nothing is cached then (`ready` is False), the health check is
+    skipped and the views answer 503, and the cache is dropped again when recovery
+    completes. The ingest agent and the health timer both write device states; `lock`
+    keeps one from overwriting the other across an await.
     """
 
     def __init__(self, app: faust.App, config: ServerConfig, settings: Settings, devices: Any, history: Any,
@@ -39,10 +55,27 @@ class WorkerState:
         self.lock = asyncio.Lock()
         self.live: dict[str, DeviceState] = {}
         self.live_history: dict[str, History] = {}
+        self.recovered = False
+        """The tables hold the current assignment's partitions in full (set by `recovery_completed`)."""
         self.lagging = False
         self.watch = StallWatch(config.broker, config.stall_timeout_s)
         self.stall_reason: str | None = None
         self.counts: dict[str, int] = {}
+
+    @property
+    def ready(self) -> bool:
+        """Safe to cache and serve table values: recovery completed and no rebalance began since."""
+        return self.recovered and not self.app.rebalancing
+
+    def rebalance_started(self) -> None:
+        """Partitions are moving: drop the live states; the tables are about to be recovered."""
+        self.recovered = False
+        self.forget()
+
+    def recovery_completed(self) -> None:
+        """The tables hold what their changelogs say: read them afresh from now on."""
+        self.forget()
+        self.recovered = True
 
     def forget(self) -> None:
         """Drop the live states (a rebalance may have moved devices or changed their table values)."""
@@ -54,43 +87,50 @@ class WorkerState:
         """The partition the bridge puts this device's records on (murmur2, as the bridge produces)."""
         return (murmur2(device.encode()) & 0x7FFFFFFF) % self.config.partitions
 
-    def owned_partitions(self) -> set[int] | None:
-        """Partitions of the telemetry topic this worker is active for; None before an assignment."""
-        actives = self.app.assignor.assigned_actives()
-        if not actives:
-            return None
-        return {tp.partition for tp in actives if tp.topic == self.config.telemetry_topic}
+    def owned_partitions(self) -> set[int]:
+        """Partitions of the source topics this worker is active for: empty when it holds none (more
+        workers than partitions, or no assignment yet), whatever standby copies its stores hold."""
+        return {tp.partition for tp in self.app.assignor.assigned_actives() if tp.topic == self.config.telemetry_topic}
 
     def local_devices(self) -> list[str]:
         """Devices whose partition this worker owns (its stores may also hold standby copies)."""
         owned = self.owned_partitions()
-        return sorted(d for d, v in self.devices.items()
-                      if v is not None and (owned is None or self.partition_of(d) in owned))
+        return sorted(d for d, v in self.devices.items() if v is not None and self.partition_of(d) in owned)
 
     def state(self, device: str) -> DeviceState | None:
-        """The device's live state, None when the table has none."""
+        """The device's live state, None when the table has none (kept live only when `ready`)."""
         state = self.live.get(device)
         if state is None:
             data = self.devices.get(device)
             if data is None:
                 return None
-            state = self.live[device] = self.settings.load_state(device, data)
+            state = self.settings.load_state(device, data)
+            if self.ready:
+                self.live[device] = state
         return state
 
     def history_of(self, device: str) -> History:
-        """The device's live closed-window history (empty when the table has none)."""
+        """The device's closed-window history (empty when the table has none; kept live only when `ready`)."""
         kept = self.live_history.get(device)
         if kept is None:
-            kept = self.live_history[device] = History.from_dict(self.history.get(device) or {})
+            kept = History.from_dict(self.history.get(device) or {})
+            if self.ready:
+                self.live_history[device] = kept
         return kept
 
     def _state_or_new(self, device: str) -> DeviceState:
         state = self.state(device)
         if state is None:
-            state = self.live[device] = self.settings.new_state(device)
+            state = self.settings.new_state(device)
+            if self.ready:
+                self.live[device] = state
         return state
 
     async def process(self, records: Iterable[Record]) -> BatchResult:
+        """Apply a batch and write its effects; returns once Kafka acknowledged every record written.
+
+        Raises `LostWrite` if Kafka refused one; then the tables may hold what their changelogs do not.
+        """
         records = list(records)
         # A full batch means more records were waiting: the worker is behind its topics.
         self.lagging = len(records) >= self.config.batch_size
@@ -98,13 +138,13 @@ class WorkerState:
             # Every record of the batch is applied, even one whose partition was revoked while it
             # waited: `take_events` acks the whole batch afterwards, so one left out would be lost.
             result = apply_batch(records, self._state_or_new, self.history_of, self.settings)
-            # Publish before the tables record that the windows closed: a crash in between
-            # publishes them again (identical) rather than never.
+            # Published before the tables record that the windows closed and the alerts were raised:
+            # a crash in between publishes them again (identical) rather than never.
             await self._publish(result)
-            for device, (partition, value) in result.states.items():
-                _put(self.devices, partition, device, value)
-            for device, (partition, value) in result.history.items():
-                _put(self.history, partition, device, value)
+            await self._acknowledged(
+                [_put(self.devices, partition, device, value) for device, (partition, value) in result.states.items()]
+                + [_put(self.history, partition, device, value)
+                   for device, (partition, value) in result.history.items()])
             for verdict, n in result.verdicts.items():
                 self.counts[verdict] = self.counts.get(verdict, 0) + n
             self.watch.processed(((self._topic(r.channel), r.partition, r.offset) for r in records),
@@ -123,39 +163,56 @@ class WorkerState:
     async def check_health(self, now_ms: int) -> int:
         """Raise `offline` for devices that went silent; returns how many alerts were raised.
 
-        Skipped while the worker is behind its topics: a device whose readings still wait
-        in Kafka is not silent, and calling it offline would make every device flap
-        offline/online during a catch-up.
+        Skipped while the tables recover (a device's state may be half replayed) and while the
+        worker is behind its topics: a device whose readings still wait in Kafka is not silent,
+        and calling it offline would make every device flap offline/online during a catch-up.
         """
-        if self.lagging:
+        if self.lagging or not self.ready:
             return 0
-        raised = 0
         async with self.lock:
+            result = BatchResult()
+            changed: dict[str, DeviceState] = {}
             for device in self.local_devices():
                 state = self.state(device)
                 alerts = check_health(state, now_ms, self.settings)
-                if not alerts:
-                    continue
-                await self._publish(BatchResult(alerts=alerts))
-                _put(self.devices, self.partition_of(device), device, state.to_dict())
-                raised += len(alerts)
-        return raised
+                if alerts:
+                    result.alerts.extend(alerts)
+                    changed[device] = state
+            await self._publish(result)
+            await self._acknowledged([_put(self.devices, self.partition_of(device), device, state.to_dict())
+                                      for device, state in changed.items()])
+        return len(result.alerts)
 
     async def _publish(self, result: BatchResult) -> None:
-        for w in result.publish:
-            await self.series.send(key=w.device, value=SeriesPoint(
-                device=w.device, metric=w.metric, start_ms=w.start_ms, end_ms=w.end_ms, count=w.count,
-                min=w.min, max=w.max, mean=w.mean, last=w.last))
-        for alert in result.alerts:
-            await self.alerts.send(key=alert.device, value=alert.to_dict())
+        """Send the closed windows and the alerts, and wait until Kafka has them all."""
+        sent = [await self.series.send(key=w.device, value=SeriesPoint(
+                    device=w.device, metric=w.metric, start_ms=w.start_ms, end_ms=w.end_ms, count=w.count,
+                    min=w.min, max=w.max, mean=w.mean, last=w.last))
+                for w in result.publish]
+        sent += [await self.alerts.send(key=alert.device, value=alert.to_dict()) for alert in result.alerts]
+        await self._acknowledged(sent)
+
+    async def _acknowledged(self, pending: list[Awaitable]) -> None:
+        """Wait for Kafka's acknowledgement of every record sent: the buffer Faust flushes before a
+        commit gives up after 100 ms, and a record sent is only in the producer's memory."""
+        if not pending:
+            return
+        done, waiting = await asyncio.wait(pending, timeout=self.config.write_timeout_s)
+        failed = ["cancelled" if f.cancelled() else repr(f.exception())
+                  for f in done if f.cancelled() or f.exception() is not None]
+        if waiting or failed:
+            reason = failed[0] if failed else f"no answer in {self.config.write_timeout_s:g} s"
+            raise LostWrite(f"{len(waiting) + len(failed)} of {len(pending)} records not acknowledged by Kafka: "
+                            f"{reason}")
 
 
-def _put(table: Any, partition: int, key: str, value: dict) -> None:
-    """`table[key] = value`, with the changelog partition given explicitly.
+def _put(table: Any, partition: int, key: str, value: dict) -> Awaitable:
+    """`table[key] = value`, with the changelog partition given explicitly; returns the changelog
+    record's acknowledgement.
 
     Faust takes the partition from the event being processed, which a batch taken with
     `take_events` (or a timer) does not have; the source partition is the one the
     changelog must use (tables are co-partitioned with the source topics).
     """
     table.data[key] = value
-    table.send_changelog(partition, key, value)
+    return table.send_changelog(partition, key, value)

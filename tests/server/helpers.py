@@ -13,6 +13,12 @@ def reading(seq: int, *, dev: str = "dev-01", boot: int = 1, ts_ms: int | None =
                                   metrics if metrics is not None else {"temp_c": 20.0 + seq}))
 
 
-def status(dropped: int, *, dev: str = "dev-01", boot: int = 1) -> bytes:
-    return (b'{"v":1,"dev":"%s","state":"online","boot":%d,"fw":"0.1.0","reset":"power_on",'
-            b'"ts":1732480000123,"sync":true,"outbox":{"queued":0,"dropped":%d}}' % (dev.encode(), boot, dropped))
+def status(dropped: int, *, dev: str = "dev-01", boot: int = 1, reset: str = "power_on") -> bytes:
+    return (b'{"v":1,"dev":"%s","state":"online","boot":%d,"fw":"0.1.0","reset":"%s",'
+            b'"ts":1732480000123,"sync":true,"outbox":{"queued":0,"dropped":%d}}'
+            % (dev.encode(), boot, reset.encode(), dropped))
+
+
+def asleep(*, dev: str = "dev-01", boot: int = 1) -> bytes:
+    """The "offline" status a device publishes going to sleep (or its broker publishes as its last will)."""
+    return b'{"v":1,"dev":"%s","state":"offline","boot":%d}' % (dev.encode(), boot)

@@ -1,4 +1,5 @@
-"""The ingest agent and the worker's table writes through Faust, with no broker: the real tables in memory."""
+"""The ingest agent and the worker's table writes through Faust, with no broker: the real tables in
+memory, and every record the worker produces taken (and acknowledged) by a `FakeProducer`."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from ferry.server.config import ServerConfig
 from ferry.server.logic import STATUS, TELEMETRY, Record
 from ferry.server.streams import Streams, wire
 
+from tests.server.fake_kafka import FakeProducer, fake_producer
 from tests.server.helpers import T0, reading, status
 
 
@@ -25,17 +27,28 @@ def streams(tmp_path) -> Streams:
     return streams
 
 
-def sent_values(send: mock.AsyncMock) -> list:
-    return [call.kwargs for call in send.await_args_list]
+def changelog_partitions(producer: FakeProducer, table) -> list[int]:
+    """The partition of every changelog record written to `table`, in order."""
+    return [s.partition for s in producer.sent if s.topic == table.changelog_topic.get_topic_name()]
+
+
+@pytest.fixture(autouse=True)
+def owning(streams: Streams):
+    """The worker owns partition 0 of the source topics, and its tables are recovered."""
+    from faust.types import TP
+
+    config = streams.worker.config
+    with mock.patch.object(streams.worker.app.assignor, "assigned_actives",
+                           return_value={TP(config.telemetry_topic, 0), TP(config.status_topic, 0)}):
+        streams.worker.recovery_completed()
+        yield
 
 
 def test_ingest_dedupes_accounts_and_publishes_closed_minutes(streams: Streams) -> None:
     base = T0 - T0 % 60_000
 
-    async def run() -> list:
-        with mock.patch.object(streams.series, "send", mock.AsyncMock()) as send, \
-                mock.patch.object(streams.devices, "send_changelog") as devices_log, \
-                mock.patch.object(streams.history, "send_changelog") as history_log:
+    async def run() -> FakeProducer:
+        with fake_producer(streams.worker.app) as producer:
             async with streams.ingest.test_context() as agent:
                 for seq in (0, 1, 1, 3):
                     await agent.put(reading(seq, ts_ms=base + seq * 1000), key=b"dev-01", timestamp=1.0)
@@ -45,16 +58,18 @@ def test_ingest_dedupes_accounts_and_publishes_closed_minutes(streams: Streams) 
                     if streams.worker.counts.get("telemetry.invalid"):
                         break
                     await asyncio.sleep(0.02)
-            # Each batch writes the device's state once, to the source record's partition.
-            assert devices_log.call_count <= 6 and {c.args[0] for c in devices_log.call_args_list} == {0}
-            assert history_log.call_count == 1
-            return sent_values(send)
+            return producer
 
-    sent = asyncio.run(run())
+    producer = asyncio.run(run())
+    # Each batch writes the device's state once, to the source record's partition.
+    devices_log = changelog_partitions(producer, streams.devices)
+    assert len(devices_log) <= 6 and set(devices_log) == {0}
+    assert len(changelog_partitions(producer, streams.history)) == 1
     account = streams.devices["dev-01"]["account"]
     assert (account["received"], account["duplicates"], account["invalid"]) == (4, 1, 1)
     assert account["boots"]["1"]["high"] == 4
-    assert [(s["key"], s["value"].metric, s["value"].start_ms, s["value"].count) for s in sent] == \
+    assert [(key, value["metric"], value["start_ms"], value["count"])
+            for key, value in producer.values(streams.worker.config.series_topic)] == \
         [("dev-01", "temp_c", base, 3)]
     assert streams.devices["dev-01"]["windows"]["max_event_ms"] == base + 60_000
     assert streams.history["dev-01"]["1m"]["temp_c"] == [[base, base + 60_000, 3, 20.0, 23.0, 64.0 / 3, 23.0]]
@@ -62,8 +77,7 @@ def test_ingest_dedupes_accounts_and_publishes_closed_minutes(streams: Streams) 
 
 def test_unsynced_reading_is_windowed_at_the_record_time(streams: Streams) -> None:
     async def run() -> None:
-        with mock.patch.object(streams.series, "send", mock.AsyncMock()), \
-                mock.patch.object(streams.devices, "send_changelog"):
+        with fake_producer(streams.worker.app):
             await streams.worker.process([Record("dev-01", TELEMETRY, reading(0, ts_ms=42, synced=False),
                                                  T0, T0, 0)])
 
@@ -74,38 +88,35 @@ def test_unsynced_reading_is_windowed_at_the_record_time(streams: Streams) -> No
 def test_status_adds_device_losses_and_lwt_raises_an_offline_alert(streams: Streams) -> None:
     offline = b'{"v":1,"dev":"dev-01","state":"offline","boot":1}'
 
-    async def run() -> list:
-        with mock.patch.object(streams.alerts, "send", mock.AsyncMock()) as send, \
-                mock.patch.object(streams.devices, "send_changelog") as log:
+    async def run() -> FakeProducer:
+        with fake_producer(streams.worker.app) as producer:
             await streams.worker.process([Record("dev-01", STATUS, status(2), T0, T0, 0),
                                           Record("dev-01", STATUS, status(5), T0, T0 + 1, 0)])
             await streams.worker.process([Record("dev-01", STATUS, offline, T0, T0 + 2, 0)])
-            assert [c.args[0] for c in log.call_args_list] == [0, 0]  # one write per batch
-            return sent_values(send)
+            return producer
 
-    sent = asyncio.run(run())
+    producer = asyncio.run(run())
+    assert changelog_partitions(producer, streams.devices) == [0, 0]  # one write per batch
     value = streams.devices["dev-01"]
     assert value["status"]["lost_at_device"] == 5
-    assert [(s["key"], s["value"]["kind"]) for s in sent] == [("dev-01", "offline")]
+    assert [(key, alert["kind"]) for key, alert in producer.values(streams.worker.config.alerts_topic)] == \
+        [("dev-01", "offline")]
     assert value["alerts_raised"] == 1 and value["alerts"][0]["kind"] == "offline"
 
 
 def test_the_health_timer_raises_offline_for_a_silent_device(streams: Streams) -> None:
-    async def run() -> tuple[int, int, list]:
-        with mock.patch.object(streams.alerts, "send", mock.AsyncMock()) as send, \
-                mock.patch.object(streams.series, "send", mock.AsyncMock()), \
-                mock.patch.object(streams.devices, "send_changelog"), \
-                mock.patch.object(streams.history, "send_changelog"):
+    async def run() -> tuple[int, int, FakeProducer]:
+        with fake_producer(streams.worker.app) as producer:
             await streams.worker.process([Record("dev-01", TELEMETRY, reading(s), T0, T0 + s * 1000, 0)
                                           for s in range(10)])
             soon = await streams.worker.check_health(T0 + 10_000)
             later = await streams.worker.check_health(T0 + 3_600_000)
             again = await streams.worker.check_health(T0 + 3_700_000)
-            return soon, later + again, sent_values(send)
+            return soon, later + again, producer
 
-    soon, later, sent = asyncio.run(run())
+    soon, later, producer = asyncio.run(run())
     assert (soon, later) == (0, 1)
-    assert [s["value"]["kind"] for s in sent] == ["offline"]
+    assert [alert["kind"] for _, alert in producer.values(streams.worker.config.alerts_topic)] == ["offline"]
     assert streams.devices["dev-01"]["alerts"][-1]["kind"] == "offline"
 
 
@@ -116,7 +127,7 @@ def test_a_batch_applies_records_of_a_partition_revoked_while_they_waited(stream
     owned_elsewhere = {TP(streams.worker.config.telemetry_topic, 0)}
 
     async def run() -> None:
-        with mock.patch.object(streams.devices, "send_changelog"), \
+        with fake_producer(streams.worker.app), \
                 mock.patch.object(streams.worker.app.assignor, "assigned_actives", return_value=owned_elsewhere):
             await streams.worker.process([Record("dev-01", TELEMETRY, reading(0), T0, T0, partition=1)])
 

@@ -16,6 +16,7 @@ from ferry.server.liveness import StallWatch, bootstrap_servers
 from ferry.server.logic import TELEMETRY, Record
 from ferry.server.streams import wire
 
+from tests.server.fake_kafka import fake_producer
 from tests.server.helpers import reading
 
 
@@ -62,7 +63,7 @@ def test_the_worker_reports_a_stall_only_when_records_wait(tmp_path) -> None:
     worker = streams.worker
 
     async def run() -> tuple:
-        with mock.patch.object(streams.devices, "send_changelog"), \
+        with fake_producer(app), \
                 mock.patch.object(worker.watch, "partition_ends", return_value={(config.telemetry_topic, 0): 10}):
             await worker.process([Record("dev-01", TELEMETRY, reading(0), 0, 0, 0, offset=9)])
             fresh = await worker.stalled()

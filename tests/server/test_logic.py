@@ -175,7 +175,8 @@ def test_a_batch_gives_the_same_tables_as_one_record_at_a_time() -> None:
     records = []
     for dev in ("dev-a", "dev-b"):
         for seq in (0, 1, 1, 3, 2, 5):
-            records.append(Record(dev, TELEMETRY, reading(seq, dev=dev, ts_ms=base + seq * 40_000), 0, T0, 1))
+            records.append(Record(dev, TELEMETRY, reading(seq, dev=dev, ts_ms=base + seq * 40_000), 0,
+                                  base + seq * 40_000 + 500, 1))
         records.append(Record(dev, STATUS, status(4, dev=dev), 0, T0, 1))
     records.append(Record("dev-a", TELEMETRY, b"not json", 0, T0, 1))
     singles: dict[str, dict] = {}
@@ -195,3 +196,30 @@ def test_a_batch_gives_the_same_tables_as_one_record_at_a_time() -> None:
     assert whole.verdicts == {"telemetry.new": 8, "telemetry.late": 2, "telemetry.duplicate": 2,
                               "status.new": 2, "telemetry.invalid": 1}
     assert {p for p, _ in whole.states.values()} == {1}
+
+
+def test_a_reading_from_the_future_is_kept_flagged_and_poisons_nothing() -> None:
+    """A synced clock a year ahead: the reading is received, counted under `future` and windowed at
+    its receive time + `max_clock_skew_s`; the device's watermark does not move, so later readings
+    are on time."""
+    settings = Settings.from_config(ServerConfig(broker="127.0.0.1:1", allowed_lateness_s=30, max_clock_skew_s=60))
+    state = settings.new_state("dev-01")
+    closed = []
+
+    def feed(seq: int, ts_ms: int) -> str:
+        out = apply_reading(state, reading(seq, ts_ms=ts_ms), ts_ms, T0 + seq * 1000 + 50, settings)
+        closed.extend(w for w in out.closed if w.kind == "1m")
+        return out.verdict
+
+    verdicts = [feed(s, T0 + s * 1000) for s in range(3)]
+    verdicts.append(feed(3, T0 + 365 * 86_400_000))
+    verdicts += [feed(s, T0 + s * 1000) for s in range(4, 200)]
+    assert verdicts == ["new"] * 200
+    numbers = summary(state.account, state.status)
+    assert (numbers["received"], state.account.future, numbers["late"]) == (200, 1, 0)
+    assert state.windows.max_event_ms == T0 + 199_000
+    open_count = sum(w["count"] for w in state.windows.open_views("temp_c", settings.kinds[0]))
+    assert sum(w.count for w in closed) + open_count == 200
+    assert [w.count for w in closed[:2]] == [59, 61]  # the second minute holds it (received at 3 s, + 60 s)
+    again = settings.load_state("dev-01", json.loads(json.dumps(state.to_dict())))
+    assert again.account.future == 1 and detail("dev-01", again.account, again.status)["future"] == 1

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import random
 
 import pytest
 
-from ferry.server.sequence import SeqTracker
+from ferry.server.sequence import ClosedBoots, SeqTracker
 
 
 def test_in_order_seqs_are_new_once() -> None:
@@ -81,3 +82,21 @@ def test_state_survives_a_change_of_window(old: int, new: int) -> None:
     assert refit.window == new and refit.missing == t.missing
     for seq in range(160):
         assert refit.observe(seq) == (seq not in seen)
+
+
+def test_closed_boots_keep_their_numbers_as_ranges_and_heal_their_gaps() -> None:
+    closed = ClosedBoots()
+    for boot in (3, 1, 5, 2, 7, 4):
+        tracker = SeqTracker(8)
+        for seq in (0, 1, 3) if boot == 4 else (0, 1, 2):
+            tracker.observe(seq)
+        tracker.observe(1)
+        closed.close(boot, tracker)
+    assert closed.numbers == [[1, 5], [7, 7]]
+    assert [b for b in range(9) if closed.holds(b)] == [1, 2, 3, 4, 5, 7]
+    assert (closed.newest, closed.gaps, closed.missing) == (7, {4: [[2, 2]]}, 1)
+    assert (closed.boots, closed.received, closed.duplicates) == (6, 18, 6)
+    assert [closed.observe(4, 2), closed.observe(4, 2), closed.observe(5, 0)] == [True, False, False]
+    assert (closed.gaps, closed.received, closed.duplicates) == ({}, 19, 8)
+    assert ClosedBoots.from_dict(json.loads(json.dumps(closed.to_dict()))) == closed
+    assert closed.start_again() == 0 and (closed.numbers, closed.boots) == ([], 6)

@@ -58,21 +58,23 @@ class Topics:
     alerts: str
 
 
-def create_topics(kafka, prefix: str = "it") -> Topics:
+def create_topics(kafka, prefix: str = "it", partitions: int = PARTITIONS) -> Topics:
     """Fresh telemetry, status, series and alerts topics for one test."""
     run = f"{prefix}-{uuid.uuid4().hex[:8]}"
     topics = Topics(BridgeNaming("gw-test", telemetry_topic=f"{run}.telemetry", status_topic=f"{run}.status"),
                     series=f"{run}.series.1m", alerts=f"{run}.alerts")
     admin = AdminClient({"bootstrap.servers": kafka.bootstrap_servers})
     names = [topics.naming.telemetry_topic, topics.naming.status_topic, topics.series, topics.alerts]
-    for future in admin.create_topics([NewTopic(n, PARTITIONS, 1) for n in names]).values():
+    for future in admin.create_topics([NewTopic(n, partitions, 1) for n in names]).values():
         future.result(30)
     return topics
 
 
-def produce(kafka, naming: BridgeNaming, messages: list[tuple[str, bytes]]) -> None:
-    """Produce what the bridge would make of these (MQTT topic, payload) messages, received now."""
-    produce_records(kafka.bootstrap_servers, bridge_records(naming, messages, int(time.time() * 1000)))
+def produce(kafka, naming: BridgeNaming, messages: list[tuple[str, bytes]], received_ms: int | None = None) -> None:
+    """Produce what the bridge would make of these (MQTT topic, payload) messages, received now
+    (or at `received_ms`)."""
+    received_ms = int(time.time() * 1000) if received_ms is None else received_ms
+    produce_records(kafka.bootstrap_servers, bridge_records(naming, messages, received_ms))
 
 
 def worker_process(kafka, topics: Topics, tmp_path: Path, port: int | None = None,
