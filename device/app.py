@@ -53,6 +53,8 @@ class App:
         self.boot = identity.next_boot()
         self.seq = 0
         self.dev = identity.device_id(cfg.device_id, hw.unique_id_hex())
+        self.boot_failures = identity.failed_starts()
+        self.faults = ",".join(['"%s"' % name for name in hw.faults])  # the status' JSON list
         try:
             os.mkdir(DATA_DIR)
         except OSError:
@@ -127,25 +129,36 @@ class App:
 
     # ---- status and commands --------------------------------------------
     def birth(self):
-        """The retained "online" status: boot, firmware, reset cause, outbox counters."""
+        """The retained "online" status: boot, firmware, reset cause, outbox counters, failed
+        starts before this one and the sensors this board runs without."""
         t = [0, 0, 0]
         self.hw.now(t)
         ts = t[0] * 1000 + t[1] + (_EPOCH_2000_UNIX_MS if t[2] else 0)
         self.birth_lost = self.ob.lost_total()
         return ('{"v":1,"dev":"%s","state":"online","boot":%d,"fw":"%s","reset":"%s","ts":%d,"sync":%s,'
-                '"outbox":{"queued":%d,"dropped":%d}}' % (
+                '"outbox":{"queued":%d,"dropped":%d},"boot_failures":%d,"faults":[%s]}' % (
                     self.dev, self.boot, FW_VERSION, self.reset_cause, ts, "true" if t[2] else "false",
-                    self.ob.pending() + self.ob.staged(), self.birth_lost)).encode()
+                    self.ob.pending() + self.ob.staged(), self.birth_lost, self.boot_failures,
+                    self.faults)).encode()
 
-    def on_cmd(self, payload, pid):
-        """A command from the cmd topic (the session PUBACKs it after the reply's PUBACK)."""
-        import commands  # rare: not worth its heap until the first command comes
-
-        reply, changed = commands.handle(self.cfg, bytes(payload))
-        log("cmd: %s -> %s" % (bytes(payload).decode(), reply.decode()))
+    def on_cmd(self, payload, size, pid):
+        """A command from the cmd topic: always answered, so the session can PUBACK it (after the
+        reply's PUBACK). A command that raised would come back from the persistent session
+        after every reset: a reset loop."""
+        try:
+            reply, changed = self._command(payload, size)
+        except Exception as e:  # a bug, MemoryError: answered all the same
+            reply, changed = ('{"v":1,"id":null,"ok":false,"error":"internal: %s"}' % type(e).__name__).encode(), False
         if changed:
             self.next_sample = time.ticks_add(time.ticks_ms(), self.cfg.sample_ms)
         self.session.reply(reply, pid)
+
+    def _command(self, payload, size):
+        import commands  # rare: not worth its heap until the first command comes
+
+        reply, changed = commands.handle(self.cfg, payload, size)
+        log("cmd: %d bytes -> %s" % (size, reply.decode()))
+        return reply, changed
 
     # ---- connecting -----------------------------------------------------
     def connect(self, wifi_wait_ms):
@@ -162,6 +175,10 @@ class App:
             return False
         self.reported_lost = self.birth_lost
         if self.session.connects == 1:
+            if self.boot_failures:
+                import crashlog  # rare: only after failed starts
+
+                crashlog.clear()  # this start worked: the next failure backs off from the shortest
             log("heap: free %d after the first connect" % self.heap_check())
         return True
 
@@ -331,27 +348,22 @@ class App:
 
 
 def main():
+    """Run the firmware; returns only when the configuration is bad. Anything it raises goes to
+    main.py, which logs it, backs off and resets (crashlog.py)."""
     try:
         cfg = Settings.load()
     except SettingsError as e:
         log("config: %s" % e)
-        return  # no config, no firmware: the REPL stays usable to fix it
-    hw = Hardware(cfg.i2c_scl_pin, cfg.i2c_sda_pin)
-    app = None
+        return
+    app = App(Hardware(cfg.i2c_scl_pin, cfg.i2c_sda_pin), cfg)
     try:
-        app = App(hw, cfg)
         if cfg.mode == "duty_cycle":
             app.wake()
         else:
             app.run()
-    except Exception as e:  # a bug or a broken flash: log it and start over (the watchdog covers hangs)
-        import sys
-        log("fatal: %r" % (e,))
-        sys.print_exception(e)
-        if app is not None:
-            try:
-                app.ob.close()
-            except Exception:
-                pass
-        time.sleep_ms(5000)  # not a tight reset loop: every start writes the boot counter
-        hw.reset()
+    except BaseException:  # a crash or Ctrl-C: the readings staged in RAM go to flash first
+        try:
+            app.ob.close()
+        except Exception:
+            pass
+        raise

@@ -1,10 +1,15 @@
 # Ferry firmware: commands from ferry/<site>/<device>/cmd and their replies
 # (docs/contract.md, "Command and reply"). Pure: bytes in, reply bytes out; the only
 # side effect is Settings.update(), which persists what it changes. Rare, so it may
-# allocate freely.
+# allocate freely. Every command gets a reply, whatever it holds: one that raised would
+# never be PUBACKed and would come back from the broker after every reset.
 import json
 
+from micropython import const
+
 from settings import SETTABLE, SettingsError
+
+MAX_COMMAND_BYTES = const(480)  # fits the session's receive buffer with the longest cmd topic
 
 
 def _reply(cid, ok, body):
@@ -19,10 +24,19 @@ def _settable_now(settings):
     return {"sample_s": settings.sample_ms // 1000, "sample_ms": settings.sample_ms, "mode": settings.mode}
 
 
-def handle(settings, payload):
-    """Run one command; returns (reply bytes, True when a setting changed)."""
+def handle(settings, payload, size):
+    """Run one command of `size` bytes; returns (reply bytes, True when a setting changed).
+
+    payload: the command (bytes-like), or None when the device kept none of it (too large).
+    """
+    if size > MAX_COMMAND_BYTES:
+        return _reply(None, False, "payload: %d bytes, more than %d" % (size, MAX_COMMAND_BYTES)), False
     try:
-        cmd = json.loads(payload)
+        text = bytes(payload).decode()
+    except UnicodeError:
+        return _reply(None, False, "payload: not UTF-8"), False
+    try:
+        cmd = json.loads(text)
     except ValueError:
         return _reply(None, False, "payload: not JSON"), False
     if not isinstance(cmd, dict):
@@ -32,6 +46,13 @@ def handle(settings, payload):
         return _reply(None, False, "id: must be a string of 1-64 characters"), False
     if cmd.get("v") != 1:
         return _reply(cid, False, "v: unsupported contract version %r" % (cmd.get("v"),)), False
+    try:
+        return _run(settings, cmd, cid)
+    except Exception as e:  # a bug here or in settings: answered with the command's id
+        return _reply(cid, False, "internal: %r" % (e,)), False
+
+
+def _run(settings, cmd, cid):
     op = cmd.get("op")
     if op == "get":
         return _reply(cid, True, _settable_now(settings)), False

@@ -2,7 +2,9 @@
 # the unix port with hw-sim's shims). Sensors (SHT31 on I2C, battery on an ADC pin),
 # Wi-Fi, RTC memory, deep sleep, the watchdog, the unique id, the reset cause, the
 # clock and NTP, and the console log. Everything else in the firmware imports this
-# module instead of machine/network/ntptime, so it runs unchanged on the simulator.
+# module instead of machine/network/ntptime, so it runs unchanged on the simulator;
+# only main.py and crashlog.py use `machine` themselves (the watchdog and the reset
+# must work when the firmware's modules cannot be imported).
 #
 # Heap: sample() and now() allocate nothing (preallocated buffers, small ints only:
 # no float and no int >= 2**30, which would be a heap object on the ESP32).
@@ -60,16 +62,30 @@ def sht31_convert(buf, values):
 
 
 class Hardware:
-    """The board: create one at start-up and pass it down."""
+    """The board: create one at start-up and pass it down.
+
+    A sensor whose bus or pin this board lacks (no ADC on pin 35 of an ESP32-S3 or -C3, I2C
+    pins the chip does not have) is not fatal: the firmware runs without it, and `faults`
+    names it for the status message.
+    """
 
     def __init__(self, scl_pin=22, sda_pin=21):
         self.boot_ticks = time.ticks_ms()
-        self._i2c = machine.I2C(0, scl=machine.Pin(scl_pin), sda=machine.Pin(sda_pin), freq=100000)
-        self._adc = machine.ADC(machine.Pin(BATTERY_PIN))
+        self.faults = []  # "sht31", "battery": sensors this board runs without
+        self._i2c = self._adc = None
         try:
-            self._adc.atten(machine.ADC.ATTN_11DB)  # full 0-3.3 V range
-        except (AttributeError, ValueError):
-            pass
+            self._i2c = machine.I2C(0, scl=machine.Pin(scl_pin), sda=machine.Pin(sda_pin), freq=100000)
+        except Exception as e:  # ValueError("invalid pin") on the ESP32 ports
+            self._fault("sht31", e)
+        try:
+            self._adc = machine.ADC(machine.Pin(BATTERY_PIN))
+        except Exception as e:
+            self._fault("battery", e)
+        if self._adc is not None:
+            try:
+                self._adc.atten(machine.ADC.ATTN_11DB)  # full 0-3.3 V range
+            except (AttributeError, ValueError):
+                pass
         self._raw = bytearray(6)
         self.sensor_errors = 0
         self._wlan = self._net = None
@@ -84,6 +100,10 @@ class Hardware:
         self._up_s = self._up_ms = 0
         self.check_clock()
 
+    def _fault(self, name, e):
+        self.faults.append(name)
+        log("hw: no %s (%r): running without it" % (name, e))
+
     # ---- identity and reset ---------------------------------------------
     @staticmethod
     def unique_id_hex():
@@ -97,7 +117,10 @@ class Hardware:
 
     # ---- sensors --------------------------------------------------------
     def sample(self, values):
-        """Measure temperature and humidity into values[0:2] (centi-units); False on a bus or CRC error."""
+        """Measure temperature and humidity into values[0:2] (centi-units); False on a bus or CRC
+        error, or when the board has no SHT31 bus."""
+        if self._i2c is None:
+            return False
         try:
             self._i2c.writeto(SHT31_ADDR, _SHT31_MEASURE)
             time.sleep_ms(_SHT31_WAIT_MS)
@@ -111,6 +134,9 @@ class Hardware:
         return False
 
     def battery_mv(self):
+        """The cell's voltage, or None on a board without the battery's ADC pin."""
+        if self._adc is None:
+            return None
         return self._adc.read_uv() * _BATTERY_DIVIDER // 1000
 
     # ---- Wi-Fi ----------------------------------------------------------
@@ -121,9 +147,6 @@ class Hardware:
             self._wlan = network.WLAN(network.STA_IF)
             self._wlan.active(True)
         return self._wlan
-
-    def wifi_connected(self):
-        return self._sta().isconnected()
 
     def wifi_connect(self, ssid, password, timeout_ms, feed):
         """Associate (if not already); True when up. Waits up to timeout_ms in sleep_ms steps,
@@ -160,7 +183,7 @@ class Hardware:
         return self._rtc
 
     def watchdog(self, timeout_ms):
-        """Start the watchdog (it cannot be stopped again on the ESP32)."""
+        """Start the watchdog or give it a new timeout (main.py started it; it cannot be stopped)."""
         self._wdt = machine.WDT(timeout=timeout_ms)
 
     def feed(self):
@@ -170,10 +193,6 @@ class Hardware:
     @staticmethod
     def deepsleep(ms):
         machine.deepsleep(ms)
-
-    @staticmethod
-    def reset():
-        machine.reset()
 
     # ---- clock ----------------------------------------------------------
     def check_clock(self):

@@ -1,10 +1,12 @@
-# Ferry firmware: who the device is and which boot this is (MicroPython).
-# Every reading carries (device id, boot, seq) (docs/contract.md): the boot counter
-# lives on flash and goes up by one on every start (reset, power-on, deep-sleep wake)
-# before the first reading of that boot exists, so a (boot, seq) is never reused.
+# Ferry firmware: who the device is, which boot this is and how many starts failed before
+# it (MicroPython). Every reading carries (device id, boot, seq) (docs/contract.md): the
+# boot counter lives on flash and goes up by one on every start (reset, power-on,
+# deep-sleep wake) before the first reading of that boot exists, so a (boot, seq) is
+# never reused. A start that fails before that takes no number; crashlog.py counts it.
 from flashfs import replace
 
 BOOT_PATH = "/ferry_boot"
+CRASH_PATH = "/ferry_crash"  # crashlog.py's: "failures N", then the last traceback
 MAX_BOOT = 0xFFFFFFFF
 
 
@@ -35,3 +37,12 @@ def next_boot(path=BOOT_PATH):
         f.write("%d\n" % boot)
     replace(tmp, path)
     return boot
+
+
+def failed_starts():
+    """Starts in a row before this one that failed with an exception (the crash file's first line)."""
+    try:
+        with open(CRASH_PATH) as f:
+            return int(f.readline().split()[1])
+    except (OSError, ValueError, IndexError):  # never failed, or a torn file
+        return 0

@@ -17,7 +17,7 @@
 # written to RTC memory on every change and to "<prefix>.st" (two alternating
 # copies) on every append (count_losses) or every `ack_persist_every` acks.
 #
-# Heap: the hot path (append, read_into, ack) allocates nothing but the
+# Heap: the hot path (append, read_into, ack_oldest) allocates nothing but the
 # memoryview read_into returns. MicroPython puts a function's frame on the
 # heap when its locals + stack pass 11 words, so hot methods stay small.
 import binascii
@@ -93,10 +93,10 @@ class Outbox:
         if slot_size < 32 or flush_every < 1 or segment_slots < 1 or capacity < 1:
             raise ValueError("outbox: bad size")
         self._prefix = prefix
-        self._ss = slot_size
-        self._S = segment_slots
-        self._K = (capacity + segment_slots - 1) // segment_slots + 1
-        self._n_flush = flush_every
+        self._slot_size = slot_size
+        self._segment_slots = segment_slots
+        self._segment_files = (capacity + segment_slots - 1) // segment_slots + 1
+        self._flush_every = flush_every
         self._interval = flush_interval_ms
         self._ack_every = ack_persist_every
         self._rtc = rtc
@@ -107,17 +107,16 @@ class Outbox:
         self._stage_mv = memoryview(self._stage)
         self._slot = bytearray(slot_size)  # the record being built
         self._scan = bytearray(slot_size)  # start-up scans
-        self._hd = array("I", (0, 0, 0, 0, 0))  # a slot header read on its own
-        self._sv = array("I", [0] * _ST_WORDS)  # the state, as written
+        self._state_words = array("I", [0] * _ST_WORDS)  # the state, as written
         self._staged = 0  # slots in _stage ...
         self._done = 0  # ... of which the first _done are on flash (a flush failed midway)
         self._t_staged = 0
         self._prev_len = slot_size - HEADER_SIZE
-        self._hf = None  # head segment file, open r+b / w+b
-        self._hseg = -1
-        self._rf = None  # reader cache for one older segment
-        self._rseg = -1
-        self._rbuf = self._rmv = None  # the last read_into buffer and a memoryview of it
+        self._head_file = None  # head segment file, open r+b / w+b
+        self._head_segment = -1
+        self._reader_file = None  # reader cache for one older segment
+        self._reader_segment = -1
+        self._read_buffer = self._read_view = None  # the last read_into buffer and a memoryview of it
         # Counters (docs/outbox.md says exactly what each one counts).
         self.dropped = 0
         self.corrupt = 0
@@ -139,34 +138,34 @@ class Outbox:
 
     def _file(self, seg):
         """An open file holding segment `seg` (the head file when it is the head segment)."""
-        if seg == self._hseg and self._hf is not None:
-            return self._hf
-        if seg != self._rseg:
+        if seg == self._head_segment and self._head_file is not None:
+            return self._head_file
+        if seg != self._reader_segment:
             return self._open_reader(seg)
-        return self._rf
+        return self._reader_file
 
     def _open_reader(self, seg):
         self._close_reader()
         try:
-            self._rf = open(self._name(seg % self._K), "rb")
+            self._reader_file = open(self._name(seg % self._segment_files), "rb")
         except OSError:
             return None
-        self._rseg = seg
-        return self._rf
+        self._reader_segment = seg
+        return self._reader_file
 
     def _close_reader(self):
-        if self._rf is not None:
-            self._rf.close()
-            self._rf = None
-        self._rseg = -1
+        if self._reader_file is not None:
+            self._reader_file.close()
+            self._reader_file = None
+        self._reader_segment = -1
 
     def _read_slot(self, lsn, buf):
         """Read slot `lsn` into buf (slot_size bytes); True when it holds valid record `lsn`."""
-        f = self._file(lsn // self._S)
+        f = self._file(lsn // self._segment_slots)
         if f is None:
             return False
-        f.seek((lsn % self._S) * self._ss)
-        return f.readinto(buf) == self._ss and self._valid(buf, lsn)
+        f.seek((lsn % self._segment_slots) * self._slot_size)
+        return f.readinto(buf) == self._slot_size and self._valid(buf, lsn)
 
     def _valid(self, buf, lsn):
         if buf[4] | buf[5] << 8 != _MAGIC or buf[6] | buf[7] << 8 > self.max_payload:
@@ -179,7 +178,7 @@ class Outbox:
         if not flash and self._rtc is None:
             return
         self._gen += 1
-        v = self._sv
+        v = self._state_words
         v[3] = self._gen
         v[4] = self._tail
         v[5] = self._mark
@@ -198,9 +197,9 @@ class Outbox:
             self._write_state(flags)
 
     def _write_state(self, flags):
-        f = self._sf
+        f = self._state_file
         f.seek((self._gen & 1) * _ST_SIZE)  # two copies: a torn write leaves the other
-        f.write(self._sv)
+        f.write(self._state_words)
         f.flush()
         self.state_writes += 1
         self.state_bytes += _ST_SIZE
@@ -244,17 +243,17 @@ class Outbox:
     # ---- start-up ------------------------------------------------------
     def _first_valid(self, idx):
         """The lsn of the first valid slot in segment file `idx`, or -1."""
-        S, K, ss, buf = self._S, self._K, self._ss, self._scan
+        slots, buf = self._segment_slots, self._scan
         try:
             f = open(self._name(idx), "rb")
         except OSError:
             return -1
         try:
-            for j in range(S):
-                if f.readinto(buf) != ss:
+            for j in range(slots):
+                if f.readinto(buf) != self._slot_size:
                     break
                 lsn = _u32(buf, 8)
-                if lsn % S == j and (lsn // S) % K == idx and self._valid(buf, lsn):
+                if lsn % slots == j and (lsn // slots) % self._segment_files == idx and self._valid(buf, lsn):
                     return lsn
         finally:
             f.close()
@@ -267,14 +266,14 @@ class Outbox:
         segment files are only appended to, so the end is the last valid slot.
         """
         best = -1
-        for idx in range(self._K):
+        for idx in range(self._segment_files):
             lsn = self._first_valid(idx)
             if lsn > best:
                 best = lsn
         if best < 0:
             return 0
         h = best + 1
-        for lsn in range(best + 1, (best // self._S + 1) * self._S):
+        for lsn in range(best + 1, (best // self._segment_slots + 1) * self._segment_slots):
             if self._read_slot(lsn, self._scan):
                 h = lsn + 1
         return h
@@ -283,14 +282,14 @@ class Outbox:
         """The oldest lsn still on flash (segments older than the ring, or truncated, are gone)."""
         if head == 0:
             return 0
-        S = self._S
-        hs = (head - 1) // S
-        s = hs - (self._K - 1)
-        if s < 0:
-            s = 0
-        while s < hs and self._first_valid(s % self._K) // S != s:
-            s += 1
-        return s * S
+        slots = self._segment_slots
+        head_segment = (head - 1) // slots
+        segment = head_segment - (self._segment_files - 1)
+        if segment < 0:
+            segment = 0
+        while segment < head_segment and self._first_valid(segment % self._segment_files) // slots != segment:
+            segment += 1
+        return segment * slots
 
     def _open(self):
         st, src = self._load_state()
@@ -325,18 +324,18 @@ class Outbox:
                 self.loss_unknown += 1
         self._mark = head
         self._mark_boot = self._mark_seq = 0
-        self._sv[1] = _ST_MAGIC
-        self._sv[2] = self._epoch
+        self._state_words[1] = _ST_MAGIC
+        self._state_words[2] = self._epoch
         name = self._name("st")
         try:
-            self._sf = open(name, "r+b")
+            self._state_file = open(name, "r+b")
         except OSError:
-            self._sf = open(name, "w+b")
-            self._sf.write(bytearray(2 * _ST_SIZE))
+            self._state_file = open(name, "w+b")
+            self._state_file.write(bytearray(2 * _ST_SIZE))
         self._save(True, _F_CLEAN)  # nothing is staged yet
-        if head % self._S:
-            self._hseg = head // self._S
-            self._hf = open(self._name(self._hseg % self._K), "r+b")
+        if head % self._segment_slots:
+            self._head_segment = head // self._segment_slots
+            self._head_file = open(self._name(self._head_segment % self._segment_files), "r+b")
 
     # ---- writing -------------------------------------------------------
     def append(self, boot, seq, payload):
@@ -347,7 +346,7 @@ class Outbox:
         fails after the reading was accepted is counted in flush_errors and
         retried by the next append, which raises if it fails again.
         """
-        if self._staged >= self._n_flush:
+        if self._staged >= self._flush_every:
             self.flush()  # a flush failed: finish it before accepting more
         n = self._check(payload)
         self._mark_boot = boot
@@ -357,7 +356,7 @@ class Outbox:
         # The flash state must stop claiming "nothing staged" before a reading can be lost.
         self._save(self._flags or self._clean)
         self._stage_slot()
-        if self._staged >= self._n_flush or self._due(time.ticks_ms()) <= 0:
+        if self._staged >= self._flush_every or self._due(time.ticks_ms()) <= 0:
             self._flush_accepted()
 
     def _flush_accepted(self):
@@ -398,8 +397,8 @@ class Outbox:
         _put(s, 0, _crc32(s))
 
     def _stage_slot(self):
-        o = self._staged * self._ss
-        self._stage[o:o + self._ss] = self._slot
+        o = self._staged * self._slot_size
+        self._stage[o:o + self._slot_size] = self._slot
         if self._staged == self._done:
             self._t_staged = time.ticks_ms()
         self._staged += 1
@@ -431,20 +430,20 @@ class Outbox:
     def _write_run(self):
         """Write the staged slots that go to the head segment file."""
         lsn = self._head
-        off = lsn % self._S
+        off = lsn % self._segment_slots
         if off == 0:
-            self._start_segment(lsn // self._S)
+            self._start_segment(lsn // self._segment_slots)
         k = self._staged - self._done
-        if k > self._S - off:
-            k = self._S - off
-        self._hf.seek(off * self._ss)
+        if k > self._segment_slots - off:
+            k = self._segment_slots - off
+        self._head_file.seek(off * self._slot_size)
         self._write_slots(k)
         self._head = lsn + k
 
     def _write_slots(self, k):
-        a = self._done * self._ss
-        b = a + k * self._ss
-        f = self._hf
+        a = self._done * self._slot_size
+        b = a + k * self._slot_size
+        f = self._head_file
         f.write(self._stage_mv[a:b])
         f.flush()  # littlefs: commit; unix port: fsync
         self.flash_writes += 1
@@ -453,19 +452,19 @@ class Outbox:
 
     def _start_segment(self, seg):
         """Make segment `seg` the head: drop (and count) unacked readings in the file it reuses."""
-        keep = (seg - (self._K - 1)) * self._S  # oldest lsn that survives
+        keep = (seg - (self._segment_files - 1)) * self._segment_slots  # oldest lsn that survives
         if self._tail < keep:
             self.dropped += keep - self._tail
             self._tail = keep
         if self._ftail < keep:  # the state on flash must not point into the file we truncate
             self._save(True)
-        if self._hf is not None:
-            self._hf.close()
-            self._hf = None
-        if self._rseg >= 0 and self._rseg % self._K == seg % self._K:
+        if self._head_file is not None:
+            self._head_file.close()
+            self._head_file = None
+        if self._reader_segment >= 0 and self._reader_segment % self._segment_files == seg % self._segment_files:
             self._close_reader()
-        self._hseg = seg
-        self._hf = open(self._name(seg % self._K), "w+b")
+        self._head_segment = seg
+        self._head_file = open(self._name(seg % self._segment_files), "w+b")
 
     # ---- reading and acknowledging ---------------------------------------
     def pending(self):
@@ -478,7 +477,7 @@ class Outbox:
 
     def record_buffer(self):
         """A buffer of the right size for read_into (allocate it once)."""
-        return bytearray(self._ss)
+        return bytearray(self._slot_size)
 
     def read_into(self, i, buf):
         """The payload of the i-th pending reading (0 = oldest) as a memoryview into buf.
@@ -505,27 +504,10 @@ class Outbox:
         return self._payload(buf)
 
     def _payload(self, buf):
-        if buf is not self._rbuf:  # one memoryview per caller buffer, not per read
-            self._rbuf = buf
-            self._rmv = memoryview(buf)
-        return self._rmv[HEADER_SIZE:HEADER_SIZE + (buf[6] | buf[7] << 8)]
-
-    def ack(self, boot, seq):
-        """PUBACK of (boot, seq): advance the tail if it is the oldest pending reading; True if it was."""
-        if self._tail >= self._head or not self._read_header(self._tail):
-            return False
-        h = self._hd
-        if h[3] != boot or h[4] != seq:
-            return False
-        self._advance()
-        return True
-
-    def _read_header(self, lsn):
-        f = self._file(lsn // self._S)
-        if f is None:
-            return False
-        f.seek((lsn % self._S) * self._ss)
-        return f.readinto(self._hd) == HEADER_SIZE and self._hd[2] == lsn
+        if buf is not self._read_buffer:  # one memoryview per caller buffer, not per read
+            self._read_buffer = buf
+            self._read_view = memoryview(buf)
+        return self._read_view[HEADER_SIZE:HEADER_SIZE + (buf[6] | buf[7] << 8)]
 
     def ack_oldest(self):
         """PUBACK of the oldest pending reading (the caller keeps the order); False if none."""
@@ -562,8 +544,8 @@ class Outbox:
         """Flush, persist and close the files (call before deep sleep)."""
         self.flush()
         self.persist()
-        for f in (self._hf, self._rf, self._sf):
+        for f in (self._head_file, self._reader_file, self._state_file):
             if f is not None:
                 f.close()
-        self._hf = self._rf = self._sf = None
-        self._hseg = self._rseg = -1
+        self._head_file = self._reader_file = self._state_file = None
+        self._head_segment = self._reader_segment = -1

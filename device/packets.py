@@ -1,16 +1,17 @@
-# Ferry firmware: the MQTT 3.1.1 packets the session builds and parses itself, sans-IO
-# (MicroPython). CONNECT/CONNACK go through umqtt.simple; the hot path (PUBLISH and
-# PUBACK) and everything the device reads are here, built in and parsed from
-# preallocated buffers, so they can be tested byte for byte without a socket or broker.
-# tests/vectors/device/umqtt_simple_session.json pins the PUBLISH bytes: the same as
-# umqtt.simple's, in one write instead of four.
+# Ferry firmware: every MQTT 3.1.1 packet the session sends or reads, sans-IO
+# (MicroPython): CONNECT and CONNACK, PUBLISH and PUBACK (the hot path: built in and
+# parsed from preallocated buffers), SUBSCRIBE, PING, DISCONNECT. So they can be tested
+# byte for byte without a socket or broker, and no umqtt.simple a board's image may
+# freeze (1.3.4-1.8.0, each connecting differently) is ever imported.
+# tests/vectors/device/umqtt_simple_session.json pins the CONNECT and PUBLISH bytes: the
+# same as umqtt.simple 1.3.4's, each in one write instead of several.
 from micropython import const
 
+CONNACK = const(0x20)
 PUBLISH = const(0x30)
 PUBACK = const(0x40)
 SUBACK = const(0x90)
 PINGRESP = const(0xD0)
-CONNACK = const(0x20)
 QOS1 = const(0x02)
 DUP = const(0x08)
 RETAIN = const(0x01)
@@ -66,6 +67,32 @@ class Publisher:
         b[1] = (rl & 0x7F) | 0x80
         b[2] = rl >> 7
         return 0
+
+
+def connect_bytes(client_id, keepalive_s, will_topic, will_payload):
+    """CONNECT with clean_session 0 and a retained QoS 1 last will, the only one a device sends
+    (rare: allocates). All arguments but keepalive_s are bytes."""
+    n = 10 + 2 + len(client_id) + 2 + len(will_topic) + 2 + len(will_payload)
+    head = bytes((0x10, n & 0x7F | 0x80, n >> 7)) if n >= 128 else bytes((0x10, n))
+    # Protocol name "MQTT", level 4; flags 0x2c: will retain | will QoS 1 | will flag.
+    return (head + b"\x00\x04MQTT\x04\x2c" + bytes((keepalive_s >> 8, keepalive_s & 0xFF))
+            + _field(client_id) + _field(will_topic) + _field(will_payload))
+
+
+def _field(data):
+    return bytes((len(data) >> 8, len(data) & 0xFF)) + data
+
+
+def connack_code(first, body, n):
+    """The return code of the CONNACK in body[:n] (0: accepted), or -1 when it is not one."""
+    if first != CONNACK or n != 2:
+        return -1
+    return body[1]
+
+
+def connack_session_present(body):
+    """1 when the broker still had this client's session (the CONNACK's session-present flag)."""
+    return body[0] & 1
 
 
 def publish_bytes(topic, payload, pid, flags):

@@ -1,10 +1,13 @@
-# Ferry firmware: the MQTT session (MicroPython), on umqtt.simple 1.3.4 or later.
+# Ferry firmware: the MQTT session (MicroPython), on the socket alone.
 #
-# umqtt.simple opens the connection (CONNECT with the retained last will and
-# clean_session=False, CONNACK, session present). It knows no timeouts, so the
-# sockets it opens come from _TimedSockets: a timeout on every operation and
-# TCP_NODELAY before connect. After CONNACK this module drives the socket itself:
+# Every packet is Ferry's own (packets.py), CONNECT and CONNACK included: umqtt.simple is
+# not imported, because the one a board runs is whichever its image freezes (stock ESP32
+# images freeze 1.6/1.7, found before /lib) or mip installed, and from 1.5.0 on its
+# connect() sets the socket's timeout to None: a gateway that accepts TCP and never
+# answers would then block the board until its watchdog fires (docs/device.md).
 #
+# - connect: TCP connect and CONNACK with a timeout of connect_timeout_ms each, TCP_NODELAY
+#   set before the connect, CONNECT with clean_session 0 and the retained "offline" will;
 # - publishes readings from the outbox tail, up to `inflight` at a time, each in one
 #   write from a preallocated buffer (packets.Publisher), and acknowledges the outbox
 #   only on the PUBACK (in order, by record number);
@@ -14,9 +17,10 @@
 #   the app reconnects with backoff; the readings still in flight are resent after the
 #   reconnect, same packet ids with DUP set, same bytes from the outbox;
 # - pings after keepalive_s / 2 without sending anything;
-# - hands PUBLISHes on the cmd topic to the app and PUBACKs a command only after the
-#   PUBACK of its reply, so a reply lost with the link is made again after the
-#   reconnect (the broker redelivers the command).
+# - hands PUBLISHes on the cmd topic to the app (one larger than the receive buffer with
+#   its size only, so the app can refuse it with a reply) and PUBACKs a command only
+#   after the PUBACK of its reply, so a reply lost with the link is made again after
+#   the reconnect (the broker redelivers the command).
 #
 # Heap: the per-reading path (service -> _send_next, wait -> _read_one -> _on_puback)
 # allocates nothing of its own; functions are kept small so MicroPython keeps their
@@ -27,8 +31,6 @@ import socket
 import time
 
 from micropython import const
-from umqtt import simple
-from umqtt.simple import MQTTClient
 
 import packets
 from hw import log
@@ -37,45 +39,32 @@ K_TELEMETRY = const(1)
 K_STATUS = const(2)
 K_REPLY = const(3)
 _EXTRA_SLOTS = const(4)  # in-flight slots beyond `inflight` for status messages and replies
-RX_BYTES = const(640)  # largest packet the device reads (a command); bigger ones are skipped
-
-
+RX_BYTES = const(640)  # largest packet the device reads whole (a command); bigger ones are skipped
 _DNS_RETRY_AFTER = const(3)  # failed connects in a row before the broker's name is looked up again
 
 
-class _TimedSockets:
-    """What umqtt.simple calls `socket`: sockets with a timeout and TCP_NODELAY from the start.
+class _BrokerAddress:
+    """The broker's address, looked up once and kept.
 
-    MicroPython's getaddrinfo takes no timeout, so the broker's address is looked up once
-    and kept: a hanging resolver can only stall the first connect and the one after every
-    _DNS_RETRY_AFTER failures in a row (the gateway may have moved), not every reconnect.
+    MicroPython's getaddrinfo takes no timeout, so a hanging resolver can only stall the
+    first connect and the one after every _DNS_RETRY_AFTER failures in a row (the gateway
+    may have moved), not every reconnect.
     """
 
     def __init__(self):
-        self.timeout_s = 5.0
-        self.failures = 0
-        self._dns = None  # (host, port, getaddrinfo result)
+        self.failures = 0  # connects that failed in a row
+        self._host = None
+        self._port = 0
+        self._address = None
 
-    def getaddrinfo(self, host, port):
-        d = self._dns
-        if d is None or d[0] != host or d[1] != port or self.failures >= _DNS_RETRY_AFTER:
+    def get(self, host, port):
+        if self._address is None or self._host != host or self._port != port or self.failures >= _DNS_RETRY_AFTER:
             log("dns: looking up %s" % host)
-            d = self._dns = (host, port, socket.getaddrinfo(host, port))
+            self._address = socket.getaddrinfo(host, port)[0][-1]
+            self._host = host
+            self._port = port
             self.failures = 0
-        return d[2]
-
-    def socket(self):
-        s = socket.socket()
-        s.settimeout(self.timeout_s)
-        try:
-            s.setsockopt(6, 1, 1)  # IPPROTO_TCP, TCP_NODELAY: umqtt writes a packet in 3-4 pieces
-        except OSError:
-            pass
-        return s
-
-
-_SOCKETS = _TimedSockets()
-simple.socket = _SOCKETS
+        return self._address
 
 
 class Backoff:
@@ -110,16 +99,20 @@ class Topics:
         self.reply = (base + "reply").encode()
 
 
-class Session(MQTTClient):
+class Session:
     """One device's MQTT session over any number of connections."""
 
     def __init__(self, cfg, client_id, topics, outbox, on_cmd, feed):
-        MQTTClient.__init__(self, client_id, cfg.broker_host, cfg.broker_port, keepalive=cfg.keepalive_s)
         self._cfg = cfg
+        self._client_id = client_id.encode()
         self.topics = topics
-        self._ob = outbox
-        self._on_cmd = on_cmd  # on_cmd(payload memoryview, packet id): the app answers with reply()
+        self._outbox = outbox
+        # on_cmd(payload, size, packet id): payload is a memoryview of the command, or None when
+        # its `size` bytes did not fit the receive buffer; the app answers with reply().
+        self._on_cmd = on_cmd
         self._feed = feed
+        self._broker = _BrokerAddress()
+        self.sock = None
         self.up = False
         self.session_present = False
         self.backoff = Backoff(cfg.backoff_min_ms, cfg.backoff_max_ms)
@@ -128,23 +121,23 @@ class Session(MQTTClient):
         self._ping_ms = cfg.keepalive_s * 500
         # In-flight ring, oldest at _head: kind, packet id, outbox record number, send time,
         # the command a reply answers, PUBACK seen.
-        self._W = cfg.inflight
-        self._R = R = cfg.inflight + _EXTRA_SLOTS
-        self._kind = [0] * R
-        self._pid = [0] * R
-        self._lsn = [0] * R
-        self._sent = [0] * R
-        self._cmd = [0] * R
-        self._acked = [0] * R
-        self._head = self._n = self._tele = 0
+        self._telemetry_window = cfg.inflight
+        self._ring_slots = slots = cfg.inflight + _EXTRA_SLOTS
+        self._kind = [0] * slots
+        self._pid = [0] * slots
+        self._lsn = [0] * slots
+        self._sent = [0] * slots
+        self._cmd = [0] * slots
+        self._acked = [0] * slots
+        self._head = self._in_flight_count = self._telemetry_in_flight = 0
         self._next_lsn = outbox.tail  # the next reading to publish
         self._last_pid = 0
-        self._pub = packets.Publisher(topics.telemetry, outbox.max_payload)
-        self._rec = outbox.record_buffer()
+        self._publisher = packets.Publisher(topics.telemetry, outbox.max_payload)
+        self._record = outbox.record_buffer()
         self._rx = bytearray(RX_BYTES)
-        self._b1 = bytearray(1)
-        self._ackbuf = bytearray(4)
-        self._in = packets.Incoming()
+        self._one_byte = bytearray(1)
+        self._puback_buffer = bytearray(4)
+        self._incoming = packets.Incoming()
         self._last_tx = 0
         self._pinging = False
         self._ping_sent = 0
@@ -159,21 +152,19 @@ class Session(MQTTClient):
 
     # ---- connecting -----------------------------------------------------
     def connect(self, birth, will):
-        """Connect (blocking, bounded by connect_timeout_ms per step); True when up.
+        """Connect (blocking: the TCP connect and the CONNACK at most connect_timeout_ms each); True when up.
 
         Then resend what was in flight, subscribe to the cmd topic and publish `birth`.
         """
-        self.set_last_will(self.topics.status, will, True, 1)
-        _SOCKETS.timeout_s = self._cfg.connect_timeout_ms / 1000
         t0 = time.ticks_ms()
         try:
-            self.session_present = bool(MQTTClient.connect(self, False))
-        except Exception as e:  # OSError, MQTTException (refused), or garbage instead of CONNACK
+            self._open(will)
+        except Exception as e:  # OSError (timeout, refused, reset), or a CONNACK that refuses or is none
             log("mqtt: connect failed: %r" % (e,))
-            _SOCKETS.failures += 1
+            self._broker.failures += 1
             self._drop()
             return False
-        _SOCKETS.failures = 0
+        self._broker.failures = 0
         self.sock.settimeout(self._ack_ms / 1000)
         self._poll = select.poll()
         self._poll.register(self.sock, select.POLLIN)
@@ -190,6 +181,32 @@ class Session(MQTTClient):
         except OSError as e:
             self.lost("write failed: %r" % (e,))
         return self.up
+
+    def _open(self, will):
+        """TCP connect, CONNECT, CONNACK; sets session_present. Raises when the session is not up."""
+        cfg = self._cfg
+        address = self._broker.get(cfg.broker_host, cfg.broker_port)
+        self._drop()
+        s = self.sock = socket.socket()
+        s.settimeout(cfg.connect_timeout_ms / 1000)  # the TCP connect, then every read of the CONNACK
+        try:
+            s.setsockopt(6, 1, 1)  # IPPROTO_TCP, TCP_NODELAY (not on every lwIP build: then Nagle stays)
+        except OSError:
+            pass
+        s.connect(address)
+        s.write(packets.connect_bytes(self._client_id, cfg.keepalive_s, self.topics.status, will))
+        first = self._byte()
+        n = self._varint() if first >= 0 else -1
+        if n < 0:
+            raise OSError(104)  # closed by the broker
+        if n > RX_BYTES:
+            raise ValueError("a %d-byte packet instead of CONNACK" % n)
+        self._read_into(n)
+        code = packets.connack_code(first, self._rx, n)
+        if code:
+            raise ValueError("CONNACK refused (return code %d)" % code if code > 0 else
+                             "packet 0x%02x instead of CONNACK" % first)
+        self.session_present = bool(packets.connack_session_present(self._rx))
 
     def _subscribe(self):
         """SUBSCRIBE to the cmd topic at QoS 1 and wait for the SUBACK (commands may arrive first).
@@ -216,20 +233,20 @@ class Session(MQTTClient):
         Status messages and replies in flight are forgotten: a new birth follows, and
         unanswered commands come again from the broker.
         """
-        ob = self._ob
+        ob = self._outbox
         keep = []
         j = self._head
-        for _ in range(self._n):
+        for _ in range(self._in_flight_count):
             # Acked or not: the outbox acks in order, so a PUBACK that came out of order
             # (the broker must not do that) counts only when everything before it did.
             if self._kind[j] == K_TELEMETRY and self._lsn[j] >= ob.tail:
                 keep.append((self._pid[j], self._lsn[j]))
-            j = (j + 1) % self._R
-        self._head = self._n = self._tele = 0
+            j = (j + 1) % self._ring_slots
+        self._head = self._in_flight_count = self._telemetry_in_flight = 0
         self._next_lsn = ob.tail
         self._stuck = False
         for pid, lsn in keep:
-            p = ob.read_into(lsn - ob.tail, self._rec)
+            p = ob.read_into(lsn - ob.tail, self._record)
             if p is None or ob.rec_lsn != lsn:
                 break  # gone meanwhile; what follows is sent as new
             self._send_pub(pid, p, packets.QOS1 | packets.DUP)
@@ -237,12 +254,12 @@ class Session(MQTTClient):
             self._next_lsn = lsn + 1
             self.resent += 1
         if keep:
-            log("mqtt: resent %d in flight, from packet %d" % (self._n, keep[0][0]))
+            log("mqtt: resent %d in flight, from packet %d" % (self._in_flight_count, keep[0][0]))
 
     # ---- the loop's calls ---------------------------------------------------
     def service(self, now):
         """Check deadlines, publish pending readings into the window, ping when idle."""
-        if self._n and time.ticks_diff(now, self._sent[self._head]) >= self._ack_ms:
+        if self._in_flight_count and time.ticks_diff(now, self._sent[self._head]) >= self._ack_ms:
             self._lost_ack()
             return
         if self._pinging and time.ticks_diff(now, self._ping_sent) >= self._ack_ms:
@@ -256,12 +273,17 @@ class Session(MQTTClient):
             self.lost("write failed")
 
     def _fill(self):
-        while self._tele < self._W and self._n < self._R and self._send_next():
+        while self._window_open() and self._send_next():
             pass
+
+    def _window_open(self):
+        """Room for one more reading in flight (and in the ring, shared with status and replies)."""
+        return self._telemetry_in_flight < self._telemetry_window and self._in_flight_count < self._ring_slots
 
     def _lost_ack(self):
         j = self._head
-        self.lost("no PUBACK for packet %d within %d ms (%d in flight)" % (self._pid[j], self._ack_ms, self._n))
+        self.lost("no PUBACK for packet %d within %d ms (%d in flight)" % (self._pid[j], self._ack_ms,
+                                                                           self._in_flight_count))
 
     def _ping(self, now):
         self.sock.write(packets.PINGREQ_BYTES)
@@ -275,21 +297,20 @@ class Session(MQTTClient):
             d = self._ack_ms - time.ticks_diff(now, self._ping_sent)
         else:
             d = self._ping_ms - time.ticks_diff(now, self._last_tx)
-        if self._n:
+        if self._in_flight_count:
             d = min(d, self._ack_ms - time.ticks_diff(now, self._sent[self._head]))
         return d if d > 0 else 0
 
     def can_send(self):
         """True when a reading is pending and the window has room (service() would publish)."""
-        return (not self._stuck and self._tele < self._W and self._n < self._R
-                and self._next_lsn - self._ob.tail < self._ob.pending())
+        return not self._stuck and self._window_open() and self._next_lsn - self._outbox.tail < self._outbox.pending()
 
     def idle(self):
         """Nothing in flight and nothing pending in the outbox."""
-        return self._n == 0 and self._ob.pending() == 0
+        return self._in_flight_count == 0 and self._outbox.pending() == 0
 
     def in_flight(self):
-        return self._n
+        return self._in_flight_count
 
     def wait(self, ms):
         """Sleep in poll() up to ms for the broker; handle every packet that is there."""
@@ -313,7 +334,7 @@ class Session(MQTTClient):
         i = self._next_index()
         if i < 0:
             return False
-        p = self._ob.read_into(i, self._rec)
+        p = self._outbox.read_into(i, self._record)
         if p is None:  # a corrupt record behind those in flight: wait until it is the oldest
             self._stuck = True
             return False
@@ -322,7 +343,7 @@ class Session(MQTTClient):
 
     def _next_index(self):
         """The outbox index (0 = oldest pending) of the next reading to publish, or -1."""
-        ob = self._ob
+        ob = self._outbox
         i = self._next_lsn - ob.tail
         if i < 0:  # the outbox dropped readings that were in flight
             self._next_lsn = ob.tail
@@ -333,18 +354,18 @@ class Session(MQTTClient):
         self._stuck = False
         pid = self._new_pid()
         self._send_pub(pid, p, packets.QOS1)
-        self._push(K_TELEMETRY, pid, self._ob.rec_lsn, 0)
-        self._next_lsn = self._ob.rec_lsn + 1
+        self._push(K_TELEMETRY, pid, self._outbox.rec_lsn, 0)
+        self._next_lsn = self._outbox.rec_lsn + 1
         self.sent += 1
 
     def _send_pub(self, pid, payload, flags):
-        self._pub.build(pid, payload, flags)
-        self._pub.send(self.sock)
+        self._publisher.build(pid, payload, flags)
+        self._publisher.send(self.sock)
         self._last_tx = time.ticks_ms()
 
     def _publish(self, kind, topic, payload, flags, cmd_pid):
         """A status message or reply at QoS 1 (allocates; rare). False when no slot is free."""
-        if self._n >= self._R:
+        if self._in_flight_count >= self._ring_slots:
             return False
         pid = self._new_pid()
         self._write(packets.publish_bytes(topic, payload, pid, packets.QOS1 | flags))
@@ -375,16 +396,16 @@ class Session(MQTTClient):
         self._last_tx = time.ticks_ms()
 
     def _push(self, kind, pid, lsn, cmd):
-        j = (self._head + self._n) % self._R
+        j = (self._head + self._in_flight_count) % self._ring_slots
         self._kind[j] = kind
         self._pid[j] = pid
         self._lsn[j] = lsn
         self._cmd[j] = cmd
         self._acked[j] = 0
         self._sent[j] = time.ticks_ms()
-        self._n += 1
+        self._in_flight_count += 1
         if kind == K_TELEMETRY:
-            self._tele += 1
+            self._telemetry_in_flight += 1
 
     def _new_pid(self):
         p = self._last_pid
@@ -396,10 +417,10 @@ class Session(MQTTClient):
 
     def _pid_used(self, p):
         j = self._head
-        for _ in range(self._n):
+        for _ in range(self._in_flight_count):
             if self._pid[j] == p:
                 return True
-            j = (j + 1) % self._R
+            j = (j + 1) % self._ring_slots
         return p == self._suback_pid
 
     # ---- reading ----------------------------------------------------------
@@ -417,9 +438,9 @@ class Session(MQTTClient):
         self._dispatch(first, n)
 
     def _byte(self):
-        if self.sock.readinto(self._b1, 1) != 1:
+        if self.sock.readinto(self._one_byte, 1) != 1:
             return -1
-        return self._b1[0]
+        return self._one_byte[0]
 
     def _varint(self):
         n = 0
@@ -439,22 +460,26 @@ class Session(MQTTClient):
             raise OSError(104)  # closed mid-packet
 
     def _skip(self, first, n):
-        """Read past a packet too big for the receive buffer; PUBACK it if it is a QoS 1 PUBLISH."""
+        """Read past a packet too big for the receive buffer (n > RX_BYTES).
+
+        A command goes to the app with its size only, to be refused with a reply (and
+        PUBACKed after it); another QoS 1 PUBLISH is PUBACKed. Rare: may allocate.
+        """
         size = n
-        k = RX_BYTES if n > RX_BYTES else n
-        self._read_into(k)
-        pid = 0
-        if first & 0xF0 == packets.PUBLISH and first & 0x06:
-            o = 2 + packets.u16(self._rx, 0)
-            if o + 2 <= k:
-                pid = packets.u16(self._rx, o)
-        n -= k
+        self._read_into(RX_BYTES)
+        inc = self._incoming
+        publish = first & 0xF0 == packets.PUBLISH and inc.parse_publish(first, self._rx, RX_BYTES)
+        command = publish and inc.topic_is(self._rx, self.topics.cmd)
+        pid = inc.pid if publish else 0
+        n -= RX_BYTES
         while n:
             k = RX_BYTES if n > RX_BYTES else n
             self._read_into(k)
             n -= k
         log("mqtt: skipped a %d-byte packet 0x%02x (limit %d)" % (size, first, RX_BYTES))
-        if pid:
+        if command:
+            self._on_cmd(None, size - inc.payload_start, pid)
+        elif pid:
             self._puback(pid)
 
     def _dispatch(self, first, n):
@@ -477,45 +502,46 @@ class Session(MQTTClient):
 
     def _on_puback(self, pid):
         j = self._head
-        for _ in range(self._n):
+        for _ in range(self._in_flight_count):
             if self._pid[j] == pid and not self._acked[j]:
                 self._acked[j] = 1
                 self._pop_acked()
                 if self.backoff.attempt:
                     self.backoff.reset()  # a PUBACK proves the link: start over at backoff_min_ms
                 return
-            j = (j + 1) % self._R
+            j = (j + 1) % self._ring_slots
 
     def _pop_acked(self):
         self._stuck = False
-        while self._n and self._acked[self._head]:
+        while self._in_flight_count and self._acked[self._head]:
             self._retire(self._head)
-            self._head = (self._head + 1) % self._R
-            self._n -= 1
+            self._head = (self._head + 1) % self._ring_slots
+            self._in_flight_count -= 1
 
     def _retire(self, j):
         k = self._kind[j]
         if k == K_TELEMETRY:
-            self._tele -= 1
+            self._telemetry_in_flight -= 1
             self.acked += 1
-            if self._ob.tail == self._lsn[j]:  # else the outbox dropped it meanwhile
-                self._ob.ack_oldest()
+            if self._outbox.tail == self._lsn[j]:  # else the outbox dropped it meanwhile
+                self._outbox.ack_oldest()
         elif k == K_REPLY and self._cmd[j]:
             self._puback(self._cmd[j])
 
     def _on_publish(self, first, n):
-        inc = self._in
+        inc = self._incoming
         if not inc.parse_publish(first, self._rx, n):
             self.lost("malformed PUBLISH")
             return
         if inc.topic_is(self._rx, self.topics.cmd):
-            self._on_cmd(memoryview(self._rx)[inc.payload_start:inc.payload_end], inc.pid)
+            self._on_cmd(memoryview(self._rx)[inc.payload_start:inc.payload_end], inc.payload_end - inc.payload_start,
+                         inc.pid)
         elif inc.pid:
             self._puback(inc.pid)
 
     def _puback(self, pid):
-        packets.put_puback(self._ackbuf, pid)
-        self._write(self._ackbuf)
+        packets.put_puback(self._puback_buffer, pid)
+        self._write(self._puback_buffer)
 
     # ---- closing ------------------------------------------------------------
     def lost(self, reason):

@@ -31,6 +31,10 @@ SHIMS_DIR = Path(__file__).resolve().parent / "shims"
 EPOCH_2000_UNIX_S = 946_684_800
 UNIX_HEAP_FOR_64K_ESP32 = 128 * 1024
 """The unix port's 64-bit objects need about twice an ESP32's heap for the same program."""
+CHIPS = ("esp32", "esp32s3", "esp32c3")
+"""Chip profiles: which GPIOs exist and which have an ADC (the `machine` shim's tables)."""
+FROZEN_MOUNT = "/.frozen-image"
+"""Where the board sees `BoardConfig.frozen_dir` (read-only), on `sys.path` between `.frozen` and `/lib`."""
 
 
 class ResetCause(enum.IntEnum):
@@ -57,6 +61,17 @@ class BoardConfig:
     """The access point the board can associate with."""
     rssi_dbm: int = -60
     """Signal strength reported while associated."""
+    chip: str = "esp32"
+    """One of `CHIPS`: `machine.Pin` and `machine.ADC` raise `ValueError("invalid pin")` as that
+    chip's MicroPython does for a GPIO it lacks (e.g. no ADC on pin 35 of an ESP32-S3 or -C3)."""
+    frozen_dir: Path | None = None
+    """Modules the firmware image freezes, as a stock ESP32 image freezes umqtt.simple: found
+    after `.frozen` and before `/lib`, so they shadow the same names in `/lib`. None: only the
+    interpreter's own frozen modules."""
+
+    def __post_init__(self) -> None:
+        if self.chip not in CHIPS:
+            raise ValueError(f"chip: one of {' '.join(CHIPS)}, got {self.chip!r}")
 
 
 @dataclass(slots=True)
@@ -78,7 +93,7 @@ class _Run:
     killed_for: ResetCause | None = None
 
 
-BOOTSTRAP = """
+SETUP = """
 import sys
 sys.path[:0] = [{shims!r}]
 import _board, machine, time, network, ntptime, esp32, sensor_model
@@ -86,13 +101,32 @@ import vfs, os
 vfs.mount(vfs.VfsPosix({flash!r}), "/")
 os.chdir("/")
 sys.path[:] = ["", ".frozen", "/lib"]
+"""
+"""The board's setup: shims first, then its flash folder at `/` and an ESP32's `sys.path`."""
+
+FROZEN_SETUP = """
+vfs.mount(vfs.VfsPosix({frozen!r}), {mount!r}, readonly=True)
+sys.path.insert(2, {mount!r})
+"""
+"""With `BoardConfig.frozen_dir`: the image's frozen modules, after `.frozen`, before `/lib`. A real
+image runs them from flash as bytecode; here they load into the heap like any module."""
+
+BOOT_FILES = """
 for _name in ("boot.py", "main.py"):
     try:
         _source = open(_name).read()
     except OSError:
         continue
-    exec(compile(_source, _name, "exec"), {{"__name__": "__main__"}})
+    exec(compile(_source, _name, "exec"), {"__name__": "__main__"})
 """
+
+
+def board_setup(config: BoardConfig, flash_dir: Path) -> str:
+    """MicroPython source that makes the interpreter this board (shims, flash, frozen modules)."""
+    code = SETUP.format(shims=str(SHIMS_DIR), flash=str(flash_dir))
+    if config.frozen_dir is not None:
+        code += FROZEN_SETUP.format(frozen=str(Path(config.frozen_dir).resolve()), mount=FROZEN_MOUNT)
+    return code
 
 
 class VirtualBoard:
@@ -114,6 +148,7 @@ class VirtualBoard:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self._write_state("uid", config.uid)
         self._write_state("sensor_seed", str(config.sensor_seed).encode())
+        self._write_state("chip", config.chip.encode())
         self.set_wifi(True)
 
     # ------------------------------------------------------------------ host controls
@@ -186,7 +221,7 @@ class VirtualBoard:
         self._write_state("reset_cause", str(int(cause)).encode())
         read_fd, write_fd = os.pipe()
         env = dict(os.environ, FERRY_BOARD_STATE=str(self.state_dir), FERRY_BOARD_CTL=str(write_fd))
-        code = BOOTSTRAP.format(shims=str(SHIMS_DIR), flash=str(self.flash_dir))
+        code = board_setup(self.config, self.flash_dir) + BOOT_FILES
         with open(self.console_path, "ab") as console:
             process = subprocess.Popen(
                 [interpreter(), "-X", f"heapsize={self.config.heap_bytes}", "-c", code],
@@ -197,8 +232,13 @@ class VirtualBoard:
         return _Run(process, read_fd)
 
     def _supervise(self, cause: ResetCause) -> None:
+        previous: _Run | None = None
         while not self._stopping.is_set():
             run = self._spawn(cause)
+            if cause is ResetCause.SOFT and previous is not None:
+                # A soft reset restarts MicroPython, not the chip: its watchdog keeps counting.
+                run.watchdog_ms, run.last_feed = previous.watchdog_ms, previous.last_feed
+            previous = run
             with self._lock:
                 self._run = run
             try:

@@ -34,7 +34,7 @@ import tty
 from dataclasses import dataclass
 from pathlib import Path
 
-from ferry.hwsim.board import BOOTSTRAP, SHIMS_DIR, BoardConfig, ResetCause, VirtualBoard, _Run
+from ferry.hwsim.board import BoardConfig, ResetCause, VirtualBoard, _Run, board_setup
 from ferry.hwsim.micropython import interpreter
 from ferry.hwsim.serial_line import (
     Action,
@@ -50,11 +50,6 @@ log = logging.getLogger(__name__)
 
 _READ_BYTES = 4096
 _SIGINT_BIT = 1 << (signal.SIGINT - 1)
-
-_BOOT_LOOP = "\nfor _name in"
-_SETUP_SOURCE, _found, _ = BOOTSTRAP.partition(_BOOT_LOOP)
-if not _found:
-    raise ImportError("hwsim.board.BOOTSTRAP no longer has its boot-file loop; update hwsim.serial_bridge")
 
 SERIAL_BOOT = r"""
 def _ferry_boot(files):
@@ -100,9 +95,9 @@ in the REPL's global namespace as on a board; then `-i` drops the interpreter in
 out of them is a soft reboot on a board, so it reports "X" and waits to be killed."""
 
 
-def serial_bootstrap(flash_dir: Path, files: tuple[str, ...]) -> str:
+def serial_bootstrap(config: BoardConfig, flash_dir: Path, files: tuple[str, ...]) -> str:
     """The `-c` program of a serial-mode board: board.py's setup in a function, then SERIAL_BOOT."""
-    setup = _SETUP_SOURCE.format(shims=str(SHIMS_DIR), flash=str(flash_dir))
+    setup = board_setup(config, flash_dir)
     return "def _ferry_setup():\n" + textwrap.indent(setup.strip("\n"), "    ") + "\n" + SERIAL_BOOT % (files,)
 
 
@@ -339,7 +334,7 @@ class SerialBridge(VirtualBoard):
             self._write_to_board()
         read_fd, write_fd = os.pipe()
         env = dict(os.environ, FERRY_BOARD_STATE=str(self.state_dir), FERRY_BOARD_CTL=str(write_fd))
-        code = serial_bootstrap(self.flash_dir, plan.files)
+        code = serial_bootstrap(self.config, self.flash_dir, plan.files)
         process = subprocess.Popen(
             [interpreter(), "-X", f"heapsize={self.config.heap_bytes}", "-i", "-c", code],
             stdin=self._interp_slave, stdout=self._interp_slave, stderr=self._interp_slave,

@@ -22,6 +22,7 @@ def _read(name, default=b""):
 uid = _read("uid", b"\x24\x0a\xc4\x00\x00\x01")
 reset_cause = int(_read("reset_cause", b"1"))
 sensor_seed = int(_read("sensor_seed", b"1"))
+chip = _read("chip", b"esp32").decode()
 boot_wall_s = float(_read("boot_wall_s", b"0"))
 clock_synced_offset_s = _read("clock_offset_s", b"")
 rtc_file = open(_state + "/rtc.bin", "r+b" if _read("rtc.bin", None) is not None else "w+b")

@@ -72,6 +72,19 @@ def _host_s():
     return utime.time()
 
 
+# GPIO numbers of each chip profile, and those with an ADC (ESP-IDF datasheets): for any
+# other number MicroPython raises ValueError("invalid pin"), as the real ports do.
+if _board.chip == "esp32s3":
+    _GPIO = bytes(range(22)) + bytes(range(26, 49))
+    _ADC = bytes(range(1, 21))
+elif _board.chip == "esp32c3":
+    _GPIO = bytes(range(22))
+    _ADC = bytes(range(6))
+else:
+    _GPIO = bytes(range(20)) + b"\x15\x16\x17\x19\x1a\x1b" + bytes(range(32, 40))  # no 20, 24, 28-31
+    _ADC = b"\x00\x02\x04\x0c\x0d\x0e\x0f\x19\x1a\x1b" + bytes(range(32, 40))
+
+
 class Pin:
     IN = 1
     OUT = 3
@@ -82,6 +95,8 @@ class Pin:
     IRQ_FALLING = 2
 
     def __init__(self, id, mode=-1, pull=-1, value=None):
+        if not 0 <= id < 256 or id not in _GPIO:
+            raise ValueError("invalid pin")
         self.id = id
         self._value = 0 if value is None else value
 
@@ -113,6 +128,8 @@ class ADC:
 
     def __init__(self, pin, atten=ATTN_11DB):
         self._pin = pin.id if isinstance(pin, Pin) else pin
+        if not 0 <= self._pin < 256 or self._pin not in _ADC:
+            raise ValueError("invalid pin")
 
     def atten(self, value):
         pass
@@ -189,16 +206,18 @@ class RTC:
         pass
 
     def memory(self, data=None):
+        """2 KiB that keep the exact bytes of any buffer (an array('I') of 13 words: 52 bytes)."""
         # File layout: 2-byte length, then the bytes (MicroPython files cannot truncate).
         f = _board.rtc_file
         if data is None:
             f.seek(0)
             header = f.read(2)
             return f.read(header[0] << 8 | header[1]) if len(header) == 2 else b""
+        data = bytes(data)  # the buffer's bytes: len() of an array counts its items
         if len(data) > 2048:
             raise ValueError("buffer too long")
         f.seek(0)
-        f.write(bytes((len(data) >> 8, len(data) & 0xFF)) + bytes(data))
+        f.write(bytes((len(data) >> 8, len(data) & 0xFF)) + data)  # one write: a kill never tears it
         return None
 
     def datetime(self, dt=None):

@@ -23,6 +23,8 @@ from ferry.hwsim.board import BoardConfig, VirtualBoard
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEVICE_DIR = REPO_ROOT / "device"
+UMQTT_RELEASES = REPO_ROOT.parent / "shared" / "thirdparty" / "micropython-lib-umqtt.simple"
+"""micropython-lib's umqtt.simple 1.4.0-1.8.0, unmodified, beside the project (absent in a user's clone)."""
 SITE = "lab"
 CONSOLE_LINE = re.compile(r"^ferry (\d+) (.*)$")
 
@@ -42,6 +44,14 @@ def compile_firmware(out_dir: Path) -> Path:
     lives in `ferry.hwsim.fleet.compile_firmware`, which `ferry sim fleet` uses too.
     """
     return fleet_firmware.compile_firmware(out_dir, mpy_cross())
+
+
+def umqtt_release(version: str) -> Path:
+    """The folder holding `umqtt/simple.py` of that micropython-lib release; skips the test without it."""
+    folder = UMQTT_RELEASES / version
+    if not folder.is_dir():
+        pytest.skip(f"{folder} is absent: micropython-lib's umqtt.simple releases live beside the project")
+    return folder
 
 
 def install_firmware(board: VirtualBoard, build: Path, **config: object) -> dict:

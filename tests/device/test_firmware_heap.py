@@ -121,7 +121,7 @@ for _ in range(50):
 encoder = (micropython.mem_total() - t0) // 50
 t0 = micropython.mem_total()
 for _ in range(50):
-    a.ob.read_into(0, s._rec)
+    a.ob.read_into(0, s._record)
 read_into = (micropython.mem_total() - t0) // 50
 print("ALLOC", per_reading, encoder, read_into, s.acked, gc.mem_free())
 

@@ -51,6 +51,26 @@ print(json.dumps({{"first": first, "dup": dup, "big": big}}))
     assert bytes.fromhex(out["big"]) == bytes([0x32, len(body) & 0x7F | 0x80, len(body) >> 7]) + body
 
 
+def test_connect_is_the_golden_umqtt_packet_and_connack_is_parsed() -> None:
+    """Ferry sends CONNECT itself, byte for byte what umqtt.simple 1.3.4 sends, whichever
+    umqtt.simple a board's image freezes."""
+    client = SESSION["client"]
+    out = run_fw(f"""
+import json, binascii, packets
+c = packets.connect_bytes({client['client_id'].encode()!r}, {client['keepalive_s']}, {client['will_topic'].encode()!r},
+                          {client['will_payload'].encode()!r})
+res = {{"connect": binascii.hexlify(c).decode()}}
+for name, first, body in (("present", 0x20, b"\\x01\\x00"), ("new", 0x20, b"\\x00\\x00"),
+                          ("refused", 0x20, b"\\x00\\x05"), ("publish", 0x30, b"\\x00\\x00"),
+                          ("short", 0x20, b"\\x00")):
+    res[name] = packets.connack_code(first, body, len(body))
+res["present_flag"] = packets.connack_session_present(b"\\x01\\x00")
+print(json.dumps(res))
+""")
+    assert out.pop("connect") == SESSION["packets"][0]["hex"]
+    assert out == {"present": 0, "new": 0, "refused": 5, "publish": -1, "short": -1, "present_flag": 1}
+
+
 def test_incoming_publish_is_parsed_in_place() -> None:
     out = run_fw("""
 import json, packets
@@ -144,7 +164,7 @@ s = Settings.load({str(path)!r})
 cmds = {json.dumps([json.dumps(c) for c in commands] + ["not json"])!r}
 res = []
 for c in json.loads(cmds):
-    reply, changed = commands.handle(s, c.encode())
+    reply, changed = commands.handle(s, c.encode(), len(c))
     res.append([reply.decode(), changed])
 print(json.dumps(res))
 """)
@@ -159,6 +179,35 @@ print(json.dumps(res))
     assert replies[5][0] == {"v": 1, "id": None, "ok": False, "error": "id: must be a string of 1-64 characters"}
     assert replies[6][0] == {"v": 1, "id": None, "ok": False, "error": "payload: not JSON"}
     assert json.loads(path.read_text())["sample_ms"] == 30000
+
+
+def test_commands_that_cannot_be_run_are_answered_never_raised(tmp_path: Path) -> None:
+    """Non-UTF-8, too large (also when the device kept none of it), a failing handler: each gets an
+    error reply, so the device can PUBACK it instead of crashing on it after every redelivery."""
+    path = tmp_path / "ferry_config.json"
+    path.write_text(json.dumps(BASE))
+    big = json.dumps({"v": 1, "id": "c-big", "op": "get", "pad": "x" * 600})
+    out = run_fw(f"""
+import json, commands
+from settings import Settings
+s = Settings.load({str(path)!r})
+res = [commands.MAX_COMMAND_BYTES]
+for payload, size in ((b'\\xff\\xfe{{"v":1}}', 7), ({big!r}.encode(), {len(big)}), (None, 5000)):
+    res.append(commands.handle(s, payload, size)[0].decode())
+def broken(changes):
+    raise RuntimeError("flash driver bug")
+s.update = broken
+res.append(commands.handle(s, b'{{"v":1,"id":"c-47","op":"set","args":{{"sample_s":5}}}}', 52)[0].decode())
+print(json.dumps(res))
+""")
+    limit, *replies = out
+    assert limit == 480
+    assert [json.loads(r) for r in replies] == [
+        {"v": 1, "id": None, "ok": False, "error": "payload: not UTF-8"},
+        {"v": 1, "id": None, "ok": False, "error": f"payload: {len(big)} bytes, more than 480"},
+        {"v": 1, "id": None, "ok": False, "error": "payload: 5000 bytes, more than 480"},
+        {"v": 1, "id": "c-47", "ok": False, "error": "internal: RuntimeError('flash driver bug',)"},
+    ]
 
 
 def test_boot_counter_counts_and_never_reuses_a_number(tmp_path: Path) -> None:

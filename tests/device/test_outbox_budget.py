@@ -83,15 +83,13 @@ staged = measure(lambda i: ob.append(1, i + 1, payload), 8)
 total = measure(lambda i: ob.append(2, i, payload), 200)
 ob.read_into(0, buf)
 read = measure(lambda i: ob.read_into(0, buf), 50)
-boots = [1] * 9 + [2] * 200
-seqs = list(range(9)) + list(range(200))
-ack = measure(lambda i: ob.ack(boots[i], seqs[i]), 30)  # within one segment file
+ack = measure(lambda i: ob.ack_oldest(), 30)  # within one segment file
 acked = ob.tail
 ob.flush()
 micropython.heap_lock()  # any allocation now raises MemoryError
 try:
     ob.append(3, 0, payload)
-    ob.ack(boots[30], seqs[30])
+    ob.ack_oldest()
     locked = "ok"
 except MemoryError:
     locked = "allocated"
@@ -139,7 +137,7 @@ for s in range({n}):
     ob.append(1, s, payload)
     while ob.pending():
         ob.read_into(0, buf)
-        ob.ack(ob.rec_boot, ob.rec_seq)
+        ob.ack_oldest()
 print(json.dumps({{"erases": bd.erases, "progs": bd.progs, "prog_bytes": bd.prog_bytes,
                   "record_syncs": ob.flash_writes, "record_bytes": ob.flash_bytes,
                   "state_writes": ob.state_writes, "state_bytes": ob.state_bytes}}))

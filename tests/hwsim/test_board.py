@@ -154,3 +154,88 @@ def test_reset_cannot_be_swallowed_by_a_bare_except(make_board) -> None:
     board.power_on()
     assert board.wait_for(lambda: len(lines(board)) == 2)
     assert lines(board) == ["out 1", "out 2"]
+
+
+def test_rtc_memory_keeps_the_exact_bytes_of_any_buffer_up_to_2_kib(make_board) -> None:
+    # The outbox writes its state as an array('I') of 13 words: RTC memory must keep its 52 bytes.
+    board = make_board(
+        "import machine\n"
+        "from array import array\n"
+        "rtc = machine.RTC()\n"
+        "words = array('I', [0xF0B1_0000 + i for i in range(13)])\n"
+        "if machine.reset_cause() == machine.PWRON_RESET:\n"
+        "    rtc.memory(words)\n"
+        "    machine.reset()\n"
+        "data = rtc.memory()\n"
+        "print('out', len(data), data == bytes(words))\n"
+        "rtc.memory(bytes(range(256)) * 8)\n"
+        "print('out', len(rtc.memory()), rtc.memory() == bytes(range(256)) * 8)\n"
+        "try:\n    rtc.memory(bytes(2049))\nexcept ValueError as e:\n    print('out', e)\n"
+        "print('out', len(rtc.memory()))\n")
+    board.power_on()
+    assert board.wait_for(lambda: len(lines(board)) == 4)
+    assert lines(board) == ["out 52 True", "out 2048 True", "out buffer too long", "out 2048"]
+
+
+def test_watchdog_keeps_running_through_a_soft_reset_not_a_chip_reset(make_board) -> None:
+    # On an ESP32 a soft reset restarts MicroPython only: the task watchdog keeps counting.
+    # machine.reset() and deep sleep restart the chip, which stops it.
+    board = make_board(
+        "import machine, time\n"
+        "cause = machine.reset_cause()\n"
+        "print('out', cause)\n"
+        "if cause == machine.PWRON_RESET:\n"
+        "    machine.WDT(timeout=1500).feed()\n"
+        "    machine.soft_reset()\n"
+        "elif cause == machine.SOFT_RESET:\n"
+        "    time.sleep(30)  # nobody feeds the watchdog started before the soft reset\n"
+        "elif cause == machine.WDT_RESET:\n"
+        "    machine.WDT(timeout=1500).feed()\n"
+        "    machine.reset()\n"
+        "else:\n"
+        "    time.sleep_ms(2500)\n"
+        "    print('out no watchdog after a chip reset')\n")
+    board.power_on()
+    assert board.wait_for(lambda: len(lines(board)) == 5, timeout_s=20), board.console()[-2000:]
+    assert lines(board) == ["out 1", "out 5", "out 3", "out 2", "out no watchdog after a chip reset"]
+    assert board.boots() == ["pwron", "soft", "wdt", "hard"]
+
+
+def test_frozen_modules_are_found_before_lib_and_are_read_only(make_board, tmp_path: Path) -> None:
+    # A stock ESP32 image freezes umqtt.simple; sys.path is ['', '.frozen', '/lib'], so the
+    # frozen copy shadows the one `ferry flash` puts in /lib.
+    frozen = tmp_path / "image"
+    (frozen / "umqtt").mkdir(parents=True)
+    (frozen / "umqtt" / "simple.py").write_text("WHERE = 'frozen'\n")
+    (frozen / "only_frozen.py").write_text("WHERE = 'frozen'\n")
+    board = make_board(
+        "import umqtt.simple, only_from_lib, only_frozen\n"
+        "print('out', umqtt.simple.WHERE, only_from_lib.WHERE, only_frozen.WHERE)\n"
+        "try:\n    open(only_frozen.__file__, 'w')\nexcept OSError as e:\n    print('out read-only', e.args[0])\n",
+        frozen_dir=frozen)
+    (board.flash_dir / "lib" / "umqtt").mkdir()
+    (board.flash_dir / "lib" / "umqtt" / "simple.py").write_text("WHERE = 'lib'\n")
+    (board.flash_dir / "lib" / "only_from_lib.py").write_text("WHERE = 'lib'\n")
+    board.power_on()
+    assert board.wait_for(lambda: len(lines(board)) == 2), board.console()[-2000:]
+    assert lines(board) == ["out frozen lib frozen", "out read-only 30"]  # EROFS
+    assert (frozen / "only_frozen.py").read_text() == "WHERE = 'frozen'\n"
+
+
+@pytest.mark.parametrize(("chip", "expected"), [
+    ("esp32", "out pin22 ok adc35 ok adc1 invalid pin pin48 invalid pin"),
+    ("esp32s3", "out pin22 invalid pin adc35 invalid pin adc1 ok pin48 ok"),
+    ("esp32c3", "out pin22 invalid pin adc35 invalid pin adc1 ok pin48 invalid pin"),
+])
+def test_chip_profile_decides_which_pins_exist_and_have_an_adc(make_board, chip: str, expected: str) -> None:
+    board = make_board(
+        "import machine\n"
+        "def probe(make):\n"
+        "    try:\n        make()\n        return 'ok'\n"
+        "    except ValueError as e:\n        return str(e)\n"
+        "print('out pin22', probe(lambda: machine.Pin(22)), 'adc35', probe(lambda: machine.ADC(machine.Pin(35))),\n"
+        "      'adc1', probe(lambda: machine.ADC(machine.Pin(1))), 'pin48', probe(lambda: machine.Pin(48)))\n",
+        chip=chip)
+    board.power_on()
+    assert board.wait_for(lambda: len(lines(board)) == 1), board.console()[-2000:]
+    assert lines(board) == [expected]

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import serial
 
-from ferry.hwsim.board import BOOTSTRAP, SHIMS_DIR, BoardConfig
+from ferry.hwsim.board import BoardConfig, board_setup
 from ferry.hwsim.serial_bridge import SerialBridge, serial_bootstrap
 from ferry.hwsim.serial_line import SOFT_REBOOT, ReplMode
 
@@ -65,8 +65,10 @@ def read_until(port: serial.Serial, marker: bytes, timeout_s: float = 10.0) -> b
 
 
 def test_serial_boot_runs_the_boards_own_setup() -> None:
-    setup = BOOTSTRAP.split("\nfor _name in")[0].format(shims=str(SHIMS_DIR), flash="F")
-    code = serial_bootstrap(Path("F"), ("boot.py",))
+    config = BoardConfig(frozen_dir=Path("image"))
+    setup = board_setup(config, Path("F"))
+    assert "image" in setup and "VfsPosix('F')" in setup
+    code = serial_bootstrap(config, Path("F"), ("boot.py",))
     for line in filter(None, (line.strip() for line in setup.splitlines())):
         assert line in code
 

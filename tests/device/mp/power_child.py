@@ -63,7 +63,7 @@ def main(folder, fs, seed, boot, link_up, cfg):
                 ob.read_into(0, buf)
                 b, s = ob.rec_boot, ob.rec_seq
                 print("P", b, s)
-                if not ob.ack(b, s):
+                if not ob.ack_oldest():
                     raise AssertionError("ack of the oldest refused")
                 print("K", b, s)
         seq += 1

@@ -1,0 +1,190 @@
+"""The firmware in the field: bad commands, failed starts, a hung start-up and boards without
+a sensor's pin, on virtual ESP32s (real MicroPython) talking to a real `ferry gateway`.
+
+Each test shows that the board keeps working (or comes back by itself) and says what went
+wrong where the server can see it: a reply, the status message, the crash file on flash.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ferry.gateway.process import GatewayProcess
+from ferry.hwsim.board import VirtualBoard
+from tests.device.fw_support import (
+    SITE, Collector, Delivery, console_lines, device_id, install_firmware, make_board,
+)
+
+pytestmark = pytest.mark.integration
+
+FAST = {
+    "sample_ms": 150,
+    "ack_timeout_ms": 800,
+    "connect_timeout_ms": 800,
+    "backoff_min_ms": 200,
+    "backoff_max_ms": 1600,
+    "keepalive_s": 10,
+    "wdt_timeout_ms": 5000,
+    "outbox_flush_every": 5,
+    "outbox_flush_interval_ms": 500,
+}
+CRASH_FILE = "ferry_crash"
+
+
+@pytest.fixture
+def collector(gateway: GatewayProcess) -> Iterator[Collector]:
+    c = Collector(gateway.port)
+    try:
+        yield c
+    finally:
+        c.close()
+
+
+@pytest.fixture
+def board(tmp_path: Path, firmware: Path, gateway: GatewayProcess):
+    """A factory: board(board_config={...}, **settings) -> a powered-off board with the firmware."""
+    boards: list[VirtualBoard] = []
+
+    def make(board_config: dict | None = None, **settings: object) -> VirtualBoard:
+        b = make_board(tmp_path, f"board{len(boards)}", uid_last=len(boards) + 1, **(board_config or {}))
+        install_firmware(b, firmware, broker_port=gateway.port, **{**FAST, **settings})
+        boards.append(b)
+        return b
+
+    yield make
+    for b in boards:
+        b.stop()
+
+
+def count(collector: Collector, b: VirtualBoard, boot: int) -> int:
+    return Delivery.of(collector.readings(device_id(b))).count(boot)
+
+
+def births(collector: Collector, b: VirtualBoard) -> list[dict]:
+    return [json.loads(m.payload) for m in collector.on(device_id(b), "status")
+            if json.loads(m.payload)["state"] == "online"]
+
+
+# ---------------------------------------------------------------------------- commands
+
+def test_bad_commands_are_answered_and_never_crash_the_loop(board, collector: Collector) -> None:
+    """Non-UTF-8, too large (within the receive buffer and beyond it), unknown, not JSON: each is
+    answered with an error and PUBACKed. The session is persistent, so a command the board
+    crashed on would come back after every reset: one reset here would be a reset loop."""
+    b = board()
+    dev = device_id(b)
+    b.power_on()
+    assert collector.wait_for(lambda: count(collector, b, 1) >= 5, 20), b.console()[-3000:]
+    big = json.dumps({"v": 1, "id": "c-big", "op": "get", "pad": "x" * 560}).encode()
+    huge = json.dumps({"v": 1, "id": "c-huge", "op": "get", "pad": "x" * 3000}).encode()
+    sent = [
+        b"\xff\xfe{\"v\":1,\"id\":\"c-bin\",\"op\":\"get\"}",
+        big,
+        huge,
+        b'{"v":1,"id":"c-op","op":"reboot"}',
+        b'{"v":1,"id":"c-json",',
+        b'{"v":1,"id":"c-get","op":"get"}',
+    ]
+    for payload in sent:
+        collector.publish(f"ferry/{SITE}/{dev}/cmd", payload)
+    assert collector.wait_for(lambda: len(collector.on(dev, "reply")) >= len(sent), 20), b.console()[-3000:]
+    before = count(collector, b, 1)
+    assert collector.wait_for(lambda: count(collector, b, 1) >= before + 10, 20), "it stopped publishing"
+    replies = [json.loads(m.payload) for m in collector.on(dev, "reply")]
+    assert replies == [
+        {"v": 1, "id": None, "ok": False, "error": "payload: not UTF-8"},
+        {"v": 1, "id": None, "ok": False, "error": f"payload: {len(big)} bytes, more than 480"},
+        {"v": 1, "id": None, "ok": False, "error": f"payload: {len(huge)} bytes, more than 480"},
+        {"v": 1, "id": "c-op", "ok": False, "error": "op: unknown 'reboot' (known: set get)"},
+        {"v": 1, "id": None, "ok": False, "error": "payload: not JSON"},
+        {"v": 1, "id": "c-get", "ok": True, "result": {"sample_s": 0, "sample_ms": 150, "mode": "always_on"}},
+    ]
+    assert b.boots() == ["pwron"], b.events
+    assert not console_lines(b, "fatal"), b.console()[-3000:]
+    got = Delivery.of(collector.readings(dev))
+    assert got.gaps(1) == [] and got.first_arrival_order_ok(1)
+    print(f"\nbad commands: {len(sent)} answered ({console_lines(b, 'cmd:')}); {got.count(1)} readings, no reset")
+
+
+# ---------------------------------------------------------------------------- start-up failures
+
+def test_a_failed_start_is_logged_counted_backed_off_and_reported_in_the_status(board, collector: Collector) -> None:
+    """A module that cannot be imported (here a .mpy of another version, as an old mpy-cross
+    makes it: ValueError): main.py writes the crash file, waits, resets; once the module is
+    fixed the board starts, and its status says how many starts failed before it."""
+    b = board()
+    good = (b.flash_dir / "reading.mpy").read_bytes()
+    (b.flash_dir / "reading.mpy").write_bytes(b"M\x05" + good[2:])
+    b.power_on()
+    assert b.wait_for(lambda: console_lines(b, "fatal:"), 15), b.console()[-3000:]
+    crash = (b.flash_dir / CRASH_FILE).read_text()
+    assert crash.startswith("failures 1\n") and "Error" in crash, crash
+    assert len(crash.encode()) <= 512
+    fatal = console_lines(b, "fatal:")[0]
+    assert "reset in 2000 ms" in fatal, fatal
+    (b.flash_dir / "reading.mpy").write_bytes(good)
+    assert b.wait_for(lambda: len(b.boots()) >= 2, 10), b.events
+    assert b.boots()[:2] == ["pwron", "hard"]
+    # The failed start never reached its first reading, so it took no boot number.
+    assert collector.wait_for(lambda: births(collector, b) and count(collector, b, 1) >= 3, 20), b.console()[-3000:]
+    birth = births(collector, b)[0]
+    assert birth["boot"] == 1 and birth["reset"] == "hard"
+    assert birth["boot_failures"] == 1 and birth["faults"] == []
+    # Counted once: the next start that fails again starts over at the shortest back-off.
+    assert b.wait_for(lambda: (b.flash_dir / CRASH_FILE).read_text().startswith("failures 0\n"), 10)
+    assert "Error" in (b.flash_dir / CRASH_FILE).read_text()  # the last crash stays readable
+    print(f"\nfailed start: {fatal}; crash file {crash.splitlines()[:2]}; birth {birth}")
+
+
+def test_memory_error_while_importing_the_firmware_resets_the_board(board) -> None:
+    """A heap too small for the firmware: `import app` raises MemoryError; main.py still logs it,
+    writes the crash file and resets after the back-off (instead of stopping at the REPL)."""
+    b = board(board_config={"heap_bytes": 64 * 1024})
+    b.power_on()
+    assert b.wait_for(lambda: len(b.boots()) >= 2, 20), b.console()[-3000:]
+    assert b.boots()[:2] == ["pwron", "hard"]
+    assert "MemoryError" in console_lines(b, "fatal:")[0], b.console()[-3000:]
+    crash = (b.flash_dir / CRASH_FILE).read_text()
+    assert crash.startswith(("failures 1\n", "failures 2\n")) and "MemoryError" in crash, crash
+    print(f"\nMemoryError at import: {console_lines(b, 'fatal:')}")
+
+
+def test_the_watchdog_runs_before_the_firmware_is_imported(board) -> None:
+    """A start-up that hangs (here in `import app`) ends in a watchdog reset."""
+    b = board()
+    (b.flash_dir / "app.mpy").unlink()
+    (b.flash_dir / "app.py").write_text("while True:\n    pass\n")
+    b.power_on()
+    assert b.wait_for(lambda: len(b.boots()) >= 2, 20), b.console()[-3000:]
+    assert b.boots()[:2] == ["pwron", "wdt"], b.events
+    watchdog = [e for e in b.events if e.kind == "watchdog"]
+    assert watchdog and watchdog[0].detail == f"not fed for {FAST['wdt_timeout_ms']} ms"
+
+
+@pytest.mark.parametrize(("chip", "settings", "faults"), [
+    ("esp32s3", {"i2c_scl_pin": 9, "i2c_sda_pin": 8}, ["battery"]),
+    ("esp32c3", {}, ["sht31", "battery"]),
+], ids=["esp32s3", "esp32c3"])
+def test_a_board_without_a_sensor_pin_runs_and_says_so_in_its_status(board, collector: Collector, chip: str,
+                                                                     settings: dict, faults: list[str]) -> None:
+    """No ADC on pin 35 (ESP32-S3, -C3), no GPIO 22 for the I2C clock (-C3): the firmware runs
+    without that sensor and names it in its status."""
+    b = board(board_config={"chip": chip}, **settings)
+    b.power_on()
+    assert collector.wait_for(lambda: births(collector, b), 20), b.console()[-3000:]
+    birth = births(collector, b)[0]
+    assert birth["faults"] == faults and birth["boot_failures"] == 0
+    if "sht31" in faults:  # nothing to measure: no readings, but connected, answering, alive
+        time.sleep(1.0)
+        assert count(collector, b, 1) == 0
+    else:
+        assert collector.wait_for(lambda: count(collector, b, 1) >= 5, 20)
+        readings = collector.readings(device_id(b))
+        assert all(r.battery_mv is None and set(r.metrics) == {"temp_c", "rh_pct"} for r in readings)
+    assert b.boots() == ["pwron"]
+    print(f"\n{chip}: birth {birth}; {console_lines(b, 'hw:')}")
