@@ -2,7 +2,9 @@
 
 `broker`: Ferry's MQTT gateway against Mosquitto (when installed), with the
 load generator in a process of its own. `server`: readings per second through
-the analytics worker from a pre-filled topic (bench/server.py).
+the analytics worker from a pre-filled topic (bench/server.py). `bridge`:
+devices → gateway → Kafka, Ferry's gateway against Mosquitto plus a paho →
+confluent-kafka forwarder: sustained rate, spool drain, RSS, restart (bench/bridge.py).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from ferry.bench.scenarios import SCENARIOS, Settings
 
 EXIT_NOT_BUILT = 3
 EXIT_INTERRUPTED = 130
-TARGETS = ("broker", "server")
+TARGETS = ("broker", "server", "bridge")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(f"usage: ferry bench {{{','.join(TARGETS)}}} [options]\n\n{__doc__.strip()}\n\n"
-              "`ferry bench broker --help` and `ferry bench server --help` list the options.", file=sys.stderr if not argv else sys.stdout)
+              "`ferry bench TARGET --help` lists the options.", file=sys.stderr if not argv else sys.stdout)
         return 0 if argv else 2
     target, rest = argv[0], argv[1:]
     if target not in TARGETS:
@@ -90,6 +92,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from ferry.bench.server import main as server_main
 
         return server_main(rest)
+    if target == "bridge":
+        from ferry.bench.bridge import main as bridge_main
+
+        return bridge_main(rest)
     args = build_parser().parse_args(rest)
     if args.publishers < 1 or args.subscribers < 1 or args.duration <= 0 or args.connections < 1:
         print("ferry bench broker: --publishers, --subscribers, --connections and --duration must be positive",
