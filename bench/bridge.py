@@ -39,7 +39,7 @@ import confluent_kafka
 from ferry.bench.bridge_kafka import Uplink, count_in_kafka
 from ferry.bench.bridge_model import LoadResult, LoadSpec, device_id
 from ferry.bench.bridge_report import render, write_results_json
-from ferry.bench.bridge_results import BridgeResults, Ceiling, Drain, Restart, Settings, Sustained, SystemRun
+from ferry.bench.bridge_results import PHASES, BridgeResults, Ceiling, Drain, Restart, Settings, Sustained, SystemRun
 from ferry.bench.bridge_systems import (
     FerrySystem, Generator, PeerSystem, System, cpu_shares, cpu_times, generator_ceiling, restart_timeout_s,
     rss_bytes,
@@ -212,15 +212,18 @@ def run_system(make_system: Callable[[str], System], settings: Settings, work_di
         run = _Run(system, uplink, settings, work_dir, progress)
         try:
             system.start()
-            progress(f"  {system.label}: sustained load, {settings.warmup_s:g} s + {settings.duration_s:g} s ...")
-            measured["sustained"] = run.sustained()
-            progress(f"    {_sustained_line(measured['sustained'])}")
-            progress(f"  {system.label}: Kafka down, {settings.spool:,} readings into the spool, then the drain ...")
-            measured["drain"] = run.outage_and_drain()
-            progress(f"    {_drain_line(measured['drain'])}")
-            progress(f"  {system.label}: Kafka down, {settings.spool:,} readings, SIGKILL, restart ...")
-            measured["restart"] = run.restart()
-            progress(f"    {_restart_line(measured['restart'])}")
+            if "sustained" in settings.phases:
+                progress(f"  {system.label}: sustained load, {settings.warmup_s:g} s + {settings.duration_s:g} s ...")
+                measured["sustained"] = run.sustained()
+                progress(f"    {_sustained_line(measured['sustained'])}")
+            if "drain" in settings.phases:
+                progress(f"  {system.label}: Kafka down, {settings.spool:,} readings into the spool, then the drain ...")
+                measured["drain"] = run.outage_and_drain()
+                progress(f"    {_drain_line(measured['drain'])}")
+            if "restart" in settings.phases:
+                progress(f"  {system.label}: Kafka down, {settings.spool:,} readings, SIGKILL, restart ...")
+                measured["restart"] = run.restart()
+                progress(f"    {_restart_line(measured['restart'])}")
             progress(f"  {system.label}: reading every record back from Kafka ...")
             measured["count"] = count_in_kafka(uplink.bootstrap, run.acknowledged,
                                                settings.phase_timeout_s(sum(run.acknowledged.values())))
@@ -293,6 +296,8 @@ def build_parser() -> argparse.ArgumentParser:
                              f"(default {defaults.live_rate_per_s:,})")
     parser.add_argument("--peer", action=argparse.BooleanOptionalAction, default=True,
                         help="also run Mosquitto + the paho → confluent-kafka forwarder (default: when installed)")
+    parser.add_argument("--only", action="append", choices=PHASES, metavar="PHASE",
+                        help=f"run only this phase (repeatable; {', '.join(PHASES)}; default: all)")
     parser.add_argument("--json", type=Path, metavar="OUT.json", help="also write every figure as JSON")
     parser.add_argument("--work-dir", type=Path, metavar="DIR",
                         help="keep data dirs, logs and generator files here (default: a temp dir, removed)")
@@ -313,7 +318,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("ferry bench bridge: --window is at most 65,535 (MQTT packet ids)", file=sys.stderr)
         return 2
     settings = Settings(args.spool, args.duration, args.warmup, args.publishers, args.window, args.live_rate,
-                        args.peer)
+                        args.peer, tuple(p for p in PHASES if p in args.only) if args.only else PHASES)
     mosquitto = find_mosquitto() if args.peer else None
     if args.peer and mosquitto is None:
         print(f"ferry bench bridge: Mosquitto was not found; running Ferry alone ({MOSQUITTO_INSTALL_HINT})",

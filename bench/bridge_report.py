@@ -60,19 +60,22 @@ def verdicts(results: BridgeResults) -> tuple[Verdict, ...]:
         _higher_is_better("drain", d.drain_per_s if d else None, DRAIN_TARGET_PER_S, "msg/s"),
     ]
     rss_target = f"≤ {RSS_TARGET_BYTES / 1e6:.0f} MB at {RSS_TARGET_SPOOL:,} spooled"
-    if d is None:
+    if d is None and r is None:
         out.append(Verdict("RSS", rss_target, None, "not measured"))
     else:
-        peaks = {"with the spool full": d.rss_full_bytes, "during the drain": d.rss_drain_peak_bytes}
+        peaks = {}
+        if d is not None:
+            peaks.update({"with the spool full": d.rss_full_bytes, "during the drain": d.rss_drain_peak_bytes})
         if r is not None:
-            peaks["after the restart"] = r.rss_after_bytes
+            peaks.update({"before the SIGKILL": r.rss_before_kill_bytes, "after the restart": r.rss_after_bytes})
+        spooled = d.spooled if d is not None else r.spooled
         when, rss = max(peaks.items(), key=lambda item: item[1])
-        where = f"{rss / 1e6:,.0f} MB {when}, {d.spooled:,} spooled"
+        where = f"{rss / 1e6:,.0f} MB {when}, {spooled:,} spooled"
         if rss > RSS_TARGET_BYTES:
-            already = "" if d.spooled >= RSS_TARGET_SPOOL else f"; already at {d.spooled:,}, RSS grows with the spool"
+            already = "" if spooled >= RSS_TARGET_SPOOL else f"; already at {spooled:,}, RSS grows with the spool"
             out.append(Verdict("RSS", rss_target, False,
                                f"missed by {(rss - RSS_TARGET_BYTES) / 1e6:,.0f} MB ({where}{already})"))
-        elif d.spooled >= RSS_TARGET_SPOOL:
+        elif spooled >= RSS_TARGET_SPOOL:
             out.append(Verdict("RSS", rss_target, True, where))
         else:
             out.append(Verdict("RSS", rss_target, None, f"{where}: too few to tell"))

@@ -13,6 +13,9 @@ from ferry.bench.bridge_kafka import KafkaCount
 from ferry.bench.bridge_systems import CpuShare
 
 
+PHASES = ("sustained", "drain", "restart")
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """What the command line chose."""
@@ -26,6 +29,8 @@ class Settings:
     live_rate_per_s: int = 1_000
     """Messages per second live devices publish while the spool drains."""
     peer: bool = True
+    phases: tuple[str, ...] = PHASES
+    """Which phases run (`--only`): a 10,000,000-reading restart alone takes ~15 minutes."""
 
     @property
     def spool_capacity(self) -> int:
