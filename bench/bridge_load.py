@@ -26,6 +26,7 @@ from ferry.bench.bridge_model import (
     PAYLOAD_BYTES, PROGRESS_INTERVAL_S, SEQ_BASE, SEQ_LIMIT, TS_BASE_MS, LoadProgress, LoadResult, LoadSpec,
     device_id, payload_parts, read_json, telemetry_topic, write_json_atomic,
 )
+from ferry.event_loop import loop_factory
 from ferry.gateway.mqtt import encode_publish, encode_topic
 
 log = logging.getLogger(__name__)
@@ -246,13 +247,6 @@ async def run_load(spec: LoadSpec) -> LoadResult:
         await asyncio.sleep(0.05)
 
 
-def _loop_factory():
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.new_event_loop
-    return uvloop.new_event_loop
-
 
 def main(argv: list[str]) -> int:
     if len(argv) != 2:
@@ -260,7 +254,7 @@ def main(argv: list[str]) -> int:
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     spec = read_json(LoadSpec, Path(argv[0]))
-    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
         result = runner.run(run_load(spec))
     write_json_atomic(result, Path(argv[1]))
     for error in result.errors:

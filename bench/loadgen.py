@@ -22,6 +22,7 @@ from pathlib import Path
 
 from ferry.bench import wire
 from ferry.bench.model import FlowResult, Histogram, IdleResult, LoadSpec, Mode, read_json, write_json
+from ferry.event_loop import loop_factory
 
 BATCH = 32
 """QoS 0 throughput: messages per write (all stamped with the same send time)."""
@@ -616,13 +617,6 @@ async def run_idle(spec: LoadSpec, nofile: tuple[int, int]) -> IdleResult:
 
 # --------------------------------------------------------------------------- entry point
 
-def _loop_factory():
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.new_event_loop
-    return uvloop.new_event_loop
-
 
 def main(argv: list[str]) -> int:
     if len(argv) != 2:
@@ -633,7 +627,7 @@ def main(argv: list[str]) -> int:
     nofile = raise_nofile_limit()
     if spec.cpu is not None:
         os.sched_setaffinity(0, {spec.cpu})
-    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
         if spec.mode is Mode.IDLE:
             result = runner.run(run_idle(spec, nofile))
         else:

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ferry.addresses import host_port
+from ferry.event_loop import loop_factory
 from ferry.gateway.bridge.bridge import Bridge
 from ferry.gateway.bridge.producer import ProducerSettingsError
 from ferry.gateway.broker.core import Broker
@@ -246,13 +247,6 @@ def _raise_open_files_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def _loop_factory():
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.new_event_loop
-    return uvloop.new_event_loop
-
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
@@ -272,5 +266,5 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"durability {config.store.durability.value}")
         return 0
     _raise_open_files_limit()
-    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
         return runner.run(_run(service, config))

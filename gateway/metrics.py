@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from ferry.gateway.broker.core import Broker
 from ferry.gateway.broker.stats import DropReason
+from ferry.prometheus import prometheus_text
 
 log = logging.getLogger(__name__)
 
@@ -153,19 +154,6 @@ def bridge_metrics(bridge, broker: Broker) -> list[Metric]:
         single("ferry_bridge_kafka_connected", "gauge", "1 while a connection to a Kafka broker is up.",
                1 if bridge.kafka_connected else 0),
     ]
-
-
-def prometheus_text(metrics: list[Metric]) -> str:
-    """The Prometheus text exposition format, version 0.0.4."""
-    lines = []
-    for metric in metrics:
-        lines.append(f"# HELP {metric.name} {metric.help}")
-        lines.append(f"# TYPE {metric.name} {metric.kind}")
-        for labels, value in metric.samples:
-            label_text = ",".join(f'{k}="{v}"' for k, v in labels)
-            name = f"{metric.name}{{{label_text}}}" if labels else metric.name
-            lines.append(f"{name} {value:.17g}")
-    return "\n".join(lines) + "\n"
 
 
 class SysPublisher:
