@@ -6,7 +6,8 @@ member of the consumer group for its own part (`?scope=local`) and merges the
 answers, so two workers answer the same as one. A member that does not answer
 makes the view fail with 503 naming it, rather than return partial numbers; so
 does a worker whose tables are being recovered (`WorkerState.ready`), rather than
-answer from a half-replayed changelog.
+answer from a half-replayed changelog. `/metrics` (`ferry.server.metrics`) is this
+worker's alone, and answers while it recovers too.
 """
 
 from __future__ import annotations
@@ -19,7 +20,10 @@ import aiohttp
 import faust
 from faust.web import Request, Response, View
 
+from ferry.prometheus import CONTENT_TYPE as PROMETHEUS_CONTENT_TYPE
+from ferry.prometheus import prometheus_text
 from ferry.server.accounting import detail, summary
+from ferry.server.metrics import collect as collect_metrics
 from ferry.server.windows import series as series_view
 
 if TYPE_CHECKING:
@@ -141,6 +145,15 @@ def register_views(app: faust.App, worker: "WorkerState", devices_table: Any) ->
                 except PeerError as exc:
                     return self.json({"error": str(exc)}, status=503)
             return self.json({"alerts": newest(alerts, limit)})
+
+    @app.page("/metrics")
+    class MetricsView(View):
+        """This worker's own numbers in Prometheus' text format; answers while recovering too."""
+
+        async def get(self, request: Request) -> Response:
+            text = prometheus_text(collect_metrics(worker, app.monitor.tp_end_offsets))
+            # The type goes in the headers: aiohttp refuses a charset in its content_type argument.
+            return self.bytes(text.encode(), headers={"Content-Type": PROMETHEUS_CONTENT_TYPE})
 
     @app.page("/devices/{device}")
     class DeviceView(View):

@@ -61,6 +61,13 @@ class WorkerState:
         self.watch = StallWatch(config.broker, config.stall_timeout_s)
         self.stall_reason: str | None = None
         self.counts: dict[str, int] = {}
+        """Records processed by `<channel>.<verdict>` (`ferry.server.logic`), e.g. `telemetry.duplicate`."""
+        self.batches = 0
+        """Batches processed (written and acknowledged)."""
+        self.batch_seconds_total = 0.0
+        self.last_batch_seconds: float | None = None
+        """How long the last batch took, from taking its records to Kafka's last acknowledgement."""
+        self.last_batch_records = 0
 
     @property
     def ready(self) -> bool:
@@ -131,6 +138,7 @@ class WorkerState:
 
         Raises `LostWrite` if Kafka refused one; then the tables may hold what their changelogs do not.
         """
+        started = time.monotonic()
         records = list(records)
         # A full batch means more records were waiting: the worker is behind its topics.
         self.lagging = len(records) >= self.config.batch_size
@@ -147,8 +155,12 @@ class WorkerState:
                    for device, (partition, value) in result.history.items()])
             for verdict, n in result.verdicts.items():
                 self.counts[verdict] = self.counts.get(verdict, 0) + n
-            self.watch.processed(((self._topic(r.channel), r.partition, r.offset) for r in records),
-                                 time.monotonic())
+            done = time.monotonic()
+            self.watch.processed(((self._topic(r.channel), r.partition, r.offset) for r in records), done)
+            self.batches += 1
+            self.last_batch_seconds = done - started
+            self.batch_seconds_total += done - started
+            self.last_batch_records = len(records)
             return result
 
     def _topic(self, channel: str) -> str:
