@@ -8,26 +8,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
 
 from ferry.gateway.broker.core import Broker
 from ferry.gateway.broker.stats import DropReason
-from ferry.prometheus import prometheus_text
+from ferry.prometheus import Metric, prometheus_text
 
 log = logging.getLogger(__name__)
 
 SYS_INTERVAL_S = 10.0
 _HTTP_TIMEOUT_S = 10.0
-
-
-@dataclass(frozen=True, slots=True)
-class Metric:
-    """One Prometheus sample family: name, type, help and (labels, value) samples."""
-
-    name: str
-    kind: str
-    help: str
-    samples: tuple[tuple[tuple[tuple[str, str], ...], float], ...]
 
 
 def collect(broker: Broker, server, journal, bridge=None, disk=None) -> list[Metric]:
