@@ -253,13 +253,29 @@ def test_half_open_link_is_detected_and_in_flight_readings_are_resent(board, col
     assert any("connect failed" in m for m in console_lines(b, "mqtt:")), "no attempt during the blackhole"
 
 
+def wait_for_ping_round_trip(b, link: LinkThread, timeout_s: float = 10.0) -> None:
+    """Wait until the link carried a PINGREQ alone upstream (2 bytes) and then something back."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        before = link.stats()
+        assert b.wait_for(lambda: link.stats().bytes_upstream != before.bytes_upstream, timeout_s=5, poll_s=0.002)
+        sent = link.stats()
+        if sent.bytes_upstream - before.bytes_upstream == 2:
+            assert b.wait_for(lambda: link.stats().bytes_downstream != sent.bytes_downstream, timeout_s=5,
+                              poll_s=0.002)
+            return
+    raise AssertionError("no lone PINGREQ on the link")
+
+
 def test_idle_half_open_link_is_detected_by_ping(board, collector: Collector, link: LinkThread) -> None:
     b = board(sample_ms=20000, keepalive_s=2)  # one reading, then idle: pings every second
     b.power_on()
     wait_for_readings(collector, b, boot=1, count=1)
-    link.set_profile("blackhole")
+    wait_for_ping_round_trip(b, link)  # nothing in flight from here: a ping comes 1 s after the last send,
+    link.set_profile("blackhole")      # later than any ack deadline (800 ms)
     t0 = time.monotonic()
-    assert b.wait_for(lambda: console_lines(b, "mqtt: link lost: no PINGRESP"), timeout_s=15, poll_s=0.01)
+    assert b.wait_for(lambda: console_lines(b, "mqtt: link lost: no PINGRESP"), timeout_s=15, poll_s=0.01), \
+        console_lines(b, "mqtt:")
     detected_s = time.monotonic() - t0
     link.set_profile("perfect")
     assert b.wait_for(lambda: len(console_lines(b, "mqtt: connected")) >= 2, timeout_s=15)
