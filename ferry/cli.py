@@ -28,6 +28,7 @@ SUBCOMMANDS = (
     Subcommand("sim", "run simulated boards, links and power cuts", "ferry.hwsim.cli"),
     Subcommand("demo", "run the whole pipeline locally with a simulated fleet", "ferry.demo"),
     Subcommand("bench", "benchmark a part of Ferry against a peer", "ferry.bench.main"),
+    Subcommand("passwd", "add, change or delete a user in a gateway password file", "ferry.gateway.auth.passwd_cli"),
 )
 
 

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ferry.addresses import host_port
+from ferry.gateway.auth.acl import AclRule, parse_rule
+from ferry.gateway.auth.config import AuthConfig
 from ferry.gateway.bridge.config import BridgeConfig, check_bridge
 from ferry.gateway.broker.config import BrokerConfig
 from ferry.gateway.store import Durability
@@ -48,12 +50,35 @@ class ServiceConfig:
     """`[gateway]`: where the gateway listens and keeps its data (each also a `ferry gateway` option,
     which wins over the file)."""
 
-    listen: str = "127.0.0.1:1883"
-    """MQTT listener, `HOST:PORT` (`--listen`); `0.0.0.0:1883` serves the whole network."""
+    listen: str | None = None
+    """Plain MQTT listener, `HOST:PORT` (`--listen`); `0.0.0.0:1883` serves the whole network.
+    Unset: 127.0.0.1:1883 when there is no `[[listener]]` table, else none."""
     data_dir: str | None = None
     """Folder of the store: the journal, its snapshots, the bridge's spool (`--data-dir`; required)."""
     metrics: str | None = None
     """Prometheus metrics over HTTP at `http://HOST:PORT/metrics` (`--metrics`); off when unset."""
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerConfig:
+    """One `[[listener]]` table: an MQTT listener, plain or TLS."""
+
+    listen: str = ""
+    """`HOST:PORT` (required)."""
+    tls_cert: str | None = None
+    """PEM certificate chain of the gateway; with `tls_key`, makes this a TLS listener (TLS 1.2+)."""
+    tls_key: str | None = None
+    """PEM private key of `tls_cert`."""
+    tls_client_ca: str | None = None
+    """PEM CA certificates that client certificates are verified against; unset: none asked for."""
+    require_client_cert: bool = False
+    """Refuse the TLS handshake of a client without a certificate signed by `tls_client_ca`."""
+    cert_cn_as_username: bool = True
+    """A verified client certificate's common name is the client's user name (no password needed)."""
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +89,11 @@ class GatewayConfig:
     broker: BrokerConfig = field(default_factory=BrokerConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     bridge: BridgeConfig = field(default_factory=BridgeConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    listener: tuple[ListenerConfig, ...] = ()
+    """`[[listener]]` tables: listeners besides (or, without `gateway.listen`, instead of) the plain one."""
+    acl: tuple[AclRule, ...] = ()
+    """`[[acl]]` tables, in order: checked before the roles' default rules, first match wins."""
 
 
 def _convert(where: str, value: object, kind: object) -> object:
@@ -90,6 +120,11 @@ def _convert(where: str, value: object, kind: object) -> object:
         return value
     if kind is type(None):
         raise ConfigError(f"{where}: cannot be empty")
+    if typing.get_origin(kind) is tuple:
+        # A list of strings (`auth.operators`).
+        if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+            raise ConfigError(f"{where}: expected a list of strings, got {value!r}")
+        return tuple(value)
     if typing.get_origin(kind) is dict:
         # A pass-through table of scalars (`bridge.librdkafka`).
         if not isinstance(value, dict):
@@ -123,24 +158,53 @@ def _section(name: str, cls: type, values: object) -> object:
     return cls(**kwargs)
 
 
-def parse_config(text: str, source: str = "ferry.toml", kafka: str | None = None) -> GatewayConfig:
+def _tables(name: str, values: object) -> list[dict]:
+    if not isinstance(values, list) or not all(isinstance(v, dict) for v in values):
+        raise ConfigError(f"{name}: expected [[{name}]] tables")
+    return values
+
+
+def _acl_rule(where: str, table: dict) -> AclRule:
+    try:
+        return parse_rule(where, table)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+DEFAULT_LISTEN = "127.0.0.1:1883"
+
+
+def parse_config(text: str, source: str = "ferry.toml", kafka: str | None = None, *,
+                 allow_anonymous: bool = False, password_file: str | None = None) -> GatewayConfig:
     """Parse and validate a config file's text; raises ConfigError naming the key.
 
-    `kafka` (from `ferry gateway --kafka`) replaces `bridge.kafka`, turning the bridge on.
+    `kafka` (from `ferry gateway --kafka`) replaces `bridge.kafka`, turning the bridge on;
+    `allow_anonymous` (`--allow-anonymous`) sets `auth.allow_anonymous`, `password_file`
+    (`--password-file`) replaces `auth.password_file`.
     """
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{source}: not valid TOML: {exc}") from None
     sections = {f.name: typing.get_type_hints(GatewayConfig)[f.name] for f in dataclasses.fields(GatewayConfig)}
-    kwargs = {}
+    kwargs: dict[str, object] = {}
     for name, values in raw.items():
         if name not in sections:
             raise ConfigError(f"{name}: unknown section (known: {', '.join(sorted(sections))})")
-        kwargs[name] = _section(name, sections[name], values)
+        if name == "listener":
+            kwargs[name] = tuple(_section(f"listener[{i}]", ListenerConfig, table)
+                                 for i, table in enumerate(_tables(name, values)))
+        elif name == "acl":
+            kwargs[name] = tuple(_acl_rule(f"acl[{i}]", table) for i, table in enumerate(_tables(name, values)))
+        else:
+            kwargs[name] = _section(name, sections[name], values)
     config = GatewayConfig(**kwargs)
     if kafka is not None:
         config = dataclasses.replace(config, bridge=dataclasses.replace(config.bridge, kafka=kafka))
+    if allow_anonymous:
+        config = dataclasses.replace(config, auth=dataclasses.replace(config.auth, allow_anonymous=True))
+    if password_file is not None:
+        config = dataclasses.replace(config, auth=dataclasses.replace(config.auth, password_file=password_file))
     _check_ranges(config)
     return config
 
@@ -163,6 +227,8 @@ def _check_ranges(config: GatewayConfig) -> None:
                 host_port(value)
             except argparse.ArgumentTypeError as exc:
                 raise ConfigError(f"gateway.{key}: {exc}") from None
+    for i, listener in enumerate(config.listener):
+        _check_listener(f"listener[{i}]", listener)
     if config.gateway.data_dir == "":
         raise ConfigError("gateway.data_dir: must not be empty")
     if config.store.segment_max_bytes < 4096:
@@ -175,12 +241,38 @@ def _check_ranges(config: GatewayConfig) -> None:
                           "leave out the [bridge] table to run without it")
 
 
-def load_config(path: Path | None, kafka: str | None = None) -> GatewayConfig:
-    """The config in `path`, or the defaults when no file is given; `kafka` as in `parse_config`."""
+def check_can_connect(config: GatewayConfig) -> None:
+    """Refuse a configuration under which no client could ever connect (the default one, until a
+    password file, client certificates or anonymous access is configured)."""
+    auth = config.auth
+    if not (auth.password_file or auth.allow_anonymous or any(l.tls_client_ca for l in config.listener)):
+        raise ConfigError("auth.password_file: required, or a [[listener]] with tls_client_ca, or "
+                          "auth.allow_anonymous = true (--allow-anonymous): else no client can connect")
+
+
+def _check_listener(where: str, listener: ListenerConfig) -> None:
+    if not listener.listen:
+        raise ConfigError(f"{where}.listen: required (HOST:PORT)")
+    try:
+        host_port(listener.listen)
+    except argparse.ArgumentTypeError as exc:
+        raise ConfigError(f"{where}.listen: {exc}") from None
+    if (listener.tls_cert is None) != (listener.tls_key is None):
+        raise ConfigError(f"{where}.{'tls_key' if listener.tls_key is None else 'tls_cert'}: "
+                          "tls_cert and tls_key go together")
+    if not listener.tls and (listener.tls_client_ca or listener.require_client_cert):
+        raise ConfigError(f"{where}.tls_cert: client certificates need a TLS listener")
+    if listener.require_client_cert and not listener.tls_client_ca:
+        raise ConfigError(f"{where}.tls_client_ca: required by require_client_cert")
+
+
+def load_config(path: Path | None, kafka: str | None = None, **overrides: object) -> GatewayConfig:
+    """The config in `path`, or the defaults when no file is given; `kafka` and `overrides` as in
+    `parse_config`."""
     if path is None:
-        return parse_config("", "--kafka", kafka)
+        return parse_config("", "command line", kafka, **overrides)
     try:
         text = path.read_text()
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
-    return parse_config(text, str(path), kafka)
+    return parse_config(text, str(path), kafka, **overrides)

@@ -20,11 +20,17 @@ from pathlib import Path
 
 from ferry.addresses import host_port
 from ferry.event_loop import loop_factory
+from ferry.gateway.auth.access import AccessControl
+from ferry.gateway.auth.acl import Acl
+from ferry.gateway.auth.authenticator import Authenticator
+from ferry.gateway.auth.passwords import PasswordFileError
 from ferry.gateway.bridge.bridge import Bridge
 from ferry.gateway.bridge.producer import ProducerSettingsError
 from ferry.gateway.broker.core import Broker
 from ferry.gateway.broker.recovery import durable_records, restore
-from ferry.gateway.config import ConfigError, GatewayConfig, load_config
+from ferry.gateway.config import (
+    DEFAULT_LISTEN, ConfigError, GatewayConfig, ListenerConfig, check_can_connect, load_config,
+)
 from ferry.gateway.metrics import MetricsServer, SysPublisher
 from ferry.gateway.server import MqttServer
 from ferry.gateway.disk import DiskGuard
@@ -32,6 +38,7 @@ from ferry.gateway.store import Durability, Journal, StoreFormatError, recover
 from ferry.gateway.store.spool import SPOOL_DIR
 from ferry.gateway.store.spool_queue import SpoolQueue
 from ferry.gateway.systemd import configure_logging, notify, watchdog_interval_s
+from ferry.gateway.tls import server_context
 
 log = logging.getLogger("ferry.gateway")
 
@@ -47,7 +54,12 @@ SYSTEMD_UNIT = DEPLOY_DIR / "ferry-gateway.service"
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ferry gateway", description=__doc__)
     parser.add_argument("--listen", type=host_port, metavar="HOST:PORT",
-                        help="MQTT listener (gateway.listen, default 127.0.0.1:1883; port 0 picks a free one)")
+                        help="plain MQTT listener (gateway.listen, default 127.0.0.1:1883 without [[listener]] "
+                             "tables; port 0 picks a free one)")
+    parser.add_argument("--password-file", metavar="FILE",
+                        help="users and password hashes, made with `ferry passwd` (auth.password_file)")
+    parser.add_argument("--allow-anonymous", action="store_true",
+                        help="let clients connect without a user name (auth.allow_anonymous = true)")
     parser.add_argument("--data-dir", type=Path, help="where the store lives (gateway.data_dir; required)")
     parser.add_argument("--config", type=Path, help="ferry.toml; defaults apply without it")
     parser.add_argument("--metrics", type=host_port, metavar="HOST:PORT",
@@ -69,20 +81,35 @@ def build_parser() -> argparse.ArgumentParser:
 class Service:
     """Where this run listens and keeps its data: the command line over `[gateway]`."""
 
-    listen: tuple[str, int]
+    listeners: tuple[tuple[str, tuple[str, int], ListenerConfig | None], ...]
+    """(config key, address, the `[[listener]]` table or None for the plain `gateway.listen`)."""
     data_dir: Path
     metrics: tuple[str, int] | None
 
 
+def plain_service(listen: tuple[str, int], data_dir: Path, metrics: tuple[str, int] | None = None) -> Service:
+    """One plain listener (in-process tests)."""
+    return Service((("gateway.listen", listen, None),), data_dir, metrics)
+
+
 def resolve_service(args: argparse.Namespace, config: GatewayConfig) -> Service:
-    """The effective listener, data dir and metrics address; ConfigError naming the key if unusable."""
+    """The effective listeners, data dir and metrics address; ConfigError naming the key if unusable."""
     data_dir = args.data_dir or (Path(config.gateway.data_dir) if config.gateway.data_dir else None)
     if data_dir is None:
         raise ConfigError("gateway.data_dir: required (set it in [gateway] or pass --data-dir)")
+    check_can_connect(config)
     metrics = args.metrics
     if metrics is None and config.gateway.metrics is not None:
         metrics = host_port(config.gateway.metrics)
-    return Service(args.listen or host_port(config.gateway.listen), data_dir, metrics)
+    listeners = []
+    plain = args.listen or (host_port(config.gateway.listen) if config.gateway.listen else None)
+    if plain is None and not config.listener:
+        plain = host_port(DEFAULT_LISTEN)
+    if plain is not None:
+        listeners.append(("gateway.listen", plain, None))
+    for i, listener in enumerate(config.listener):
+        listeners.append((f"listener[{i}]", host_port(listener.listen), listener))
+    return Service(tuple(listeners), data_dir, metrics)
 
 
 class Gateway:
@@ -93,6 +120,7 @@ class Gateway:
         self.config = config
         self.data_dir = data_dir
         self.server: MqttServer | None = None
+        self.authenticator: Authenticator | None = None
         self.metrics: MetricsServer | None = None
         self.bridge: Bridge | None = None
         self.journal: Journal | None = None
@@ -101,7 +129,8 @@ class Gateway:
         self.store_failed = asyncio.Event()
         self._loop = asyncio.get_running_loop()
 
-    async def start(self, listen: tuple[str, int], metrics: tuple[str, int] | None) -> tuple[str, int]:
+    async def start(self, service: Service) -> list[tuple[str, int]]:
+        """Recover the store and open every listener; returns the addresses bound, in order."""
         store_dir = self.data_dir / "store"
         store_dir.mkdir(parents=True, exist_ok=True)
         state, _ = recover(store_dir)  # logs what it kept and what it dropped
@@ -110,9 +139,17 @@ class Gateway:
                                on_commit=self._on_commit,
                                on_error=lambda exc: self._loop.call_soon_threadsafe(self.store_failed.set))
         self.journal.open(state)
-        broker = Broker(self.config.broker, self.journal, now=time.monotonic(), wall=time.time())
+        try:
+            self.authenticator = Authenticator(self.config.auth)
+        except PasswordFileError as exc:
+            raise ConfigError(f"auth.password_file: {exc}") from None
+        auth = self.config.auth
+        access = AccessControl(Acl(self.config.acl, defaults=auth.acl_defaults), self.authenticator.is_user,
+                               lambda user: auth.anonymous_role if user is None else auth.role_of(user))
+        broker = Broker(self.config.broker, self.journal, now=time.monotonic(), wall=time.time(), access=access)
         restore(broker, state, time.monotonic())
-        self.server = MqttServer(broker, self.journal, housekeeping=self._housekeeping)
+        self.server = MqttServer(broker, self.journal, housekeeping=self._housekeeping,
+                                 authenticator=self.authenticator)
         self.disk_guard = DiskGuard(store_dir, self.config.store.min_free_disk_bytes)
         self._check_disk()
         if self.config.bridge.enabled:
@@ -129,14 +166,19 @@ class Gateway:
                 raise ConfigError(f"bridge.librdkafka: {exc}") from None
         sys_publisher = SysPublisher(broker, self.server, self.journal, self.bridge, self.disk_guard)
         self.server.add_tick(sys_publisher.tick)
-        host, port = await self.server.start(*listen)
-        log.info("listening on %s:%d (durability=%s, data dir %s)", host, port,
-                 self.config.store.durability.value, self.data_dir)
-        if metrics is not None:
+        bound = []
+        for key, (host, port), listener in service.listeners:
+            tls = None if listener is None or not listener.tls else server_context(key, listener)
+            address = await self.server.start(host, port, tls, tls is not None and listener.cert_cn_as_username)
+            bound.append(address)
+            log.info("listening on %s:%d%s (%s)", *address, " with TLS" if tls else "", key)
+        log.info("durability=%s, data dir %s, anonymous clients %s", self.config.store.durability.value,
+                 self.data_dir, "allowed" if self.config.auth.allow_anonymous else "refused")
+        if service.metrics is not None:
             self.metrics = MetricsServer(broker, self.server, self.journal, self.bridge, self.disk_guard)
-            metrics_host, metrics_port = await self.metrics.start(*metrics)
+            metrics_host, metrics_port = await self.metrics.start(*service.metrics)
             log.info("metrics on http://%s:%d/metrics", metrics_host, metrics_port)
-        return host, port
+        return bound
 
     def _on_commit(self, batch: int) -> None:
         """In the journal's writer thread: release what waited for `batch`, and look at the free disk
@@ -198,7 +240,7 @@ async def _run(service: Service, config: GatewayConfig) -> int:
     """
     gateway = Gateway(config, service.data_dir)
     try:
-        host, port = await gateway.start(service.listen, service.metrics)
+        bound = await gateway.start(service)
     except ConfigError as exc:
         print(f"ferry gateway: config error: {exc}", file=sys.stderr)
         await gateway.stop()
@@ -208,7 +250,7 @@ async def _run(service: Service, config: GatewayConfig) -> int:
         print(f"ferry gateway: store error: {exc}", file=sys.stderr)
         await gateway.stop()
         return EXIT_CONFIG
-    notify(f"READY=1\nSTATUS=listening on {host}:{port}")
+    notify("READY=1\nSTATUS=listening on " + ", ".join(f"{host}:{port}" for host, port in bound))
     interval_s = watchdog_interval_s()
     watchdog = None if interval_s is None else asyncio.get_running_loop().create_task(_feed_watchdog(interval_s))
     try:
@@ -223,6 +265,7 @@ async def _serve(gateway: Gateway) -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, gateway.authenticator.reload)  # as Mosquitto rereads its files
     stopped = loop.create_task(stop.wait())
     failed = loop.create_task(gateway.store_failed.wait())
     await asyncio.wait([stopped, failed], return_when=asyncio.FIRST_COMPLETED)
@@ -240,6 +283,19 @@ async def _serve(gateway: Gateway) -> int:
     return 0
 
 
+def check_files(service: Service, config: GatewayConfig) -> int | None:
+    """Load the password file and every listener's TLS files as the gateway would; the number of
+    users (None without a password file), or ConfigError naming the key."""
+    for key, _, listener in service.listeners:
+        if listener is not None and listener.tls:
+            server_context(key, listener)
+    try:
+        authenticator = Authenticator(config.auth)
+    except PasswordFileError as exc:
+        raise ConfigError(f"auth.password_file: {exc}") from None
+    return authenticator.user_count
+
+
 def _raise_open_files_limit() -> None:
     """Each client is a socket: allow as many as the hard limit permits (10,000 idle devices and more)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -255,15 +311,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     configure_logging(args.log_level)
     try:
-        config = load_config(args.config, args.kafka)
+        config = load_config(args.config, args.kafka, allow_anonymous=args.allow_anonymous,
+                             password_file=args.password_file)
         service = resolve_service(args, config)
     except ConfigError as exc:
         print(f"ferry gateway: config error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     if args.check_config:
-        print(f"{args.config or 'defaults'}: valid; listen {service.listen[0]}:{service.listen[1]}, "
+        try:
+            users = check_files(service, config)
+        except ConfigError as exc:
+            print(f"ferry gateway: config error: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
+        listeners = ", ".join(f"{host}:{port}{' TLS' if listener and listener.tls else ''}"
+                              for _, (host, port), listener in service.listeners)
+        print(f"{args.config or 'defaults'}: valid; listen {listeners}, "
               f"data dir {service.data_dir}, bridge {config.bridge.kafka or 'off'}, "
-              f"durability {config.store.durability.value}")
+              f"durability {config.store.durability.value}, "
+              f"{'no password file' if users is None else f'{users} users'}, "
+              f"anonymous clients {'allowed' if config.auth.allow_anonymous else 'refused'}")
         return 0
     _raise_open_files_limit()
     with asyncio.Runner(loop_factory=loop_factory()) as runner:

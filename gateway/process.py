@@ -29,7 +29,7 @@ class GatewayProcess:
 
     def __init__(self, data_dir: Path, *, config_text: str | None = None, port: int | None = None,
                  metrics_port: int | None = None, host: str = "127.0.0.1",
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, allow_anonymous: bool = True) -> None:
         self.host = host
         self.env = None if env is None else {**os.environ, **env}
         self.port = port or free_port(host)
@@ -40,6 +40,8 @@ class GatewayProcess:
             self.config_path = data_dir / "ferry.toml"
             data_dir.mkdir(parents=True, exist_ok=True)
             self.config_path.write_text(config_text)
+        self.allow_anonymous = allow_anonymous
+        """Pass `--allow-anonymous` (tests and benchmarks whose clients have no password)."""
         self.starts = 0
         self.process: ManagedProcess | None = None
 
@@ -50,6 +52,8 @@ class GatewayProcess:
             argv += ["--config", str(self.config_path)]
         if self.metrics_port is not None:
             argv += ["--metrics", f"{self.host}:{self.metrics_port}"]
+        if self.allow_anonymous:
+            argv.append("--allow-anonymous")
         return argv
 
     @property

@@ -69,6 +69,19 @@ STOP_FLUSH_S = 5.0
 DRAIN_RATE_WINDOW_S = 10
 
 
+def publisher_owns_topic(topic: str, publisher: str | None) -> bool:
+    """Whether a message may become a Kafka record: an authenticated publisher only writes the topics
+    of the device it is (`ferry/<site>/<its user name>/...`), whatever the ACL lets through; commands
+    are not produced and anonymous publishers (only where `auth.allow_anonymous` lets them in) have
+    no name to check."""
+    if publisher is None:
+        return True
+    levels = topic.split("/", 3)
+    if len(levels) == 4 and levels[3] == Channel.CMD.value:
+        return True
+    return len(levels) >= 3 and levels[2] == publisher
+
+
 @dataclass(slots=True)
 class BridgeStats:
     """Running totals since start, for the metrics."""
@@ -160,7 +173,8 @@ class Bridge:
         # refuses them and an operator can reach devices (slow them down) during a long uplink outage.
         self.broker.set_session_policy(CLIENT_ID, SessionPolicy(
             config.spool_max_messages, config.spool_max_bytes,
-            drop_oldest=config.overflow is Overflow.DROP_OLDEST, ignored=(COMMAND_FILTER,)))
+            drop_oldest=config.overflow is Overflow.DROP_OLDEST, ignored=(COMMAND_FILTER,),
+            admits=publisher_owns_topic))
         self.spool = spool
         self.broker.attach_spool(CLIENT_ID, spool)
         spool.on_append = self._pump_soon

@@ -17,10 +17,13 @@ import secrets
 from collections.abc import Callable
 from typing import Protocol
 
+from ferry.gateway.auth.access import AccessControl
+from ferry.gateway.auth.acl import Grant
 from ferry.gateway.broker import delivery, routing
 from ferry.gateway.broker.config import NEVER_EXPIRES, BrokerConfig, SessionPolicy
 from ferry.gateway.broker.policies import SessionPolicies
 from ferry.gateway.broker.index import Subscribed, SubscriptionIndex
+from ferry.gateway.broker.limits import BrokerLimits
 from ferry.gateway.broker.session import Connection, Delivery, DeliveryState, Message, Session
 from ferry.gateway.broker.stats import BrokerStats, DropReason
 from ferry.gateway.mqtt import (
@@ -74,10 +77,17 @@ class Broker:
     """All sessions, subscriptions and retained messages of one gateway."""
 
     def __init__(self, config: BrokerConfig, journal: RecordSink, *, now: float, wall: float,
-                 new_client_id: Callable[[], str] = random_client_id) -> None:
+                 new_client_id: Callable[[], str] = random_client_id,
+                 access: AccessControl | None = None) -> None:
         self.config = config
+        self.access = access
+        """Authorisation of client connections; None: every client may do everything (core tests)."""
         self.journal = journal
         self.stats = BrokerStats()
+        self.limits = BrokerLimits(config, self.stats)
+        self.backed_up: Connection | None = None
+        """Set when a QoS 0 delivery found a connection's output over `max_output_buffer_bytes`: the
+        network layer stops reading the client whose packet it handles until that output drains."""
         self.sessions: dict[str, Session] = {}
         self.connections: dict[int, Connection] = {}
         self.index = SubscriptionIndex()
@@ -333,6 +343,8 @@ class Broker:
             self._send_packet(conn, Connack(False, ReasonCode.CLIENT_IDENTIFIER_NOT_VALID))
             self._close(conn, ReasonCode.CLIENT_IDENTIFIER_NOT_VALID, send_disconnect=False)
             return
+        if self.access is not None and not conn.internal and self._refuse_identity(conn, packet, client_id, now):
+            return
         props = packet.properties
         if v5 and props.authentication_method is not None:
             # No enhanced authentication is offered: refuse the method and close [MQTT-4.12.0-1].
@@ -346,7 +358,7 @@ class Broker:
             if policy is not None:  # the gateway's own session is not bound by client limits
                 expiry = props.session_expiry_interval or 0
             if props.receive_maximum:
-                conn.inflight_limit = min(props.receive_maximum, 65535)
+                conn.inflight_limit = min(props.receive_maximum, self.config.max_inflight_messages)
             if props.maximum_packet_size:
                 conn.max_packet_size = props.maximum_packet_size
         else:
@@ -361,6 +373,11 @@ class Broker:
                 self._close(conn, ReasonCode.CLIENT_IDENTIFIER_NOT_VALID, send_disconnect=False)
                 return
             keepalive = server_keepalive = self.config.max_keepalive_s
+        refusal = self.limits.session_refusal(conn, client_id, expiry, self.sessions, now)
+        if refusal is not None:
+            self._send_packet(conn, Connack(False, refusal))
+            self._close(conn, refusal, send_disconnect=False)
+            return
         conn.keepalive_s = keepalive
         conn.will = packet.will
         before = self._appends
@@ -382,13 +399,15 @@ class Broker:
         if session is None:
             session = Session(client_id, packet.protocol_version, expiry)
             self.sessions[client_id] = session
+        if conn.identity is not None:
+            session.owner = conn.identity.username or ""
         session.protocol_version = packet.protocol_version
         session.expiry_interval_s = expiry
         session.expires_at = None
         session.connection = conn
         conn.session = session
         if session.persistent:
-            self._record(rec.SessionSaved(client_id, int(packet.protocol_version), expiry))
+            self._record(rec.SessionSaved(client_id, int(packet.protocol_version), expiry, session.owner))
             session.stored = True
         elif session.stored:
             self._record(rec.SessionDeleted(client_id))
@@ -410,6 +429,27 @@ class Broker:
                           self._wait_batch(before))
         self._resume(session, conn, now)
 
+    def _refuse_identity(self, conn: Connection, packet: Connect, client_id: str, now: float) -> bool:
+        """Refuse a CONNECT whose credentials failed, or whose identity may not use this client id or
+        will topic (CONNACK 0x86/0x87/0x85; 3.1.1: 4/5/2); whether it was refused."""
+        identity = conn.identity
+        reason = conn.auth_refusal
+        if reason is None and identity is None:
+            reason = ReasonCode.NOT_AUTHORIZED  # the network layer did not authenticate it
+        if reason is not None:
+            self.access.denied["connect"] += 1
+            log.warning("refusing %s from %s: %s", client_id, conn.peer, reason.name)
+        else:
+            will_topic = packet.will.topic if packet.will is not None else None
+            session = self.sessions.get(client_id)
+            owner = None if session is None else session.owner
+            reason = self.access.connect_refusal(identity, client_id, will_topic, owner, now)
+        if reason is None:
+            return False
+        self._send_packet(conn, Connack(False, reason))
+        self._close(conn, reason, send_disconnect=False)
+        return True
+
     def _on_pingreq(self, conn: Connection, session: Session, packet: Pingreq, now: float) -> None:
         self._send_packet(conn, Pingresp())
 
@@ -424,7 +464,7 @@ class Broker:
                 session.expiry_interval_s = min(new_expiry, self.config.max_session_expiry_s)
                 if session.persistent:
                     self._record(rec.SessionSaved(session.client_id, int(session.protocol_version),
-                                                  session.expiry_interval_s))
+                                                  session.expiry_interval_s, session.owner))
         conn.clean_disconnect = packet.reason_code != ReasonCode.DISCONNECT_WITH_WILL_MESSAGE
         log.info("disconnect %s (%s): %s", conn.client_id, conn.peer, packet.reason_code.name)
         conn.close_reason = packet.reason_code
@@ -439,8 +479,9 @@ class Broker:
         wall = self.wall(now)
         message = Message(0, will.topic, will.payload, will.qos, will.retain, conn.client_id,
                           delivery.forwarded_properties(will.properties),
-                          delivery.expiry_at(will.properties, wall), received_at=wall)
-        if will.retain:
+                          delivery.expiry_at(will.properties, wall), received_at=wall,
+                          publisher=conn.identity.username if conn.identity else None)
+        if will.retain and self.limits.may_retain(conn, message, self.retained, now):
             self._retain(message)
         self._route(message, now)
 
@@ -499,16 +540,19 @@ class Broker:
         wall = self.wall(now)
         v5 = conn.protocol_version is V5
         before = self._appends
-        if topic.startswith("$"):
-            # Topics beginning with $ belong to the server ($SYS) [MQTT-4.7.2-1]: not routed, not
-            # retained; MQTT 5 publishers are told, 3.1.1 ones acknowledged as the spec allows
-            # for a publish they may not make [MQTT-3.3.5-2].
+        refused = self.limits.publish_refusal(conn, topic, now)
+        if refused is not None:  # over max_topic_length/levels: not routed, not retained (counted)
+            reason = refused if v5 else ReasonCode.SUCCESS
+        elif topic.startswith("$") or not self._may_publish(conn, session, topic, now):
+            # Topics beginning with $ belong to the server ($SYS) [MQTT-4.7.2-1], others the ACL
+            # denies: not routed, not retained; MQTT 5 publishers are told, 3.1.1 ones
+            # acknowledged as the spec allows for a publish they may not make [MQTT-3.3.5-2].
             self.stats.publishes_denied += 1
             reason = ReasonCode.NOT_AUTHORIZED if v5 else ReasonCode.SUCCESS
         else:
             message = Message(0, topic, packet.payload, qos, packet.retain, session.client_id,
                               delivery.forwarded_properties(props), delivery.expiry_at(props, wall),
-                              received_at=wall)
+                              received_at=wall, publisher=conn.identity.username if conn.identity else None)
             targets = routing.targets(self.index, self.sessions, message)
             full = self._policies.full_target(self.sessions, targets, topic, len(packet.payload), self.config,
                                               self._spools) if qos else None
@@ -519,7 +563,7 @@ class Broker:
                 self._refuse_publish(conn, packet, None, now)
                 return
             self.stats.messages_received[qos] += 1
-            if packet.retain:
+            if packet.retain and self.limits.may_retain(conn, message, self.retained, now):
                 self._retain(message)
             self._deliver_all(message, targets, now)
             reason = ReasonCode.SUCCESS if targets or not v5 else ReasonCode.NO_MATCHING_SUBSCRIBERS
@@ -531,6 +575,13 @@ class Broker:
                 self._record(rec.IncomingQos2(session.client_id, packet.packet_id))
         ack = Puback(packet.packet_id, reason) if qos == 1 else Pubrec(packet.packet_id, reason)
         self._send(conn, encode(ack, conn.protocol_version), self._wait_batch(before), is_ack=qos == 1)
+
+    def _may_publish(self, conn: Connection, session: Session, topic: str, now: float) -> bool:
+        access = self.access
+        if access is None or conn.internal or access.may_publish(conn.identity, session.client_id, topic):
+            return True
+        access.deny("publish", conn.identity, session.client_id, f"topic {topic!r}", now)
+        return False
 
     def _needs_store(self, retain: bool, targets: dict[str, routing.Target]) -> bool:
         """Whether a QoS 1/2 publish would write to the store (retained, or for a session that keeps it)."""
@@ -595,6 +646,11 @@ class Broker:
                                                 tuple(target.subscription_ids)), now)
 
     def _deliver(self, session: Session, item: Delivery, now: float) -> None:
+        if not self._policies.admits(session.client_id, item.message.topic, item.message.publisher, now):
+            self.stats.dropped[DropReason.NOT_ADMITTED] += 1
+            return
+        if session.read_checked and not self._may_read(session, item.message.topic, now):
+            return
         if item.qos and self._policies.ignores(session.client_id, item.message.topic):
             return
         if item.qos and self._spools:
@@ -609,9 +665,12 @@ class Broker:
                     return
             elif conn.output_blocked:
                 self.stats.dropped[DropReason.SLOW_SUBSCRIBER] += 1
+                self.backed_up = conn
                 return
             else:
                 self._transmit(conn, item, dup=False, now=now)
+                if len(conn.out) > self.config.max_output_buffer_bytes:
+                    self.backed_up = conn
                 return
         if conn is not None and not session.queue and len(session.inflight) < conn.inflight_limit:
             self._persist_delivery(session, item)
@@ -767,6 +826,13 @@ class Broker:
         retained_out: list[tuple[Message, Subscribed]] = []
         for request in packet.subscriptions:
             group, plain = split_shared(request.topic_filter)
+            refused = self.limits.subscribe_refusal(conn, session, request.topic_filter, now)
+            if refused is not None:  # over max_topic_length/levels or max_subscriptions_per_client
+                codes.append(refused)
+                continue
+            if not self._may_subscribe(conn, session, plain, now):
+                codes.append(ReasonCode.NOT_AUTHORIZED)  # 3.1.1: 0x80
+                continue
             granted = min(request.qos, 2)
             sub = Subscribed(session.client_id, request.topic_filter, granted, request.no_local,
                              request.retain_as_published, request.retain_handling, sub_id)
@@ -784,6 +850,36 @@ class Broker:
             qos = min(message.qos, sub.qos)
             ids = (sub.subscription_id,) if sub.subscription_id else ()
             self._deliver(session, Delivery(message, qos, True, ids), now)
+
+    def _may_subscribe(self, conn: Connection, session: Session, topic_filter: str, now: float) -> bool:
+        access = self.access
+        if access is None or conn.internal:
+            return True
+        grant = access.subscription(conn.identity, session.client_id, topic_filter)
+        if grant is Grant.DENIED:
+            access.deny("subscribe", conn.identity, session.client_id, f"filter {topic_filter!r}", now)
+            return False
+        if grant is Grant.CHECKED:
+            session.read_checked = True
+        return True
+
+    def review_reads(self) -> None:
+        """After a restore: mark the sessions whose subscriptions need each message checked under the
+        current ACL (one the ACL no longer grants at all gets nothing)."""
+        if self.access is None:
+            return
+        for session in self.sessions.values():
+            identity = self.access.identity_of(session.owner)
+            session.read_checked = any(
+                self.access.subscription(identity, session.client_id, split_shared(f)[1]) is not Grant.GRANTED
+                for f in session.subscriptions)
+
+    def _may_read(self, session: Session, topic: str, now: float) -> bool:
+        identity = self.access.identity_of(session.owner)
+        if self.access.may_read(identity, session.client_id, topic):
+            return True
+        self.access.deny("read", identity, session.client_id, f"topic {topic!r}", now)
+        return False
 
     def _retained_matching(self, topic_filter: str, now: float) -> list[Message]:
         """Retained messages for a new subscription; expired ones are deleted on the way."""

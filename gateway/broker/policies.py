@@ -35,6 +35,8 @@ class SessionPolicies:
         self._by_client: dict[str, SessionPolicy] = {}
         self._unlogged = 0
         self._logged_at = float("-inf")
+        self._unadmitted = 0
+        self._admission_logged_at = float("-inf")
 
     def set(self, client_id: str, policy: SessionPolicy) -> None:
         self._by_client[client_id] = policy
@@ -102,6 +104,20 @@ class SessionPolicies:
         """Whether this session does not take `topic`'s QoS 1/2 messages (`SessionPolicy.ignored`)."""
         policy = self._by_client.get(client_id)
         return policy is not None and any(topic_matches(f, topic) for f in policy.ignored)
+
+    def admits(self, client_id: str, topic: str, publisher: str | None, now: float) -> bool:
+        """Whether the session takes this publisher's message (`SessionPolicy.admits`); a refusal is
+        logged at most once per REFUSAL_LOG_INTERVAL_S."""
+        policy = self._by_client.get(client_id)
+        if policy is None or policy.admits is None or policy.admits(topic, publisher):
+            return True
+        self._unadmitted += 1
+        if now - self._admission_logged_at >= REFUSAL_LOG_INTERVAL_S:
+            log.warning("%s does not take %s from user %s: %d such message(s) dropped since the last report",
+                        client_id, topic, publisher, self._unadmitted)
+            self._unadmitted = 0
+            self._admission_logged_at = now
+        return False
 
     def log_refusal(self, why: str, publisher: str, peer: str, now: float) -> None:
         """Count a refusal; log at most one line per REFUSAL_LOG_INTERVAL_S with the count since."""

@@ -33,7 +33,7 @@ def restore(broker: Broker, state: DurableState, now: float) -> None:
     broker.set_next_msg_id(state.max_msg_id + 1)
     for client_id, saved in state.sessions.items():
         session = Session(client_id, ProtocolVersion(saved.protocol_version), saved.expiry_interval_s,
-                          stored=True)
+                          stored=True, owner=saved.owner)
         if saved.expiry_interval_s != NEVER_EXPIRES:
             session.expires_at = now + saved.expiry_interval_s
         broker.sessions[client_id] = session
@@ -65,6 +65,7 @@ def restore(broker: Broker, state: DurableState, now: float) -> None:
         message = messages[msg_id]
         message.refs += 1
         broker.retained[topic] = message
+    broker.review_reads()
 
 
 def durable_records(broker: Broker) -> Iterator[rec.Record]:
@@ -84,7 +85,7 @@ def durable_records(broker: Broker) -> Iterator[rec.Record]:
         if not session.stored:
             continue
         cid = session.client_id
-        yield rec.SessionSaved(cid, int(session.protocol_version), session.expiry_interval_s)
+        yield rec.SessionSaved(cid, int(session.protocol_version), session.expiry_interval_s, session.owner)
         for sub in session.subscriptions.values():
             yield rec.SubscriptionAdded(cid, sub.topic_filter, sub.qos, sub.no_local, sub.retain_as_published,
                                         sub.retain_handling, sub.subscription_id)

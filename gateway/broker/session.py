@@ -11,6 +11,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from enum import Enum
 
+from ferry.gateway.auth.identity import Identity
 from ferry.gateway.broker.index import Subscribed
 from ferry.gateway.mqtt import EMPTY_PROPERTIES, Properties, ProtocolVersion, ReasonCode, Will
 
@@ -39,6 +40,9 @@ class Message:
     received_at: float = 0.0
     """Wall-clock seconds when a client's PUBLISH arrived; 0 when unknown (restored from the
     store, which does not keep it). The Kafka bridge reads it for `ferry-received-ms`."""
+    publisher: str | None = None
+    """The user name the publisher authenticated as; None for anonymous and gateway publishers, and
+    for messages restored from the store (which were admitted before they were stored)."""
 
     def __post_init__(self) -> None:
         if not self.topic_bytes:
@@ -85,6 +89,12 @@ class Session:
     """Monotonic deadline while disconnected; None while connected or never expiring."""
     stored: bool = False
     """A `SessionSaved` record exists for it."""
+    owner: str | None = None
+    """User name of the client that made it ("": anonymous); with access control only that user
+    may resume, take over or end it. None: not known (restored from a store written before access
+    control): the next client allowed to use the client id adopts it."""
+    read_checked: bool = False
+    """A subscription of it reaches topics an ACL deny rule covers: each delivery is checked."""
     next_packet_id: int = 1
 
     @property
@@ -130,7 +140,11 @@ class Connection:
     closed: bool = False
     internal: bool = False
     """Opened by the gateway itself (the Kafka bridge): only such connections may use a client id
-    that has a `SessionPolicy`."""
+    that has a `SessionPolicy`, and access control does not apply to them."""
+    identity: Identity | None = None
+    """Who the network layer authenticated the CONNECT as (None: not authenticated)."""
+    auth_refusal: ReasonCode | None = None
+    """Why the network layer refused the CONNECT's credentials, for the CONNACK."""
 
     @property
     def client_id(self) -> str:

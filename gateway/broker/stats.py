@@ -16,6 +16,36 @@ class DropReason(Enum):
     EXPIRED = "expired"
     PACKET_TOO_LARGE = "packet_too_large"
     QOS0_OFFLINE = "qos0_offline"
+    NOT_ADMITTED = "not_admitted"
+    """Refused by the receiving session's `SessionPolicy.admits` (the bridge: a publisher's topic
+    names another device)."""
+
+
+class Limit(Enum):
+    """A `[broker]` limit a client ran into; each has its own counter (`BrokerStats.limit_hits`)."""
+
+    CONNECT_TIMEOUT = "connect_timeout"
+    """A connection closed for not completing its CONNECT within `connect_timeout_s`."""
+    MAX_CONNECTIONS = "max_connections"
+    """A connection closed at once: `max_connections` (or the open-files limit) were open."""
+    MAX_CONNECTIONS_PER_ADDRESS = "max_connections_per_address"
+    PUBLISH_RATE = "publish_rate"
+    """A client's reading paused because it published faster than `max_publish_rate`."""
+    TOPIC_LENGTH = "topic_length"
+    """A PUBLISH or a SUBSCRIBE filter refused for `max_topic_length`."""
+    TOPIC_LEVELS = "topic_levels"
+    SUBSCRIPTIONS = "subscriptions"
+    """A SUBSCRIBE filter refused for `max_subscriptions_per_client`."""
+    SESSIONS = "sessions"
+    """A CONNECT refused for `max_sessions`."""
+    RETAINED = "retained"
+    """A retained publish delivered but not retained for `max_retained_messages`."""
+    OUTPUT_BUFFER = "output_buffer"
+    """A connection aborted with more than `max_output_buffer_abort_bytes` waiting for it."""
+    OUTPUT_BLOCKED = "output_blocked"
+    """A connection aborted for staying over `max_output_buffer_bytes` for `max_output_blocked_s`."""
+    DEAD_PEER = "dead_peer"
+    """A connection the kernel timed out (TCP keepalive, `tcp_keepalive_s`, or retransmissions)."""
 
 
 @dataclass(slots=True)
@@ -45,3 +75,8 @@ class BrokerStats:
     """Publishes from clients to topics beginning with `$`, which belong to the server."""
     wills_published: int = 0
     sessions_expired: int = 0
+    limit_hits: Counter = field(default_factory=Counter)
+    """Limit → times a client ran into it (the network layer counts its own limits here too)."""
+    publishers_held: int = 0
+    """Times a publisher was not read while a client its messages reach had its output backed up
+    (flow control, `max_output_buffer_bytes`)."""

@@ -136,6 +136,9 @@ class SessionSaved:
     client_id: str
     protocol_version: int
     expiry_interval_s: int
+    owner: str | None = None
+    """The user name of the client that made it ("": anonymous); only that user may resume it.
+    None: not known (records written before access control): the next client adopts it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -375,7 +378,7 @@ def _enc_session(r: SessionSaved) -> bytes:
     cid = r.client_id.encode()
     return _frame(_join((
         _T_H.pack(2, len(cid)), cid, _B_I.pack(r.protocol_version, r.expiry_interval_s),
-    )))
+    ) + (() if r.owner is None else (_pack_u16(len(owner := r.owner.encode())), owner))))
 
 
 def _enc_client_filter(r: SubscriptionRemoved) -> bytes:
@@ -537,8 +540,11 @@ def _dec_message(b: bytes, o: int, e: int) -> MessageAdded:
 def _dec_session(b: bytes, o: int, e: int) -> SessionSaved:
     cid, o = _str(b, o, e)
     (version, expiry), o = _fixed(_B_I, b, o, e)
+    owner = None
+    if o < e:
+        owner, o = _str(b, o, e)
     _end(o, e)
-    return SessionSaved(cid, version, expiry)
+    return SessionSaved(cid, version, expiry, owner)
 
 
 def _dec_client(cls: type) -> Callable[[bytes, int, int], Record]:

@@ -19,7 +19,8 @@ class TestClient:
 
     def __init__(self, port: int, client_id: str, *, v5: bool = False, clean: bool = True,
                  session_expiry_s: int | None = None, will: tuple[str, bytes, int, bool] | None = None,
-                 keepalive_s: int = 60, host: str = "127.0.0.1") -> None:
+                 keepalive_s: int = 60, host: str = "127.0.0.1", username: str | None = None,
+                 password: str | None = None, tls: dict | None = None) -> None:
         self.v5 = v5
         protocol = mqtt.MQTTv5 if v5 else mqtt.MQTTv311
         kwargs = {} if v5 else {"clean_session": clean}
@@ -33,6 +34,10 @@ class TestClient:
         self.client.on_disconnect = lambda c, u, flags, rc, props: self.disconnects.put(rc)
         if will is not None:
             self.client.will_set(*will)
+        if username is not None:
+            self.client.username_pw_set(username, password)
+        if tls is not None:  # ca_certs=, certfile=, keyfile= of paho's tls_set
+            self.client.tls_set(**tls)
         connect_props = None
         if v5:
             connect_props = Properties(PacketTypes.CONNECT)

@@ -346,7 +346,7 @@ def test_a_bad_bridge_config_stops_the_gateway_with_status_2(tmp_path: Path, tom
     config = tmp_path / "ferry.toml"
     config.write_text(toml)
     result = subprocess.run([sys.executable, "-m", "ferry", "gateway", "--listen", "127.0.0.1:0",
-                             "--data-dir", str(tmp_path / "data"), "--config", str(config)],
+                             "--data-dir", str(tmp_path / "data"), "--config", str(config), "--allow-anonymous"],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2, result.stderr
     assert message in result.stderr

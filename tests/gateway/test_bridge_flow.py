@@ -18,7 +18,7 @@ from ferry.gateway.bridge import bridge as bridge_module
 from ferry.gateway.bridge.bridge import CLIENT_ID
 from ferry.gateway.bridge.producer import Delivered
 from ferry.gateway.config import parse_config
-from ferry.gateway.main import Gateway
+from ferry.gateway.main import Gateway, plain_service
 from ferry.gateway.mqtt import Connack, Connect, Decoder, ProtocolVersion, Puback, Publish, encode
 
 V311 = ProtocolVersion.V311
@@ -54,9 +54,9 @@ async def until(predicate, timeout_s: float = 5.0) -> None:
 
 
 async def scenario(tmp_path: Path) -> None:
-    config = parse_config('[bridge]\nkafka = "127.0.0.1:9"\ngateway_id = "gw"\n')
+    config = parse_config('[bridge]\nkafka = "127.0.0.1:9"\ngateway_id = "gw"\n', allow_anonymous=True)
     gateway = Gateway(config, tmp_path)
-    host, port = await gateway.start(("127.0.0.1", 0), None)
+    [(host, port)] = await gateway.start(plain_service(("127.0.0.1", 0), tmp_path))
     try:
         bridge = gateway.bridge
         kafka: FakeKafka = bridge.kafka

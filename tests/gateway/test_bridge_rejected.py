@@ -17,7 +17,7 @@ from ferry.gateway.bridge.rejected import (
     RejectedFile, RejectedRecord, RejectReason, read_rejected, rejection,
 )
 from ferry.gateway.config import parse_config
-from ferry.gateway.main import Gateway
+from ferry.gateway.main import Gateway, plain_service
 from ferry.gateway.mqtt import Connack, Connect, Decoder, ProtocolVersion, Puback, Publish, encode
 from tests.gateway.test_bridge_flow import READING, FakeKafka, until
 
@@ -148,9 +148,9 @@ class Device:
 
 async def started(tmp_path: Path, extra: str = "") -> tuple[Gateway, int]:
     """A gateway with its bridge (on a FakeKafka) and its data in `tmp_path`, and its MQTT port."""
-    config = parse_config(f'[bridge]\nkafka = "127.0.0.1:9"\ngateway_id = "gw"\n{extra}')
+    config = parse_config(f'[bridge]\nkafka = "127.0.0.1:9"\ngateway_id = "gw"\n{extra}', allow_anonymous=True)
     gateway = Gateway(config, tmp_path)
-    _, port = await gateway.start(("127.0.0.1", 0), None)
+    [(_, port)] = await gateway.start(plain_service(("127.0.0.1", 0), tmp_path))
     return gateway, port
 
 

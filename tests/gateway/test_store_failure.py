@@ -85,7 +85,7 @@ def test_a_store_of_an_older_format_stops_the_gateway_with_status_2_and_touches_
     (store / "00000001.seg").write_bytes(b"\x00" * 64)
     before = {p.name: p.read_bytes() for p in store.iterdir()}
     result = subprocess.run([sys.executable, "-m", "ferry", "gateway", "--data-dir", str(tmp_path / "data"),
-                             "--listen", f"127.0.0.1:{free_port()}"], capture_output=True, text=True, timeout=60)
+                             "--listen", f"127.0.0.1:{free_port()}", "--allow-anonymous"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert "ferry gateway: store error:" in result.stderr and "format 1" in result.stderr
     assert "Traceback" not in result.stderr

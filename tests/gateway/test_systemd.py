@@ -12,11 +12,13 @@ import socket
 import subprocess
 import sys
 import tomllib
+import typing
 from pathlib import Path
 
 import pytest
 
 from ferry.gateway import systemd
+from ferry.gateway.auth.passwords import PasswordFile
 from ferry.gateway.config import GatewayConfig
 from ferry.gateway.main import SAMPLE_CONFIG, SYSTEMD_UNIT
 from ferry.gateway.process import GatewayProcess, accepts_connections
@@ -149,26 +151,34 @@ def run_ferry(*args: str) -> subprocess.CompletedProcess:
                           timeout=60)
 
 
-def test_sample_config_passes_check_config() -> None:
+def test_sample_config_passes_check_config(tmp_path: Path) -> None:
     result = run_ferry("--config", str(SAMPLE_CONFIG), "--check-config")
+    assert result.returncode == 2 and "auth.password_file" in result.stderr  # /etc/ferry/passwd is missing
+    passwords = PasswordFile.load(tmp_path / "passwd", missing_ok=True)
+    passwords.set("dev-1", "secret", log2_n=10)
+    passwords.save(tmp_path / "passwd")
+    result = run_ferry("--config", str(SAMPLE_CONFIG), "--check-config", "--password-file", str(tmp_path / "passwd"))
     assert result.returncode == 0, result.stderr
-    assert "data dir /var/lib/ferry" in result.stdout
+    assert "data dir /var/lib/ferry" in result.stdout and "1 users" in result.stdout
 
 
 def test_sample_config_lists_every_key() -> None:
     text = SAMPLE_CONFIG.read_text()
-    sections = re.split(r"^#? ?\[([a-z.]+)\]\s*$", text, flags=re.M)
+    sections = re.split(r"^#? ?\[\[?([a-z.]+)\]\]?\s*$", text, flags=re.M)
     listed = {sections[i]: sections[i + 1] for i in range(1, len(sections), 2)}
+    hints = typing.get_type_hints(GatewayConfig)
     for section in dataclasses.fields(GatewayConfig):
         body = listed[section.name]
-        for key in dataclasses.fields(section.default_factory()):
+        table = typing.get_args(hints[section.name])[0] if section.default_factory is dataclasses.MISSING \
+            else section.default_factory
+        for key in dataclasses.fields(table):
             if key.name == "librdkafka":
                 assert "[bridge.librdkafka]" in text
                 continue
             assert re.search(rf"^(# )?{key.name} = ", body, flags=re.M), f"{section.name}.{key.name}"
     # Uncommenting every key keeps the file valid (each shows its default or a real example).
-    uncommented = re.sub(r"^# ([a-z_]+ = .*)$", r"\1", text, flags=re.M)
-    tomllib.loads(uncommented)
+    uncommented = re.sub(r"^# ([a-z_]+ = .*|\[\[[a-z]+\]\])$", r"\1", text, flags=re.M)
+    assert set(tomllib.loads(uncommented)) == {f.name for f in dataclasses.fields(GatewayConfig)}
 
 
 def test_sample_and_unit_are_printed_for_a_wheel_install() -> None:
@@ -194,7 +204,8 @@ def test_data_dir_and_listener_from_the_file(tmp_path: Path) -> None:
     from ferry.process import free_port
     port = free_port()
     config = tmp_path / "ferry.toml"
-    config.write_text(f'[gateway]\ndata_dir = "{tmp_path / "data"}"\nlisten = "127.0.0.1:{port}"\n')
+    config.write_text(f'[gateway]\ndata_dir = "{tmp_path / "data"}"\nlisten = "127.0.0.1:{port}"\n'
+                      '[auth]\nallow_anonymous = true\n')
     process = subprocess.Popen([sys.executable, "-m", "ferry", "gateway", "--config", str(config)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

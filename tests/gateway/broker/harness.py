@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ferry.gateway.auth.access import AccessControl
+from ferry.gateway.auth.identity import Identity
 from ferry.gateway.broker.config import BrokerConfig
 from ferry.gateway.broker.core import Broker
 from ferry.gateway.mqtt import Connect, Decoder, ProtocolError, ProtocolVersion, encode
@@ -35,10 +37,11 @@ class FakeJournal:
 class Harness:
     """A broker core with a fake clock and a fake journal."""
 
-    def __init__(self, config: BrokerConfig | None = None) -> None:
+    def __init__(self, config: BrokerConfig | None = None, access: AccessControl | None = None) -> None:
         self.journal = FakeJournal()
         self.now = 1000.0
-        self.broker = Broker(config or BrokerConfig(), self.journal, now=self.now, wall=1_700_000_000.0)
+        self.broker = Broker(config or BrokerConfig(), self.journal, now=self.now, wall=1_700_000_000.0,
+                             access=access)
 
     def commit(self) -> None:
         self.broker.commit_done(self.journal.commit())
@@ -48,8 +51,10 @@ class Harness:
         self.broker.tick(self.now)
 
     def client(self, client_id: str, version: ProtocolVersion = V311, *, clean: bool = True,
-               commit: bool = True, **connect_fields) -> "Client":
+               commit: bool = True, identity: Identity | None = None, **connect_fields) -> "Client":
+        """A connected client; `identity` is what the network layer authenticated it as."""
         client = Client(self, version)
+        client.conn.identity = identity
         client.send(Connect(client_id, version, clean, connect_fields.pop("keepalive_s", 60), **connect_fields))
         if commit:
             self.commit()
