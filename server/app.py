@@ -6,7 +6,21 @@ from pathlib import Path
 
 import faust
 
+from ferry.server.auth import token_middleware
 from ferry.server.config import ServerConfig
+
+FAUST_VIEWS_OFF = {
+    # faust/web/base.py: BLUEPRINT_FLAGS maps each built-in blueprint to the setting that serves it.
+    "web_tables_enabled": False,   # /table/...: every table's keys and values (default on)
+    "web_router_enabled": False,   # /router/...: which worker owns which key, the group's URLs (default on)
+    "web_stats_enabled": False,    # / and /assignment/: sensor counters, partitions (default: `debug`)
+    "web_graph_enabled": False,    # /graph/: the service graph (default: `debug`)
+    "web_metrics_enabled": False,  # /performance/: Faust's monitor as JSON (default off)
+    "debug": False,
+}
+"""Faust's own HTTP views, all off: the worker serves its API (server/views.py) and dashboard
+(server/web.py) and nothing else. `@app.table_route` needs none of them: it asks `app.router` (an object
+in this process, faust/app/router.py) which worker owns a key, and forwards the request itself."""
 
 
 def create_app(config: ServerConfig) -> faust.App:
@@ -15,9 +29,15 @@ def create_app(config: ServerConfig) -> faust.App:
     The producer stays non-idempotent (the local broker rejects InitProducerId) and
     `topic_partitions` matches the source topics, since tables are co-partitioned with them:
     the bridge keys every record by device id, so the worker needs no repartition.
+
+    `env={}`: Faust lets its own environment variables (`WEB_BIND`, `WEB_PORT`, `APP_DEBUG`,
+    `APP_WEB_TABLES_ENABLED`, ...) override the settings given here (faust/types/settings/base.py
+    `_init_settings`); with an empty environment only `ServerConfig` (`FERRY_SERVER_*`) decides.
     """
+    web_options = {"middlewares": [token_middleware(config.api_token)]} if config.api_token else {}
     return faust.App(
         config.app_id,
+        env={},
         broker=config.broker_url,
         store=config.store,
         datadir=str(Path(config.data_dir)),
@@ -26,7 +46,9 @@ def create_app(config: ServerConfig) -> faust.App:
         web_port=config.web_port,
         web_bind=config.web_host,
         # Peers reach each other's web views at this address (routed and fleet views).
-        canonical_url=f"http://{config.web_host}:{config.web_port}",
+        canonical_url=config.web_url,
+        web_application_options=web_options,
+        **FAUST_VIEWS_OFF,
         broker_session_timeout=config.broker_session_timeout_s,
         producer_max_batch_size=config.producer_max_batch_size,
         producer_linger=config.producer_linger_ms / 1000.0,

@@ -1,4 +1,5 @@
-"""The worker's configuration: an optional TOML file's `[server]` table, then environment overrides.
+"""The worker's configuration: an optional TOML file's `[server]` table, then environment overrides,
+then `ferry worker`'s flags (`--web-host`, `--web-port`, `--api-token-file`).
 
 Nothing here names a broker: `broker` has no default, so a worker started
 without `FERRY_SERVER_BROKER` (or `broker = ...` in the file) stops with a
@@ -9,14 +10,17 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 import typing
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 ENV_PREFIX = "FERRY_SERVER_"
 ENV_CONFIG_FILE = "FERRY_SERVER_CONFIG"
+TOKEN_CHARS = re.compile(r"[A-Za-z0-9._~+/-]+=*")
+"""What a bearer token may be made of (RFC 6750's b64token): it travels in an HTTP header as is."""
 
 
 class ConfigError(ValueError):
@@ -40,7 +44,14 @@ class ServerConfig:
     partitions: int = 8
     """Partitions of the telemetry/status topics; the tables' changelogs get as many."""
     web_host: str = "127.0.0.1"
+    """The address the HTTP API and dashboard bind to, and the one the other workers of the app reach
+    this one at (Faust's `canonical_url`); only this machine by default."""
     web_port: int = 6066
+    api_token: str = field(default="", repr=False)
+    """When set, every request but the dashboard's page and files needs `Authorization: Bearer <it>`
+    (the API, `/metrics`); empty: no token. Never given on the command line (see `api_token_file`)."""
+    api_token_file: str = ""
+    """A file holding `api_token` (surrounding whitespace ignored); `load_config` reads it."""
     data_dir: str = "ferry-server-data"
     store: str = "memory://"
     """Table store; state is rebuilt from the changelog topics on start."""
@@ -106,9 +117,21 @@ class ServerConfig:
             raise ConfigError("server.hopping_size_s: must be a multiple of hopping_step_s")
         if not 0 <= self.web_port <= 65535:
             raise ConfigError(f"server.web_port: must be 0..65535, got {self.web_port}")
+        if not self.web_host.strip():
+            raise ConfigError("server.web_host: must name an address (127.0.0.1 by default)")
+        if self.api_token and not TOKEN_CHARS.fullmatch(self.api_token):
+            # Not echoed: it is a secret.
+            raise ConfigError("server.api_token (or the file api_token_file names): may hold only letters, digits "
+                              "and - . _ ~ + / (then = padding)")
         for name in ("broker_session_timeout_s", "health_check_interval_s", "write_timeout_s"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"server.{name}: must be positive, got {getattr(self, name)}")
+
+    @property
+    def web_url(self) -> str:
+        """`http://web_host:web_port`, the URL the other workers of the app reach this one at."""
+        host = f"[{self.web_host}]" if ":" in self.web_host else self.web_host
+        return f"http://{host}:{self.web_port}"
 
     @property
     def broker_url(self) -> str:
@@ -143,8 +166,26 @@ def _convert(where: str, value: object, kind: object) -> object:
     return value
 
 
-def load_config(environ: Mapping[str, str] | None = None, path: Path | None = None) -> ServerConfig:
-    """`[server]` from `path` (or `$FERRY_SERVER_CONFIG`), overridden by `FERRY_SERVER_<FIELD>` variables."""
+def read_token_file(where: str, path: str) -> str:
+    """The token in the file at `path`, without surrounding whitespace (a trailing newline)."""
+    try:
+        token = Path(path).read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot read {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{where}: {path} is not UTF-8 text") from None
+    if not token:
+        raise ConfigError(f"{where}: {path} is empty")
+    return token
+
+
+def load_config(environ: Mapping[str, str] | None = None, path: Path | None = None,
+                overrides: Mapping[str, object] | None = None) -> ServerConfig:
+    """`[server]` from `path` (or `$FERRY_SERVER_CONFIG`), overridden by `FERRY_SERVER_<FIELD>` variables,
+    overridden by `overrides` (field -> value: `ferry worker`'s flags).
+
+    `api_token_file` is read here into `api_token`; setting both is an error.
+    """
     environ = os.environ if environ is None else environ
     hints = typing.get_type_hints(ServerConfig)
     fields = {f.name for f in dataclasses.fields(ServerConfig)}
@@ -169,6 +210,14 @@ def load_config(environ: Mapping[str, str] | None = None, path: Path | None = No
         env_name = ENV_PREFIX + name.upper()
         if env_name in environ:
             values[name] = _convert(env_name, environ[env_name], hints[name])
+    for name, value in (overrides or {}).items():
+        if name not in fields:
+            raise ValueError(f"not a ServerConfig field: {name}")
+        values[name] = _convert(f"--{name.replace('_', '-')}", value, hints[name])
+    if values.get("api_token_file"):
+        if values.get("api_token"):
+            raise ConfigError("server.api_token_file: set either api_token or api_token_file, not both")
+        values["api_token"] = read_token_file("server.api_token_file", str(values["api_token_file"]))
     if "broker" not in values:
         raise ConfigError(f"server.broker: not set (set {ENV_PREFIX}BROKER or broker in the [server] table)")
     return ServerConfig(**values)  # type: ignore[arg-type]

@@ -19,22 +19,28 @@ from confluent_kafka import Producer
 
 from ferry.contract import KAFKA_PARTITIONER, BridgeNaming, KafkaRecord, kafka_record
 from ferry.process import ManagedProcess, free_port
-from ferry.server.config import ENV_PREFIX
+from ferry.server.auth import auth_headers
+from ferry.server.config import ENV_PREFIX, read_token_file
 
 READY_TIMEOUT_S = 60.0
 
 
-def get_json(port: int, path: str, host: str = "127.0.0.1") -> object | None:
-    """The JSON answer of the worker's HTTP API, or None (not up, an error status, not JSON)."""
+def get_json(port: int, path: str, host: str = "127.0.0.1", token: str = "") -> object | None:
+    """The JSON answer of the worker's HTTP API (asked with the API token `token`, if any), or None
+    (not up, an error status, not JSON)."""
+    request = urllib.request.Request(f"http://{host}:{port}{path}", headers=auth_headers(token))
     try:
-        with urllib.request.urlopen(f"http://{host}:{port}{path}", timeout=10) as response:
+        with urllib.request.urlopen(request, timeout=10) as response:
             return json.loads(response.read())
     except (urllib.error.URLError, OSError, ValueError):
         return None
 
 
 class WorkerProcess:
-    """One `ferry worker` with its own web port and data dir; `settings` are `ServerConfig` fields."""
+    """One `ferry worker` with its own web port and data dir; `settings` are `ServerConfig` fields.
+
+    With an `api_token` (given, or in the environment it inherits), `get` sends it.
+    """
 
     def __init__(self, work_dir: Path, name: str = "worker", **settings: object) -> None:
         self.work_dir = work_dir
@@ -45,6 +51,9 @@ class WorkerProcess:
                     f"{ENV_PREFIX}WEB_PORT": str(self.port)}
         self.process = ManagedProcess(name, [sys.executable, "-m", "ferry.server.main"], work_dir / f"{name}.log",
                                       env=self.env, cwd=work_dir)
+        token_file = self.env.get(f"{ENV_PREFIX}API_TOKEN_FILE")
+        self.api_token = read_token_file(f"{ENV_PREFIX}API_TOKEN_FILE", token_file) if token_file \
+            else self.env.get(f"{ENV_PREFIX}API_TOKEN", "")
 
     def start(self) -> "WorkerProcess":
         self.work_dir.mkdir(parents=True, exist_ok=True)
@@ -57,7 +66,7 @@ class WorkerProcess:
         return self
 
     def get(self, path: str) -> object | None:
-        return get_json(self.port, path)
+        return get_json(self.port, path, token=self.api_token)
 
     def poll(self) -> int | None:
         return self.process.poll()

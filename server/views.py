@@ -8,6 +8,10 @@ makes the view fail with 503 naming it, rather than return partial numbers; so
 does a worker whose tables are being recovered (`WorkerState.ready`), rather than
 answer from a half-replayed changelog. `/metrics` (`ferry.server.metrics`) is this
 worker's alone, and answers while it recovers too.
+
+With `api_token` set, `ferry.server.auth` asks every request for the token before these views see it;
+a request forwarded to the worker owning a device (`@app.table_route`) keeps the request's headers
+(faust/app/router.py `_route_req`), and a fleet view asks the other workers with the same token.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from faust.web import Request, Response, View
 from ferry.prometheus import CONTENT_TYPE as PROMETHEUS_CONTENT_TYPE
 from ferry.prometheus import prometheus_text
 from ferry.server.accounting import detail, summary
+from ferry.server.auth import auth_headers
 from ferry.server.metrics import collect as collect_metrics
 from ferry.server.windows import series as series_view
 
@@ -66,14 +71,16 @@ class PeerError(Exception):
     """A worker of the group did not answer its part of a fleet view."""
 
 
-async def gather_peers(app: faust.App, path: str, **params: str) -> list[Any]:
-    """`path?scope=local` (and `params`) from every other worker of the group (per the last rebalance)."""
+async def gather_peers(app: faust.App, path: str, headers: dict[str, str] | None = None,
+                       **params: str) -> list[Any]:
+    """`path?scope=local` (and `params`) from every other worker of the group (per the last rebalance),
+    each request with `headers` (the API token)."""
     me = str(app.conf.canonical_url).rstrip("/")
     peers = sorted(str(h).rstrip("/") for h in app.router.tables_metadata() if str(h).rstrip("/") != me)
     if not peers:
         return []
     timeout = aiohttp.ClientTimeout(total=PEER_TIMEOUT_S)
-    async with aiohttp.ClientSession(timeout=timeout) as session:
+    async with aiohttp.ClientSession(timeout=timeout, headers=headers) as session:
         async def one(peer: str) -> Any:
             try:
                 async with session.get(f"{peer}{path}", params={**params, "scope": "local"}) as response:
@@ -87,6 +94,7 @@ async def gather_peers(app: faust.App, path: str, **params: str) -> list[Any]:
 
 def register_views(app: faust.App, worker: "WorkerState", devices_table: Any) -> None:
     settings = worker.settings
+    peer_headers = auth_headers(worker.config.api_token)
 
     def now_ms() -> int:
         return int(time.time() * 1000)
@@ -104,7 +112,7 @@ def register_views(app: faust.App, worker: "WorkerState", devices_table: Any) ->
             out = local_devices_view(worker, now_ms())
             if not local_only(request):
                 try:
-                    for part in await gather_peers(app, "/devices"):
+                    for part in await gather_peers(app, "/devices", peer_headers):
                         out.update(part)
                 except PeerError as exc:
                     return self.json({"error": str(exc)}, status=503)
@@ -120,7 +128,7 @@ def register_views(app: faust.App, worker: "WorkerState", devices_table: Any) ->
             out = accounting_of(local_devices_view(worker, now_ms()))
             if not local_only(request):
                 try:
-                    for part in await gather_peers(app, "/accounting"):
+                    for part in await gather_peers(app, "/accounting", peer_headers):
                         out = {k: out[k] + part[k] for k in ADDITIVE}
                 except PeerError as exc:
                     return self.json({"error": str(exc)}, status=503)
@@ -140,7 +148,7 @@ def register_views(app: faust.App, worker: "WorkerState", devices_table: Any) ->
             alerts = local_alerts(worker)
             if not local_only(request):
                 try:
-                    for part in await gather_peers(app, "/alerts", limit=str(limit)):
+                    for part in await gather_peers(app, "/alerts", peer_headers, limit=str(limit)):
                         alerts.extend(part["alerts"])
                 except PeerError as exc:
                     return self.json({"error": str(exc)}, status=503)

@@ -8,7 +8,12 @@
                    data-panel="<id>" data-metric="<m>" data-field="<key of the newest closed 1m window>"
      alerts        data-alert="<index>" data-field="<key of the alert>"
    A value the API does not give (absent or null) is rendered as "—"; times are shown
-   relative, with the raw milliseconds in data-value. */
+   relative, with the raw milliseconds in data-value.
+
+   A worker with an api_token answers its API only to `Authorization: Bearer <token>`. The page
+   takes the token from a `#token=<token>` fragment (then removes it from the address bar) or from
+   the form it shows when the worker answers 401, keeps it in sessionStorage (this tab only, gone
+   when the tab closes) and sends it with every API request. */
 "use strict";
 
 (() => {
@@ -22,8 +27,60 @@
   const COUNTS = ["received", "duplicates", "gaps", "lost_at_device", "late", "invalid"];
   const STATES = ["offline", "warning", "unknown", "ok"];
   const CHART_HEIGHT = 200;
+  const TOKEN_KEY = "ferry.apiToken";
+  const TOKEN_HASH = "#token=";
 
+  let memoryToken = ""; // where the token lives when sessionStorage refuses it
+  takeTokenFromHash();
   const view = { selected: decodeHash(), timer: null, chartDevice: null, charts: new Map() };
+
+  // ---- the API token ------------------------------------------------------------------------
+
+  class AuthError extends Error {}
+
+  function storedToken() {
+    try {
+      return sessionStorage.getItem(TOKEN_KEY) || "";
+    } catch (err) {
+      return "";
+    }
+  }
+
+  function storeToken(value) {
+    memoryToken = value;
+    try {
+      if (value) sessionStorage.setItem(TOKEN_KEY, value);
+      else sessionStorage.removeItem(TOKEN_KEY);
+    } catch (err) {
+      // storage refused (a browser's policy): the token lasts until the page is left
+    }
+  }
+
+  function token() {
+    return storedToken() || memoryToken;
+  }
+
+  /* `#token=<token>`: keep it, and take it out of the address bar. */
+  function takeTokenFromHash() {
+    if (!location.hash.startsWith(TOKEN_HASH)) return false;
+    let value = location.hash.slice(TOKEN_HASH.length);
+    try {
+      value = decodeURIComponent(value);
+    } catch (err) {
+      // not percent-encoded: taken as is
+    }
+    storeToken(value.trim());
+    history.replaceState(null, "", location.pathname + location.search);
+    return true;
+  }
+
+  function askForToken(refused) {
+    const form = $("#token-form");
+    form.hidden = false;
+    $("#token-note").textContent = refused ? "token refused: " : "this worker needs its API token: ";
+    document.body.dataset.state = "auth";
+    setStatus(refused ? "the worker refused the API token" : "API token needed", true);
+  }
 
   // ---- helpers ------------------------------------------------------------------------------
 
@@ -99,7 +156,11 @@
   }
 
   async function getJSON(url) {
-    const response = await fetch(url, { cache: "no-store", headers: { Accept: "application/json" } });
+    const headers = { Accept: "application/json" };
+    const bearer = token();
+    if (bearer) headers.Authorization = `Bearer ${bearer}`;
+    const response = await fetch(url, { cache: "no-store", headers });
+    if (response.status === 401) throw new AuthError(bearer ? "refused" : "needed");
     if (response.status === 404) return undefined; // not there (yet): rendered as "—"
     if (!response.ok) throw new Error(`${url}: HTTP ${response.status}`);
     return response.json();
@@ -376,7 +437,10 @@
       const [accounting, devices, alerts] = await Promise.all([
         getJSON("/accounting"),
         getJSON("/devices"),
-        getJSON(`/alerts?limit=${ALERT_LIMIT}`).catch(() => null),
+        getJSON(`/alerts?limit=${ALERT_LIMIT}`).catch((err) => {
+          if (err instanceof AuthError) throw err;
+          return null;
+        }),
       ]);
       const ids = Object.keys(devices || {}).sort();
       if (ids.length && !ids.includes(view.selected)) view.selected = ids[0];
@@ -386,13 +450,17 @@
       renderAlerts(alerts, now);
       if (view.selected) await refreshDevice(view.selected, now);
       setStatus(`updated ${new Date(now).toLocaleTimeString("en-GB")} · every ${POLL_MS / 1000} s`);
+      $("#token-form").hidden = true;
       document.body.dataset.state = "ready";
     } catch (err) {
+      if (err instanceof AuthError) {
+        askForToken(err.message === "refused");
+        return; // no polling until a token is given
+      }
       setStatus(`worker unreachable: ${err.message}`, true);
       document.body.dataset.state = "error";
-    } finally {
-      view.timer = setTimeout(refresh, POLL_MS);
     }
+    view.timer = setTimeout(refresh, POLL_MS);
   }
 
   $("#fleet-rows").addEventListener("click", (event) => {
@@ -403,7 +471,17 @@
     const tr = event.target.closest("tr[data-device-link]");
     if (tr) select(tr.dataset.deviceLink);
   });
-  window.addEventListener("hashchange", () => select(decodeHash()));
+  window.addEventListener("hashchange", () => {
+    if (takeTokenFromHash()) refresh();
+    else select(decodeHash());
+  });
+  $("#token-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const input = $("#token-input");
+    storeToken(input.value.trim());
+    input.value = "";
+    refresh();
+  });
   window.addEventListener("resize", () => {
     for (const chart of view.charts.values()) {
       if (chart.plot) chart.plot.setSize({ width: Math.max(chart.plotBox.clientWidth, 300), height: CHART_HEIGHT });

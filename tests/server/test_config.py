@@ -57,3 +57,94 @@ def test_ferry_worker_without_a_broker_says_so() -> None:
                             cwd=REPO, env={"PATH": "/usr/bin:/bin"})
     assert result.returncode == 2
     assert "FERRY_SERVER_BROKER" in result.stderr
+
+
+# ---- where the HTTP side listens, and its API token ----------------------------------------------
+
+TOKEN = "c2VjcmV0-token_42"
+
+
+def worker_args(*argv: str):
+    from ferry.server.main import build_parser
+
+    return build_parser().parse_args(list(argv))
+
+
+def test_the_api_listens_on_this_machine_only_by_default() -> None:
+    config = ServerConfig(broker="k:1")
+    assert (config.web_host, config.web_port, config.web_url) == ("127.0.0.1", 6066, "http://127.0.0.1:6066")
+    assert config.api_token == ""
+
+
+def test_flags_win_over_the_environment_and_the_file(tmp_path: Path) -> None:
+    from ferry.server.main import config_from_args
+
+    path = tmp_path / "server.toml"
+    path.write_text('[server]\nbroker = "k:1"\nweb_host = "10.0.0.1"\nweb_port = 7000\n')
+    environ = {"FERRY_SERVER_WEB_HOST": "10.0.0.2", "FERRY_SERVER_WEB_PORT": "7100"}
+    config = config_from_args(worker_args("--config", str(path)), environ)
+    assert (config.web_host, config.web_port) == ("10.0.0.2", 7100)
+    config = config_from_args(worker_args("--config", str(path), "--web-host", "0.0.0.0", "--web-port", "7200"),
+                              environ)
+    assert (config.web_host, config.web_port, config.web_url) == ("0.0.0.0", 7200, "http://0.0.0.0:7200")
+    with pytest.raises(ConfigError, match="--web-port: expected an integer"):
+        config_from_args(worker_args("--config", str(path), "--web-port", "x"), environ)
+
+
+def test_the_token_from_the_environment_or_the_file(tmp_path: Path) -> None:
+    assert load_config({"FERRY_SERVER_BROKER": "k:1", "FERRY_SERVER_API_TOKEN": TOKEN}).api_token == TOKEN
+    path = tmp_path / "server.toml"
+    path.write_text(f'[server]\nbroker = "k:1"\napi_token = "{TOKEN}"\n')
+    assert load_config({}, path).api_token == TOKEN
+
+
+def test_the_token_from_a_file_named_by_the_flag(tmp_path: Path) -> None:
+    from ferry.server.main import config_from_args
+
+    token_file = tmp_path / "token"
+    token_file.write_text(f"{TOKEN}\n")
+    config = config_from_args(worker_args("--api-token-file", str(token_file)), {"FERRY_SERVER_BROKER": "k:1"})
+    assert (config.api_token, config.api_token_file) == (TOKEN, str(token_file))
+    environ = {"FERRY_SERVER_BROKER": "k:1", "FERRY_SERVER_API_TOKEN_FILE": str(token_file)}
+    assert load_config(environ).api_token == TOKEN
+
+
+@pytest.mark.parametrize("content,message", [
+    ("", "is empty"), ("  \n", "is empty"), (b"\xff\xfe", "not UTF-8"),
+    (f"{TOKEN} {TOKEN}", "may hold only"), ("tok\u00e9n", "may hold only"), ("Bearer x", "may hold only"),
+])
+def test_a_bad_token_file_is_refused_without_echoing_it(tmp_path: Path, content: str | bytes, message: str) -> None:
+    token_file = tmp_path / "token"
+    if isinstance(content, bytes):
+        token_file.write_bytes(content)
+    else:
+        token_file.write_text(content)
+    with pytest.raises(ConfigError, match=message) as caught:
+        load_config({"FERRY_SERVER_BROKER": "k:1", "FERRY_SERVER_API_TOKEN_FILE": str(token_file)})
+    assert TOKEN not in str(caught.value) and "tok\u00e9n" not in str(caught.value)
+
+
+def test_token_settings_that_cannot_both_be(tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN)
+    with pytest.raises(ConfigError, match="not both"):
+        load_config({"FERRY_SERVER_BROKER": "k:1", "FERRY_SERVER_API_TOKEN": TOKEN,
+                     "FERRY_SERVER_API_TOKEN_FILE": str(token_file)})
+    with pytest.raises(ConfigError, match="api_token_file: cannot read"):
+        load_config({"FERRY_SERVER_BROKER": "k:1", "FERRY_SERVER_API_TOKEN_FILE": str(tmp_path / "missing")})
+
+
+def test_the_token_itself_is_no_flag() -> None:
+    """A command line is visible to every user of the machine (ps, /proc/<pid>/cmdline)."""
+    for argv in (["--api-token", TOKEN], [f"--api-token={TOKEN}"], ["--token", TOKEN]):
+        with pytest.raises(SystemExit) as caught:
+            worker_args(*argv)
+        assert caught.value.code == 2
+
+
+def test_ferry_worker_with_an_unreadable_token_file_says_so(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "ferry", "worker", "--api-token-file", str(tmp_path / "none")],
+                            capture_output=True, text=True, timeout=60, cwd=REPO,
+                            env={"PATH": "/usr/bin:/bin", "FERRY_SERVER_BROKER": "k:1"})
+    assert result.returncode == 2
+    assert "server.api_token_file: cannot read" in result.stderr

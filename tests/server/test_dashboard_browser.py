@@ -330,11 +330,14 @@ def canned_api(now_ms: int, *, with_health: bool = True) -> dict[str, object]:
 
 
 class CannedApi:
-    """Serves the dashboard's files (through `ferry.server.web.dashboard_file`) and canned API answers."""
+    """Serves the dashboard's files (through `ferry.server.web.dashboard_file`) and canned API answers;
+    with a `token`, the answers only to `Authorization: Bearer <token>` (401 otherwise, as the worker)."""
 
-    def __init__(self, answers: dict[str, object], vendor: bool = True) -> None:
-        self.answers, self.vendor = answers, vendor
+    def __init__(self, answers: dict[str, object], vendor: bool = True, token: str = "") -> None:
+        self.answers, self.vendor, self.token = answers, vendor, token
         self.requests: list[str] = []
+        self.authorization: list[tuple[str, str | None]] = []
+        """(path, its Authorization header) of every API request."""
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -346,11 +349,17 @@ class CannedApi:
                     if found is not None:
                         return self.reply(200, found[0], found[1])
                 elif path in owner.answers:
+                    owner.authorization.append((path, self.headers.get("Authorization")))
+                    if owner.token and self.headers.get("Authorization") != f"Bearer {owner.token}":
+                        return self.reply(401, b'{"error": "token"}', "application/json",
+                                          {"WWW-Authenticate": 'Bearer realm="ferry-worker"'})
                     return self.reply(200, json.dumps(owner.answers[path]).encode(), "application/json")
                 self.reply(404, b'{"error": "not found"}', "application/json")
 
-            def reply(self, status: int, body: bytes, kind: str) -> None:
+            def reply(self, status: int, body: bytes, kind: str, headers: dict[str, str] | None = None) -> None:
                 self.send_response(status)
+                for name, value in (headers or {}).items():
+                    self.send_header(name, value)
                 self.send_header("Content-Type", kind)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
@@ -415,6 +424,35 @@ def test_without_the_chart_library_numbers_still_render(tmp_path: Path) -> None:
         page = Page.parse(render_dom(f"http://127.0.0.1:{served.port}/dashboard/index.html#dev-02", tmp_path))
         assert_page_matches(page, served.api("dev-02"))
     assert page.text.count("chart library not installed: run make install") == 2  # rh_pct, temp_c
+
+
+@pytest.mark.integration
+def test_a_token_in_the_fragment_is_sent_with_every_api_request(tmp_path: Path, vendored: None) -> None:
+    token = "dash-board_token.42"
+    with CannedApi(canned_api(int(time.time() * 1000)), token=token) as served:
+        page = Page.parse(render_dom(f"http://127.0.0.1:{served.port}/dashboard/index.html#token={token}", tmp_path))
+        # The fragment held the token, not a device: the first device is selected.
+        assert_page_matches(page, served.api("dev-01"))
+    assert served.authorization and {h for _, h in served.authorization} == {f"Bearer {token}"}, \
+        served.authorization
+    assert not any(token in r for r in served.requests)  # a fragment never reaches the server
+
+
+@pytest.mark.integration
+def test_without_the_token_the_page_asks_for_it(tmp_path: Path) -> None:
+    with CannedApi(canned_api(int(time.time() * 1000)), token="needed-token") as served:
+        dom = render_dom(f"http://127.0.0.1:{served.port}/dashboard/index.html#dev-02", tmp_path)
+        asked_without = {h for _, h in served.authorization}
+        served.authorization.clear()
+        refused = Page.parse(render_dom(f"http://127.0.0.1:{served.port}/dashboard/index.html#token=wrong",
+                                        tmp_path))
+    page = Page.parse(dom)
+    assert page.state == "auth" and "API token needed" in page.text, page.text
+    assert re.search(r'<form id="token-form"[^>]*>', dom) and not re.search(r'<form id="token-form"[^>]*hidden', dom)
+    assert {k: h.value for k, h in page.totals.items()} == dict.fromkeys(TOTALS, NONE)  # no numbers shown
+    assert asked_without == {None}
+    assert {h for _, h in served.authorization} == {"Bearer wrong"}
+    assert refused.state == "auth" and "token refused" in refused.text, refused.text
 
 
 # ---- the real worker --------------------------------------------------------------------------

@@ -1,4 +1,8 @@
-"""Two workers of one app share the partitions and answer every view the same as one worker does."""
+"""Two workers of one app share the partitions and answer every view the same as one worker does.
+
+Both run with an API token: a per-device view asked of the worker that does not own the device is
+forwarded with the request's token (`@app.table_route`), and a fleet view asks the other worker with it.
+"""
 
 from __future__ import annotations
 
@@ -13,11 +17,13 @@ from ferry.contract import BridgeNaming
 from ferry.server.process import WorkerProcess, bridge_records, produce, wait_for_answer
 
 from tests.server.helpers import T0, reading, status
+from tests.server.worker_support import get_status
 
 pytestmark = pytest.mark.integration
 PARTITIONS = 4
 DEVICES = [f"dev-{i:02d}" for i in range(12)]
 NUMBERS = ("received", "duplicates", "gaps", "lost_at_device", "invalid", "late", "devices")
+TOKEN = "two-workers-test-token"
 
 
 def messages() -> list[tuple[str, bytes]]:
@@ -70,7 +76,7 @@ def test_two_workers_answer_as_one(kafka, tmp_path: Path) -> None:
     common = {"broker": kafka.bootstrap_servers, "telemetry_topic": naming.telemetry_topic,
               "status_topic": naming.status_topic, "series_topic": f"two-{run}.series",
               "alerts_topic": f"two-{run}.alerts", "partitions": PARTITIONS, "broker_session_timeout_s": 6,
-              "producer_max_batch_size": 1, "allowed_lateness_s": 0}
+              "producer_max_batch_size": 1, "allowed_lateness_s": 0, "api_token": TOKEN}
 
     with WorkerProcess(tmp_path, "alone", app_id=f"one-{run}", **common) as alone:
         answer = wait_for_answer(alone, "/accounting", lambda a: bool(a) and a["received"] == received)
@@ -97,3 +103,6 @@ def test_two_workers_answer_as_one(kafka, tmp_path: Path) -> None:
         assert set(local[0]) | set(local[1]) == set(DEVICES)
         assert views(first) == reference, first.log_tail()
         assert views(second) == reference, second.log_tail()
+        for w in (first, second):  # the same views without the token
+            assert [get_status(w.port, p) for p in ("/accounting", "/devices", f"/devices/{DEVICES[0]}")] == \
+                [401] * 3

@@ -78,8 +78,11 @@ def assignment(streams: Streams) -> Iterator[Assignment]:
 
 @asynccontextmanager
 async def http(streams: Streams) -> AsyncIterator[TestClient]:
-    """The worker's HTTP API, served in process."""
-    async with TestClient(TestServer(streams.worker.app.web.web_app)) as client:
+    """The worker's HTTP API, served in process with what `faust worker` serves: `init_server()` (as
+    `Web.on_start` calls it) adds the Faust blueprints its settings enable (faust/web/base.py)."""
+    web = streams.worker.app.web
+    web.init_server()
+    async with TestClient(TestServer(web.web_app)) as client:
         yield client
 
 
