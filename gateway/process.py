@@ -9,8 +9,10 @@ from __future__ import annotations
 import os
 import socket
 import sys
+import tomllib
 from pathlib import Path
 
+from ferry.addresses import host_port
 from ferry.process import ManagedProcess, free_port
 
 READY_TIMEOUT_S = 30.0
@@ -36,7 +38,10 @@ class GatewayProcess:
         self.metrics_port = metrics_port
         self.data_dir = data_dir
         self.config_path: Path | None = None
+        self.listeners: list[tuple[str, int]] = []
+        """The `[[listener]]` addresses in `config_text`: ready means they accept too."""
         if config_text is not None:
+            self.listeners = [host_port(table["listen"]) for table in tomllib.loads(config_text).get("listener", [])]
             self.config_path = data_dir / "ferry.toml"
             data_dir.mkdir(parents=True, exist_ok=True)
             self.config_path.write_text(config_text)
@@ -74,9 +79,10 @@ class GatewayProcess:
         return self
 
     def _ready(self) -> bool:
-        """The MQTT listener accepts, and so does the metrics endpoint when there is one."""
+        """Every MQTT listener accepts, and so does the metrics endpoint when there is one."""
         return accepts_connections(self.host, self.port) and (
-            self.metrics_port is None or accepts_connections(self.host, self.metrics_port))
+            self.metrics_port is None or accepts_connections(self.host, self.metrics_port)) and all(
+            accepts_connections(host, port) for host, port in self.listeners)
 
     def kill(self) -> None:
         """SIGKILL: a crash or power cut, as far as the store can tell."""

@@ -11,10 +11,11 @@ import pytest
 
 from ferry import flash
 from ferry.gateway import main as gateway_main
+from ferry.gateway.auth import passwd_cli
 
 REPO = Path(__file__).resolve().parents[2]
 DOC = (REPO / "docs" / "raspberry-pi.md").read_text()
-PARSERS = {"gateway": gateway_main.build_parser, "flash": flash.build_parser}
+PARSERS = {"gateway": gateway_main.build_parser, "flash": flash.build_parser, "passwd": passwd_cli.build_parser}
 
 
 def ferry_commands() -> list[list[str]]:
@@ -33,7 +34,7 @@ def ferry_commands() -> list[list[str]]:
 
 def test_the_guide_has_its_commands() -> None:
     subcommands = [c[0] for c in ferry_commands() if c and not c[0].startswith("-")]
-    assert subcommands.count("gateway") >= 4 and "flash" in subcommands
+    assert subcommands.count("gateway") >= 4 and "flash" in subcommands and "passwd" in subcommands
 
 
 @pytest.mark.parametrize("argv", [c for c in ferry_commands() if c and c[0] in PARSERS], ids=" ".join)

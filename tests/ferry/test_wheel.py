@@ -104,35 +104,46 @@ def test_installed_ferry_runs_from_the_venv_not_the_checkout(installed: Installe
 
 
 @pytest.fixture(scope="module")
-def gateway(installed: Installed, tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+def gateway(installed: Installed, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, str]]:
+    """The installed `ferry gateway` with a password file made by the installed `ferry passwd`."""
     work = tmp_path_factory.mktemp("installed-gateway")
+    made = subprocess.run([str(installed.bin / "ferry"), "passwd", str(work / "passwd"), "wheel-test", "--random"],
+                          capture_output=True, text=True, timeout=60, cwd=work)
+    assert made.returncode == 0, made.stderr
     port = free_port()
     process = ManagedProcess("installed-gateway", [str(installed.bin / "ferry"), "gateway", "--listen",
-                                                   f"127.0.0.1:{port}", "--data-dir", str(work / "data")],
+                                                   f"127.0.0.1:{port}", "--data-dir", str(work / "data"),
+                                                   "--password-file", str(work / "passwd"), "--allow-anonymous"],
                              work / "gateway.log", cwd=work)
     process.start()
     try:
         process.wait_ready(lambda: accepts_connections("127.0.0.1", port), 30)
-        yield port
+        yield port, made.stdout.strip()
     finally:
         assert process.stop() == 0
 
 
-def test_installed_gateway_acknowledges_a_qos1_publish(gateway: int) -> None:
+def test_installed_gateway_acknowledges_a_qos1_publish(gateway: tuple[int, str]) -> None:
+    port, password = gateway
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="wheel-test", protocol=mqtt.MQTTv311)
-    client.connect("127.0.0.1", gateway, 30)
+    client.username_pw_set("wheel-test", password)
+    connected: list[int] = []
+    client.on_connect = lambda c, u, flags, reason, props: connected.append(reason.value)
+    client.connect("127.0.0.1", port, 30)
     client.loop_start()
     try:
-        info = client.publish("wheel/test", b"hello", qos=1)
+        info = client.publish("ferry/lab/wheel-test/telemetry", b"hello", qos=1)
         info.wait_for_publish(10)
         assert info.is_published()  # the PUBACK arrived
+        assert connected == [0]  # accepted with the password `ferry passwd` made
     finally:
         client.loop_stop()
         client.disconnect()
 
 
-def test_installed_flash_puts_the_firmware_on_a_virtual_board(installed: Installed, gateway: int,
+def test_installed_flash_puts_the_firmware_on_a_virtual_board(installed: Installed, gateway: tuple[int, str],
                                                               tmp_path: Path) -> None:
+    gateway, _ = gateway
     board = SerialBridge(tmp_path / "board", BoardConfig(uid=bytes.fromhex("240ac4f1a501")))
     board.power_on()
     collector = Collector(gateway, client_id="wheel-collector", clean=True)
