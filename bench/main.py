@@ -4,7 +4,8 @@
 load generator in a process of its own. `server`: readings per second through
 the analytics worker from a pre-filled topic (bench/server.py). `bridge`:
 devices → gateway → Kafka, Ferry's gateway against Mosquitto plus a paho →
-confluent-kafka forwarder: sustained rate, spool drain, RSS, restart (bench/bridge.py).
+confluent-kafka forwarder: sustained rate, spool drain, RSS, restart (bench/bridge.py). `fuzz`: the
+MQTT codec and the broker core fuzzed, with inputs/s and a reproducer per crash (bench/fuzz.py).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from ferry.bench.scenarios import SCENARIOS, Settings
 
 EXIT_NOT_BUILT = 3
 EXIT_INTERRUPTED = 130
-TARGETS = ("broker", "server", "bridge")
+TARGETS = ("broker", "server", "bridge", "fuzz")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -96,6 +97,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from ferry.bench.bridge import main as bridge_main
 
         return bridge_main(rest)
+    if target == "fuzz":
+        from ferry.bench.fuzz import main as fuzz_main
+
+        return fuzz_main(rest)
     args = build_parser().parse_args(rest)
     if args.publishers < 1 or args.subscribers < 1 or args.duration <= 0 or args.connections < 1:
         print("ferry bench broker: --publishers, --subscribers, --connections and --duration must be positive",

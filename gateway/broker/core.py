@@ -151,8 +151,8 @@ class Broker:
         `is_ack` marks a held PUBACK/PUBREC: until it is released it counts
         against the client's unacknowledged publishes (our Receive Maximum).
         """
-        if conn.closed:
-            return
+        if conn.closed or conn.close_reason is not None:
+            return  # closing: only what was queued before (and is held for a commit) still goes out
         if conn.held or wait_batch > self.journal.committed_batch:
             conn.held.append((wait_batch, data, is_ack))
             conn.incoming_unacked += is_ack
@@ -410,8 +410,7 @@ class Broker:
             self._record(rec.SessionSaved(client_id, int(packet.protocol_version), expiry, session.owner))
             session.stored = True
         elif session.stored:
-            self._record(rec.SessionDeleted(client_id))
-            session.stored = False
+            self._unstore(session)  # a v5 client resumed it with Session Expiry 0
 
         connack_props = EMPTY_PROPERTIES
         if v5:
@@ -490,22 +489,31 @@ class Broker:
         for topic_filter, sub in session.subscriptions.items():
             group, plain = split_shared(topic_filter)
             self.index.remove(session.client_id, plain, group)
-        for item in itertools.chain(session.inflight.values(), session.queue):
-            if item.durable and item.state is not DeliveryState.PUBREL_SENT:
-                self._release_message(item.message)
-        if session.stored:
-            self._record(rec.SessionDeleted(session.client_id))
+        self._unstore(session)
         if self.sessions.get(session.client_id) is session:
             del self.sessions[session.client_id]
 
+    def _unstore(self, session: Session) -> None:
+        """Take a session out of the store: its deliveries stay in memory only, and no record refers
+        to it after its `SessionDeleted`."""
+        for item in itertools.chain(session.inflight.values(), session.queue):
+            if item.durable:
+                if item.state is not DeliveryState.PUBREL_SENT:
+                    self._release_message(item.message)
+                item.durable = False
+        if session.stored:
+            self._record(rec.SessionDeleted(session.client_id))
+            session.stored = False
+
     def _resume(self, session: Session, conn: Connection, now: float) -> None:
-        """Resend what was in flight (DUP) and PUBRELs, then fill the window from the queue."""
+        """Resend PUBRELs, then what was in flight (DUP) as far as the client's window allows, then
+        fill the window from the queue."""
+        session.unsent.clear()
         for item in session.inflight.values():
             if item.state is DeliveryState.PUBREL_SENT:
                 self._send_packet(conn, Pubrel(item.packet_id))
             else:
-                self.stats.resent += 1
-                self._transmit(conn, item, dup=True, now=now)
+                session.unsent.append(item.packet_id)
         self._fill_window(session, now)
 
     # ------------------------------------------------------------------ PUBLISH in
@@ -730,6 +738,10 @@ class Broker:
         conn = session.connection
         if conn is None:
             return
+        unsent = session.unsent
+        while unsent and len(session.inflight) - len(unsent) < conn.inflight_limit:
+            self.stats.resent += 1
+            self._transmit(conn, session.inflight[unsent.popleft()], dup=True, now=now)
         wall = self.wall(now)
         while session.queue and len(session.inflight) < conn.inflight_limit:
             item = session.queue.popleft()
@@ -767,9 +779,9 @@ class Broker:
         item = session.inflight.get(packet.packet_id)
         if item is None or item.qos != 1:
             return
-        del session.inflight[packet.packet_id]
+        self._take_inflight(session, packet.packet_id)
         self._finish(session, item)
-        if session.queue:
+        if session.queue or session.unsent:
             self._fill_window(session, now)
 
     def _on_pubrec(self, conn: Connection, session: Session, packet: Pubrec, now: float) -> None:
@@ -779,12 +791,14 @@ class Broker:
                                            if conn.protocol_version is V5 else ReasonCode.SUCCESS))
             return
         if packet.reason_code >= 0x80:
-            del session.inflight[packet.packet_id]
+            self._take_inflight(session, packet.packet_id)
             self._finish(session, item)
             self._fill_window(session, now)
             return
         before = self._appends
         if item.state is DeliveryState.PUBLISH_SENT:
+            if session.unsent and packet.packet_id in session.unsent:
+                session.unsent.remove(packet.packet_id)  # received before the disconnect after all
             item.state = DeliveryState.PUBREL_SENT
             if item.durable:
                 # The store ends the queue entry here; only the packet id stays until PUBCOMP.
@@ -793,6 +807,11 @@ class Broker:
         # PUBREL only once PubrecReceived is durable: a PUBREL that overtook it, then a crash,
         # would restore the delivery as unsent and resend the message the client already has.
         self._send_packet(conn, Pubrel(packet.packet_id), self._wait_batch(before))
+
+    def _take_inflight(self, session: Session, packet_id: int) -> None:
+        del session.inflight[packet_id]
+        if session.unsent and packet_id in session.unsent:
+            session.unsent.remove(packet_id)  # acknowledged before this connection resent it
 
     def _on_pubcomp(self, conn: Connection, session: Session, packet: Pubcomp, now: float) -> None:
         item = session.inflight.get(packet.packet_id)
@@ -846,7 +865,14 @@ class Broker:
             if group is None and (request.retain_handling == 0 or (request.retain_handling == 1 and is_new)):
                 retained_out.extend((m, sub) for m in self._retained_matching(plain, now))
         self._send_packet(conn, Suback(packet.packet_id, tuple(codes)), self._wait_batch(before))
-        for message, sub in retained_out:
+        if not retained_out:
+            return
+        # One delivery per retained message (the last matching filter's), and none of a message the
+        # session already has on its way: the store keeps one queue entry per session and message.
+        pending = {id(item.message) for item in itertools.chain(session.inflight.values(), session.queue)}
+        for message, sub in {id(message): (message, sub) for message, sub in retained_out}.values():
+            if id(message) in pending:
+                continue
             qos = min(message.qos, sub.qos)
             ids = (sub.subscription_id,) if sub.subscription_id else ()
             self._deliver(session, Delivery(message, qos, True, ids), now)

@@ -82,6 +82,10 @@ class Session:
     """Packet id → delivery sent and not yet fully acknowledged, in send order."""
     queue: deque[Delivery] = field(default_factory=deque)
     queued_bytes: int = 0
+    unsent: deque[int] = field(default_factory=deque)
+    """Packet ids in `inflight` whose PUBLISH this connection has not resent yet: a client that
+    comes back with a smaller Receive Maximum gets the rest as acknowledgements free its window
+    [MQTT-3.3.4-9]."""
     incoming_qos2: set[int] = field(default_factory=set)
     """Packet ids of QoS 2 publishes we PUBRECed and whose PUBREL has not come."""
     connection: "Connection | None" = None
