@@ -83,6 +83,8 @@ class App:
         log("boot %d (%s), device %s, fw %s, mode %s, sample %d ms; outbox %d pending, %d lost%s" % (
             self.boot, self.reset_cause, self.dev, FW_VERSION, cfg.mode, cfg.sample_ms, self.ob.pending(),
             self.ob.lost_total(), "" if self.ob.last_loss is None else " %r" % (self.ob.last_loss,)))
+        log("mqtt: gateway %s:%d, %s, %s" % (cfg.broker_host, cfg.port(), "tls, CA pinned" if cfg.tls else
+                                             "plain (tls false)", "password" if cfg.mqtt_password else "anonymous"))
         log("heap: free after imports %d, outbox %d, session %d" % (_FREE_AFTER_IMPORTS, free_ob,
                                                                     self.heap_check()))
 
@@ -172,6 +174,8 @@ class App:
             self.sync_clock()
         hw.feed()
         if not self.session.connect(self.birth(), self.will):
+            if cfg.tls and not hw.synced:  # an ESP32's mbedTLS checks the certificate's dates against the RTC
+                log("tls: the clock is not set (NTP): the gateway's certificate may look not yet valid")
             return False
         self.reported_lost = self.birth_lost
         if self.session.connects == 1:

@@ -69,14 +69,25 @@ class Publisher:
         return 0
 
 
-def connect_bytes(client_id, keepalive_s, will_topic, will_payload):
+def connect_bytes(client_id, keepalive_s, will_topic, will_payload, username=b"", password=b""):
     """CONNECT with clean_session 0 and a retained QoS 1 last will, the only one a device sends
-    (rare: allocates). All arguments but keepalive_s are bytes."""
-    n = 10 + 2 + len(client_id) + 2 + len(will_topic) + 2 + len(will_payload)
+    (rare: allocates). All arguments but keepalive_s are bytes. With a password, the user name
+    and password flags are set and both follow the will in the payload (MQTT 3.1.1 3.1.2.8-9,
+    3.1.3); a password without a user name is not allowed [MQTT-3.1.2-22], so an empty
+    username sends neither."""
+    flags = 0x2C  # will retain | will QoS 1 | will flag
+    tail = b""
+    if username:
+        flags |= 0x80
+        tail = _field(username)
+        if password:
+            flags |= 0x40
+            tail += _field(password)
+    n = 10 + 2 + len(client_id) + 2 + len(will_topic) + 2 + len(will_payload) + len(tail)
     head = bytes((0x10, n & 0x7F | 0x80, n >> 7)) if n >= 128 else bytes((0x10, n))
-    # Protocol name "MQTT", level 4; flags 0x2c: will retain | will QoS 1 | will flag.
-    return (head + b"\x00\x04MQTT\x04\x2c" + bytes((keepalive_s >> 8, keepalive_s & 0xFF))
-            + _field(client_id) + _field(will_topic) + _field(will_payload))
+    # Protocol name "MQTT", level 4, the flags, the keepalive.
+    return (head + b"\x00\x04MQTT\x04" + bytes((flags, keepalive_s >> 8, keepalive_s & 0xFF))
+            + _field(client_id) + _field(will_topic) + _field(will_payload) + tail)
 
 
 def _field(data):

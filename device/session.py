@@ -6,8 +6,12 @@
 # connect() sets the socket's timeout to None: a gateway that accepts TCP and never
 # answers would then block the board until its watchdog fires (docs/device.md).
 #
-# - connect: TCP connect and CONNACK with a timeout of connect_timeout_ms each, TCP_NODELAY
-#   set before the connect, CONNECT with clean_session 0 and the retained "offline" will;
+# - connect: TCP connect, the TLS handshake (settings.tls: the gateway's certificate must
+#   chain to the CA on flash, pinned, and name broker_host) and CONNACK, each read with a
+#   timeout of connect_timeout_ms, TCP_NODELAY set before the connect, CONNECT with
+#   clean_session 0, the retained "offline" will, the device id as user name and
+#   mqtt_password; a refusing CONNACK (bad password: 4, not authorized: 5) is a failed
+#   connect like any other: logged as such, backed off, the readings stay in the outbox;
 # - publishes readings from the outbox tail, up to `inflight` at a time, each in one
 #   write from a preallocated buffer (packets.Publisher), and acknowledges the outbox
 #   only on the PUBACK (in order, by record number);
@@ -41,6 +45,26 @@ K_REPLY = const(3)
 _EXTRA_SLOTS = const(4)  # in-flight slots beyond `inflight` for status messages and replies
 RX_BYTES = const(640)  # largest packet the device reads whole (a command); bigger ones are skipped
 _DNS_RETRY_AFTER = const(3)  # failed connects in a row before the broker's name is looked up again
+
+
+def tls_context(ca_file):
+    """A TLS client context that trusts exactly the CA certificate (DER) in ca_file: pinned.
+
+    Made once per Session (the CA is parsed once); each connect wraps a new socket with it.
+    verify_mode is set explicitly: micropython-lib's `ssl.SSLContext` defaults to CERT_NONE.
+    """
+    try:
+        import tls  # MicroPython 1.23+
+    except ImportError:
+        import ssl as tls  # 1.22: the same SSLContext under this name
+    ctx = tls.SSLContext(tls.PROTOCOL_TLS_CLIENT)
+    ctx.verify_mode = tls.CERT_REQUIRED
+    with open(ca_file, "rb") as f:
+        try:
+            ctx.load_verify_locations(f.read())
+        except ValueError as e:  # not a certificate (mbedTLS: "invalid cert"): a crash, logged, backed off
+            raise ValueError("tls: %s: %s (flash the gateway's CA again: ferry flash --ca)" % (ca_file, e))
+    return ctx
 
 
 class _BrokerAddress:
@@ -112,7 +136,11 @@ class Session:
         self._on_cmd = on_cmd
         self._feed = feed
         self._broker = _BrokerAddress()
-        self.sock = None
+        self._password = cfg.mqtt_password.encode()
+        self._tls = tls_context(cfg.tls_ca_file) if cfg.tls else None
+        self.sock = None  # the stream MQTT goes over: the TLS socket, or the TCP socket itself
+        self._raw = None  # the TCP socket: timeouts and poll()
+        self._tls_poll = None
         self.up = False
         self.session_present = False
         self.backoff = Backoff(cfg.backoff_min_ms, cfg.backoff_max_ms)
@@ -152,28 +180,41 @@ class Session:
 
     # ---- connecting -----------------------------------------------------
     def connect(self, birth, will):
-        """Connect (blocking: the TCP connect and the CONNACK at most connect_timeout_ms each); True when up.
+        """Connect (blocking: the TCP connect, each read of the TLS handshake and of the CONNACK at most
+        connect_timeout_ms); True when up.
 
         Then resend what was in flight, subscribe to the cmd topic and publish `birth`.
         """
         t0 = time.ticks_ms()
         try:
-            self._open(will)
-        except Exception as e:  # OSError (timeout, refused, reset), or a CONNACK that refuses or is none
+            code = self._open(will)
+        except Exception as e:  # OSError (timeout, refused, reset), a certificate that does not verify, no CONNACK
+            code = -1
             log("mqtt: connect failed: %r" % (e,))
+        if code:  # backed off by the app like any failed connect; the readings stay in the outbox
+            if code > 0:  # the gateway said no, in its words (MQTT 3.1.1 table 3.1)
+                log("mqtt: connect refused: %s (CONNACK return code %d)" % (
+                    "bad user name or password" if code == 4 else "not authorized" if code == 5 else
+                    "identifier rejected" if code == 2 else "see MQTT 3.1.1 table 3.1", code))
             self._broker.failures += 1
             self._drop()
             return False
         self._broker.failures = 0
-        self.sock.settimeout(self._ack_ms / 1000)
+        self._raw.settimeout(self._ack_ms / 1000)
         self._poll = select.poll()
-        self._poll.register(self.sock, select.POLLIN)
+        self._poll.register(self._raw, select.POLLIN)
+        if self._tls is not None:
+            # Only asked with timeout 0, for records mbedTLS already holds: the unix port's poll() sleeps
+            # 1 ms per round for an object without a file descriptor, so the waiting is on the TCP socket.
+            self._tls_poll = select.poll()
+            self._tls_poll.register(self.sock, select.POLLIN)
         self.up = True
         self.connects += 1
         self._pinging = False
         self._last_tx = time.ticks_ms()
-        log("mqtt: connected in %d ms, session present %d" % (time.ticks_diff(self._last_tx, t0),
-                                                              self.session_present))
+        log("mqtt: connected in %d ms, session present %d%s" % (time.ticks_diff(self._last_tx, t0),
+                                                                self.session_present,
+                                                                ", tls" if self._tls is not None else ""))
         try:
             self._resend()  # first, before anything of this connection is in the ring
             if self._subscribe():
@@ -183,18 +224,31 @@ class Session:
         return self.up
 
     def _open(self, will):
-        """TCP connect, CONNECT, CONNACK; sets session_present. Raises when the session is not up."""
+        """TCP connect, TLS handshake, CONNECT, CONNACK; sets session_present. Returns the CONNACK's return
+        code (0: accepted); raises when there is none."""
         cfg = self._cfg
-        address = self._broker.get(cfg.broker_host, cfg.broker_port)
+        address = self._broker.get(cfg.broker_host, cfg.port())
         self._drop()
-        s = self.sock = socket.socket()
-        s.settimeout(cfg.connect_timeout_ms / 1000)  # the TCP connect, then every read of the CONNACK
+        s = self._raw = socket.socket()
+        s.settimeout(cfg.connect_timeout_ms / 1000)  # the TCP connect, then every read of the handshake and CONNACK
         try:
             s.setsockopt(6, 1, 1)  # IPPROTO_TCP, TCP_NODELAY (not on every lwIP build: then Nagle stays)
         except OSError:
             pass
         s.connect(address)
-        s.write(packets.connect_bytes(self._client_id, cfg.keepalive_s, self.topics.status, will))
+        if self._tls is not None:
+            # Blocking; each read times out like s: ETIMEDOUT on the unix port and the ESP32 alike,
+            # which mbedTLS passes through, so a gateway that never answers costs connect_timeout_ms.
+            self._feed()
+            try:
+                s = self._tls.wrap_socket(s, server_hostname=cfg.broker_host)
+            except ValueError as e:  # mbedTLS refused the certificate: its reason, without the line breaks
+                raise ValueError("tls: certificate refused: %s" % str(e).strip())
+            self._feed()
+        self.sock = s
+        user = self._client_id if self._password else b""
+        s.write(packets.connect_bytes(self._client_id, cfg.keepalive_s, self.topics.status, will, user,
+                                      self._password))
         first = self._byte()
         n = self._varint() if first >= 0 else -1
         if n < 0:
@@ -203,10 +257,10 @@ class Session:
             raise ValueError("a %d-byte packet instead of CONNACK" % n)
         self._read_into(n)
         code = packets.connack_code(first, self._rx, n)
-        if code:
-            raise ValueError("CONNACK refused (return code %d)" % code if code > 0 else
-                             "packet 0x%02x instead of CONNACK" % first)
+        if code < 0:
+            raise ValueError("packet 0x%02x instead of CONNACK" % first)
         self.session_present = bool(packets.connack_session_present(self._rx))
+        return code
 
     def _subscribe(self):
         """SUBSCRIBE to the cmd topic at QoS 1 and wait for the SUBACK (commands may arrive first).
@@ -324,8 +378,15 @@ class Session:
             self.lost("read failed or timed out mid-packet")
 
     def _readable(self, ms):
-        for _ in self._poll.ipoll(ms):
+        for _ in self._poll.ipoll(ms if self._tls_poll is None else 0):
             return True
+        if self._tls_poll is None:
+            return False
+        for _ in self._tls_poll.ipoll(0):  # the rest of a TLS record mbedTLS already read
+            return True
+        if ms:
+            for _ in self._poll.ipoll(ms):
+                return True
         return False
 
     # ---- publishing -------------------------------------------------------
@@ -438,9 +499,15 @@ class Session:
         self._dispatch(first, n)
 
     def _byte(self):
-        if self.sock.readinto(self._one_byte, 1) != 1:
-            return -1
-        return self._one_byte[0]
+        # A TLS socket answers None for a record with nothing for us (a TLS 1.3 session ticket after the
+        # handshake; mbedTLS's would-block): read again, a few times; each read still times out.
+        for _ in range(4):
+            n = self.sock.readinto(self._one_byte, 1)
+            if n == 1:
+                return self._one_byte[0]
+            if n is not None:
+                return -1
+        raise OSError(110)
 
     def _varint(self):
         n = 0
@@ -555,13 +622,14 @@ class Session:
         self.up = False
         self._pinging = False
         self._suback_pid = 0
-        self._poll = None
-        if self.sock is not None:
-            try:
-                self.sock.close()
-            except OSError:
-                pass
-            self.sock = None
+        self._poll = self._tls_poll = None
+        for s in (self.sock, self._raw):  # the TLS socket closes its TCP socket too; closing twice is harmless
+            if s is not None:
+                try:
+                    s.close()
+                except OSError:
+                    pass
+        self.sock = self._raw = None
 
     def abort(self):
         """Close without DISCONNECT: the broker publishes the will."""

@@ -4,21 +4,30 @@
 # cmd topic change a few keys at run time; those changes are written back to the same
 # file (tmp + rename), so they survive resets, deep sleep and power cuts.
 import json
+import os
 
 from flashfs import replace
 
 CONFIG_PATH = "/ferry_config.json"
+CA_PATH = "/ferry_ca.der"
 MODES = ("always_on", "duty_cycle")
 
 # Keys: (key, kind, default, low, high). kind: "id" (1-64 of A-Z a-z 0-9 _ -; "id?": may
-# also be empty), "str" (low..high characters), "int" (low..high), "mode". A default of
-# None means required. What each key means:
+# also be empty), "str" (low..high characters), "int" (low..high), "bool", "mode". A
+# default of None means required. What each key means:
 #   site                       site id: ferry/<site>/<device>/...
 #   device_id                  device id; empty: esp32-<machine.unique_id() hex>
 #   wifi_ssid                  access point to join
 #   wifi_password              its WPA2 passphrase
 #   broker_host                gateway host name or address
-#   broker_port                gateway MQTT port
+#   broker_port                gateway MQTT port without TLS (tls false)
+#   broker_tls_port            gateway MQTT port with TLS
+#   tls                        true: MQTT over TLS, the gateway's certificate checked against
+#                              tls_ca_file alone (pinned) and for broker_host; false: plain MQTT
+#                              (said explicitly: true, the default, needs the CA file on flash)
+#   tls_ca_file                the gateway's CA certificate on flash, DER (`ferry flash --ca`)
+#   mqtt_password              MQTT password; the user name is the device id. Empty: neither is
+#                              sent (only a gateway with anonymous clients allowed accepts that)
 #   sample_ms                  sample interval (always_on) / wake period (duty_cycle)
 #   mode                       always_on or duty_cycle
 #   wake_budget_ms             duty_cycle: time awake per wake to connect and send
@@ -45,6 +54,10 @@ FIELDS = (
     ("wifi_password", "str", "", 0, 64),
     ("broker_host", "str", None, 1, 253),
     ("broker_port", "int", 1883, 1, 65535),
+    ("broker_tls_port", "int", 8883, 1, 65535),
+    ("tls", "bool", True, 0, 0),
+    ("tls_ca_file", "str", CA_PATH, 1, 128),
+    ("mqtt_password", "str", "", 0, 128),
     ("sample_ms", "int", 10000, 100, 86400000),
     ("mode", "mode", "always_on", 0, 0),
     ("wake_budget_ms", "int", 15000, 500, 600000),
@@ -95,6 +108,9 @@ def check(key, kind, value, low, high):
     elif kind == "str":
         if not isinstance(value, str) or not low <= len(value) <= high:
             return "must be a string of %d-%d characters" % (low, high)
+    elif kind == "bool":
+        if not isinstance(value, bool):
+            return "must be true or false, got %r" % (value,)
     elif kind == "mode":
         if value not in MODES:
             return "must be one of %s, got %r" % (" ".join(MODES), value)
@@ -154,7 +170,27 @@ class Settings:
             raw = json.loads(text)
         except ValueError:
             raise SettingsError("%s: not valid JSON" % path)
-        return cls(raw, path)
+        settings = cls(raw, path)
+        settings.check_files()
+        return settings
+
+    def check_files(self):
+        """What the configuration needs on flash besides itself: the CA certificate when tls is on.
+
+        Never a silent fall-back to plain MQTT: without the CA the board does not connect."""
+        if not self.tls:
+            return
+        try:
+            size = os.stat(self.tls_ca_file)[6]
+        except OSError:
+            size = 0
+        if not size:
+            raise SettingsError("%s: tls: no CA certificate at %s (ferry flash --ca); \"tls\": false is plain MQTT"
+                                % (self.path, self.tls_ca_file))
+
+    def port(self):
+        """The gateway port for this transport: broker_tls_port with TLS, else broker_port."""
+        return self.broker_tls_port if self.tls else self.broker_port
 
     def update(self, changes):
         """Validate and apply {key: value} from a command, then persist; raises SettingsError("args.k: ...")."""

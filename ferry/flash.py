@@ -9,14 +9,23 @@ Steps (each one `mpremote connect PORT ...` subprocess, commands chained with `+
    header the board cannot import is never copied;
 1. build, on the host: `device/*.py` compiled with mpy-cross (default; `--no-mpy` copies the
    sources), `main.py` as source, `umqtt/simple.py` from git-ignored `device/lib/` (compiled
-   too), and `/ferry_config.json` made in memory from the options, validated with the
-   firmware's own `device/settings.py`, written with mode 0600 into a private temporary
-   folder outside the repository and deleted after the copy (secrets live only on the board);
+   too), the gateway's CA certificate as DER (`--ca`: the board then speaks MQTT over TLS and
+   trusts that CA alone), and `/ferry_config.json` made in memory from the options, with a
+   new random MQTT password, validated with the firmware's own `device/settings.py`, written
+   with mode 0600 into a private temporary folder outside the repository and deleted after
+   the copy (secrets live only on the board);
 2. copy and verify, one connection: make `/lib/umqtt`, remove stale counterparts (`app.py`
    next to a new `app.mpy`: the board would import the source first), `fs cp` everything (or
    `mip install umqtt.simple` with `--umqtt mip`), then `fs sha256sum` of every copied file,
    compared with hashlib on the host;
-3. `reset` (a second connection, only when every hash matched).
+3. with `--password-file`, the device (user name = device id) and its new password go into
+   the gateway's password file through `ferry passwd FILE DEVICE` (the password on its
+   standard input, never in argv); without it, the password is printed once, for the
+   operator to give `ferry passwd` on the gateway;
+4. `reset` (a second connection, only when every hash matched).
+
+Secrets never go on a command line: the Wi-Fi password comes from `--wifi-password-file`,
+the environment (`FERRY_WIFI_PASSWORD`) or a prompt; the MQTT password is made here.
 
 Each invocation first runs a one-line `exec` that prints a marker: a board that has not
 printed it within `--timeout` seconds does not answer (exit 3); mpremote is killed then.
@@ -28,12 +37,15 @@ line or configuration, missing port, 3 board does not answer, 4 board filesystem
 from __future__ import annotations
 
 import argparse
+import getpass
 import hashlib
 import json
 import os
 import re
+import secrets
 import selectors
 import shutil
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -46,6 +58,13 @@ from pathlib import Path
 from ferry import firmware
 
 CONFIG_REMOTE = "/ferry_config.json"
+CA_REMOTE = "/ferry_ca.der"
+"""The gateway's CA certificate on the board, DER: the unix port's mbedTLS build refuses PEM."""
+WIFI_PASSWORD_ENV = "FERRY_WIFI_PASSWORD"
+MQTT_PASSWORD_BYTES = 18
+"""`secrets.token_urlsafe(18)`: 24 characters, 144 random bits (as `ferry passwd --random`)."""
+PORT_TLS, PORT_PLAIN = 8883, 1883
+SECRET_KEYS = ("wifi_password", "mqtt_password")
 SOURCE_ONLY = ("main.py",)
 """Stays source on the board: the ESP32 runs `main.py` (and `boot.py`) only as .py files."""
 
@@ -151,12 +170,15 @@ def firmware_settings() -> types.ModuleType:
     return module
 
 
-def build_config(args: argparse.Namespace) -> dict:
+def build_config(args: argparse.Namespace, wifi_password: str = "", mqtt_password: str = "") -> dict:
     """The board's /ferry_config.json as a dict, validated as the firmware will validate it."""
     host, port = args.broker
+    tls = args.ca is not None
     config: dict[str, object] = {"site": args.site, "wifi_ssid": args.wifi_ssid,
-                                 "wifi_password": args.wifi_password, "broker_host": host,
-                                 "broker_port": port}
+                                 "wifi_password": wifi_password, "broker_host": host, "tls": tls}
+    config["broker_tls_port" if tls else "broker_port"] = port or (PORT_TLS if tls else PORT_PLAIN)
+    if mqtt_password:
+        config["mqtt_password"] = mqtt_password
     if args.device_id is not None:
         config["device_id"] = args.device_id
     if args.sample_s is not None:
@@ -167,6 +189,9 @@ def build_config(args: argparse.Namespace) -> dict:
         key, sep, value = item.partition("=")
         if not sep:
             raise FlashError(f"--set {item!r}: expected KEY=VALUE", EXIT_USAGE)
+        if key in SECRET_KEYS or key in ("tls", "tls_ca_file"):
+            raise FlashError(f"--set {key}: not here (secrets never go on a command line; TLS is --ca or "
+                             "--no-tls)", EXIT_USAGE)
         try:
             config[key] = json.loads(value)
         except ValueError:
@@ -177,6 +202,71 @@ def build_config(args: argparse.Namespace) -> dict:
     except settings.SettingsError as e:
         raise FlashError(f"bad configuration: {e}", EXIT_USAGE) from None
     return config
+
+
+def ca_der(path: Path) -> bytes:
+    """The one CA certificate in `path` (PEM or DER) as DER; FlashError (exit 2) for anything else.
+
+    Checked by parsing it with OpenSSL, so a key or a garbled file never reaches the board."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise FlashError(f"--ca {path}: {e.strerror or e}", EXIT_USAGE) from None
+    if b"-----BEGIN" in data:
+        blocks = re.findall(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", data, re.S)
+        if len(blocks) != 1:
+            raise FlashError(f"--ca {path}: holds {len(blocks)} PEM certificates; give the one CA certificate "
+                             "that signed the gateway's", EXIT_USAGE)
+        der = ssl.PEM_cert_to_DER_cert(blocks[0].decode("ascii"))
+    else:
+        der = data
+    try:
+        ssl.create_default_context(cadata=der)
+    except (ssl.SSLError, ValueError) as e:
+        raise FlashError(f"--ca {path}: not an X.509 certificate (PEM or DER): {e}", EXIT_USAGE) from None
+    return der
+
+
+def resolve_wifi_password(args: argparse.Namespace, environ=os.environ, stdin=None) -> str:
+    """--wifi-password-file (its first line), else $FERRY_WIFI_PASSWORD, else a prompt on a terminal.
+
+    Empty (an empty first line, an empty variable, Enter at the prompt) is an open network."""
+    if args.wifi_password_file is not None:
+        try:
+            with open(args.wifi_password_file, encoding="utf-8") as f:
+                return f.readline().rstrip("\r\n")
+        except (OSError, UnicodeDecodeError) as e:
+            raise FlashError(f"--wifi-password-file {args.wifi_password_file}: {getattr(e, 'strerror', None) or e}",
+                             EXIT_USAGE) from None
+    if WIFI_PASSWORD_ENV in environ:
+        return environ[WIFI_PASSWORD_ENV]
+    stdin = stdin or sys.stdin
+    if stdin is not None and stdin.isatty():
+        try:
+            return getpass.getpass(f"Wi-Fi password for {args.wifi_ssid} (Enter: an open network): ")
+        except EOFError:
+            pass
+    raise FlashError(f"no Wi-Fi password: give --wifi-password-file FILE or set {WIFI_PASSWORD_ENV} (empty for "
+                     "an open network), or run on a terminal to be asked", EXIT_USAGE)
+
+
+def check_password_file(path: Path) -> None:
+    """Fail before the board is touched when the gateway's password file cannot be written."""
+    if path.exists():
+        if not path.is_file() or not os.access(path, os.W_OK):
+            raise FlashError(f"--password-file {path}: not a writable file", EXIT_USAGE)
+    elif not os.access(path.parent if str(path.parent) else Path("."), os.W_OK):
+        raise FlashError(f"--password-file {path}: its folder does not exist or is not writable", EXIT_USAGE)
+
+
+def add_to_password_file(path: Path, device: str, password: str) -> None:
+    """`ferry passwd FILE DEVICE` with the password on its standard input (never in argv)."""
+    result = subprocess.run([sys.executable, "-m", "ferry", "passwd", str(path), device], input=password + "\n",
+                            capture_output=True, text=True, timeout=120)
+    if result.returncode != 0:
+        detail = (result.stderr.strip() or result.stdout.strip() or f"exit status {result.returncode}")
+        raise FlashError(f"password file: `ferry passwd {path} {device}` failed ({detail.splitlines()[-1]}); "
+                         "the board has a new password the gateway does not know: flash it again")
 
 
 def write_private(path: Path, data: bytes) -> None:
@@ -193,7 +283,7 @@ class FileCopy:
     local: Path
     remote: str
     label: str
-    """What the file is, for the report: `firmware`, `config`, `umqtt`."""
+    """What the file is, for the report: `firmware`, `config`, `ca`, `umqtt`."""
 
     @property
     def sha256(self) -> str:
@@ -360,10 +450,11 @@ def check_mpy(path: Path, board: BoardMpy) -> None:
 
 
 def build_plan(args: argparse.Namespace, config: dict, build_dir: Path, board: BoardMpy | None = None,
-               build: MpyBuild | None = None) -> Plan:
+               build: MpyBuild | None = None, ca: bytes | None = None) -> Plan:
     """Stage what goes on the board in build_dir (private, temporary) and say where it goes.
 
-    `build` (from choose_mpy) picks the compiler for the board's .mpy version, or sources."""
+    `build` (from choose_mpy) picks the compiler for the board's .mpy version, or sources;
+    `ca` is the gateway's CA certificate (DER) for /ferry_ca.der."""
     plan = Plan(args.port, umqtt_mip=args.umqtt == "mip")
     compile_args = () if build is None else build.compiler_args
     use_mpy = args.mpy and compile_args is not None
@@ -394,6 +485,10 @@ def build_plan(args: argparse.Namespace, config: dict, build_dir: Path, board: B
             plan.files.append(FileCopy(source, remote, label))
             if source.name not in SOURCE_ONLY:
                 plan.remove.append(stem + ".mpy")
+    if ca is not None:
+        ca_path = build_dir / "ferry_ca.der"
+        write_private(ca_path, ca)
+        plan.files.append(FileCopy(ca_path, CA_REMOTE, "ca"))
     config_path = build_dir / "ferry_config.json"
     write_private(config_path, json.dumps(config, separators=(",", ":")).encode())
     plan.files.append(FileCopy(config_path, CONFIG_REMOTE, "config"))
@@ -454,10 +549,29 @@ def private_tempdir() -> Path:
     return Path(tempfile.mkdtemp(prefix="ferry-flash-", dir=base))
 
 
+def check_options(args: argparse.Namespace) -> None:
+    """The option combinations that are refused (exit 2), before anything is read or touched."""
+    if args.wifi_password_argv is not None:
+        raise FlashError("--wifi-password is refused: a password in the command line is seen by every user "
+                         "(ps) and kept in the shell history; use --wifi-password-file FILE, "
+                         f"{WIFI_PASSWORD_ENV}, or the prompt", EXIT_USAGE)
+    if args.ca is None and args.tls:
+        raise FlashError("say how the board reaches the gateway: --ca FILE (MQTT over TLS, the gateway's CA "
+                         "certificate pinned) or --no-tls (plain MQTT, for a local test)", EXIT_USAGE)
+    if args.mqtt_password and args.device_id is None:
+        raise FlashError("--device-id is needed: it is the board's MQTT user name (or --no-mqtt-password for a "
+                         "gateway that lets anonymous clients in)", EXIT_USAGE)
+    if args.password_file is not None:
+        check_password_file(args.password_file)
+
+
 def flash(args: argparse.Namespace, runner: Runner | None = None, out=None) -> int:
     out = out or sys.stdout
     runner = runner or subprocess_runner(mpremote_command(args.mpremote))
-    config = build_config(args)
+    check_options(args)
+    ca = ca_der(args.ca) if args.ca is not None else None
+    mqtt_password = secrets.token_urlsafe(MQTT_PASSWORD_BYTES) if args.mqtt_password else ""
+    config = build_config(args, resolve_wifi_password(args), mqtt_password)
     check_port(args.port)
     started = time.monotonic()
     board = build = None
@@ -472,7 +586,7 @@ def flash(args: argparse.Namespace, runner: Runner | None = None, out=None) -> i
         print(f"board: {board.describe()}; {build.note}", file=out)
     build_dir = private_tempdir()
     try:
-        plan = build_plan(args, config, build_dir, board, build)
+        plan = build_plan(args, config, build_dir, board, build, ca)
         expected = {f.remote: f.sha256 for f in plan.files}
         sizes = {f.remote: f.local.stat().st_size for f in plan.files}
         step_timeout = STEP_TIMEOUT_S + sum(sizes.values()) / 1024
@@ -497,30 +611,47 @@ def flash(args: argparse.Namespace, runner: Runner | None = None, out=None) -> i
               "(micropython-lib's release, not hash-checked)", file=out)
     if bad:
         raise FlashError(f"verify: sha256 differs on the board for {', '.join(bad)}: flash again")
+    if args.password_file is not None:
+        add_to_password_file(args.password_file, args.device_id, mqtt_password)
     if not args.no_reset:
         result = runner(plan.reset_args(), args.timeout, STEP_TIMEOUT_S)
         classify("reset", args.port, result, args.timeout)
-    shown = {k: ("***" if k == "wifi_password" and v else v) for k, v in config.items()}
+    shown = {k: ("***" if k in SECRET_KEYS and v else v) for k, v in config.items()}
     print(f"config {CONFIG_REMOTE}: {json.dumps(shown)}", file=out)
+    if ca is not None:
+        print(f"tls: on, {CA_REMOTE} ({len(ca)} B, from {args.ca}) is the only CA the board trusts; the gateway's "
+              f"certificate must name {config['broker_host']}", file=out)
+    else:
+        print("tls: off (--no-tls): plain MQTT, the password crosses the network in clear", file=out)
+    if args.password_file is not None:
+        print(f"mqtt: user {args.device_id} added to {args.password_file} with the board's new password "
+              "(the gateway reads the file at start and on SIGHUP)", file=out)
+    elif mqtt_password:
+        print(f"mqtt: user {args.device_id}, password {mqtt_password} (shown once, kept nowhere but on the "
+              f"board): on the gateway, `ferry passwd PASSWORD_FILE {args.device_id}` and paste it", file=out)
+    else:
+        print("mqtt: no user name (--no-mqtt-password): only a gateway with anonymous clients allowed accepts "
+              "the board", file=out)
     print(f"{'reset' if not args.no_reset else 'not reset'}; done in {time.monotonic() - started:.2f} s",
           file=out)
     return EXIT_OK
 
 
-def broker(text: str) -> tuple[str, int]:
+def broker(text: str) -> tuple[str, int | None]:
+    """HOST[:PORT]; no port: None (8883 with TLS, 1883 without)."""
     host, sep, port = text.rpartition(":")
-    if not sep:
-        host, port = text, "1883"
+    if not sep or (text.startswith("[") and not host.endswith("]")):
+        host, port = text, ""
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
-    if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+    if not host or (port and (not port.isdigit() or not 1 <= int(port) <= 65535)):
         raise argparse.ArgumentTypeError(f"expected HOST[:PORT], got {text!r}")
-    return host, int(port)
+    return host, int(port) if port else None
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="ferry flash",
+        prog="ferry flash", allow_abbrev=False,  # `--wifi-password X` must never be taken for --wifi-password-file
         description="Copy Ferry's firmware (.mpy by default), a generated /ferry_config.json and "
                     "umqtt.simple to a MicroPython board with mpremote, check every file's sha256 on "
                     "the board and reset it. Exit status: 2 bad options or missing port, 3 board "
@@ -530,9 +661,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--site", required=True, help="site id (topics ferry/<site>/<device>/...)")
     p.add_argument("--device-id", help="device id (default: esp32-<unique id hex>, chosen by the board)")
     p.add_argument("--wifi-ssid", required=True)
-    p.add_argument("--wifi-password", default="")
+    p.add_argument("--wifi-password-file", type=Path, metavar="FILE",
+                   help=f"the Wi-Fi password is this file's first line (else ${WIFI_PASSWORD_ENV}, else a prompt)")
+    p.add_argument("--wifi-password", dest="wifi_password_argv", nargs="?", const="", help=argparse.SUPPRESS)
     p.add_argument("--broker", required=True, type=broker, metavar="HOST[:PORT]",
-                   help="gateway MQTT address (port 1883 if left out)")
+                   help="gateway MQTT address (port 8883 with --ca, 1883 with --no-tls if left out); with TLS "
+                        "the gateway's certificate must name HOST")
+    tls = p.add_mutually_exclusive_group()
+    tls.add_argument("--ca", type=Path, metavar="FILE",
+                     help="the gateway's CA certificate (PEM or DER): copied to the board, which then connects "
+                          "over TLS trusting this CA alone")
+    tls.add_argument("--no-tls", dest="tls", action="store_false",
+                     help="plain MQTT (the password crosses the network in clear): for a local test")
+    creds = p.add_mutually_exclusive_group()
+    creds.add_argument("--password-file", type=Path, metavar="FILE",
+                       help="the gateway's password file: the device (user name = --device-id) is added with the "
+                            "board's new random password (`ferry passwd`); without it the password is printed once")
+    creds.add_argument("--no-mqtt-password", dest="mqtt_password", action="store_false",
+                       help="no user name and password: only for a gateway that lets anonymous clients in")
     p.add_argument("--sample-s", type=int, help="sample interval / duty-cycle wake period, s")
     p.add_argument("--mode", choices=("always_on", "duty_cycle"))
     p.add_argument("--set", action="append", metavar="KEY=VALUE",

@@ -32,12 +32,13 @@ import random
 import re
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,6 +47,7 @@ from ferry import firmware
 from ferry.hwsim.micropython import DEVICE_LIB_DIR
 
 DEFAULT_SITE = "sim"
+WATCH_PASSWORD_ENV = "FERRY_WATCH_PASSWORD"
 DRAIN_SAMPLE_S = 86400
 DRAIN_RESEND_S = 3.0
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -87,10 +89,40 @@ def compile_firmware(out_dir: Path, compiler: Path | None = None) -> Path:
     return out_dir
 
 
-def install_firmware(flash_dir: Path, build: Path, settings: dict) -> dict:
-    """Copy the compiled firmware to a board's flash folder and write its /ferry_config.json."""
+CA_FILE = "ferry_ca.der"
+"""The gateway's CA certificate on a board's flash (`/ferry_ca.der`, the firmware's `tls_ca_file` default)."""
+
+
+def ca_der(path: Path) -> bytes:
+    """A CA certificate file (PEM or DER) as DER, what the board's mbedTLS loads (`ferry flash --ca` does the same)."""
+    data = Path(path).read_bytes()
+    if b"-----BEGIN CERTIFICATE-----" in data:
+        return ssl.PEM_cert_to_DER_cert(data.decode("ascii"))
+    return data
+
+
+def install_firmware(flash_dir: Path, build: Path, settings: dict, ca: bytes | None = None) -> dict:
+    """Copy the compiled firmware to a board's flash folder and write its /ferry_config.json.
+
+    `ca` (DER) goes to /ferry_ca.der: with it the firmware connects over TLS (unless the settings
+    say `"tls": false`); without it the settings must say `"tls": false` (plain MQTT), or the
+    firmware refuses to start (it never falls back to plain MQTT by itself)."""
     shutil.copytree(build, flash_dir, dirs_exist_ok=True)
+    if ca is not None:
+        (flash_dir / CA_FILE).write_bytes(ca)
     (flash_dir / "ferry_config.json").write_text(json.dumps(settings))
+    return settings
+
+
+def board_settings(site: str, device: str, wifi_ssid: str, broker: tuple[str, int], *, tls: bool = False,
+                   password: str | None = None, **extra: object) -> dict:
+    """A board's /ferry_config.json: the gateway at `broker` over TLS or plain MQTT, the device id
+    as MQTT user name with `password` (None: no user name, an anonymous client)."""
+    settings = {"site": site, "device_id": device, "wifi_ssid": wifi_ssid, "wifi_password": "pw",
+                "broker_host": broker[0], "tls": tls, "broker_tls_port" if tls else "broker_port": broker[1]}
+    if password:
+        settings["mqtt_password"] = password
+    settings.update(extra)
     return settings
 
 
@@ -188,7 +220,8 @@ class ConsoleTail:
 class Subscriber:
     """A paho client on the gateway (not through the link) counting readings, statuses and replies."""
 
-    def __init__(self, host: str, port: int, site: str, tallies: dict[str, DeviceTally]) -> None:
+    def __init__(self, host: str, port: int, site: str, tallies: dict[str, DeviceTally], *,
+                 username: str | None = None, password: str | None = None, tls_ca: Path | None = None) -> None:
         import paho.mqtt.client as mqtt
 
         self.site = site
@@ -197,6 +230,10 @@ class Subscriber:
         self.connected = threading.Event()
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"ferry-fleet-{os.getpid()}",
                                   protocol=mqtt.MQTTv311, clean_session=False)
+        if username is not None:
+            self.client.username_pw_set(username, password)
+        if tls_ca is not None:
+            self.client.tls_set(ca_certs=str(tls_ca))
         self.client.reconnect_delay_set(0.1, 2)
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
@@ -287,6 +324,20 @@ class FleetOptions:
     live_every_s: float = 5.0
     link_process: bool | None = None  # None: in process up to MAX_IN_PROCESS_LINK boards
     firmware: dict = field(default_factory=dict)  # extra /ferry_config.json keys
+    tls_ca: Path | None = None
+    """The gateway's CA certificate (PEM or DER): every board gets it as /ferry_ca.der and speaks MQTT
+    over TLS, trusting that CA alone. `gateway` must then be a TLS listener whose certificate names
+    127.0.0.1 (boards dial the link on 127.0.0.1; the link passes the TLS bytes through). None: plain MQTT."""
+    passwords: Mapping[str, str] = field(default_factory=dict)
+    """Device id (`Fleet.device_id(i)`) -> MQTT password, written to that board's settings; the device
+    id is the user name. A device left out connects without a user name (anonymous)."""
+    watch: tuple[str, int] | None = None
+    """Where the fleet's own subscriber connects; None: `gateway`."""
+    watch_username: str | None = None
+    """The subscriber's user name (an operator: it reads ferry/<site>/# and publishes commands)."""
+    watch_password: str | None = None
+    watch_tls_ca: Path | None = None
+    """CA certificate when `watch` is a TLS listener; None: plain MQTT."""
 
 
 class Fleet:
@@ -336,19 +387,22 @@ class Fleet:
             for i in range(o.devices):
                 dev = self.device_id(i)
                 self.tallies[dev] = DeviceTally(dev)
-            self.subscriber = Subscriber(o.gateway[0], o.gateway[1], o.site, self.tallies)
+            watch = o.watch or o.gateway
+            self.subscriber = Subscriber(watch[0], watch[1], o.site, self.tallies, username=o.watch_username,
+                                         password=o.watch_password, tls_ca=o.watch_tls_ca)
             port = self.link.port()
+            ca = ca_der(o.tls_ca) if o.tls_ca is not None else None
             for i in range(o.devices):
                 dev = self.device_id(i)
                 board_dir = o.work_dir / dev
                 shutil.rmtree(board_dir, ignore_errors=True)  # a fresh board every run
                 board = VirtualBoard(board_dir, BoardConfig(uid=bytes([0x24, 0x0A, 0xC4, 0, (i + 1) >> 8, (i + 1) & 255]),
                                                            sensor_seed=o.seed * 100000 + i + 1))
-                settings = {"site": o.site, "wifi_ssid": board.config.wifi_ssid, "wifi_password": "pw",
-                            "broker_host": "127.0.0.1", "broker_port": port, "device_id": dev,
-                            "sample_ms": o.sample_ms, "log_stats_every": 1}
+                settings = board_settings(o.site, dev, board.config.wifi_ssid, ("127.0.0.1", port),
+                                          tls=ca is not None, password=o.passwords.get(dev),
+                                          sample_ms=o.sample_ms, log_stats_every=1)
                 settings.update(o.firmware)
-                install_firmware(board.flash_dir, build, settings)
+                install_firmware(board.flash_dir, build, settings, ca)
                 self.boards.append(board)
                 self.tails.append(ConsoleTail(board.console_path, self.tallies[dev]))
             self.started_at = time.monotonic()
@@ -623,6 +677,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"the link in this process (thread) or a child process; auto: thread up to "
                         f"{MAX_IN_PROCESS_LINK} boards")
     p.add_argument("--json", type=Path, default=None, help="also write the final counts as JSON here")
+    p.add_argument("--tls-ca", type=Path, default=None, metavar="FILE",
+                   help="the gateway's CA certificate: boards connect over TLS (--gateway is then a TLS listener "
+                        "whose certificate names 127.0.0.1)")
+    p.add_argument("--passwords", type=Path, default=None, metavar="FILE",
+                   help="a JSON object {device id: MQTT password} for the boards (sim-0001 ...); the gateway's "
+                        "password file must hold the same (ferry passwd)")
+    p.add_argument("--watch", type=host_port, default=None, metavar="HOST:PORT",
+                   help="where the fleet's subscriber connects (default: --gateway)")
+    p.add_argument("--watch-user", default=None, metavar="USER",
+                   help=f"the subscriber's user name (an operator); its password from ${WATCH_PASSWORD_ENV}")
     return p
 
 
@@ -635,7 +699,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                            duration_s=args.duration, sample_ms=args.sample_ms, power_cuts_per_min=args.power_cuts,
                            power_off_s=args.power_off, work_dir=args.work_dir, site=args.site, seed=args.seed,
                            drain_timeout_s=args.drain_timeout, live_every_s=args.live_every,
-                           link_process={"auto": None, "thread": False, "process": True}[args.link])
+                           link_process={"auto": None, "thread": False, "process": True}[args.link],
+                           tls_ca=args.tls_ca, watch=args.watch, watch_username=args.watch_user,
+                           watch_password=os.environ.get(WATCH_PASSWORD_ENV) if args.watch_user else None)
+    if args.passwords is not None:
+        try:
+            passwords = json.loads(args.passwords.read_text())
+        except (OSError, ValueError) as e:
+            print(f"ferry sim fleet: --passwords {args.passwords}: {e}", file=sys.stderr)
+            return 2
+        if not isinstance(passwords, dict) or not all(isinstance(v, str) for v in passwords.values()):
+            print(f"ferry sim fleet: --passwords {args.passwords}: expected a JSON object of strings", file=sys.stderr)
+            return 2
+        options.passwords = passwords
     stop_event = threading.Event()
     interrupted = []
 

@@ -6,20 +6,29 @@ records what arrives (this file holds no tests).
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import paho.mqtt.client as mqtt
 import pytest
 
 from ferry.contract import parse_reading, parse_status
-from ferry.process import wait_until
+from ferry.gateway.process import GatewayProcess
+from ferry.process import free_port, wait_until
 from ferry.hwsim import fleet as fleet_firmware
 from ferry.hwsim.board import BoardConfig, VirtualBoard
+
+if TYPE_CHECKING:
+    from ferry.certs import CertificateAuthority
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEVICE_DIR = REPO_ROOT / "device"
@@ -54,15 +63,17 @@ def umqtt_release(version: str) -> Path:
     return folder
 
 
-def install_firmware(board: VirtualBoard, build: Path, **config: object) -> dict:
+def install_firmware(board: VirtualBoard, build: Path, ca: bytes | None = None, **config: object) -> dict:
     """Copy the compiled firmware to the board's flash and write its /ferry_config.json.
 
-    What `ferry flash` will do with mpremote; here the flash is a host folder.
+    What `ferry flash` does with mpremote; here the flash is a host folder. With `ca` (DER) the
+    board gets /ferry_ca.der and TLS on; without it the config says `"tls": false` (plain MQTT),
+    as the firmware wants it said.
     """
     settings = {"site": SITE, "wifi_ssid": board.config.wifi_ssid, "wifi_password": "pw",
-                "broker_host": "127.0.0.1"}
+                "broker_host": "127.0.0.1", "tls": ca is not None}
     settings.update(config)
-    return fleet_firmware.install_firmware(board.flash_dir, build, settings)
+    return fleet_firmware.install_firmware(board.flash_dir, build, settings, ca)
 
 
 def write_config(board: VirtualBoard, settings: dict) -> None:
@@ -115,12 +126,17 @@ class Collector:
     client_id: str = "fw-test-collector"
     clean: bool = False
     messages: list[Received] = field(default_factory=list)
+    username: str | None = None
+    """With a gateway that lets no anonymous client in: an operator's user name (and password)."""
+    password: str | None = None
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
         self._connected = threading.Event()
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id,
                                   protocol=mqtt.MQTTv311, clean_session=self.clean)
+        if self.username is not None:
+            self.client.username_pw_set(self.username, self.password)
         self.client.reconnect_delay_set(0.1, 0.5)
         self.client.on_message = self._on_message
         self.client.on_connect = self._on_connect
@@ -200,3 +216,60 @@ class Delivery:
 
 def cmd_payload(cid: str, op: str = "set", **args: object) -> bytes:
     return json.dumps({"v": 1, "id": cid, "op": op, "args": args}).encode()
+
+
+OPERATOR = "fw-collector"
+"""The collector's user name on a gateway that lets no anonymous client in (an operator: reads ferry/#)."""
+
+
+@dataclass
+class TlsGateway:
+    gateway: GatewayProcess
+    tls_port: int
+    ca: CertificateAuthority
+    password_file: Path
+    operator_password: str
+
+    @property
+    def ca_der(self) -> bytes:
+        """The CA certificate as a board's /ferry_ca.der holds it."""
+        return fleet_firmware.ca_der(self.ca.pair.cert)
+
+    def collector(self) -> Collector:
+        return Collector(self.gateway.port, client_id="fw-tls-collector", clean=True, username=OPERATOR,
+                         password=self.operator_password)
+
+    def reload_passwords(self) -> None:
+        """SIGHUP: the gateway reads its password file again."""
+        os.kill(self.gateway.process.pid, signal.SIGHUP)
+
+    def provision(self, device: str) -> str:
+        """What `ferry flash --password-file` does: the device id as user name, a new random password
+        in the gateway's file (reloaded); returns the password for the board's settings."""
+        from ferry.gateway.auth.passwd_cli import provision
+
+        password = provision(self.password_file, device)
+        self.reload_passwords()
+        return password
+
+
+@contextmanager
+def start_tls_gateway(tmp_path: Path) -> Iterator[TlsGateway]:
+    """A real gateway that lets no anonymous client in: a password file (with the operator OPERATOR),
+    its plain listener and a TLS listener with a certificate for localhost and 127.0.0.1 from a new CA."""
+    from ferry.certs import CertificateAuthority
+    from ferry.gateway.auth.passwd_cli import provision
+
+    ca = CertificateAuthority(tmp_path / "ca")
+    server = ca.server()  # names localhost and 127.0.0.1
+    password_file = tmp_path / "passwd"
+    operator_password = provision(password_file, OPERATOR)
+    tls_port = free_port()
+    config = (f'[auth]\npassword_file = "{password_file}"\noperators = ["{OPERATOR}"]\n\n'
+              f'[[listener]]\nlisten = "127.0.0.1:{tls_port}"\ntls_cert = "{server.cert}"\n'
+              f'tls_key = "{server.key}"\n')
+    gw = GatewayProcess(tmp_path / "gateway", config_text=config, allow_anonymous=False).start()
+    try:
+        yield TlsGateway(gw, tls_port, ca, password_file, operator_password)
+    finally:
+        gw.stop()

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,7 +27,8 @@ import pytest
 from ferry.gateway.process import GatewayProcess
 from ferry.hwsim.board import UNIX_HEAP_FOR_64K_ESP32
 from tests.device.fw_support import (
-    Collector, Delivery, console_lines, device_id, install_firmware, make_board, umqtt_release,
+    Collector, Delivery, TlsGateway, console_lines, device_id, install_firmware, make_board, start_tls_gateway,
+    umqtt_release,
 )
 
 pytestmark = pytest.mark.integration
@@ -68,18 +70,38 @@ def long_root(tmp_path: Path) -> Path:
     return tmp_path / ("p" * (pad + 1))
 
 
-@pytest.mark.parametrize(("heap_bytes", "frozen_umqtt"), [
-    (UNIX_HEAP_FOR_64K_ESP32, None), (SMALLER_HEAP, None), (UNIX_HEAP_FOR_64K_ESP32, "1.7.0"),
-], ids=["128K", "112K", "128K-stock-image-umqtt-1.7.0"])
+@pytest.fixture
+def tls_gateway(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[TlsGateway | None]:
+    """For the TLS runs: a gateway with a TLS listener and a password file (None for the others)."""
+    if not request.node.callspec.params.get("tls"):
+        yield None
+        return
+    with start_tls_gateway(tmp_path / "tls-gateway") as tg:
+        yield tg
+
+
+@pytest.mark.parametrize(("heap_bytes", "frozen_umqtt", "tls"), [
+    (UNIX_HEAP_FOR_64K_ESP32, None, False), (SMALLER_HEAP, None, False), (UNIX_HEAP_FOR_64K_ESP32, "1.7.0", False),
+    (UNIX_HEAP_FOR_64K_ESP32, None, True), (SMALLER_HEAP, None, True),
+], ids=["128K", "112K", "128K-stock-image-umqtt-1.7.0", "128K-tls", "112K-tls"])
 def test_backlog_of_1000_replays_in_order_within_the_heap(tmp_path: Path, firmware: Path, frozen_umqtt: str | None,
-                                                          gateway: GatewayProcess, heap_bytes: int) -> None:
+                                                          gateway: GatewayProcess, heap_bytes: int, tls: bool,
+                                                          tls_gateway: TlsGateway | None) -> None:
     # A stock ESP32 image freezes umqtt.simple (before /lib): the firmware must not care.
     frozen = umqtt_release(frozen_umqtt) if frozen_umqtt else None
     board = make_board(long_root(tmp_path), "replay", heap_bytes=heap_bytes, frozen_dir=frozen)
     assert len(str(board.flash_dir)) == FLASH_PATH_CHARS
     dev = device_id(board)
+    # TLS: the CA on flash, the provisioned password, the TLS listener; else plain MQTT, anonymous.
+    online: dict = {"broker_port": gateway.port}
+    offline: dict = {"broker_port": 1}
+    ca = None
+    if tls_gateway is not None:
+        ca = tls_gateway.ca_der
+        online = {"broker_tls_port": tls_gateway.tls_port, "mqtt_password": tls_gateway.provision(dev)}
+        offline = {"broker_tls_port": 1, "mqtt_password": online["mqtt_password"]}
     # Phase 1: offline. Port 1 is closed; outbox_capacity is the default, 1,000.
-    install_firmware(board, firmware, broker_port=1, sample_ms=100, log_stats_every=10)
+    install_firmware(board, firmware, ca=ca, sample_ms=100, log_stats_every=10, **offline)
     main_py = (board.flash_dir / "main.py").read_text()
     (board.flash_dir / "main.py").write_text(OFFLINE_MAIN % BACKLOG)
     t0 = time.monotonic()
@@ -96,9 +118,9 @@ def test_backlog_of_1000_replays_in_order_within_the_heap(tmp_path: Path, firmwa
     fresh = tuple(map(int, HEAP_LINE.search(phase1).groups()))
 
     # Phase 2: the real firmware, gateway up.
-    install_firmware(board, firmware, broker_port=gateway.port, sample_ms=100, log_stats_every=10)
+    install_firmware(board, firmware, ca=ca, sample_ms=100, log_stats_every=10, **online)
     assert (board.flash_dir / "main.py").read_text() == main_py
-    collector = Collector(gateway.port)
+    collector = Collector(gateway.port) if tls_gateway is None else tls_gateway.collector()
     mark = len(phase1)
     try:
         t1 = time.monotonic()
@@ -116,6 +138,7 @@ def test_backlog_of_1000_replays_in_order_within_the_heap(tmp_path: Path, firmwa
     console = board.console()[mark:]
     assert done, f"boot 1: {got.count(1)} of {BACKLOG} delivered\n" + console[-3000:]
     assert "Error" not in console, console[-3000:]
+    assert all(m.endswith(", tls") == tls for m in console_lines(board, "mqtt: connected")), console[-3000:]
 
     # Every reading of the backlog exactly once, in order; boot 2's too.
     assert got.gaps(1) == [] and got.count(1) == BACKLOG and max(got.seqs[1]) == BACKLOG - 1
@@ -130,7 +153,7 @@ def test_backlog_of_1000_replays_in_order_within_the_heap(tmp_path: Path, firmwa
     low = min(int(m) for m in FREE_NUMBERS.findall(console))
     during = [tuple(map(int, m)) for m in WATCH_LINE.findall(console)]
     assert len(during) >= BACKLOG // 100 - 1 and during[0][2] >= BACKLOG // 2, during  # checked mid-replay
-    image = f", frozen umqtt.simple {frozen_umqtt}" if frozen_umqtt else ""
+    image = (f", frozen umqtt.simple {frozen_umqtt}" if frozen_umqtt else "") + (", over TLS" if tls else "")
     print(f"\n-X heapsize={heap_bytes // 1024}K{image}, flash path {FLASH_PATH_CHARS} chars; gc.mem_free() after "
           f"gc: fresh boot: imports {fresh[0]}, outbox {fresh[1]}, session {fresh[2]}; after a power cut with "
           f"{BACKLOG} queued: imports {after_cut[0]}, outbox {after_cut[1]}, session {after_cut[2]}, first "

@@ -71,6 +71,37 @@ print(json.dumps(res))
     assert out == {"present": 0, "new": 0, "refused": 5, "publish": -1, "short": -1, "present_flag": 1}
 
 
+def test_connect_with_user_name_and_password_is_the_gateways_own_packet() -> None:
+    """The credentials (MQTT 3.1.1 3.1.2.8-9): the user name and password flags, both after the will;
+    byte for byte what the gateway's encoder makes, and its decoder reads them back. A long
+    password takes the remaining length past 127 (two length bytes)."""
+    from ferry.gateway.mqtt.decoder import Decoder
+    from ferry.gateway.mqtt.encoder import encode
+    from ferry.gateway.mqtt.packets import Connect, ProtocolVersion, Will
+
+    client = SESSION["client"]
+    passwords = ["Zx9-kQ_3vN0pLw7tYb2mRc4e", "p" * 128]
+    out = run_fw(f"""
+import json, binascii, packets
+res = []
+for pw in {passwords!r}:
+    c = packets.connect_bytes({client['client_id'].encode()!r}, {client['keepalive_s']}, {client['will_topic'].encode()!r},
+                              {client['will_payload'].encode()!r}, {client['client_id'].encode()!r}, pw.encode())
+    res.append(binascii.hexlify(c).decode())
+c = packets.connect_bytes(b"d", 60, b"t", b"w", b"", b"ignored")  # no user name: neither is sent
+res.append(binascii.hexlify(c).decode())
+print(json.dumps(res))
+""")
+    will = Will(client["will_topic"], client["will_payload"].encode(), qos=1, retain=True)
+    for hexed, password in zip(out[:2], passwords, strict=True):
+        expected = Connect(client["client_id"], ProtocolVersion.V311, clean_start=False,
+                           keepalive_s=client["keepalive_s"], username=client["client_id"],
+                           password=password.encode(), will=will)
+        assert bytes.fromhex(hexed) == encode(expected, ProtocolVersion.V311)
+        assert Decoder(server_side=True).feed(bytes.fromhex(hexed)) == [expected]
+    assert bytes.fromhex(out[2])[9] == 0x2C  # the flags byte: will only, as without credentials
+
+
 def test_incoming_publish_is_parsed_in_place() -> None:
     out = run_fw("""
 import json, packets
@@ -89,7 +120,7 @@ print(json.dumps(res))
                    "q0": [0, "XY"], "short": False}
 
 
-BASE = {"site": "lab", "wifi_ssid": "ap", "broker_host": "10.0.0.2"}
+BASE = {"site": "lab", "wifi_ssid": "ap", "broker_host": "10.0.0.2", "tls": False}
 
 
 @pytest.mark.parametrize(("change", "error"), [
@@ -102,6 +133,10 @@ BASE = {"site": "lab", "wifi_ssid": "ap", "broker_host": "10.0.0.2"}
     ({"sampel_s": 3}, "sampel_s: unknown key"),
     ({"backoff_min_ms": 5000, "backoff_max_ms": 1000}, "backoff_max_ms: must be >= backoff_min_ms"),
     ({"wdt_timeout_ms": 5000}, "wdt_timeout_ms: must exceed 2 x connect_timeout_ms + ack_timeout_ms"),
+    ({"tls": "yes"}, "tls: must be true or false, got 'yes'"),
+    ({"tls": 1}, "tls: must be true or false, got 1"),
+    ({"broker_tls_port": 70000}, "broker_tls_port: must be an integer 1..65535, got 70000"),
+    ({"mqtt_password": "x" * 129}, "mqtt_password: must be a string of 0-128 characters"),
 ])
 def test_settings_errors_name_the_key(change: dict, error: str) -> None:
     raw = {**BASE, **change}
@@ -117,6 +152,40 @@ except SettingsError as e:
     print(json.dumps({{"error": str(e)}}))
 """)
     assert out["error"] is not None and out["error"].startswith(f"/ferry_config.json: {error}"), out
+
+
+def test_tls_is_the_default_and_needs_the_ca_on_flash(tmp_path: Path) -> None:
+    """No silent fall-back to plain MQTT: tls defaults to true, and without the CA file the board
+    refuses to start (the error names the key, the file and the way out); plain only when said."""
+    path = tmp_path / "ferry_config.json"
+    ca = tmp_path / "ca.der"
+    out = run_fw(f"""
+import json
+from settings import Settings, SettingsError
+res = {{}}
+def load(raw):
+    with open({str(path)!r}, "w") as f:
+        f.write(json.dumps(raw))
+    try:
+        s = Settings.load({str(path)!r})
+        return [s.tls, s.port(), s.tls_ca_file, s.mqtt_password]
+    except SettingsError as e:
+        return str(e)
+base = {json.dumps({k: v for k, v in BASE.items() if k != "tls"})}
+res["default_no_ca"] = load(base)
+res["ca_elsewhere"] = load(dict(base, tls_ca_file={str(ca)!r}))
+open({str(ca)!r}, "wb").write(b"\x30\x82")
+res["ca_there"] = load(dict(base, tls_ca_file={str(ca)!r}, mqtt_password="pw-1"))
+res["plain"] = load(dict(base, tls=False, broker_port=1884))
+res["tls_port"] = load(dict(base, tls_ca_file={str(ca)!r}, broker_tls_port=18883))
+print(json.dumps(res))
+""")
+    assert out["default_no_ca"] == (f"{path}: tls: no CA certificate at /ferry_ca.der (ferry flash --ca); "
+                                    "\"tls\": false is plain MQTT")
+    assert out["ca_elsewhere"].startswith(f"{path}: tls: no CA certificate at {ca} ")
+    assert out["ca_there"] == [True, 8883, str(ca), "pw-1"]
+    assert out["plain"] == [False, 1884, "/ferry_ca.der", ""]
+    assert out["tls_port"][:2] == [True, 18883]
 
 
 def test_settings_defaults_alias_and_runtime_update_persist(tmp_path: Path) -> None:

