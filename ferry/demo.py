@@ -37,6 +37,8 @@ DEFAULT_WEB_PORT = 6066
 PARTITIONS = 4
 APP_ID = "ferry-demo"
 GATEWAY_ID = "demo-gw"
+CONSOLE_USER = "demo-console"
+"""The operator account of the fleet's own subscriber."""
 SITE = "sim"
 TOPICS = ("ferry.telemetry", "ferry.status", "ferry.reply", "ferry.deadletter", "ferry.series.1m", "ferry.alerts")
 """What the gateway's bridge writes (BridgeNaming's defaults) and what the worker writes."""
@@ -215,8 +217,46 @@ def create_topics(bootstrap_servers: str, partitions: int = PARTITIONS) -> None:
         future.result(30)
 
 
-def gateway_config(kafka_bootstrap: str) -> str:
-    return (f'[bridge]\nkafka = "{kafka_bootstrap}"\ngateway_id = "{GATEWAY_ID}"\n')
+@dataclass(frozen=True)
+class Credentials:
+    """The secured demo's accounts and certificates: a private CA, the gateway's TLS certificate,
+    a password file with one random password per simulated board and one operator (the fleet's
+    own subscriber)."""
+
+    ca_cert: Path
+    server_cert: Path
+    server_key: Path
+    password_file: Path
+    device_passwords: dict[str, str]
+    console_password: str
+
+
+def make_credentials(folder: Path, device_ids: Sequence[str]) -> Credentials:
+    """Provision the demo fleet as an operator would (docs/security.md): certificates, then a random
+    password per device in the gateway's password file."""
+    import secrets
+
+    from ferry.certs import CertificateAuthority
+    from ferry.gateway.auth.passwords import PasswordFile
+
+    ca = CertificateAuthority(folder / "tls")
+    server = ca.server(("127.0.0.1", "localhost"))
+    passwords = PasswordFile.load(folder / "passwd", missing_ok=True)
+    device_passwords = {device: secrets.token_urlsafe(18) for device in device_ids}
+    console_password = secrets.token_urlsafe(18)
+    for user, password in [*device_passwords.items(), (CONSOLE_USER, console_password)]:
+        passwords.set(user, password)
+    passwords.save(folder / "passwd")
+    return Credentials(ca.pair.cert, server.cert, server.key, folder / "passwd", device_passwords, console_password)
+
+
+def gateway_config(kafka_bootstrap: str, credentials: Credentials, tls_port: int) -> str:
+    """Anonymous clients refused, the default ACL, the boards on a TLS listener; the plain listener
+    (on 127.0.0.1) serves the fleet's operator subscriber."""
+    return (f'[bridge]\nkafka = "{kafka_bootstrap}"\ngateway_id = "{GATEWAY_ID}"\n'
+            f'[auth]\npassword_file = "{credentials.password_file}"\noperators = ["{CONSOLE_USER}"]\n'
+            f'[[listener]]\nlisten = "127.0.0.1:{tls_port}"\ntls_cert = "{credentials.server_cert}"\n'
+            f'tls_key = "{credentials.server_key}"\n')
 
 
 @dataclass
@@ -293,11 +333,16 @@ class Demo:
         create_topics(self.kafka.bootstrap_servers)
         self.say(f"  topics   {', '.join(TOPICS)} ({PARTITIONS} partitions)")
         metrics_port = free_port()
-        self.gateway = GatewayProcess(work / "gateway", config_text=gateway_config(f"127.0.0.1:{uplink_port}"),
-                                      metrics_port=metrics_port)
+        tls_port = free_port()
+        credentials = make_credentials(work / "security", [Fleet.device_id(i) for i in range(o.devices)])
+        self.say(f"  security a CA, the gateway's certificate, {o.devices} device passwords and an operator "
+                 f"in {credentials.password_file}")
+        self.gateway = GatewayProcess(work / "gateway", metrics_port=metrics_port, allow_anonymous=False,
+                                      config_text=gateway_config(f"127.0.0.1:{uplink_port}", credentials, tls_port))
         stack.callback(self.gateway.stop)
         self.gateway.start()
-        self.say(f"  gateway  MQTT 127.0.0.1:{self.gateway.port}, metrics http://127.0.0.1:{metrics_port}/metrics, "
+        self.say(f"  gateway  MQTT over TLS 127.0.0.1:{tls_port} (boards, passwords, default ACL), plain "
+                 f"127.0.0.1:{self.gateway.port} (operator), metrics http://127.0.0.1:{metrics_port}/metrics, "
                  f"bridge -> 127.0.0.1:{uplink_port}")
         self.worker = WorkerProcess(work / "worker", "worker", broker=self.kafka.bootstrap_servers, app_id=APP_ID,
                                     partitions=PARTITIONS, web_host="127.0.0.1", web_port=self.web_port,
@@ -305,7 +350,10 @@ class Demo:
         stack.callback(self.worker.stop)
         self.say("  worker   starting (Faust joins its consumer group)")
         self.worker.start()
-        self.fleet = Fleet(FleetOptions(devices=o.devices, gateway=(self.gateway.host, self.gateway.port),
+        self.fleet = Fleet(FleetOptions(devices=o.devices, gateway=(self.gateway.host, tls_port),
+                                        tls_ca=credentials.ca_cert, passwords=credentials.device_passwords,
+                                        watch=(self.gateway.host, self.gateway.port), watch_username=CONSOLE_USER,
+                                        watch_password=credentials.console_password,
                                         profile=o.profile, sample_ms=o.sample_ms,
                                         power_cuts_per_min=o.power_cuts_per_min, power_off_s=o.power_off_s,
                                         work_dir=work / "fleet", site=SITE, seed=o.seed,
@@ -313,7 +361,7 @@ class Demo:
                            out=self.out)
         stack.callback(self.fleet.close)
         self.fleet.start()
-        self.say(f"  fleet    {o.devices} boards sim-0001.. on real MicroPython, link profile {o.profile}, "
+        self.say(f"  fleet    {o.devices} boards sim-0001.. on real MicroPython over TLS, link profile {o.profile}, "
                  f"sample {o.sample_ms} ms, power cuts {o.power_cuts_per_min}/min")
         self.started_at = time.monotonic()
         if o.uplink_outage_every_s > 0:

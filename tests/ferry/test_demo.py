@@ -145,6 +145,11 @@ def test_demo_accounts_for_every_reading_through_power_cuts_and_uplink_outages(t
     assert summary["uplink_outages"] == 2 and summary["uplink"]["cuts"] >= 1  # the outages cut the bridge
     assert summary["max_spool_depth"] > 0, "the outages never held anything in the bridge's spool"
     assert elapsed < 120, f"the demo took {elapsed:.0f} s"
+    # Secured: the boards connected over TLS with their own passwords, as devices under the default ACL.
+    gateway_log = (tmp_path / "work" / "gateway" / "gateway.log").read_text()
+    assert "with TLS (listener[0])" in gateway_log and "anonymous clients refused" in gateway_log
+    assert all(f"connect sim-000{n} from" in gateway_log for n in range(1, 5))
+    assert "denied" not in gateway_log  # no board was refused anything it needs
 
 
 @pytest.mark.integration
