@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 UMQTT := device/lib/umqtt/simple.py
 UPLOT := server/dashboard/vendor/uPlot.iife.min.js
 
-.PHONY: test demo bench install clean
+.PHONY: test demo bench fuzz install clean
 
 # The dashboard's browser test needs Chromium (Debian package `chromium`), installed here when
 # missing and we are root; without it that test fails and says so.
@@ -40,6 +40,14 @@ bench: install
 		fi; \
 	fi
 	$(BIN)/ferry bench broker $(BENCH_ARGS)
+
+# The codec and the broker core fuzzed for 1,000,000 inputs each, coverage-guided where atheris
+# installs (x86-64), seeded random mutation otherwise (bench/fuzz.py); `make fuzz FUZZ_ARGS="--inputs N"`.
+fuzz: install
+	$(BIN)/python -m pip install --quiet -e '.[test,fuzz]' || echo "atheris did not install: random engine only"
+	$(BIN)/ferry bench fuzz --target codec --inputs 1000000 $(FUZZ_ARGS) \
+		$$($(BIN)/python -c 'import atheris' 2>/dev/null && echo --engine atheris)
+	$(BIN)/ferry bench fuzz --target core --inputs 1000000 $(FUZZ_ARGS)
 
 install: $(STAMP) $(UMQTT) $(UPLOT)
 
