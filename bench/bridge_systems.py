@@ -269,7 +269,9 @@ class FerrySystem:
             '[store]\ndurability = "fsync"\n\n'
             f'[bridge]\nkafka = "{kafka}"\ngateway_id = "bench-ferry"\n'
             f"spool_max_messages = {spool_capacity}\nspool_max_bytes = {spool_capacity * 1024}\n"
-            f"inflight = {INFLIGHT}\n"
+            f"inflight = {INFLIGHT}\n\n"
+            # The load generator's devices publish flat out from one address; Mosquitto limits neither.
+            "[broker]\nmax_publish_rate = 0\nmax_connections_per_address = 0\n"
         )
         self.gateway = GatewayProcess(work_dir / "ferry", config_text=config, metrics_port=free_port())
         self.port = self.gateway.port

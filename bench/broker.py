@@ -19,7 +19,7 @@ from pathlib import Path
 from ferry.bench.loadgen import raise_nofile_limit
 from ferry.bench.model import FlowResult, IdleResult
 from ferry.bench.runner import run_load
-from ferry.bench.scenarios import Case, Settings, TargetCheck, build_cases, check_targets
+from ferry.bench.scenarios import Case, Settings, TargetCheck, build_cases, check_flood, check_targets
 from ferry.bench.targets import Variant, find_mosquitto, make_target, mosquitto_version, nofile_limit
 
 log = logging.getLogger(__name__)
@@ -151,4 +151,19 @@ def run_benchmark(scenarios: tuple[str, ...], settings: Settings, work_dir: Path
     results = []
     for case in build_cases(scenarios, settings, mosquitto is not None):
         results.append(run_case(case, work_dir, pin, mosquitto, progress, settings.ferry_overrides))
-    return env, results
+    return env, with_flood_checks(results)
+
+
+def with_flood_checks(results: list[CaseResult]) -> list[CaseResult]:
+    """Give the QoS 0 flood case its target: delivered vs the saturated rate, the saturated case's
+    delivered rate on the same broker (both run in qos0-throughput)."""
+    def by_label(name: str) -> dict | None:
+        found = next((r for r in results if r.case.scenario == "qos0-throughput" and r.case.name == name), None)
+        return None if found is None else {run.variant.label: run.result for run in found.runs}
+
+    flood, saturated = by_label("flood"), by_label("saturated")
+    if flood is None or saturated is None:
+        return results
+    checks = tuple(check_flood(flood, saturated))
+    return [replace(r, targets=r.targets + checks) if r.case.scenario == "qos0-throughput" and r.case.name == "flood"
+            else r for r in results]

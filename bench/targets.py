@@ -24,6 +24,10 @@ MOSQUITTO_INSTALL_HINT = "install it with `sudo apt-get install mosquitto` (Debi
 HOST = "127.0.0.1"
 QUEUE_UNBOUNDED_MESSAGES = 100_000_000
 """Ferry's session queue limit in the benchmark: as good as Mosquitto's `max_queued_messages 0`."""
+UNLIMITED_CLIENTS = {"max_publish_rate": 0, "max_connections": 0, "max_connections_per_address": 0}
+"""The benchmark's load comes from one address and publishes flat out: Ferry's per-client publish
+rate and connection limits are off (the open-files limit still caps connections), as Mosquitto
+has none by default."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,7 +127,7 @@ def ferry_config_text(durability: str, overrides: tuple[Override, ...] = ()) -> 
     sections: dict[str, dict[str, object]] = {
         "store": {"durability": durability},
         "broker": {"max_queued_messages": QUEUE_UNBOUNDED_MESSAGES,
-                   "max_queued_bytes": QUEUE_UNBOUNDED_MESSAGES * 1024},
+                   "max_queued_bytes": QUEUE_UNBOUNDED_MESSAGES * 1024, **UNLIMITED_CLIENTS},
     }
     for section, key, value in overrides:
         sections.setdefault(section, {})[key] = value
@@ -151,6 +155,7 @@ class FerryTarget(Target):
         self.gateway = GatewayProcess(work_dir, config_text=ferry_config_text(variant.durability, overrides))
         self.port = self.gateway.port
         self.notes = (f"durability = {variant.durability}", f"max_queued_messages = {QUEUE_UNBOUNDED_MESSAGES:,}",
+                      "max_publish_rate, max_connections(_per_address) = 0 (unlimited)",
                       *(f"{section}.{key} = {_toml_value(value)}" for section, key, value in overrides))
 
     def start(self) -> "FerryTarget":

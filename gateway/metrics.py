@@ -10,7 +10,7 @@ import logging
 import time
 
 from ferry.gateway.broker.core import Broker
-from ferry.gateway.broker.stats import DropReason
+from ferry.gateway.broker.stats import DropReason, Limit
 from ferry.prometheus import Metric, prometheus_text
 
 log = logging.getLogger(__name__)
@@ -63,6 +63,15 @@ def collect(broker: Broker, server, journal, bridge=None, disk=None) -> list[Met
                 ((("reason", "disk_low"),), float(stats.refused_disk_low)))),
         single("ferry_publishes_denied_total", "counter",
                "Publishes from clients to topics beginning with $ (not routed).", stats.publishes_denied),
+        Metric("ferry_limit_hits_total", "counter",
+               "Times a client ran into a [broker] limit, by limit (each is also logged, at most every 10 s).",
+               tuple(((("limit", limit.value),), float(stats.limit_hits[limit])) for limit in Limit)),
+        single("ferry_publishers_held_total", "counter",
+               "Times a client was not read until an output its messages reach drained (flow control).",
+               stats.publishers_held),
+        single("ferry_connections_backed_up", "gauge",
+               "Connections whose output is over broker.max_output_buffer_bytes.",
+               len(server.flow.blocked)),
         single("ferry_wills_published_total", "counter", "Will messages published.", stats.wills_published),
         single("ferry_sessions_expired_total", "counter", "Sessions ended by their expiry interval.",
                stats.sessions_expired),

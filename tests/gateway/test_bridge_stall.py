@@ -117,8 +117,9 @@ def test_qos0_messages_beyond_the_bound_are_dropped_and_counted(uplink: Uplink, 
     names = naming()
     create_topics(uplink.bootstrap, names)
     uplink.down()  # nothing leaves librdkafka: QoS 0 records pile up in the gateway's memory
-    gateway = GatewayProcess(tmp_path / "gw", config_text=bridge_toml(names, uplink.bootstrap),
-                             metrics_port=free_port())
+    # One device floods 10,300 QoS 0 messages: above the default broker.max_publish_rate.
+    gateway = GatewayProcess(tmp_path / "gw", config_text=bridge_toml(names, uplink.bootstrap)
+                             + "\n[broker]\nmax_publish_rate = 0\n", metrics_port=free_port())
     gateways.append(gateway.start())
     flood = 10_300  # the default bridge.qos0_max_pending is 10,000
     device = TestClient(gateway.port, "dev-a")

@@ -56,8 +56,9 @@ def test_a_200k_spool_survives_a_kill_with_bounded_memory_and_drains(uplink: Upl
     names = naming()
     create_topics(uplink.bootstrap, names)
     uplink.down()
-    gateway = GatewayProcess(tmp_path / "gw", config_text=bridge_toml(names, uplink.bootstrap),
-                             metrics_port=free_port())
+    # One loader publishes the 200,000 back to back: above the default broker.max_publish_rate.
+    gateway = GatewayProcess(tmp_path / "gw", config_text=bridge_toml(names, uplink.bootstrap)
+                             + "\n[broker]\nmax_publish_rate = 0\n", metrics_port=free_port())
     gateway.start()
     try:
         messages = [(f"ferry/s/dev-{n % DEVICES}/telemetry", reading(f"dev-{n % DEVICES}", n // DEVICES))
