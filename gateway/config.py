@@ -220,6 +220,9 @@ def _check_ranges(config: GatewayConfig) -> None:
         raise ConfigError("broker.topic_alias_maximum: must be 0..65535")
     if not 1 <= broker.max_keepalive_s <= 65_535:
         raise ConfigError("broker.max_keepalive_s: must be 1..65535")
+    if 0 < broker.max_output_buffer_abort_bytes < broker.max_output_buffer_bytes:
+        raise ConfigError("broker.max_output_buffer_abort_bytes: must be at least broker.max_output_buffer_bytes "
+                          "(or 0: no bound)")
     for key in ("listen", "metrics"):
         value = getattr(config.gateway, key)
         if value is not None:

@@ -26,6 +26,7 @@ def collect(broker: Broker, server, journal, bridge=None, disk=None) -> list[Met
     stats = broker.stats
     journal_stats = journal.stats
     qos = ("0", "1", "2")
+    denied = broker.access.denied if broker.access is not None else {}
 
     def single(name: str, kind: str, help_text: str, value: float) -> Metric:
         return Metric(name, kind, help_text, (((), float(value)),))
@@ -62,7 +63,12 @@ def collect(broker: Broker, server, journal, bridge=None, disk=None) -> list[Met
                (((("reason", "queue_full"),), float(stats.refused_queue_full)),
                 ((("reason", "disk_low"),), float(stats.refused_disk_low)))),
         single("ferry_publishes_denied_total", "counter",
-               "Publishes from clients to topics beginning with $ (not routed).", stats.publishes_denied),
+               "Publishes not routed: to a topic beginning with $, or one the ACL denies.", stats.publishes_denied),
+        Metric("ferry_access_denied_total", "counter",
+               "Access control refusals, by what was refused: connect (credentials, client id, session owner "
+               "or will topic), publish, subscribe, read (a message a subscription may not get).",
+               tuple(((("action", action),), float(denied.get(action, 0)))
+                     for action in ("connect", "publish", "subscribe", "read"))),
         Metric("ferry_limit_hits_total", "counter",
                "Times a client ran into a [broker] limit, by limit (each is also logged, at most every 10 s).",
                tuple(((("limit", limit.value),), float(stats.limit_hits[limit])) for limit in Limit)),

@@ -356,16 +356,12 @@ def test_subscribe_flood_leaves_the_gateway_serving_others(gateway: GatewayProce
             assert all(isinstance(p, Suback) for p in subacks)
             assert [p.packet_id for p in subacks] == list(range(1, FLOOD_FILTERS + 1))
             codes = [p.reason_codes for p in subacks]
-            # TODO(max_subscriptions_per_client): the per-client limit is the lead's work in progress.
-            # Without the setting every filter is granted; with it (the gateway runs its default),
-            # the filters beyond it are refused with SUBACK 0x97 Quota exceeded.
-            limit = getattr(BrokerConfig(), "max_subscriptions_per_client", None)
-            if limit is None:
-                assert codes == [(RC.GRANTED_QOS_1,)] * FLOOD_FILTERS
-            else:
-                granted = min(limit, FLOOD_FILTERS)
-                assert codes[:granted] == [(RC.GRANTED_QOS_1,)] * granted
-                assert codes[granted:] == [(RC.QUOTA_EXCEEDED,)] * (FLOOD_FILTERS - granted)
+            # The gateway runs its default broker.max_subscriptions_per_client: the filters beyond it
+            # are refused with SUBACK 0x97 Quota exceeded.
+            granted = BrokerConfig().max_subscriptions_per_client
+            assert granted < FLOOD_FILTERS
+            assert codes[:granted] == [(RC.GRANTED_QOS_1,)] * granted
+            assert codes[granted:] == [(RC.QUOTA_EXCEEDED,)] * (FLOOD_FILTERS - granted)
             witnesses.round_trip(b"after the flood")
             grown_mb = (gateway_rss_kb(gateway) - rss_before) / 1024
             print(f"subscribe flood: gateway RSS grew {grown_mb:.1f} MB")
@@ -379,10 +375,8 @@ def test_never_reading_peer_does_not_starve_others_or_grow_memory(gateway: Gatew
     and never reads: neither its PUBACKs nor the deliveries. The gateway keeps serving a bystander
     and its RSS stays bounded (QoS 0 deliveries to a blocked connection are dropped).
 
-    Whether the gateway should also abort such a peer depends on the output-buffer limit the lead is
-    working on (`broker.max_output_buffer_bytes` for acknowledgements, too): today the peer stays
-    connected and its unread PUBACKs (4 bytes each) accumulate in the gateway; that part is not
-    asserted here."""
+    Its publish rate is bounded by `broker.max_publish_rate`, and its unread PUBACKs by the abort
+    bounds (`tests/gateway/test_limits.py` shows the abort)."""
     with attack(gateway, "never-reading", restart=True) as witnesses:
         rss_before = gateway_rss_kb(gateway)
         peer = RawPeer(gateway.port, V5, rcvbuf=4096)

@@ -11,6 +11,7 @@ import os
 import signal
 import socket
 import ssl
+import urllib.request
 from dataclasses import dataclass
 
 import pytest
@@ -79,7 +80,8 @@ action = "subscribe"
 topic = "test/nosubscribe"
 who = "everyone"
 """
-    gateway = GatewayProcess(folder / "data", config_text=config, allow_anonymous=False).start()
+    gateway = GatewayProcess(folder / "data", config_text=config, allow_anonymous=False,
+                             metrics_port=free_port()).start()
     try:
         yield SecuredGateway(gateway, tls_port, ca)
     finally:
@@ -239,6 +241,17 @@ def test_tls_is_1_2_or_later_and_plain_mqtt_gets_nothing(secured: SecuredGateway
         except ConnectionResetError:
             answer = b""
         assert not answer.startswith(b"\x20")
+
+
+def test_denials_are_counted_in_the_metrics(secured: SecuredGateway) -> None:
+    refused(secured, "scanner-2", None)
+    with secured.client("dev-1", "dev-1") as device:
+        device.subscribe("#")
+        device.publish(f"ferry/{SITE}/dev-2/telemetry", b"forged")
+    text = urllib.request.urlopen(f"http://127.0.0.1:{secured.gateway.metrics_port}/metrics", timeout=5).read().decode()
+    counts = {line.split("{")[1].split("}")[0]: float(line.rsplit(" ", 1)[1])
+              for line in text.splitlines() if line.startswith("ferry_access_denied_total{")}
+    assert all(counts[f'action="{action}"'] >= 1 for action in ("connect", "publish", "subscribe")), counts
 
 
 def test_a_password_file_change_applies_after_sighup(secured: SecuredGateway) -> None:
