@@ -654,7 +654,8 @@ class Broker:
                                                 tuple(target.subscription_ids)), now)
 
     def _deliver(self, session: Session, item: Delivery, now: float) -> None:
-        if not self._policies.admits(session.client_id, item.message.topic, item.message.publisher, now):
+        publisher = item.message.publisher  # None (anonymous, the gateway, restored): nothing to check
+        if publisher is not None and not self._policies.admits(session.client_id, item.message.topic, publisher, now):
             self.stats.dropped[DropReason.NOT_ADMITTED] += 1
             return
         if session.read_checked and not self._may_read(session, item.message.topic, now):
