@@ -40,7 +40,8 @@ GATEWAY_ID = "demo-gw"
 CONSOLE_USER = "demo-console"
 """The operator account of the fleet's own subscriber."""
 SITE = "sim"
-TOPICS = ("ferry.telemetry", "ferry.status", "ferry.reply", "ferry.deadletter", "ferry.series.1m", "ferry.alerts")
+TOPICS = ("ferry.telemetry", "ferry.status", "ferry.reply", "ferry.deadletter", "ferry.series.1m", "ferry.series.5m",
+          "ferry.alerts", "ferry.health")
 """What the gateway's bridge writes (BridgeNaming's defaults) and what the worker writes."""
 SPOOL_METRIC = "ferry_bridge_spool_messages"
 """The gateway's gauge of messages in the bridge's spool, not yet acknowledged by Kafka."""

@@ -45,8 +45,9 @@ def create_app(config: ServerConfig) -> faust.App:
         web_host=config.web_host,
         web_port=config.web_port,
         web_bind=config.web_host,
-        # Peers reach each other's web views at this address (routed and fleet views).
-        canonical_url=config.web_url,
+        # Peers reach each other's web views at this URL (routed and fleet views); it is not the bind
+        # address when that is a wildcard (`advertised_url`).
+        canonical_url=config.canonical_url,
         web_application_options=web_options,
         **FAUST_VIEWS_OFF,
         broker_session_timeout=config.broker_session_timeout_s,

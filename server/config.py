@@ -1,5 +1,5 @@
 """The worker's configuration: an optional TOML file's `[server]` table, then environment overrides,
-then `ferry worker`'s flags (`--web-host`, `--web-port`, `--api-token-file`).
+then `ferry worker`'s flags (`--web-host`, `--web-port`, `--advertised-url`, `--api-token-file`).
 
 Nothing here names a broker: `broker` has no default, so a worker started
 without `FERRY_SERVER_BROKER` (or `broker = ...` in the file) stops with a
@@ -9,10 +9,12 @@ message saying so. Every other field has a default suitable for one worker.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import re
 import tomllib
 import typing
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,15 +40,22 @@ class ServerConfig:
     telemetry_topic: str = "ferry.telemetry"
     status_topic: str = "ferry.status"
     series_topic: str = "ferry.series.1m"
-    """Where closed 1-minute windows are published."""
+    """Where closed 1-minute windows are published (docs/contract.md)."""
+    series_5m_topic: str = "ferry.series.5m"
+    """Where closed 5-minute (hopping) windows are published."""
     alerts_topic: str = "ferry.alerts"
     """Where anomaly and device-health alerts are published."""
+    health_topic: str = "ferry.health"
+    """Where a device's health is published each time it changes."""
     partitions: int = 8
     """Partitions of the telemetry/status topics; the tables' changelogs get as many."""
     web_host: str = "127.0.0.1"
-    """The address the HTTP API and dashboard bind to, and the one the other workers of the app reach
-    this one at (Faust's `canonical_url`); only this machine by default."""
+    """The address the HTTP API and dashboard bind to; only this machine by default."""
     web_port: int = 6066
+    advertised_url: str = ""
+    """The URL the other workers of the app reach this one at (Faust's `canonical_url`), e.g.
+    `http://10.0.0.5:6066`; empty: `http://web_host:web_port`, which a wildcard `web_host` (0.0.0.0, ::)
+    cannot give, so binding one needs this set."""
     api_token: str = field(default="", repr=False)
     """When set, every request but the dashboard's page and files needs `Authorization: Bearer <it>`
     (the API, `/metrics`); empty: no token. Never given on the command line (see `api_token_file`)."""
@@ -70,9 +79,11 @@ class ServerConfig:
     """A boot closes (its bitmap folded into the device's closed-boots summary) once a newer boot has
     begun and nothing of it was received for this long (gateway receive time)."""
     series_keep: int = 60
-    """Closed windows kept per device, metric and window kind for the HTTP API."""
-    alerts_keep: int = 20
-    """Newest alerts kept per device for the HTTP API (all of them go to `alerts_topic`)."""
+    """Closed windows kept per device, metric and window kind for the HTTP API (for at most 16 metrics
+    per device: at most series_keep x 16 x 2 windows per device)."""
+    alerts_keep: int = 1000
+    """Newest alerts kept per partition of the source topics for `/alerts`, and its largest `limit`
+    (all of them go to `alerts_topic`)."""
     batch_size: int = 5000
     """Records taken per batch: each device's state is read and written once per batch."""
     batch_within_ms: int = 500
@@ -119,6 +130,12 @@ class ServerConfig:
             raise ConfigError(f"server.web_port: must be 0..65535, got {self.web_port}")
         if not self.web_host.strip():
             raise ConfigError("server.web_host: must name an address (127.0.0.1 by default)")
+        if self.advertised_url:
+            _check_advertised_url(self.advertised_url)
+        elif is_wildcard(self.web_host):
+            raise ConfigError(f"server.advertised_url: must be set when web_host is the wildcard {self.web_host} "
+                              "(every address, but none another worker can reach): the URL the other workers "
+                              f"reach this one at, e.g. http://10.0.0.5:{self.web_port}")
         if self.api_token and not TOKEN_CHARS.fullmatch(self.api_token):
             # Not echoed: it is a secret.
             raise ConfigError("server.api_token (or the file api_token_file names): may hold only letters, digits "
@@ -128,8 +145,11 @@ class ServerConfig:
                 raise ConfigError(f"server.{name}: must be positive, got {getattr(self, name)}")
 
     @property
-    def web_url(self) -> str:
-        """`http://web_host:web_port`, the URL the other workers of the app reach this one at."""
+    def canonical_url(self) -> str:
+        """The URL the other workers of the app reach this one at: `advertised_url`, else
+        `http://web_host:web_port` (`[web_host]` for an IPv6 address)."""
+        if self.advertised_url:
+            return self.advertised_url.rstrip("/")
         host = f"[{self.web_host}]" if ":" in self.web_host else self.web_host
         return f"http://{host}:{self.web_port}"
 
@@ -140,6 +160,29 @@ class ServerConfig:
             return self.broker
         hosts = [h.strip() for h in self.broker.replace(";", ",").split(",") if h.strip()]
         return "kafka://" + ";".join(hosts)
+
+
+def is_wildcard(host: str) -> bool:
+    """0.0.0.0, ::, and their other spellings: listen on every address."""
+    try:
+        return ipaddress.ip_address(host.strip().strip("[]")).is_unspecified
+    except ValueError:
+        return False
+
+
+def _check_advertised_url(url: str) -> None:
+    where = "server.advertised_url"
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{where}: must be http://host:port or https://host:port, got {url!r}")
+    if is_wildcard(parts.hostname):
+        raise ConfigError(f"{where}: {parts.hostname} is no address another worker can reach, got {url!r}")
+    try:
+        parts.port
+    except ValueError:
+        raise ConfigError(f"{where}: bad port in {url!r}") from None
+    if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username or parts.password:
+        raise ConfigError(f"{where}: only scheme, host and port, got {url!r}")
 
 
 def _convert(where: str, value: object, kind: object) -> object:

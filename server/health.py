@@ -25,6 +25,7 @@ time, `ferry-received-ms`) and by a periodic `check(now)`:
 
 Alerts mark transitions only, once per episode: "offline", "online", "battery_low",
 "rssi_poor", "reboot_loop"; a battery, signal or reboot problem that clears raises nothing.
+`flags()` and `change()` tell any change of the health, clearings too (the `ferry.health` topic).
 Receive times order the evidence: a status or reading received before the latest state change
 does not undo it (the two agents see readings and statuses in no common order).
 """
@@ -33,6 +34,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ferry.contract import HealthChange, health_state
 from ferry.server.alerts import Alert
 
 DEEP_SLEEP = "deepsleep"
@@ -198,6 +200,24 @@ class DeviceHealth:
                       now_ms)]
 
     # ---- derived ----------------------------------------------------------
+
+    def flags(self) -> tuple[str | None, bool, bool, bool] | None:
+        """(offline reason or None, battery_low, rssi_poor, reboot_loop): what a health record says,
+        compared before and after each input to tell a change. None while nothing is known."""
+        if self.last_seen_ms is None and not self.offline:
+            return None
+        return (self.offline_reason if self.offline else None, self.battery_low, self.rssi_poor, self.reboot_loop)
+
+    def change(self, before: tuple[str | None, bool, bool, bool] | None, ts_ms: int) -> HealthChange | None:
+        """The health record to publish when `flags()` differs from `before` (taken before the input), else None."""
+        after = self.flags()
+        if after is None or after == before:
+            return None
+        return HealthChange(self.device, ts_ms, health_state(*after),
+                            "unknown" if before is None else health_state(*before), *after,
+                            last_seen_ms=self.last_seen_ms,
+                            battery_mv=round(_median(self.battery)) if self.battery else None,
+                            rssi_dbm=round(_median(self.rssi)) if self.rssi else None)
 
     def interval_ms(self, settings: HealthSettings) -> float:
         """The device's sample interval as its arrivals show it (at least the floor)."""

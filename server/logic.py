@@ -12,9 +12,9 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from ferry.contract import ContractError, parse_reading, parse_status
+from ferry.contract import ContractError, HealthChange, parse_reading, parse_status
 from ferry.contract import DeviceState as ReportedState
-from ferry.server.alerts import Alert
+from ferry.server.alerts import Alert, AlertLog
 from ferry.server.anomaly import AnomalySettings
 from ferry.server.config import ServerConfig
 from ferry.server.health import HealthSettings
@@ -36,10 +36,11 @@ class Settings:
     """How far a synced reading's stamp may be ahead of its receive time (`max_clock_skew_s`)."""
     boot_grace_ms: int
     keep: int
+    """Closed windows kept per device, metric and kind (`series_keep`)."""
     alerts_keep: int
+    """Alerts kept per partition (`alerts_keep`)."""
     anomaly: AnomalySettings
     health: HealthSettings
-    published_kind: str = "1m"
 
     @classmethod
     def from_config(cls, config: ServerConfig) -> "Settings":
@@ -82,16 +83,21 @@ class Outcome:
     """new, duplicate, late (new but older than the watermark) or invalid."""
     closed: list[ClosedWindow] = field(default_factory=list)
     alerts: list[Alert] = field(default_factory=list)
+    health: HealthChange | None = None
+    """The device's health when this record changed it."""
 
 
 @dataclass(slots=True)
 class BatchResult:
-    """New table values (device → (partition, value)) and what to publish."""
+    """New table values (device → (partition, value); partition → alert log) and what to publish."""
 
     states: dict[str, tuple[int, dict]] = field(default_factory=dict)
     history: dict[str, tuple[int, dict]] = field(default_factory=dict)
+    alert_logs: dict[int, list] = field(default_factory=dict)
     publish: list[ClosedWindow] = field(default_factory=list)
+    """Every window closed, of every kind, in the order they closed."""
     alerts: list[Alert] = field(default_factory=list)
+    health: list[HealthChange] = field(default_factory=list)
     verdicts: Counter = field(default_factory=Counter)
 
 
@@ -161,42 +167,74 @@ def apply_status(state: DeviceState, payload: bytes, receive_ms: int, settings: 
 def _outcome(state: DeviceState, verdict: str, closed: list[ClosedWindow], alerts: list[Alert],
              settings: Settings) -> Outcome:
     if alerts:
-        state.remember(alerts, settings.alerts_keep)
+        state.remember(alerts)
     return Outcome(verdict, closed, alerts)
 
 
+def apply_record(state: DeviceState, record: Record, settings: Settings) -> Outcome:
+    """One record of either channel, with the health record it makes when it changed the device's health."""
+    before = state.health.flags()
+    seen_ms = record.receive_ms or record.record_ms
+    if record.channel == TELEMETRY:
+        outcome = apply_reading(state, record.payload, record.record_ms, record.receive_ms, settings)
+    else:
+        outcome = apply_status(state, record.payload, seen_ms, settings)
+    outcome.health = state.health.change(before, seen_ms)
+    return outcome
+
+
 def apply_batch(records: Iterable[Record], state_of: Callable[[str], DeviceState],
-                history_of: Callable[[str], History], settings: Settings) -> BatchResult:
-    """Apply records in order to the states and histories `state_of` and `history_of` give
-    (changing them in place); each device's state is serialized once, its history at most once."""
+                history_of: Callable[[str], History], settings: Settings,
+                alert_log_of: Callable[[int], AlertLog] | None = None) -> BatchResult:
+    """Apply records in order to the states, histories and alert logs `state_of`, `history_of` and
+    `alert_log_of` give (changing them in place); each device's state is serialized once, its history
+    and its partition's alert log at most once. Without `alert_log_of` each partition's log starts empty.
+    """
+    if alert_log_of is None:
+        alert_log_of = _empty_logs()
     result = BatchResult()
     states: dict[str, DeviceState] = {}
     partitions: dict[str, int] = {}
     closed_by_device: dict[str, list[ClosedWindow]] = {}
+    alerts_by_partition: dict[int, list[Alert]] = {}
     for record in records:
         state = states.get(record.device)
         if state is None:
             state = states[record.device] = state_of(record.device)
         partitions[record.device] = record.partition
-        if record.channel == TELEMETRY:
-            outcome = apply_reading(state, record.payload, record.record_ms, record.receive_ms, settings)
-        else:
-            outcome = apply_status(state, record.payload, record.receive_ms or record.record_ms, settings)
+        outcome = apply_record(state, record, settings)
         result.verdicts[f"{record.channel}.{outcome.verdict}"] += 1
         if outcome.closed:
             closed_by_device.setdefault(record.device, []).extend(outcome.closed)
-            result.publish.extend(w for w in outcome.closed if w.kind == settings.published_kind)
-        result.alerts.extend(outcome.alerts)
+            result.publish.extend(outcome.closed)
+        if outcome.alerts:
+            result.alerts.extend(outcome.alerts)
+            alerts_by_partition.setdefault(record.partition, []).extend(outcome.alerts)
+        if outcome.health is not None:
+            result.health.append(outcome.health)
     for device, state in states.items():
         result.states[device] = (partitions[device], state.to_dict())
     for device, closed in closed_by_device.items():
         kept = history_of(device)
         kept.extend(closed, settings.keep)
         result.history[device] = (partitions[device], kept.to_dict())
+    for partition, alerts in alerts_by_partition.items():
+        log = alert_log_of(partition)
+        log.add(alerts, settings.alerts_keep)
+        result.alert_logs[partition] = log.to_list()
     return result
 
 
-def check_health(state: DeviceState, now_ms: int, settings: Settings) -> list[Alert]:
-    """The time-driven part of health (a device that went silent); the alerts are remembered."""
+def _empty_logs() -> Callable[[int], AlertLog]:
+    logs: dict[int, AlertLog] = {}
+    return lambda partition: logs.setdefault(partition, AlertLog())
+
+
+def check_health(state: DeviceState, now_ms: int, settings: Settings) -> Outcome:
+    """The time-driven part of health (a device that went silent): its alerts (remembered) and
+    health record."""
+    before = state.health.flags()
     alerts = state.health.check(now_ms, settings.health)
-    return _outcome(state, "checked", [], alerts, settings).alerts
+    outcome = _outcome(state, "checked", [], alerts, settings)
+    outcome.health = state.health.change(before, now_ms)
+    return outcome

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ferry.server.config import ENV_CONFIG_FILE, ENV_PREFIX, ConfigError, ServerConfig, load_config
 
-FLAGS = ("web_host", "web_port", "api_token_file")
+FLAGS = ("web_host", "web_port", "advertised_url", "api_token_file")
 """The `ServerConfig` fields that are also flags (`--web-host` ...); a flag wins over the file and the
 environment. The token itself has no flag: the command line is visible to every user of the machine."""
 
@@ -25,8 +25,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", type=Path, help="TOML file with a [server] table")
     parser.add_argument("--web-host", metavar="HOST",
                         help="address the HTTP API and dashboard bind to (default 127.0.0.1: this machine only); "
-                             "the other workers of the app reach this one there too")
+                             "a wildcard (0.0.0.0, ::) needs --advertised-url")
     parser.add_argument("--web-port", metavar="PORT", help="port of the HTTP API and dashboard (default 6066)")
+    parser.add_argument("--advertised-url", metavar="URL",
+                        help="the URL the other workers of the app reach this one at, e.g. http://10.0.0.5:6066 "
+                             "(default http://HOST:PORT of --web-host and --web-port)")
     parser.add_argument("--api-token-file", metavar="PATH",
                         help="require 'Authorization: Bearer <token>' on the API and /metrics, the token read "
                              f"from PATH (or set {ENV_PREFIX}API_TOKEN); the dashboard's page stays open")

@@ -2,14 +2,15 @@
 
 One value per device (not one table per concern) so a batch of records costs
 one read and one changelog write per device, whatever it touched: dedupe and
-loss accounting, status, open windows, anomaly detectors, health and the newest
-alerts. Closed windows live apart (`ferry.server.windows.History`, written only when
-a window closes) so this value stays small.
+loss accounting, status, open windows, anomaly detectors, health and how many
+alerts it raised. Closed windows live apart (`ferry.server.windows.History`, written only
+when a window closes), and so do the alerts themselves (`ferry.server.alerts.AlertLog`, one
+per partition, written only when one is raised), so this value stays small.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ferry.server.accounting import DeviceAccount, DeviceStatus
 from ferry.server.alerts import Alert
@@ -26,8 +27,6 @@ class DeviceState:
     windows: DeviceWindows
     detectors: DeviceDetectors
     health: DeviceHealth
-    alerts: list[Alert] = field(default_factory=list)
-    """The newest alerts, oldest first."""
     alerts_raised: int = 0
 
     @classmethod
@@ -35,22 +34,20 @@ class DeviceState:
         return cls(device, DeviceAccount(device, dedupe_window), DeviceStatus(device), DeviceWindows(device),
                    DeviceDetectors(device, anomaly), DeviceHealth(device))
 
-    def remember(self, alerts: list[Alert], keep: int) -> None:
-        self.alerts.extend(alerts)
-        del self.alerts[:-keep]
+    def remember(self, alerts: list[Alert]) -> None:
         self.alerts_raised += len(alerts)
 
     def to_dict(self) -> dict:
         return {"device": self.device, "account": self.account.to_dict(), "status": self.status.to_dict(),
                 "windows": self.windows.to_dict(), "detectors": self.detectors.to_dict(),
-                "health": self.health.to_dict(), "alerts": [a.to_dict() for a in self.alerts],
-                "alerts_raised": self.alerts_raised}
+                "health": self.health.to_dict(), "alerts_raised": self.alerts_raised}
 
     @classmethod
     def from_dict(cls, data: dict, dedupe_window: int, anomaly: AnomalySettings) -> "DeviceState":
+        """Also reads values written before the alerts moved out (their `alerts` list is ignored:
+        those alerts are on the alerts topic, not in `/alerts`)."""
         device = data["device"]
         return cls(device, DeviceAccount.from_dict(data["account"], dedupe_window),
                    DeviceStatus.from_dict(data["status"]), DeviceWindows.from_dict(data["windows"]),
                    DeviceDetectors.from_dict(device, data["detectors"], anomaly),
-                   DeviceHealth.from_dict(device, data["health"]), [Alert.from_dict(a) for a in data["alerts"]],
-                   data["alerts_raised"])
+                   DeviceHealth.from_dict(device, data["health"]), data["alerts_raised"])

@@ -6,8 +6,8 @@ and returns the handles tests need.
 One agent reads both source topics (telemetry and status are keyed and
 partitioned alike, so a device's records and its state share a partition) in
 batches (`take_events`): each batch reads every device's state once, applies
-its records in order, publishes closed windows and alerts, then writes each
-device's state once, each step waiting for Kafka's acknowledgement of what it
+its records in order, publishes closed windows, alerts and health changes
+(docs/contract.md), then writes each device's state once, each step waiting for Kafka's acknowledgement of what it
 wrote. Faust acks a batch's events only after the agent is done with it, and
 commits only acked offsets, so the offsets of a batch are committed only after
 its records are in Kafka; a crash re-processes whole batches, which dedupe
@@ -30,10 +30,9 @@ import faust
 from ferry.contract import HEADER_RECEIVED_MS
 from ferry.server.config import ServerConfig
 from ferry.server.logic import STATUS, TELEMETRY, Record, Settings, device_key
-from ferry.server.models import SeriesPoint
 from ferry.server.views import register_views
 from ferry.server.web import register_dashboard
-from ferry.server.worker_state import LostWrite, WorkerState
+from ferry.server.worker_state import LostWrite, Outputs, WorkerState
 
 log = logging.getLogger(__name__)
 EXIT_LOST_WRITE = 1
@@ -44,10 +43,10 @@ EXIT_LOST_WRITE = 1
 class Streams:
     settings: Settings
     source: Any
-    series: Any
-    alerts: Any
+    outputs: Outputs
     devices: Any
     history: Any
+    alert_log: Any
     ingest: Any
     worker: WorkerState
 
@@ -57,20 +56,26 @@ def wire(app: faust.App, config: ServerConfig) -> Streams:
     raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw",
            "partitions": config.partitions}
     source = app.topic(config.telemetry_topic, config.status_topic, **raw)
-    series = app.topic(config.series_topic, key_type=str, value_type=SeriesPoint, key_serializer="raw",
-                       partitions=config.partitions)
-    alerts = app.topic(config.alerts_topic, key_type=str, key_serializer="raw", value_serializer="json",
-                       partitions=config.partitions)
+    # What the worker publishes: contract bytes (ferry.contract.encode_*), keyed by the device id's bytes;
+    # no Faust model, so no `__faust` metadata on the wire.
+    out = {"key_type": str, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw",
+           "partitions": config.partitions}
+    outputs = Outputs(series={"1m": app.topic(config.series_topic, **out),
+                              "5m": app.topic(config.series_5m_topic, **out)},
+                      alerts=app.topic(config.alerts_topic, **out), health=app.topic(config.health_topic, **out))
     table_args = {"key_type": str, "partitions": config.partitions}
     devices = app.Table("devices", default=None, help="everything known about each device (server.state)",
                         **table_args)
     history = app.Table("history", default=None, help="the newest closed windows per device", **table_args)
-    for table in (devices, history):
+    alert_log = app.Table("alert_log", default=None,
+                          help="the newest alerts per source partition, key partition-<n> (server.alerts)",
+                          **table_args)
+    for table in (devices, history, alert_log):
         # Keys as the bridge writes them (the raw device id), so the web router hashes the same
         # bytes the records carry.
         table.key_serializer = "raw"
         table.changelog_topic = table.changelog_topic.derive(key_serializer="raw")
-    worker = WorkerState(app, config, settings, devices, history, series, alerts)
+    worker = WorkerState(app, config, settings, devices, history, alert_log, outputs)
 
     # Both signals fire when table recovery starts; `on_rebalance_complete` when it is done.
     @app.on_partitions_revoked.connect
@@ -111,7 +116,7 @@ def wire(app: faust.App, config: ServerConfig) -> Streams:
 
     register_views(app, worker, devices)
     register_dashboard(app)
-    return Streams(settings, source, series, alerts, devices, history, ingest_agent, worker)
+    return Streams(settings, source, outputs, devices, history, alert_log, ingest_agent, worker)
 
 
 async def _or_exit(work: Awaitable[object]) -> None:

@@ -27,6 +27,7 @@ from faust.web import Request, Response, View
 from ferry.prometheus import CONTENT_TYPE as PROMETHEUS_CONTENT_TYPE
 from ferry.prometheus import prometheus_text
 from ferry.server.accounting import detail, summary
+from ferry.server.alerts import order as alert_order
 from ferry.server.auth import auth_headers
 from ferry.server.metrics import collect as collect_metrics
 from ferry.server.windows import series as series_view
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
     from ferry.server.worker_state import WorkerState
 
 PEER_TIMEOUT_S = 5.0
+ALERTS_LIMIT_DEFAULT = 100
 ADDITIVE = ("received", "duplicates", "gaps", "lost_at_device", "invalid", "late", "future", "devices", "alerts",
             "offline")
 RECOVERING = "recovering: this worker's tables are being restored from their changelogs (a rebalance); ask again"
@@ -59,12 +61,40 @@ def accounting_of(devices: dict[str, dict]) -> dict:
     return out
 
 
-def local_alerts(worker: "WorkerState") -> list[dict]:
-    return [a.to_dict() for d in worker.local_devices() for a in worker.state(d).alerts]
-
-
 def newest(alerts: list[dict], limit: int) -> list[dict]:
-    return sorted(alerts, key=lambda a: (a["ts_ms"], a["device"]), reverse=True)[:limit]
+    return sorted(alerts, key=alert_order, reverse=True)[:limit]
+
+
+class BadQuery(ValueError):
+    """A query parameter the view cannot take (answered 400 with this message)."""
+
+
+def ms_param(request: Request, name: str) -> int | None:
+    """`?name=<ms since the Unix epoch>`, None when absent."""
+    raw = request.query.get(name)
+    if raw is None:
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 2**53:
+        raise BadQuery(f"{name}: expected milliseconds since the Unix epoch (an integer >= 0), got {raw!r}")
+    return value
+
+
+def alerts_query(request: Request, keep: int) -> tuple[int, int | None]:
+    """(limit, since_ms) of `/alerts?limit=N&since=MS`: limit 1..keep, default min(100, keep)."""
+    raw = request.query.get("limit")
+    limit = min(ALERTS_LIMIT_DEFAULT, keep)
+    if raw is not None:
+        try:
+            limit = int(raw)
+        except ValueError:
+            limit = 0
+        if not 1 <= limit <= keep:
+            raise BadQuery(f"limit: expected an integer 1..{keep} (alerts_keep), got {raw!r}")
+    return limit, ms_param(request, "since")
 
 
 class PeerError(Exception):
@@ -136,19 +166,21 @@ def register_views(app: faust.App, worker: "WorkerState", devices_table: Any) ->
 
     @app.page("/alerts")
     class AlertsView(View):
-        """The newest alerts of the fleet (`?limit=N`, default 100), newest first."""
+        """The fleet's newest alerts (`?limit=N`, default 100, at most `alerts_keep`; `?since=MS`: those
+        with `ts_ms >= MS`), newest first: each worker's newest of the partitions it owns, merged."""
 
         async def get(self, request: Request) -> Response:
             try:
-                limit = max(1, int(request.query.get("limit", "100")))
-            except ValueError:
-                return self.json({"error": "limit: expected a positive integer"}, status=400)
+                limit, since_ms = alerts_query(request, worker.config.alerts_keep)
+            except BadQuery as exc:
+                return self.json({"error": str(exc)}, status=400)
             if not worker.ready:
                 return self.json({"error": RECOVERING}, status=503)
-            alerts = local_alerts(worker)
+            alerts = [a.to_dict() for a in worker.local_alerts(limit, since_ms)]
             if not local_only(request):
+                params = {"limit": str(limit)} if since_ms is None else {"limit": str(limit), "since": str(since_ms)}
                 try:
-                    for part in await gather_peers(app, "/alerts", peer_headers, limit=str(limit)):
+                    for part in await gather_peers(app, "/alerts", peer_headers, **params):
                         alerts.extend(part["alerts"])
                 except PeerError as exc:
                     return self.json({"error": str(exc)}, status=503)
@@ -180,14 +212,25 @@ def register_views(app: faust.App, worker: "WorkerState", devices_table: Any) ->
 
     @app.page("/devices/{device}/series/{metric}")
     class SeriesView(View):
+        """Per window kind, the kept closed windows then the open ones (`?from=MS&to=MS`: those starting in
+        [from, to)); 404 naming the known metrics for a metric the device has no window of."""
+
         @app.table_route(table=devices_table, match_info="device")
         async def get(self, request: Request, device: str, metric: str) -> Response:
+            try:
+                from_ms, to_ms = ms_param(request, "from"), ms_param(request, "to")
+            except BadQuery as exc:
+                return self.json({"error": str(exc)}, status=400)
             if not worker.ready:
                 return self.json({"error": RECOVERING}, status=503)
             state = worker.state(device)
             if state is None:
                 return self.notfound(f"no device {device!r}")
             kept = worker.history_of(device)
+            known = sorted(set(state.windows.metrics()) | set(kept.metrics()))
+            if metric not in known:
+                return self.json({"error": f"no metric {metric!r} for device {device!r}", "metrics": known},
+                                 status=404)
             return self.json({"device": device, "metric": metric,
                               "watermark_ms": state.windows.watermark(settings.lateness_ms),
-                              **series_view(metric, settings.kinds, state.windows, kept)})
+                              **series_view(metric, settings.kinds, state.windows, kept, from_ms, to_ms)})

@@ -9,15 +9,18 @@ records' key, so no repartition). Per device:
 * an event older than the watermark is *late*: counted, not applied;
 * a window [start, start + size) is *closed* once watermark >= its end. No later event can
   reach it (every accepted event is >= the watermark), so a closed window is final and is
-  returned exactly once by `add` - that is when the 1-minute series is published.
+  returned exactly once by `add` - that is when it is published (`ferry.series.1m`, `.5m`).
 
-Closed windows are kept apart (`History`, the newest `keep` per kind and metric) for the
-HTTP API, so the per-reading state stays small.
+Closed windows are kept apart (`History`: the newest `keep` per kind and metric, for at most
+`MAX_METRICS` metrics) for the HTTP API, so the per-reading state stays small.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+
+from ferry.contract import MAX_METRICS, SeriesPoint
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +64,12 @@ class Aggregate:
 
     @property
     def mean(self) -> float:
-        return self.sum / self.count
+        """sum / count, kept within [min, max]: rounding can put it just outside (three readings of 0.1
+        sum to 0.30000000000000004), and a sum of huge values can overflow to infinity."""
+        mean = self.sum / self.count
+        if not math.isfinite(mean):
+            return self.min / 2 + self.max / 2
+        return min(max(mean, self.min), self.max)
 
     def to_list(self) -> list:
         return [self.count, self.min, self.max, self.sum, self.last, self.last_ms]
@@ -85,6 +93,11 @@ class ClosedWindow:
     max: float
     mean: float
     last: float
+
+    def to_record(self) -> SeriesPoint:
+        """The record published to the kind's series topic (docs/contract.md)."""
+        return SeriesPoint(self.device, self.kind, self.metric, self.start_ms, self.end_ms, self.count,
+                           self.min, self.max, self.mean, self.last)
 
 
 @dataclass(slots=True)
@@ -149,9 +162,10 @@ class DeviceWindows:
         done.sort(key=lambda w: (w.start_ms, w.kind, w.metric))
         return done
 
-    def open_views(self, metric: str, kind: WindowKind) -> list[dict]:
+    def open_views(self, metric: str, kind: WindowKind, from_ms: int | None = None,
+                   to_ms: int | None = None) -> list[dict]:
         windows = self.open.get(kind.name, {}).get(metric, {})
-        return [windows[s].view(kind, s, False) for s in sorted(windows)]
+        return [windows[s].view(kind, s, False) for s in sorted(windows) if _within(s, from_ms, to_ms)]
 
     def metrics(self) -> list[str]:
         return sorted({m for per_metric in self.open.values() for m in per_metric})
@@ -174,7 +188,9 @@ class DeviceWindows:
 
 @dataclass(slots=True)
 class History:
-    """The newest `keep` closed windows of one device per kind and metric, oldest first.
+    """The newest `keep` closed windows of one device per kind and metric, oldest first, for at most
+    `max_metrics` metrics per kind (a reading holds at most `MAX_METRICS`; a device whose metric names
+    change keeps the ones whose windows closed last): at most keep x max_metrics x kinds windows.
 
     Rows are kept as they are stored, `[start_ms, end_ms, count, min, max, mean, last]`, so
     writing the history back costs a copy, not a conversion.
@@ -182,16 +198,22 @@ class History:
 
     rows: dict[str, dict[str, list[list]]] = field(default_factory=dict)
 
-    def extend(self, closed: list[ClosedWindow], keep: int) -> None:
+    def extend(self, closed: list[ClosedWindow], keep: int, max_metrics: int = MAX_METRICS) -> None:
         for w in closed:
-            kept = self.rows.setdefault(w.kind, {}).setdefault(w.metric, [])
+            per_metric = self.rows.setdefault(w.kind, {})
+            kept = per_metric.get(w.metric)
+            if kept is None:
+                if len(per_metric) >= max_metrics:
+                    # The metric whose newest window is oldest goes (on a tie, the first name).
+                    del per_metric[min(per_metric, key=lambda m: (per_metric[m][-1][0], m))]
+                kept = per_metric[w.metric] = []
             kept.append([w.start_ms, w.end_ms, w.count, w.min, w.max, w.mean, w.last])
             del kept[:-keep]
 
-    def views(self, metric: str, kind: WindowKind) -> list[dict]:
+    def views(self, metric: str, kind: WindowKind, from_ms: int | None = None, to_ms: int | None = None) -> list[dict]:
         return [{"start_ms": r[0], "end_ms": r[1], "count": r[2], "min": r[3], "max": r[4], "mean": r[5],
                  "last": r[6], "closed": True}
-                for r in self.rows.get(kind.name, {}).get(metric, [])]
+                for r in self.rows.get(kind.name, {}).get(metric, []) if _within(r[0], from_ms, to_ms)]
 
     def metrics(self) -> list[str]:
         return sorted({m for per_metric in self.rows.values() for m in per_metric})
@@ -204,8 +226,13 @@ class History:
         return cls({k: {m: [list(r) for r in rows] for m, rows in pm.items()} for k, pm in data.items()})
 
 
+def _within(start_ms: int, from_ms: int | None, to_ms: int | None) -> bool:
+    return (from_ms is None or start_ms >= from_ms) and (to_ms is None or start_ms < to_ms)
+
+
 def series(metric: str, kinds: tuple[WindowKind, ...], windows: DeviceWindows | None,
-           history: History | None) -> dict:
-    """`/devices/{id}/series/{metric}`: per kind, the kept closed windows then the open ones, oldest first."""
-    return {kind.name: (history.views(metric, kind) if history else [])
-            + (windows.open_views(metric, kind) if windows else []) for kind in kinds}
+           history: History | None, from_ms: int | None = None, to_ms: int | None = None) -> dict:
+    """`/devices/{id}/series/{metric}`: per kind, the kept closed windows then the open ones, oldest first;
+    only those starting in [from_ms, to_ms) when given."""
+    return {kind.name: (history.views(metric, kind, from_ms, to_ms) if history else [])
+            + (windows.open_views(metric, kind, from_ms, to_ms) if windows else []) for kind in kinds}

@@ -9,17 +9,36 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import faust
 from aiokafka.partitioner import murmur2
 
+from ferry.contract import encode_alert, encode_health_change, encode_series_point
+from ferry.server.alerts import Alert, AlertLog
+from ferry.server.alerts import order as alert_order
 from ferry.server.config import ServerConfig
 from ferry.server.liveness import StallWatch
 from ferry.server.logic import STATUS, BatchResult, Record, Settings, apply_batch, check_health
-from ferry.server.models import SeriesPoint
 from ferry.server.state import DeviceState
 from ferry.server.windows import History
+
+
+@dataclass(frozen=True, slots=True)
+class Outputs:
+    """The topics the worker publishes to (docs/contract.md): every value is contract bytes, every key
+    the device id."""
+
+    series: dict[str, Any]
+    """Window kind ("1m", "5m") -> its series topic."""
+    alerts: Any
+    health: Any
+
+
+def alert_log_key(partition: int) -> str:
+    """The `alert_log` table's key for a source partition's log (written to that changelog partition)."""
+    return f"partition-{partition}"
 
 
 class LostWrite(Exception):
@@ -49,12 +68,13 @@ class WorkerState:
     """
 
     def __init__(self, app: faust.App, config: ServerConfig, settings: Settings, devices: Any, history: Any,
-                 series: Any, alerts: Any) -> None:
+                 alert_log: Any, outputs: Outputs) -> None:
         self.app, self.config, self.settings = app, config, settings
-        self.devices, self.history, self.series, self.alerts = devices, history, series, alerts
+        self.devices, self.history, self.alert_log, self.outputs = devices, history, alert_log, outputs
         self.lock = asyncio.Lock()
         self.live: dict[str, DeviceState] = {}
         self.live_history: dict[str, History] = {}
+        self.live_alert_logs: dict[int, AlertLog] = {}
         self.recovered = False
         """The tables hold the current assignment's partitions in full (set by `recovery_completed`)."""
         self.lagging = False
@@ -88,6 +108,7 @@ class WorkerState:
         """Drop the live states (a rebalance may have moved devices or changed their table values)."""
         self.live.clear()
         self.live_history.clear()
+        self.live_alert_logs.clear()
         self.watch.forget()
 
     def partition_of(self, device: str) -> int:
@@ -125,6 +146,20 @@ class WorkerState:
                 self.live_history[device] = kept
         return kept
 
+    def alert_log_of(self, partition: int) -> AlertLog:
+        """The newest alerts of a source partition's devices (kept live only when `ready`)."""
+        log = self.live_alert_logs.get(partition)
+        if log is None:
+            log = AlertLog.from_list(self.alert_log.get(alert_log_key(partition)))
+            if self.ready:
+                self.live_alert_logs[partition] = log
+        return log
+
+    def local_alerts(self, limit: int, since_ms: int | None) -> list[Alert]:
+        """The newest `limit` alerts (since `since_ms`) of the partitions this worker owns, newest first."""
+        alerts = [a for p in self.owned_partitions() for a in self.alert_log_of(p).newest(limit, since_ms)]
+        return sorted(alerts, key=alert_order, reverse=True)[:limit]
+
     def _state_or_new(self, device: str) -> DeviceState:
         state = self.state(device)
         if state is None:
@@ -145,14 +180,16 @@ class WorkerState:
         async with self.lock:
             # Every record of the batch is applied, even one whose partition was revoked while it
             # waited: `take_events` acks the whole batch afterwards, so one left out would be lost.
-            result = apply_batch(records, self._state_or_new, self.history_of, self.settings)
+            result = apply_batch(records, self._state_or_new, self.history_of, self.settings, self.alert_log_of)
             # Published before the tables record that the windows closed and the alerts were raised:
             # a crash in between publishes them again (identical) rather than never.
             await self._publish(result)
             await self._acknowledged(
                 [_put(self.devices, partition, device, value) for device, (partition, value) in result.states.items()]
                 + [_put(self.history, partition, device, value)
-                   for device, (partition, value) in result.history.items()])
+                   for device, (partition, value) in result.history.items()]
+                + [_put(self.alert_log, partition, alert_log_key(partition), log)
+                   for partition, log in result.alert_logs.items()])
             for verdict, n in result.verdicts.items():
                 self.counts[verdict] = self.counts.get(verdict, 0) + n
             done = time.monotonic()
@@ -173,7 +210,8 @@ class WorkerState:
         return self.watch.waiting(await asyncio.to_thread(self.watch.partition_ends))
 
     async def check_health(self, now_ms: int) -> int:
-        """Raise `offline` for devices that went silent; returns how many alerts were raised.
+        """Raise `offline` for devices that went silent (and publish their health records); returns how
+        many alerts were raised.
 
         Skipped while the tables recover (a device's state may be half replayed) and while the
         worker is behind its topics: a device whose readings still wait in Kafka is not silent,
@@ -184,24 +222,33 @@ class WorkerState:
         async with self.lock:
             result = BatchResult()
             changed: dict[str, DeviceState] = {}
+            logs: dict[int, AlertLog] = {}
             for device in self.local_devices():
                 state = self.state(device)
-                alerts = check_health(state, now_ms, self.settings)
-                if alerts:
-                    result.alerts.extend(alerts)
+                outcome = check_health(state, now_ms, self.settings)
+                if outcome.alerts:
+                    result.alerts.extend(outcome.alerts)
+                    partition = self.partition_of(device)
+                    logs.setdefault(partition, self.alert_log_of(partition)).add(outcome.alerts,
+                                                                                 self.settings.alerts_keep)
+                if outcome.health is not None:
+                    result.health.append(outcome.health)
+                if outcome.alerts or outcome.health is not None:
                     changed[device] = state
             await self._publish(result)
             await self._acknowledged([_put(self.devices, self.partition_of(device), device, state.to_dict())
-                                      for device, state in changed.items()])
+                                      for device, state in changed.items()]
+                                     + [_put(self.alert_log, partition, alert_log_key(partition), log.to_list())
+                                        for partition, log in logs.items()])
         return len(result.alerts)
 
     async def _publish(self, result: BatchResult) -> None:
-        """Send the closed windows and the alerts, and wait until Kafka has them all."""
-        sent = [await self.series.send(key=w.device, value=SeriesPoint(
-                    device=w.device, metric=w.metric, start_ms=w.start_ms, end_ms=w.end_ms, count=w.count,
-                    min=w.min, max=w.max, mean=w.mean, last=w.last))
+        """Send the closed windows, the alerts and the health changes, and wait until Kafka has them all."""
+        out = self.outputs
+        sent = [await out.series[w.kind].send(key=w.device, value=encode_series_point(w.to_record()))
                 for w in result.publish]
-        sent += [await self.alerts.send(key=alert.device, value=alert.to_dict()) for alert in result.alerts]
+        sent += [await out.alerts.send(key=a.device, value=encode_alert(a.to_record())) for a in result.alerts]
+        sent += [await out.health.send(key=h.device, value=encode_health_change(h)) for h in result.health]
         await self._acknowledged(sent)
 
     async def _acknowledged(self, pending: list[Awaitable]) -> None:

@@ -8,13 +8,17 @@ from unittest import mock
 
 import pytest
 
+from ferry.contract import parse_alert, parse_health_change, parse_series_point
 from ferry.server.app import create_app
 from ferry.server.config import ServerConfig
 from ferry.server.logic import STATUS, TELEMETRY, Record
 from ferry.server.streams import Streams, wire
 
 from tests.server.fake_kafka import FakeProducer, fake_producer
-from tests.server.helpers import T0, reading, status
+from tests.server.helpers import T0, asleep, reading, status
+from tests.vectors import load as load_vectors
+
+WORKER = load_vectors("contract/worker_records.json")
 
 
 @pytest.fixture
@@ -71,6 +75,10 @@ def test_ingest_dedupes_accounts_and_publishes_closed_minutes(streams: Streams) 
     assert [(key, value["metric"], value["start_ms"], value["count"])
             for key, value in producer.values(streams.worker.config.series_topic)] == \
         [("dev-01", "temp_c", base, 3)]
+    # The 5-minute windows that ended by base + 60 s (the watermark) are published too, to their own topic.
+    assert [(key, value["window"], value["start_ms"], value["end_ms"], value["count"])
+            for key, value in producer.values(streams.worker.config.series_5m_topic)] == \
+        [("dev-01", "5m", base - 240_000, base + 60_000, 3)]
     assert streams.devices["dev-01"]["windows"]["max_event_ms"] == base + 60_000
     assert streams.history["dev-01"]["1m"]["temp_c"] == [[base, base + 60_000, 3, 20.0, 23.0, 64.0 / 3, 23.0]]
 
@@ -101,7 +109,12 @@ def test_status_adds_device_losses_and_lwt_raises_an_offline_alert(streams: Stre
     assert value["status"]["lost_at_device"] == 5
     assert [(key, alert["kind"]) for key, alert in producer.values(streams.worker.config.alerts_topic)] == \
         [("dev-01", "offline")]
-    assert value["alerts_raised"] == 1 and value["alerts"][0]["kind"] == "offline"
+    assert value["alerts_raised"] == 1
+    assert [a["kind"] for a in streams.alert_log["partition-0"]] == ["offline"]
+    # Health: known (the birth), then offline (the last will); the second birth changed nothing.
+    assert [(key, h["previous"], h["state"], h["offline_reason"], h["ts_ms"])
+            for key, h in producer.values(streams.worker.config.health_topic)] == \
+        [("dev-01", "unknown", "ok", None, T0), ("dev-01", "ok", "offline", "lwt", T0 + 2)]
 
 
 def test_the_health_timer_raises_offline_for_a_silent_device(streams: Streams) -> None:
@@ -117,7 +130,10 @@ def test_the_health_timer_raises_offline_for_a_silent_device(streams: Streams) -
     soon, later, producer = asyncio.run(run())
     assert (soon, later) == (0, 1)
     assert [alert["kind"] for _, alert in producer.values(streams.worker.config.alerts_topic)] == ["offline"]
-    assert streams.devices["dev-01"]["alerts"][-1]["kind"] == "offline"
+    assert streams.alert_log["partition-0"][-1]["kind"] == "offline"
+    assert [(h["previous"], h["state"], h["offline_reason"], h["ts_ms"])
+            for _, h in producer.values(streams.worker.config.health_topic)] == \
+        [("unknown", "ok", None, T0), ("ok", "offline", "silent", T0 + 3_600_000)]
 
 
 def test_a_batch_applies_records_of_a_partition_revoked_while_they_waited(streams: Streams) -> None:
@@ -133,3 +149,38 @@ def test_a_batch_applies_records_of_a_partition_revoked_while_they_waited(stream
 
     asyncio.run(run())
     assert streams.devices["dev-01"]["account"]["received"] == 1
+
+
+def test_the_worker_publishes_the_contracts_golden_records(streams: Streams) -> None:
+    """The `worker` vectors of tests/vectors/contract/worker_records.json, byte for byte, from a birth and a
+    last will (boot 18) and four readings; every record on every output topic decodes, none carries Faust
+    metadata, and each is keyed by its device id."""
+    config = streams.worker.config
+    dev = "esp32-a1b2c3"
+    birth, will = 1_732_480_000_456, 1_732_480_000_999
+    values = (21.5, 22.25, 23.0, 24.0)
+
+    async def run() -> FakeProducer:
+        with fake_producer(streams.worker.app) as producer:
+            await streams.worker.process([Record(dev, STATUS, status(0, dev=dev, boot=18), birth, birth, 0),
+                                          Record(dev, STATUS, asleep(dev=dev, boot=18), will, will, 0)])
+            await streams.worker.process([
+                Record(dev, TELEMETRY, reading(s, dev=dev, ts_ms=T0 + s * 20_000, metrics={"temp_c": v}),
+                       T0 + s * 20_000, T0 + s * 20_000, 0) for s, v in enumerate(values)])
+            return producer
+
+    producer = asyncio.run(run())
+    topics = {"ferry.series.1m": config.series_topic, "ferry.series.5m": config.series_5m_topic,
+              "ferry.alerts": config.alerts_topic, "ferry.health": config.health_topic}
+    parse = {config.series_topic: parse_series_point, config.series_5m_topic: parse_series_point,
+             config.alerts_topic: parse_alert, config.health_topic: parse_health_change}
+    sent = {topic: [(s.key, s.value) for s in producer.sent if s.topic == topic] for topic in parse}
+    golden = [case for kind in ("series", "alerts", "health") for case in WORKER[kind]["valid"] if case.get("worker")]
+    assert len(golden) == 5
+    for case in golden:
+        assert (case["key"].encode(), case["value"].encode()) in sent[topics[case["topic"]]], case["name"]
+    for topic, records in sent.items():
+        assert records, topic
+        for key, value in records:
+            assert b"__faust" not in value
+            assert parse[topic](value).device.encode() == key

@@ -50,6 +50,12 @@ def test_defaults_are_the_documented_ones() -> None:
     assert (config.telemetry_topic, config.status_topic, config.series_topic) == \
         ("ferry.telemetry", "ferry.status", "ferry.series.1m")
     assert (config.tumbling_s, config.hopping_size_s, config.hopping_step_s) == (60, 300, 60)
+    # The output topics are the contract's (docs/contract.md).
+    from ferry.contract import ALERTS_TOPIC, HEALTH_TOPIC, SERIES_TOPICS
+
+    assert (config.series_topic, config.series_5m_topic, config.alerts_topic, config.health_topic) == \
+        (SERIES_TOPICS["1m"], SERIES_TOPICS["5m"], ALERTS_TOPIC, HEALTH_TOPIC)
+    assert (config.series_keep, config.alerts_keep) == (60, 1000)
 
 
 def test_ferry_worker_without_a_broker_says_so() -> None:
@@ -72,8 +78,8 @@ def worker_args(*argv: str):
 
 def test_the_api_listens_on_this_machine_only_by_default() -> None:
     config = ServerConfig(broker="k:1")
-    assert (config.web_host, config.web_port, config.web_url) == ("127.0.0.1", 6066, "http://127.0.0.1:6066")
-    assert config.api_token == ""
+    assert (config.web_host, config.web_port, config.canonical_url) == ("127.0.0.1", 6066, "http://127.0.0.1:6066")
+    assert config.api_token == "" and config.advertised_url == ""
 
 
 def test_flags_win_over_the_environment_and_the_file(tmp_path: Path) -> None:
@@ -84,9 +90,9 @@ def test_flags_win_over_the_environment_and_the_file(tmp_path: Path) -> None:
     environ = {"FERRY_SERVER_WEB_HOST": "10.0.0.2", "FERRY_SERVER_WEB_PORT": "7100"}
     config = config_from_args(worker_args("--config", str(path)), environ)
     assert (config.web_host, config.web_port) == ("10.0.0.2", 7100)
-    config = config_from_args(worker_args("--config", str(path), "--web-host", "0.0.0.0", "--web-port", "7200"),
+    config = config_from_args(worker_args("--config", str(path), "--web-host", "10.0.0.3", "--web-port", "7200"),
                               environ)
-    assert (config.web_host, config.web_port, config.web_url) == ("0.0.0.0", 7200, "http://0.0.0.0:7200")
+    assert (config.web_host, config.web_port, config.canonical_url) == ("10.0.0.3", 7200, "http://10.0.0.3:7200")
     with pytest.raises(ConfigError, match="--web-port: expected an integer"):
         config_from_args(worker_args("--config", str(path), "--web-port", "x"), environ)
 
@@ -148,3 +154,54 @@ def test_ferry_worker_with_an_unreadable_token_file_says_so(tmp_path: Path) -> N
                             env={"PATH": "/usr/bin:/bin", "FERRY_SERVER_BROKER": "k:1"})
     assert result.returncode == 2
     assert "server.api_token_file: cannot read" in result.stderr
+
+
+# ---- the URL the other workers reach this one at (Faust's canonical_url) --------------------------
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "[::]", "0:0:0:0:0:0:0:0"])
+def test_a_wildcard_bind_needs_an_advertised_url(host: str) -> None:
+    """0.0.0.0 listens on every address but is none another worker can reach: refused, naming the key."""
+    with pytest.raises(ConfigError, match=r"server\.advertised_url: must be set when web_host is the wildcard"):
+        ServerConfig(broker="k:1", web_host=host)
+    config = ServerConfig(broker="k:1", web_host=host, web_port=7000, advertised_url="http://10.0.0.5:7000/")
+    assert (config.web_host, config.canonical_url) == (host, "http://10.0.0.5:7000")
+
+
+def test_the_advertised_url_defaults_to_the_bind_address() -> None:
+    assert ServerConfig(broker="k:1", web_host="10.0.0.5", web_port=7000).canonical_url == "http://10.0.0.5:7000"
+    assert ServerConfig(broker="k:1", web_host="::1").canonical_url == "http://[::1]:6066"
+    assert ServerConfig(broker="k:1", web_host="worker-1.lan").canonical_url == "http://worker-1.lan:6066"
+    # Given, it wins over the bind address even when that is a reachable one.
+    assert ServerConfig(broker="k:1", advertised_url="https://w1.example:8443").canonical_url == \
+        "https://w1.example:8443"
+
+
+@pytest.mark.parametrize("url", ["10.0.0.5:6066", "ftp://10.0.0.5:6066", "http://", "http://0.0.0.0:6066",
+                                 "http://[::]:6066", "http://10.0.0.5:99999", "http://10.0.0.5:6066/api",
+                                 "http://10.0.0.5:6066?x=1", "http://user:pw@10.0.0.5:6066"])
+def test_a_bad_advertised_url_names_the_key(url: str) -> None:
+    with pytest.raises(ConfigError, match=r"^server\.advertised_url: "):
+        ServerConfig(broker="k:1", web_host="0.0.0.0", advertised_url=url)
+
+
+def test_the_advertised_url_from_the_file_the_environment_or_the_flag(tmp_path: Path) -> None:
+    from ferry.server.main import config_from_args
+
+    path = tmp_path / "server.toml"
+    path.write_text('[server]\nbroker = "k:1"\nweb_host = "0.0.0.0"\nadvertised_url = "http://10.0.0.1:6066"\n')
+    assert config_from_args(worker_args("--config", str(path)), {}).canonical_url == "http://10.0.0.1:6066"
+    environ = {"FERRY_SERVER_ADVERTISED_URL": "http://10.0.0.2:6066"}
+    assert config_from_args(worker_args("--config", str(path)), environ).canonical_url == "http://10.0.0.2:6066"
+    config = config_from_args(worker_args("--config", str(path), "--advertised-url", "http://10.0.0.3:6066"), environ)
+    assert (config.web_host, config.canonical_url) == ("0.0.0.0", "http://10.0.0.3:6066")
+
+
+def test_ferry_worker_bound_to_a_wildcard_without_an_advertised_url_says_so() -> None:
+    result = subprocess.run([sys.executable, "-m", "ferry", "worker", "--web-host", "0.0.0.0"],
+                            capture_output=True, text=True, timeout=60, cwd=REPO,
+                            env={"PATH": "/usr/bin:/bin", "FERRY_SERVER_BROKER": "k:1"})
+    assert result.returncode == 2
+    assert "server.advertised_url: must be set when web_host is the wildcard 0.0.0.0" in result.stderr
+    assert "--advertised-url URL" in subprocess.run([sys.executable, "-m", "ferry", "worker", "--help"],
+                                                    capture_output=True, text=True, timeout=60, cwd=REPO).stdout

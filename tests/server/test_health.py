@@ -214,3 +214,65 @@ def test_settings_are_checked() -> None:
         HealthSettings(offline_after_intervals=0)
     with pytest.raises(ValueError):
         HealthSettings(rssi_samples=0)
+
+
+# ---- health changes (the ferry.health topic) ------------------------------------------------------
+
+
+def changes(h: DeviceHealth, inputs) -> list[tuple]:
+    """Feed (ts_ms, input) pairs; (previous, state, offline_reason, battery_low, rssi_poor, reboot_loop) of each
+    change, in order. An input is a callable taking the health."""
+    out = []
+    for ts_ms, feed in inputs:
+        before = h.flags()
+        feed(h)
+        change = h.change(before, ts_ms)
+        if change is not None:
+            assert (change.device, change.ts_ms, change.last_seen_ms) == (h.device, ts_ms, h.last_seen_ms)
+            out.append((change.previous, change.state, change.offline_reason, change.battery_low, change.rssi_poor,
+                        change.reboot_loop))
+    return out
+
+
+def test_every_change_of_health_and_nothing_else_is_a_change() -> None:
+    """Known (ok), battery low (warning) and back (ok, which raises no alert), offline by last will, back,
+    silent; repeated readings of the same health change nothing."""
+    h = DeviceHealth("d")
+
+    def reading(bat: int):
+        return lambda h: h.observe_reading(h.last_seen_ms + 10_000 if h.last_seen_ms else T, 1, bat, -60, S)
+
+    inputs = [(T, reading(3900))] + [(0, reading(3900))] * 3
+    inputs += [(0, reading(3300))] * 5 + [(0, reading(3900))] * 5
+    inputs += [(1, lambda h: h.observe_status(h.last_seen_ms + 1, "offline", 1, None, S)),
+               (2, lambda h: h.observe_status(h.last_seen_ms + 2, "offline", 1, None, S)),
+               (3, reading(3900)), (4, reading(3900)),
+               (5, lambda h: h.check(h.last_seen_ms + 10_000, S)),  # not silent long enough
+               (6, lambda h: h.check(h.last_seen_ms + 3_600_000, S)),
+               (7, lambda h: h.check(h.last_seen_ms + 3_700_000, S))]
+    assert changes(h, inputs) == [
+        ("unknown", "ok", None, False, False, False),
+        ("ok", "warning", None, True, False, False),  # the median of the last 5 fell below 3400 mV
+        ("warning", "ok", None, False, False, False),  # ...and rose 50 mV above it: no alert, a change
+        ("ok", "offline", "lwt", False, False, False),
+        ("offline", "ok", None, False, False, False),
+        ("ok", "offline", "silent", False, False, False),
+    ]
+
+
+def test_a_change_carries_the_medians_and_an_offline_device_keeps_its_flags() -> None:
+    h = DeviceHealth("d")
+    readings(h, 5, bat=3300, rssi=-85)
+    before = h.flags()
+    assert before == (None, True, True, False)
+    h.observe_status(T + 60_000, "offline", 1, None, S)
+    change = h.change(before, T + 60_000)
+    assert (change.state, change.previous, change.offline_reason, change.battery_low, change.rssi_poor) == \
+        ("offline", "warning", "lwt", True, True)
+    assert (change.battery_mv, change.rssi_dbm, change.last_seen_ms) == (3300, -85, T + 40_000)
+    assert h.change(h.flags(), T + 61_000) is None
+    # A device first heard of by its last will is offline, never "unknown".
+    fresh = DeviceHealth("e")
+    fresh.observe_status(T, "offline", 1, None, S)
+    change = fresh.change(None, T)
+    assert (change.previous, change.state, change.last_seen_ms, change.battery_mv) == ("unknown", "offline", None, None)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from ferry.server.alerts import AlertLog
 from ferry.server.accounting import DeviceAccount, DeviceStatus, detail, summary, totals
 from ferry.server.config import ServerConfig
 from ferry.server.logic import STATUS, TELEMETRY, Record, Settings, apply_batch, apply_reading, apply_status
@@ -181,18 +182,26 @@ def test_a_batch_gives_the_same_tables_as_one_record_at_a_time() -> None:
     records.append(Record("dev-a", TELEMETRY, b"not json", 0, T0, 1))
     singles: dict[str, dict] = {}
     kept: dict[str, dict] = {}
-    published = 0
+    published: list = []
+    health: list = []
     for record in records:
         one = apply_batch([record], lambda d: SETTINGS.load_state(d, singles.get(d)),
-                          lambda d: History.from_dict(kept.get(d) or {}), SETTINGS)
+                          lambda d: History.from_dict(kept.get(d) or {}), SETTINGS, lambda p: AlertLog())
         singles.update({d: round_trip(v) for d, (_, v) in one.states.items()})
         kept.update({d: round_trip(v) for d, (_, v) in one.history.items()})
-        published += len(one.publish)
-    whole = apply_batch(records, SETTINGS.new_state, lambda d: History(), SETTINGS)
+        published += one.publish
+        health += one.health
+    whole = apply_batch(records, SETTINGS.new_state, lambda d: History(), SETTINGS, lambda p: AlertLog())
     assert {d: round_trip(v) for d, (_, v) in whole.states.items()} == singles
     assert {d: round_trip(v) for d, (_, v) in whole.history.items()} == kept
     # Per device: seq 3 (120 s) closes the first minute (seqs 0 and 1); seq 2 (80 s) is then late.
-    assert len(whole.publish) == published == 2
+    assert whole.publish == published
+    assert [(w.device, w.kind) for w in whole.publish if w.kind == "1m"] == [("dev-a", "1m"), ("dev-b", "1m")]
+    # Both kinds are published: seq 3 also closes the 5-minute windows that ended by then.
+    assert {w.kind for w in whole.publish} == {"1m", "5m"}
+    # One health record per device: it became known (ok), nothing changed after.
+    assert whole.health == health and [(h.device, h.previous, h.state) for h in health] == \
+        [("dev-a", "unknown", "ok"), ("dev-b", "unknown", "ok")]
     assert whole.verdicts == {"telemetry.new": 8, "telemetry.late": 2, "telemetry.duplicate": 2,
                               "status.new": 2, "telemetry.invalid": 1}
     assert {p for p, _ in whole.states.values()} == {1}

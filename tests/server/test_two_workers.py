@@ -2,6 +2,8 @@
 
 Both run with an API token: a per-device view asked of the worker that does not own the device is
 forwarded with the request's token (`@app.table_route`), and a fleet view asks the other worker with it.
+Each advertises a URL other than its bind address (`advertised_url`, http://localhost:<port> while it
+binds 127.0.0.1): the group reaches each worker there, and each knows itself by it.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import pytest
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from ferry.contract import BridgeNaming
+from ferry.process import free_port
 from ferry.server.process import WorkerProcess, bridge_records, produce, wait_for_answer
 
 from tests.server.helpers import T0, reading, status
@@ -67,7 +70,8 @@ def test_two_workers_answer_as_one(kafka, tmp_path: Path) -> None:
     run = uuid.uuid4().hex[:8]
     naming = BridgeNaming("gw-two", telemetry_topic=f"two-{run}.telemetry", status_topic=f"two-{run}.status")
     admin = AdminClient({"bootstrap.servers": kafka.bootstrap_servers})
-    names = [naming.telemetry_topic, naming.status_topic, f"two-{run}.series", f"two-{run}.alerts"]
+    names = [naming.telemetry_topic, naming.status_topic, f"two-{run}.series", f"two-{run}.series.5m",
+             f"two-{run}.alerts", f"two-{run}.health"]
     for future in admin.create_topics([NewTopic(n, PARTITIONS, 1) for n in names]).values():
         future.result(30)
     data = messages()
@@ -75,7 +79,8 @@ def test_two_workers_answer_as_one(kafka, tmp_path: Path) -> None:
     received = len(DEVICES) * 29
     common = {"broker": kafka.bootstrap_servers, "telemetry_topic": naming.telemetry_topic,
               "status_topic": naming.status_topic, "series_topic": f"two-{run}.series",
-              "alerts_topic": f"two-{run}.alerts", "partitions": PARTITIONS, "broker_session_timeout_s": 6,
+              "series_5m_topic": f"two-{run}.series.5m", "alerts_topic": f"two-{run}.alerts",
+              "health_topic": f"two-{run}.health", "partitions": PARTITIONS, "broker_session_timeout_s": 6,
               "producer_max_batch_size": 1, "allowed_lateness_s": 0, "api_token": TOKEN}
 
     with WorkerProcess(tmp_path, "alone", app_id=f"one-{run}", **common) as alone:
@@ -86,8 +91,10 @@ def test_two_workers_answer_as_one(kafka, tmp_path: Path) -> None:
     assert reference["accounting"]["gaps"] == len(DEVICES)
     assert {device for device, *_ in reference["alerts"]} == set(DEVICES[::3])  # the spikes
 
-    with WorkerProcess(tmp_path, "first", app_id=f"two-{run}", **common) as first, \
-            WorkerProcess(tmp_path, "second", app_id=f"two-{run}", **common) as second:
+    ports = [free_port(), free_port()]
+    advertised = [{"web_port": port, "advertised_url": f"http://localhost:{port}"} for port in ports]
+    with WorkerProcess(tmp_path, "first", app_id=f"two-{run}", **common, **advertised[0]) as first, \
+            WorkerProcess(tmp_path, "second", app_id=f"two-{run}", **common, **advertised[1]) as second:
         deadline = time.monotonic() + 180
         local = []
         while time.monotonic() < deadline:

@@ -17,6 +17,7 @@ from ferry.process import free_port
 from ferry.server.app import create_app
 from ferry.server.config import ServerConfig
 from ferry.server.streams import Streams, wire
+from ferry.server.views import ADDITIVE
 from ferry.server.web import dashboard_file
 from tests.server.test_worker_state import Assignment, http
 
@@ -177,9 +178,46 @@ def test_listens_on_127_0_0_1_by_default(tmp_path: Path, faust_environment: None
 
 
 def test_web_host_binds_elsewhere(tmp_path: Path) -> None:
-    conf = make_streams(tmp_path, web_host="0.0.0.0", web_port=7000).worker.app.conf
-    assert (conf.web_bind, str(conf.canonical_url)) == ("0.0.0.0", "http://0.0.0.0:7000")
-    assert ServerConfig(broker="k:1", web_host="::1").web_url == "http://[::1]:6066"
+    conf = make_streams(tmp_path, web_host="10.0.0.5", web_port=7000).worker.app.conf
+    assert (conf.web_bind, str(conf.canonical_url)) == ("10.0.0.5", "http://10.0.0.5:7000")
+
+
+def test_a_wildcard_bind_advertises_the_url_it_is_given(tmp_path: Path) -> None:
+    """Bound to 0.0.0.0, the worker tells the group (Faust's `canonical_url`, which the router and the fleet
+    views use) the advertised URL, not the bind address no other machine can use."""
+    conf = make_streams(tmp_path, web_host="0.0.0.0", web_port=7000,
+                        advertised_url="http://10.0.0.5:7000").worker.app.conf
+    assert (conf.web_bind, conf.web_port, str(conf.canonical_url)) == ("0.0.0.0", 7000, "http://10.0.0.5:7000")
+
+
+def test_a_fleet_view_does_not_ask_itself_when_bound_to_a_wildcard(tmp_path: Path) -> None:
+    """The group's metadata lists this worker by its advertised URL: it is recognised as itself, and only
+    the other member is asked."""
+    asked: list[str] = []
+
+    async def peer_accounting(request: aiohttp_web.Request) -> aiohttp_web.Response:
+        asked.append(request.path)
+        return aiohttp_web.json_response({k: 1 for k in ADDITIVE})
+
+    streams = make_streams(tmp_path, web_host="0.0.0.0", advertised_url="http://127.0.0.1:1")
+    app = streams.worker.app
+    peer_app = aiohttp_web.Application()
+    peer_app.router.add_get("/accounting", peer_accounting)
+
+    async def run() -> tuple[int, object]:
+        async with TestServer(peer_app, host="127.0.0.1") as peer:
+            metadata = {f"http://127.0.0.1:{peer.port}": {}, "http://127.0.0.1:1": {}}
+            assigned = Assignment(streams)
+            with mock.patch.object(app.router, "tables_metadata", return_value=metadata), \
+                    mock.patch.object(app.assignor, "assigned_actives", side_effect=assigned.tps):
+                async with http(streams) as client:
+                    await assigned.start({0})
+                    await assigned.complete()
+                    response = await client.get("/accounting")
+                    return response.status, await response.json()
+
+    status, answer = asyncio.run(run())
+    assert (status, answer["received"], asked) == (200, 1, ["/accounting"])
 
 
 def test_no_token_configured_means_no_token_needed(tmp_path: Path) -> None:

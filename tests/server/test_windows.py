@@ -72,3 +72,29 @@ def test_every_window_closes_exactly_once() -> None:
     assert len(keys) == len(set(keys))
     assert len(h.rows["1m"]["x"]) == 3  # keep
     assert [r["start_ms"] for r in h.views("x", M1)] == [780_000, 840_000, 900_000]
+
+
+def test_history_keeps_at_most_keep_windows_of_at_most_16_metrics() -> None:
+    """A device whose metric names keep changing (16 a reading at most, by the contract) does not grow its
+    history without bound: the metrics whose windows closed last are kept, `keep` windows each."""
+    w, h = DeviceWindows("d"), History()
+    for minute in range(40):
+        metrics = {f"m{(minute + i) % 24}": float(minute) for i in range(16)}  # the names rotate
+        h.extend(w.add(minute * 60_000, metrics, KINDS, lateness_ms=0), keep=5)
+    for kind in ("1m", "5m"):
+        assert len(h.rows[kind]) == 16
+        assert all(len(rows) <= 5 for rows in h.rows[kind].values())
+    # The last reading (minute 39) closed minute 38, whose names were m14..m23, m0..m5.
+    assert sorted(h.rows["1m"]) == sorted(f"m{(38 + i) % 24}" for i in range(16))
+
+
+def test_the_mean_stays_within_min_and_max() -> None:
+    w, h = DeviceWindows("d"), History()
+    for ts in (0, 1000, 2000):
+        h.extend(w.add(ts, {"x": 0.1}, (M1,), lateness_ms=0), keep=5)
+    for ts in (3000, 4000):
+        h.extend(w.add(ts, {"y": 1e308}, (M1,), lateness_ms=0), keep=5)
+    h.extend(w.add(60_000, {"x": 1.0}, (M1,), lateness_ms=0), keep=5)
+    x, y = series("x", (M1,), w, h)["1m"][0], series("y", (M1,), w, h)["1m"][0]
+    assert 0.1 + 0.1 + 0.1 != 0.3 and x["mean"] == 0.1  # a plain sum / count is 0.10000000000000002
+    assert y["mean"] == 1e308  # the sum overflows to infinity

@@ -1,14 +1,18 @@
-"""A real worker process against the local broker: contract records in, accounting out over HTTP."""
+"""A real worker process against the local broker: contract records in, accounting out over HTTP, contract
+records out on the series topics, copied into SQLite by docs/contract.md's example."""
 
 from __future__ import annotations
 
-import json
+import re
+import sqlite3
 import time
 import uuid
 from pathlib import Path
 
 import pytest
 from confluent_kafka import Consumer
+
+from ferry.contract import SeriesPoint, parse_series_point
 
 from tests.server.helpers import T0, reading, status
 from tests.server.worker_support import (
@@ -68,8 +72,9 @@ def test_worker_dedupes_counts_gaps_and_heals_them(kafka, topics: Topics, tmp_pa
         assert get_json(port, "/devices/nobody") is None  # 404
         points = consume(kafka, topics.series, 5)  # dev-a: 3 closed minutes; dev-b: 2
         assert worker.stop() == 0, worker.log_tail()
-    assert sorted((p["device"], p["start_ms"] - T0, p["count"]) for p in points) == \
-        [("dev-a", 0, 3), ("dev-a", 60_000, 3), ("dev-a", 120_000, 2), ("dev-b", 0, 3), ("dev-b", 60_000, 2)]
+    assert sorted((p.device, p.window, p.start_ms - T0, p.count) for p in points) == \
+        [("dev-a", "1m", 0, 3), ("dev-a", "1m", 60_000, 3), ("dev-a", "1m", 120_000, 2), ("dev-b", "1m", 0, 3),
+         ("dev-b", "1m", 60_000, 2)]
 
     # A new worker of the same app restores dedupe state and counts from the changelogs.
     produce(kafka, topics.naming, [telemetry("dev-a", 9), telemetry("dev-a", 10), telemetry("dev-b", 3, boot=2)])
@@ -80,20 +85,56 @@ def test_worker_dedupes_counts_gaps_and_heals_them(kafka, topics: Topics, tmp_pa
         accounting = wait_for(lambda: numbers(get_json(port, "/accounting")), lambda a: a == expected, again)
         assert accounting == expected, (accounting, get_json(port, "/devices/dev-a"), get_json(port, "/devices/dev-b"),
                                         again.log_tail())
+        kept = closed_windows(port)
         assert again.stop() == 0, again.log_tail()
 
+    # docs/contract.md's example copies both series topics into SQLite: every window the API lists as closed,
+    # once, as the two workers published it (dev-b's boot-2 reading closed its minute and a 5-minute window).
+    series_to_sqlite = contract_example("series_to_sqlite")
+    db_path = tmp_path / "series.db"
+    series_to_sqlite(kafka.bootstrap_servers, str(db_path), topics=(topics.series, topics.series_5m), idle_s=8.0)
+    with sqlite3.connect(db_path) as db:
+        rows = db.execute("SELECT dev, window, metric, start_ms, end_ms, count, min, max, mean, last FROM series"
+                          " ORDER BY dev, window, start_ms").fetchall()
+    db.close()
+    assert rows == [(d, kind, "temp_c", w["start_ms"], w["end_ms"], w["count"], w["min"], w["max"], w["mean"],
+                     w["last"]) for (d, kind), windows in sorted(kept.items()) for w in windows]
+    assert [(d, kind, len(windows)) for (d, kind), windows in sorted(kept.items())] == \
+        [("dev-a", "1m", 3), ("dev-a", "5m", 3), ("dev-b", "1m", 3), ("dev-b", "5m", 7)]
+    assert {(p.device, p.window, p.metric, p.start_ms, p.count) for p in points} <= \
+        {row[:4] + row[5:6] for row in rows}
 
-def consume(kafka, topic: str, expected: int) -> list[dict]:
+
+def closed_windows(port: int) -> dict[tuple[str, str], list[dict]]:
+    """(device, kind) -> the closed windows the series API lists."""
+    return {(d, kind): [w for w in get_json(port, f"/devices/{d}/series/temp_c")[kind] if w["closed"]]
+            for d in ("dev-a", "dev-b") for kind in ("1m", "5m")}
+
+
+def consume(kafka, topic: str, expected: int) -> list[SeriesPoint]:
+    """Series records as the contract reads them: no Faust metadata, keyed by the device id."""
     consumer = Consumer({"bootstrap.servers": kafka.bootstrap_servers, "group.id": f"check-{uuid.uuid4().hex}",
                          "auto.offset.reset": "earliest", "session.timeout.ms": 6000})
     consumer.subscribe([topic])
-    points: list[dict] = []
+    points: list[SeriesPoint] = []
     deadline = time.monotonic() + DEADLINE_S
     try:
         while len(points) < expected and time.monotonic() < deadline:
             message = consumer.poll(0.5)
             if message is not None and message.error() is None:
-                points.append(json.loads(message.value()))
+                assert b"__faust" not in message.value()
+                point = parse_series_point(message.value())
+                assert message.key() == point.device.encode()
+                points.append(point)
     finally:
         consumer.close()
     return points
+
+
+def contract_example(name: str):
+    """The function `name` defined by docs/contract.md's Python block that defines it, run as it stands."""
+    text = (Path(__file__).resolve().parents[2] / "docs" / "contract.md").read_text()
+    [block] = [b for b in re.findall(r"```python\n(.*?)```", text, re.S) if f"def {name}(" in b]
+    namespace: dict = {"__name__": "contract_example"}
+    exec(compile(block, "docs/contract.md", "exec"), namespace)
+    return namespace[name]

@@ -157,7 +157,7 @@ def test_a_worker_with_no_active_partition_owns_no_device(streams: Streams, assi
 
 def test_a_batch_is_done_only_once_kafka_has_every_record_it_wrote(streams: Streams,
                                                                    assignment: Assignment) -> None:
-    """Series points and alerts acknowledged before the tables that say they were published;
+    """Series points, alerts and health changes acknowledged before the tables that say they were published;
     the tables' changelog records acknowledged before the batch returns (and its offsets may be
     committed: `take_events` acks the batch's events only when the agent's body is done with it)."""
     worker = streams.worker
@@ -165,7 +165,7 @@ def test_a_batch_is_done_only_once_kafka_has_every_record_it_wrote(streams: Stre
     base = T0 - T0 % 60_000
     batch = [Record("dev-01", TELEMETRY, reading(s, ts_ms=base + s * 20_000, metrics={"temp_c": 20.0 + s}),
                     base + s * 20_000, base + s * 20_000, 0) for s in range(4)]  # seq 3 closes the first minute
-    published = {config.series_topic, config.alerts_topic}
+    published = {config.series_topic, config.series_5m_topic, config.alerts_topic, config.health_topic}
 
     async def settle() -> None:
         for _ in range(20):
@@ -188,7 +188,8 @@ def test_a_batch_is_done_only_once_kafka_has_every_record_it_wrote(streams: Stre
             return steps
 
     steps = asyncio.run(run())
-    assert steps[0] == (False, [config.series_topic])
+    # Both kinds of window closed, and the device's health became known (ok); no alert.
+    assert steps[0] == (False, sorted([config.series_topic, config.series_5m_topic, config.health_topic]))
     assert steps[1] == (False, sorted(CHANGELOGS))
     assert steps[2] == (True, 0)
 

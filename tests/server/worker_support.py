@@ -55,16 +55,20 @@ class Topics:
 
     naming: BridgeNaming
     series: str
+    series_5m: str
     alerts: str
+    health: str
 
 
 def create_topics(kafka, prefix: str = "it", partitions: int = PARTITIONS) -> Topics:
-    """Fresh telemetry, status, series and alerts topics for one test."""
+    """Fresh telemetry and status topics, and the four the worker writes, for one test."""
     run = f"{prefix}-{uuid.uuid4().hex[:8]}"
     topics = Topics(BridgeNaming("gw-test", telemetry_topic=f"{run}.telemetry", status_topic=f"{run}.status"),
-                    series=f"{run}.series.1m", alerts=f"{run}.alerts")
+                    series=f"{run}.series.1m", series_5m=f"{run}.series.5m", alerts=f"{run}.alerts",
+                    health=f"{run}.health")
     admin = AdminClient({"bootstrap.servers": kafka.bootstrap_servers})
-    names = [topics.naming.telemetry_topic, topics.naming.status_topic, topics.series, topics.alerts]
+    names = [topics.naming.telemetry_topic, topics.naming.status_topic, topics.series, topics.series_5m,
+             topics.alerts, topics.health]
     for future in admin.create_topics([NewTopic(n, partitions, 1) for n in names]).values():
         future.result(30)
     return topics
@@ -85,7 +89,8 @@ def worker_process(kafka, topics: Topics, tmp_path: Path, port: int | None = Non
     """
     fields = {"app_id": f"ferry-it-{uuid.uuid4().hex[:8]}", "telemetry_topic": topics.naming.telemetry_topic,
               "status_topic": topics.naming.status_topic, "series_topic": topics.series,
-              "alerts_topic": topics.alerts, "partitions": PARTITIONS, "broker_session_timeout_s": 6,
+              "series_5m_topic": topics.series_5m, "alerts_topic": topics.alerts, "health_topic": topics.health,
+              "partitions": PARTITIONS, "broker_session_timeout_s": 6,
               "producer_max_batch_size": 1, **settings}
     worker = WorkerProcess(tmp_path, broker=kafka.bootstrap_servers, web_port=port or 0, **fields)
     return worker, worker.port
