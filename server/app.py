@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import faust
+from mode.utils.objects import cached_property
+from mode.utils.queues import FlowControlEvent
 
 from ferry.server.auth import token_middleware
 from ferry.server.config import ServerConfig
@@ -23,6 +25,37 @@ FAUST_VIEWS_OFF = {
 in this process, faust/app/router.py) which worker owns a key, and forwards the request itself."""
 
 
+class RecoveryFlowControl(FlowControlEvent):
+    """Faust's flow control, except that resuming flow that is not suspended keeps the stream queues.
+
+    faust/tables/recovery.py `on_recovery_completed` resumes the source partitions, seeks them to
+    their committed offsets (awaiting the consumer thread) and only then calls `flow_control.resume()`,
+    which empties every stream queue (mode's `FlowControlEvent.resume` -> `clear`). Flow was already
+    resumed to read the changelogs, so the fetcher runs throughout: a record fetched after the seek
+    is in a queue when that clear drops it, and the consumer's read offset has moved past it, so it
+    is never fetched again. Seen as one reading never counted after a worker restart
+    (tests/server/test_worker_integration.py, about 1 run in 4 on a loaded machine).
+
+    Faust empties the queues itself when a rebalance begins (`suspend()` then `clear()` in
+    faust/app/base.py `_on_partitions_revoked`), and streams skip events of an older generation,
+    so the clear that matters stays: the one that ends a suspension. A record delivered twice
+    instead (fetched before the seek, then again after it) is applied once: `ferry.server.logic`
+    skips records at or below a device's applied offset.
+    """
+
+    def resume(self) -> None:
+        if not self.is_active():
+            super().resume()
+
+
+class FerryApp(faust.App):
+    """`faust.App` with `RecoveryFlowControl`."""
+
+    @cached_property
+    def flow_control(self) -> FlowControlEvent:
+        return RecoveryFlowControl(loop=self.loop)
+
+
 def create_app(config: ServerConfig) -> faust.App:
     """One Faust app; every broker-facing setting comes from `config`.
 
@@ -35,7 +68,7 @@ def create_app(config: ServerConfig) -> faust.App:
     `_init_settings`); with an empty environment only `ServerConfig` (`FERRY_SERVER_*`) decides.
     """
     web_options = {"middlewares": [token_middleware(config.api_token)]} if config.api_token else {}
-    return faust.App(
+    return FerryApp(
         config.app_id,
         env={},
         broker=config.broker_url,

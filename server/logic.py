@@ -25,6 +25,9 @@ UNKNOWN_DEVICE = "_unknown"
 """Where contract breakers without a usable key are counted."""
 TELEMETRY = "telemetry"
 STATUS = "status"
+REPLAYED = "replayed"
+"""The verdict on a record Kafka delivered again that the device's state already holds
+(`DeviceState.already_applied`): skipped, counted nowhere but the worker's own counters."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,6 +205,10 @@ def apply_batch(records: Iterable[Record], state_of: Callable[[str], DeviceState
         if state is None:
             state = states[record.device] = state_of(record.device)
         partitions[record.device] = record.partition
+        if state.already_applied(record.channel, record.partition, record.offset):
+            result.verdicts[f"{record.channel}.{REPLAYED}"] += 1
+            continue
+        state.mark_applied(record.channel, record.partition, record.offset)
         outcome = apply_record(state, record, settings)
         result.verdicts[f"{record.channel}.{outcome.verdict}"] += 1
         if outcome.closed:

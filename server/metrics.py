@@ -17,8 +17,8 @@ from ferry.prometheus import Metric
 if TYPE_CHECKING:
     from ferry.server.worker_state import WorkerState
 
-VERDICTS = ("telemetry.new", "telemetry.duplicate", "telemetry.late", "telemetry.invalid", "status.new",
-            "status.invalid")
+VERDICTS = ("telemetry.new", "telemetry.duplicate", "telemetry.late", "telemetry.invalid", "telemetry.replayed",
+            "status.new", "status.invalid", "status.replayed")
 """`<channel>.<verdict>` of `ferry.server.logic.apply_batch`, exported at 0 before the first record."""
 
 
@@ -54,7 +54,7 @@ def collect(worker: "WorkerState", end_offsets: dict[Any, int] | None = None) ->
                 "1 when this worker's tables are recovered and no rebalance is under way (its views answer), "
                 "else 0.", 1 if ready else 0),
         Metric("ferry_worker_records_total", "counter",
-               "Records processed since start, by source channel and verdict (new, duplicate, late, invalid).",
+               "Records processed since start, by source channel and verdict (new, duplicate, late, invalid, replayed).",
                tuple(((("channel", v.partition(".")[0]), ("verdict", v.partition(".")[2])), float(counts.get(v, 0)))
                      for v in verdicts)),
         _single("ferry_worker_batches_total", "counter", "Batches processed (written and acknowledged by Kafka).",

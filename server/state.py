@@ -10,7 +10,7 @@ per partition, written only when one is raised), so this value stays small.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ferry.server.accounting import DeviceAccount, DeviceStatus
 from ferry.server.alerts import Alert
@@ -28,6 +28,21 @@ class DeviceState:
     detectors: DeviceDetectors
     health: DeviceHealth
     alerts_raised: int = 0
+    offsets: dict[str, tuple[int, int]] = field(default_factory=dict)
+    """Per source channel, the (partition, offset) of the newest record applied to this state. Kafka
+    delivers a record again after a restart or a rebalance (at-least-once); one at or below this
+    offset was applied already and is skipped, so a redelivery is never counted as the device
+    sending a reading twice. Kept in the same table value as what the record changed, so the two
+    are restored together."""
+
+    def already_applied(self, channel: str, partition: int, offset: int) -> bool:
+        """Whether the record at (partition, offset) of `channel` is in this state (offset -1: unknown, no)."""
+        newest = self.offsets.get(channel)
+        return offset >= 0 and newest is not None and newest[0] == partition and offset <= newest[1]
+
+    def mark_applied(self, channel: str, partition: int, offset: int) -> None:
+        if offset >= 0:
+            self.offsets[channel] = (partition, offset)
 
     @classmethod
     def new(cls, device: str, dedupe_window: int, anomaly: AnomalySettings) -> "DeviceState":
@@ -40,14 +55,16 @@ class DeviceState:
     def to_dict(self) -> dict:
         return {"device": self.device, "account": self.account.to_dict(), "status": self.status.to_dict(),
                 "windows": self.windows.to_dict(), "detectors": self.detectors.to_dict(),
-                "health": self.health.to_dict(), "alerts_raised": self.alerts_raised}
+                "health": self.health.to_dict(), "alerts_raised": self.alerts_raised,
+                "offsets": {channel: list(at) for channel, at in self.offsets.items()}}
 
     @classmethod
     def from_dict(cls, data: dict, dedupe_window: int, anomaly: AnomalySettings) -> "DeviceState":
         """Also reads values written before the alerts moved out (their `alerts` list is ignored:
-        those alerts are on the alerts topic, not in `/alerts`)."""
+        those alerts are on the alerts topic, not in `/alerts`) and before offsets were kept."""
         device = data["device"]
         return cls(device, DeviceAccount.from_dict(data["account"], dedupe_window),
                    DeviceStatus.from_dict(data["status"]), DeviceWindows.from_dict(data["windows"]),
                    DeviceDetectors.from_dict(device, data["detectors"], anomaly),
-                   DeviceHealth.from_dict(device, data["health"]), data["alerts_raised"])
+                   DeviceHealth.from_dict(device, data["health"]), data["alerts_raised"],
+                   {channel: (at[0], at[1]) for channel, at in data.get("offsets", {}).items()})

@@ -10,8 +10,8 @@ its records in order, publishes closed windows, alerts and health changes
 (docs/contract.md), then writes each device's state once, each step waiting for Kafka's acknowledgement of what it
 wrote. Faust acks a batch's events only after the agent is done with it, and
 commits only acked offsets, so the offsets of a batch are committed only after
-its records are in Kafka; a crash re-processes whole batches, which dedupe
-absorbs.
+its records are in Kafka; a crash re-processes whole batches, whose records
+the device states already hold are skipped by their offsets (`DeviceState.offsets`).
 """
 
 from __future__ import annotations

@@ -104,7 +104,8 @@ def test_the_counts_move_as_records_are_processed(streams: Streams, assignment: 
                 await assignment.complete()
                 scrapes = [await scrape(client)]
                 await worker.process(telemetry(range(3), 0))
-                await worker.process(telemetry([1, 2, 6], 3)   # two duplicates; 3, 4, 5 missing
+                await worker.process(telemetry([1], 1)  # offset 1 again: Kafka redelivering it
+                                     + telemetry([1, 2, 6], 3)   # two duplicates; 3, 4, 5 missing
                                      + [Record("dev-01", STATUS, status(2), T0, T0, 0, 0),
                                         Record("dev-01", TELEMETRY, b"{", T0, T0, 0, 6)])
                 worker.app.monitor.tp_end_offsets[TP(telemetry_topic, 0)] = 10  # the consumer fetched up to 10
@@ -128,11 +129,13 @@ def test_the_counts_move_as_records_are_processed(streams: Streams, assignment: 
         (("channel", "telemetry"), ("verdict", "duplicate")): 2,
         (("channel", "telemetry"), ("verdict", "late")): 0,
         (("channel", "telemetry"), ("verdict", "invalid")): 1,
+        (("channel", "telemetry"), ("verdict", "replayed")): 1,
         (("channel", "status"), ("verdict", "new")): 1,
         (("channel", "status"), ("verdict", "invalid")): 0,
+        (("channel", "status"), ("verdict", "replayed")): 0,
     }
     assert value(after, "ferry_worker_batches_total") == 2
-    assert value(after, "ferry_worker_last_batch_records") == 5
+    assert value(after, "ferry_worker_last_batch_records") == 6
     assert 0 < value(after, "ferry_worker_last_batch_seconds") <= value(after, "ferry_worker_batch_seconds_total")
     assert value(after, "ferry_worker_devices") == 1
     assert value(after, "ferry_worker_gaps") == 3

@@ -1,0 +1,32 @@
+"""The Faust app the worker runs: its flow control keeps records a stream queue holds when flow that
+was never suspended is resumed (faust/tables/recovery.py `on_recovery_completed` does that after
+seeking the source partitions)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from ferry.server.app import RecoveryFlowControl, create_app
+from ferry.server.config import ServerConfig
+
+
+def test_resuming_flow_that_runs_keeps_what_the_stream_queues_hold() -> None:
+    async def run() -> tuple[int, int, int]:
+        app = create_app(ServerConfig(broker="127.0.0.1:1", app_id="flow-test"))
+        assert isinstance(app.flow_control, RecoveryFlowControl)
+        queue = app.FlowControlQueue(maxsize=10, clear_on_resume=True)
+        app.flow_control.resume()       # recovery resumes flow to read the changelogs
+        await queue.put("fetched after the seek")
+        app.flow_control.resume()       # on_recovery_completed resumes it again: the record stays
+        kept = queue.qsize()
+        app.flow_control.suspend()      # a rebalance begins: Faust empties the queues itself
+        app.flow_control.clear()
+        await asyncio.sleep(0)
+        emptied = queue.qsize()
+        app.flow_control.resume()
+        queue.put_nowait("stale")       # left from before a suspension...
+        app.flow_control.suspend()
+        app.flow_control.resume()       # ...goes when the suspension ends, as in Faust
+        return kept, emptied, queue.qsize()
+
+    assert asyncio.run(run()) == (1, 0, 0)
