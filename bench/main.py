@@ -11,13 +11,13 @@ MQTT codec and the broker core fuzzed, with inputs/s and a reproducer per crash 
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 from ferry.bench.scenarios import SCENARIOS, Settings
+from ferry.process import sigterm_as_interrupt
 
 EXIT_NOT_BUILT = 3
 EXIT_INTERRUPTED = 130
@@ -75,10 +75,6 @@ def _override(text: str) -> tuple[str, str, object]:
     return section, key, value
 
 
-def _raise_interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
@@ -119,7 +115,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.no_mosquitto and find_mosquitto() is None:
         print(f"ferry bench broker: Mosquitto was not found; running Ferry alone ({MOSQUITTO_INSTALL_HINT})",
               file=sys.stderr)
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     temp = None
     try:
         if args.work_dir is None:
@@ -128,13 +123,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             work_dir = args.work_dir
             work_dir.mkdir(parents=True, exist_ok=True)
-        env, results = run_benchmark(scenarios, settings, work_dir, pin=not args.no_pin,
-                                     use_mosquitto=not args.no_mosquitto)
+        with sigterm_as_interrupt():
+            env, results = run_benchmark(scenarios, settings, work_dir, pin=not args.no_pin,
+                                         use_mosquitto=not args.no_mosquitto)
     except KeyboardInterrupt:
         print("ferry bench broker: interrupted; every process it started is stopped", file=sys.stderr)
         return EXIT_INTERRUPTED
     finally:
-        signal.signal(signal.SIGTERM, previous)
         if temp is not None:
             temp.cleanup()
     print(render(env, results), end="")

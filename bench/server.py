@@ -1,12 +1,18 @@
-"""`ferry bench server`: readings per second through one `ferry worker`, from a pre-filled topic.
+"""`ferry bench server`: readings per second through one `ferry worker`, and its memory per device.
 
 The command starts the local Kafka-compatible broker, fills a telemetry topic
 with contract readings (simulated sensors, keyed and partitioned as the bridge
-does), starts a worker and times it from the first reading it counts to the
-last, polling `/accounting`. The same data also goes through the worker's pure
-logic in this process, and, unless `--no-baseline`, through a worker that
-takes one record per batch (a table write per record, Faust's usual pattern),
-so the report shows what batching buys and what Faust and the broker cost.
+does; with `--deep-sleep-every K` each device starts a new boot every K
+readings, as a device waking from deep sleep does), starts a worker and times
+it from the first reading it counts to the last, polling `/accounting`. The
+same data also goes through the worker's pure logic in this process, and,
+unless `--no-baseline`, through a worker that takes one record per batch (a
+table write per record, Faust's usual pattern), so the report shows what
+batching buys and what Faust and the broker cost.
+
+Memory per device: the worker's resident set (VmRSS) once it counted every
+reading, less that of a worker of the same settings on empty topics, divided
+by the number of devices.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from ferry.contract import BridgeNaming, Reading, encode_reading
 from ferry.local_kafka import LocalKafka
+from ferry.process import sigterm_as_interrupt
 from ferry.hwsim.shims import sensor_model
 from ferry.server.config import ServerConfig
 from ferry.server.logic import TELEMETRY, Record, Settings, apply_batch
@@ -31,7 +38,8 @@ from ferry.server.state import DeviceState
 from ferry.server.windows import History
 from ferry.server.process import WorkerProcess, bridge_records, produce, wait_for_answer
 
-TARGET_PER_S = 5000
+TARGET_PER_S = 8000
+TARGET_BYTES_PER_DEVICE = 16 * 1024
 T0_S = 1_767_225_600  # 2026-01-01T00:00:00Z
 
 
@@ -41,24 +49,48 @@ class Run:
     readings: int
     seconds: float
 
+    rss_bytes: int = 0
+    """The worker's resident set once it counted every reading (0: not measured)."""
+
     @property
     def per_s(self) -> float:
         return self.readings / self.seconds if self.seconds > 0 else 0.0
 
 
-def readings(devices: int, per_device: int, interval_s: int) -> list[tuple[str, bytes]]:
-    """(MQTT topic, payload) of every reading, interleaved across devices as a fleet sends them."""
+def readings(devices: int, per_device: int, interval_s: int, boot_every: int = 0) -> list[tuple[str, bytes]]:
+    """(MQTT topic, payload) of every reading, interleaved across devices as a fleet sends them; with
+    `boot_every`, each device's boot goes up every that many readings (deep sleep) and seq starts again."""
     out = []
     for i in range(per_device):
         t = T0_S + i * interval_s
+        boot, seq = (1 + i // boot_every, i % boot_every) if boot_every else (1, i)
         for d in range(devices):
-            dev = f"bench-{d:04d}"
+            dev = f"bench-{d:05d}"
             metrics = {"temp_c": round(sensor_model.temperature_c(d, t), 2),
                        "rh_pct": round(sensor_model.humidity_pct(d, t), 2)}
-            payload = encode_reading(Reading(dev, 1, i, t * 1000, True, metrics,
+            payload = encode_reading(Reading(dev, boot, seq, t * 1000, True, metrics,
                                              sensor_model.battery_mv(d, t, T0_S), -60))
             out.append((f"ferry/bench/{dev}/telemetry", payload))
     return out
+
+
+def received_as_sent(naming: BridgeNaming, messages: list[tuple[str, bytes]], devices: int,
+                     interval_s: int) -> list:
+    """The bridge's records of `readings`, each received half a second after it was taken (so no
+    reading looks ahead of its receive time by more than the allowed clock skew)."""
+    records = []
+    for i in range(0, len(messages), devices):
+        received_ms = (T0_S + (i // devices) * interval_s) * 1000 + 500
+        records += bridge_records(naming, messages[i:i + devices], received_ms)
+    return records
+
+
+def rss_bytes(pid: int) -> int:
+    """A process's resident set size (Linux /proc), in bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmRSS for process {pid}")
 
 
 def logic_only(messages: list[tuple[str, bytes]], batch: int) -> Run:
@@ -77,32 +109,70 @@ def logic_only(messages: list[tuple[str, bytes]], batch: int) -> Run:
     return Run(f"logic only, batches of {batch}", len(records), time.perf_counter() - start)
 
 
-def through_worker(kafka: LocalKafka, work_dir: Path, naming: BridgeNaming, total: int, partitions: int,
-                   batch_size: int, name: str) -> Run:
-    """Time one worker over the pre-filled topic, first counted reading to last."""
+def worker_settings(kafka: LocalKafka, naming: BridgeNaming, partitions: int, batch_size: int,
+                    store: str) -> dict:
     run = uuid.uuid4().hex[:8]
-    with WorkerProcess(work_dir, name=f"worker-{run}", broker=kafka.bootstrap_servers, app_id=f"bench-{run}",
-                       telemetry_topic=naming.telemetry_topic, status_topic=naming.status_topic,
-                       series_topic=f"bench-{run}.series", alerts_topic=f"bench-{run}.alerts",
-                       partitions=partitions, batch_size=batch_size, broker_session_timeout_s=6,
-                       log_level="warning") as worker:
+    return {"broker": kafka.bootstrap_servers, "app_id": f"bench-{run}", "telemetry_topic": naming.telemetry_topic,
+            "status_topic": naming.status_topic, "series_topic": f"bench-{run}.series",
+            "series_5m_topic": f"bench-{run}.series.5m", "alerts_topic": f"bench-{run}.alerts",
+            "health_topic": f"bench-{run}.health", "partitions": partitions, "batch_size": batch_size,
+            "broker_session_timeout_s": 6, "log_level": "warning", "store": store}
+
+
+def through_worker(kafka: LocalKafka, work_dir: Path, naming: BridgeNaming, total: int, partitions: int,
+                   batch_size: int, name: str, store: str = "memory://") -> Run:
+    """Time one worker over the pre-filled topic, first counted reading to last; its RSS at the end."""
+    settings = worker_settings(kafka, naming, partitions, batch_size, store)
+    with WorkerProcess(work_dir, name=f"worker-{settings['app_id']}", **settings) as worker:
         first = wait_for_answer(worker, "/accounting?scope=local", lambda a: bool(a and a["received"]), 180)
         started, counted = time.monotonic(), first["received"]
         last = wait_for_answer(worker, "/accounting?scope=local", lambda a: bool(a and a["received"] >= total),
-                               900)
+                               1800)
         elapsed = time.monotonic() - started
         if not last or last["received"] != total:
             raise RuntimeError(f"{name}: the worker counted {last and last['received']} of {total}:\n"
                                f"{worker.log_tail()}")
-    return Run(name, total - counted, elapsed)
+        rss = rss_bytes(worker.process.pid)
+    return Run(name, total - counted, elapsed, rss)
 
 
-def render(runs: list[Run], devices: int, total: int, partitions: int) -> str:
-    lines = [f"ferry bench server: {total:,} readings from {devices} devices in {partitions} partitions "
-             f"(local broker on the same machine)", "",
-             "| run | readings timed | s | readings/s | vs target 5,000/s |", "| --- | ---: | ---: | ---: | ---: |"]
+def idle_worker_rss(kafka: LocalKafka, work_dir: Path, partitions: int, batch_size: int, store: str) -> int:
+    """The resident set of a worker on empty topics, once it answers (what a device is measured against)."""
+    naming = create_topics(kafka, partitions)
+    settings = worker_settings(kafka, naming, partitions, batch_size, store)
+    with WorkerProcess(work_dir, name=f"idle-{settings['app_id']}", **settings) as worker:
+        wait_for_answer(worker, "/accounting?scope=local", lambda a: a is not None, 180)
+        time.sleep(2.0)  # past its first health check and commit
+        return rss_bytes(worker.process.pid)
+
+
+def create_topics(kafka: LocalKafka, partitions: int) -> BridgeNaming:
+    run = uuid.uuid4().hex[:8]
+    naming = BridgeNaming("bench", telemetry_topic=f"bench-{run}.telemetry", status_topic=f"bench-{run}.status")
+    admin = AdminClient({"bootstrap.servers": kafka.bootstrap_servers})
+    topics = [NewTopic(t, partitions, 1) for t in (naming.telemetry_topic, naming.status_topic)]
+    for future in admin.create_topics(topics).values():
+        future.result(30)
+    return naming
+
+
+def render(runs: list[Run], devices: int, total: int, partitions: int, idle_rss: int, boot_every: int,
+           store: str) -> str:
+    sleep = f", a new boot every {boot_every} readings" if boot_every else ""
+    lines = [f"ferry bench server: {total:,} readings from {devices:,} devices{sleep} in {partitions} partitions, "
+             f"store {store} (local broker on the same machine)", "",
+             f"| run | readings timed | s | readings/s | vs target {TARGET_PER_S:,}/s |",
+             "| --- | ---: | ---: | ---: | ---: |"]
     for r in runs:
         lines.append(f"| {r.name} | {r.readings:,} | {r.seconds:.2f} | {r.per_s:,.0f} | {r.per_s / TARGET_PER_S:.2f}× |")
+    measured = [r for r in runs if r.rss_bytes]
+    if measured and idle_rss:
+        lines += ["", f"| run | worker RSS | idle worker RSS | per device | vs target {TARGET_BYTES_PER_DEVICE // 1024} KB |",
+                  "| --- | ---: | ---: | ---: | ---: |"]
+        for r in measured:
+            per_device = (r.rss_bytes - idle_rss) / devices
+            lines.append(f"| {r.name} | {r.rss_bytes / 2**20:,.1f} MiB | {idle_rss / 2**20:,.1f} MiB | "
+                         f"{per_device / 1024:,.1f} KB | {per_device / TARGET_BYTES_PER_DEVICE:.2f}× |")
     return "\n".join(lines) + "\n"
 
 
@@ -111,6 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--devices", type=int, default=200, metavar="N")
     parser.add_argument("--per-device", type=int, default=150, metavar="N", help="readings per device (default 150)")
     parser.add_argument("--interval", type=int, default=10, metavar="S", help="seconds between a device's readings")
+    parser.add_argument("--deep-sleep-every", type=int, default=0, metavar="K",
+                        help="a new boot every K readings of a device (default: one boot)")
+    parser.add_argument("--store", default="memory://", help="the worker's table store (default memory://)")
     parser.add_argument("--partitions", type=int, default=4, metavar="N")
     parser.add_argument("--batch-size", type=int, default=ServerConfig(broker="-").batch_size, metavar="N")
     parser.add_argument("--no-baseline", action="store_true", help="skip the one-record-per-batch worker")
@@ -118,28 +191,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
-    if min(args.devices, args.per_device, args.interval, args.partitions, args.batch_size) < 1:
-        print("ferry bench server: every count must be positive", file=sys.stderr)
-        return 2
-    messages = readings(args.devices, args.per_device, args.interval)
-    runs = [logic_only(messages, args.batch_size)]
+def run_workers(args: argparse.Namespace, messages: list[tuple[str, bytes]]) -> tuple[list[Run], int, int]:
+    """The worker runs on a local broker of their own: (runs, readings produced, idle worker RSS)."""
     with tempfile.TemporaryDirectory(prefix="ferry-bench-server-") as temp:
         work_dir = args.work_dir or Path(temp)
         work_dir.mkdir(parents=True, exist_ok=True)
         with LocalKafka(work_dir) as kafka:
-            naming = BridgeNaming("bench", telemetry_topic=f"bench-{uuid.uuid4().hex[:8]}.telemetry",
-                                  status_topic=f"bench-{uuid.uuid4().hex[:8]}.status")
-            admin = AdminClient({"bootstrap.servers": kafka.bootstrap_servers})
-            topics = [NewTopic(t, args.partitions, 1) for t in (naming.telemetry_topic, naming.status_topic)]
-            for future in admin.create_topics(topics).values():
-                future.result(30)
-            total = produce(kafka.bootstrap_servers, bridge_records(naming, messages, T0_S * 1000))
-            runs.append(through_worker(kafka, work_dir, naming, total, args.partitions, args.batch_size,
-                                       f"worker, batches of {args.batch_size}"))
+            idle = idle_worker_rss(kafka, work_dir, args.partitions, args.batch_size, args.store)
+            naming = create_topics(kafka, args.partitions)
+            total = produce(kafka.bootstrap_servers, received_as_sent(naming, messages, args.devices, args.interval))
+            runs = [through_worker(kafka, work_dir, naming, total, args.partitions, args.batch_size,
+                                   f"worker, batches of {args.batch_size}", args.store)]
             if not args.no_baseline:
                 runs.append(through_worker(kafka, work_dir, naming, total, args.partitions, 1,
-                                           "worker, one record per batch"))
-    print(render(runs, args.devices, total, args.partitions), end="")
+                                           "worker, one record per batch", args.store))
+    return runs, total, idle
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    if min(args.devices, args.per_device, args.interval, args.partitions, args.batch_size) < 1 \
+            or args.deep_sleep_every < 0:
+        print("ferry bench server: every count must be positive", file=sys.stderr)
+        return 2
+    messages = readings(args.devices, args.per_device, args.interval, args.deep_sleep_every)
+    runs = [logic_only(messages, args.batch_size)]
+    try:
+        with sigterm_as_interrupt():
+            workers, total, idle = run_workers(args, messages)
+    except KeyboardInterrupt:
+        print("ferry bench server: interrupted; every process it started is stopped", file=sys.stderr)
+        return 130
+    print(render(runs + workers, args.devices, total, args.partitions, idle, args.deep_sleep_every, args.store),
+          end="")
     return 0

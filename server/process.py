@@ -60,7 +60,7 @@ class WorkerProcess:
         self.process.start()
         try:
             self.process.wait_ready(lambda: self.get("/accounting?scope=local") is not None, READY_TIMEOUT_S)
-        except Exception:
+        except BaseException:  # an interrupt too: nothing else would stop it
             self.process.stop()
             raise
         return self

@@ -7,13 +7,17 @@ builds one `WorkerState`) so the HTTP views can name it without importing the wi
 from __future__ import annotations
 
 import asyncio
+import json
 import time
-from collections.abc import Awaitable, Iterable
+import weakref
+from collections.abc import Awaitable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import faust
 from aiokafka.partitioner import murmur2
+from faust import streams as faust_streams
 
 from ferry.contract import encode_alert, encode_health_change, encode_series_point
 from ferry.server.alerts import Alert, AlertLog
@@ -34,6 +38,45 @@ class Outputs:
     """Window kind ("1m", "5m") -> its series topic."""
     alerts: Any
     health: Any
+
+
+def encode_value(value: dict | list) -> bytes:
+    """A table value as the store and the changelog hold it: compact JSON."""
+    return json.dumps(value, separators=(",", ":"), allow_nan=False).encode()
+
+
+def decode_value(raw: bytes | None) -> dict | list | None:
+    """A table value read back (None when the table has none)."""
+    return None if raw is None else json.loads(raw)
+
+
+class _PartitionMessage:
+    def __init__(self, partition: int) -> None:
+        self.partition = partition
+
+
+class _PartitionEvent:
+    """What Faust's RocksDB store reads of the event being processed: `event.message.partition`."""
+
+    def __init__(self, partition: int) -> None:
+        self.message = _PartitionMessage(partition)
+
+
+@contextmanager
+def in_partition(partition: int) -> Iterator[None]:
+    """Table reads and writes in this block go to `partition`'s store.
+
+    Faust's RocksDB store keeps a database per partition and picks it from the event being
+    processed (faust/stores/rocksdb.py `_set` asserts there is one, `_get` reads only that
+    partition's database when there is): in a batch taken with `take_events` that is the batch's
+    last event, of any partition, and a timer has none. The memory store ignores it.
+    """
+    event = _PartitionEvent(partition)
+    token = faust_streams._current_event.set(weakref.ref(event))
+    try:
+        yield
+    finally:
+        faust_streams._current_event.reset(token)
 
 
 def alert_log_key(partition: int) -> str:
@@ -73,7 +116,8 @@ class WorkerState:
         self.devices, self.history, self.alert_log, self.outputs = devices, history, alert_log, outputs
         self.lock = asyncio.Lock()
         self.live: dict[str, DeviceState] = {}
-        self.live_history: dict[str, History] = {}
+        """Device states kept between batches (a batch then deserializes nothing). Histories are not
+        kept: one is read only when one of its device's windows closes or the API asks."""
         self.live_alert_logs: dict[int, AlertLog] = {}
         self.recovered = False
         """The tables hold the current assignment's partitions in full (set by `recovery_completed`)."""
@@ -107,7 +151,6 @@ class WorkerState:
     def forget(self) -> None:
         """Drop the live states (a rebalance may have moved devices or changed their table values)."""
         self.live.clear()
-        self.live_history.clear()
         self.live_alert_logs.clear()
         self.watch.forget()
 
@@ -129,7 +172,8 @@ class WorkerState:
         """The device's live state, None when the table has none (kept live only when `ready`)."""
         state = self.live.get(device)
         if state is None:
-            data = self.devices.get(device)
+            with in_partition(self.partition_of(device)):
+                data = decode_value(self.devices.get(device))
             if data is None:
                 return None
             state = self.settings.load_state(device, data)
@@ -138,19 +182,16 @@ class WorkerState:
         return state
 
     def history_of(self, device: str) -> History:
-        """The device's closed-window history (empty when the table has none; kept live only when `ready`)."""
-        kept = self.live_history.get(device)
-        if kept is None:
-            kept = History.from_dict(self.history.get(device) or {})
-            if self.ready:
-                self.live_history[device] = kept
-        return kept
+        """The device's closed-window history (empty when the table has none), read afresh."""
+        with in_partition(self.partition_of(device)):
+            return History.from_dict(decode_value(self.history.get(device)) or {})
 
     def alert_log_of(self, partition: int) -> AlertLog:
         """The newest alerts of a source partition's devices (kept live only when `ready`)."""
         log = self.live_alert_logs.get(partition)
         if log is None:
-            log = AlertLog.from_list(self.alert_log.get(alert_log_key(partition)))
+            with in_partition(partition):
+                log = AlertLog.from_list(decode_value(self.alert_log.get(alert_log_key(partition))))
             if self.ready:
                 self.live_alert_logs[partition] = log
         return log
@@ -265,7 +306,7 @@ class WorkerState:
                             f"{reason}")
 
 
-def _put(table: Any, partition: int, key: str, value: dict) -> Awaitable:
+def _put(table: Any, partition: int, key: str, value: dict | list) -> Awaitable:
     """`table[key] = value`, with the changelog partition given explicitly; returns the changelog
     record's acknowledgement.
 
@@ -273,5 +314,7 @@ def _put(table: Any, partition: int, key: str, value: dict) -> Awaitable:
     `take_events` (or a timer) does not have; the source partition is the one the
     changelog must use (tables are co-partitioned with the source topics).
     """
-    table.data[key] = value
-    return table.send_changelog(partition, key, value)
+    raw = encode_value(value)
+    with in_partition(partition):
+        table.data[key] = raw
+    return table.send_changelog(partition, key, raw)

@@ -13,6 +13,7 @@ from ferry.server.app import create_app
 from ferry.server.config import ServerConfig
 from ferry.server.logic import STATUS, TELEMETRY, Record
 from ferry.server.streams import Streams, wire
+from ferry.server.worker_state import decode_value
 
 from tests.server.fake_kafka import FakeProducer, fake_producer
 from tests.server.helpers import T0, asleep, reading, status
@@ -69,7 +70,7 @@ def test_ingest_dedupes_accounts_and_publishes_closed_minutes(streams: Streams) 
     devices_log = changelog_partitions(producer, streams.devices)
     assert len(devices_log) <= 6 and set(devices_log) == {0}
     assert len(changelog_partitions(producer, streams.history)) == 1
-    account = streams.devices["dev-01"]["account"]
+    account = decode_value(streams.devices["dev-01"])["account"]
     assert (account["received"], account["duplicates"], account["invalid"]) == (4, 1, 1)
     assert account["boots"]["1"]["high"] == 4
     assert [(key, value["metric"], value["start_ms"], value["count"])
@@ -79,8 +80,9 @@ def test_ingest_dedupes_accounts_and_publishes_closed_minutes(streams: Streams) 
     assert [(key, value["window"], value["start_ms"], value["end_ms"], value["count"])
             for key, value in producer.values(streams.worker.config.series_5m_topic)] == \
         [("dev-01", "5m", base - 240_000, base + 60_000, 3)]
-    assert streams.devices["dev-01"]["windows"]["max_event_ms"] == base + 60_000
-    assert streams.history["dev-01"]["1m"]["temp_c"] == [[base, base + 60_000, 3, 20.0, 23.0, 64.0 / 3, 23.0]]
+    assert decode_value(streams.devices["dev-01"])["windows"]["max_event_ms"] == base + 60_000
+    assert decode_value(streams.history["dev-01"])["1m"]["temp_c"] == \
+        [[base, base + 60_000, 3, 20.0, 23.0, 64.0 / 3, 23.0]]
 
 
 def test_unsynced_reading_is_windowed_at_the_record_time(streams: Streams) -> None:
@@ -90,7 +92,7 @@ def test_unsynced_reading_is_windowed_at_the_record_time(streams: Streams) -> No
                                                  T0, T0, 0)])
 
     asyncio.run(run())
-    assert streams.devices["dev-01"]["windows"]["max_event_ms"] == T0
+    assert decode_value(streams.devices["dev-01"])["windows"]["max_event_ms"] == T0
 
 
 def test_status_adds_device_losses_and_lwt_raises_an_offline_alert(streams: Streams) -> None:
@@ -105,12 +107,12 @@ def test_status_adds_device_losses_and_lwt_raises_an_offline_alert(streams: Stre
 
     producer = asyncio.run(run())
     assert changelog_partitions(producer, streams.devices) == [0, 0]  # one write per batch
-    value = streams.devices["dev-01"]
+    value = decode_value(streams.devices["dev-01"])
     assert value["status"]["lost_at_device"] == 5
     assert [(key, alert["kind"]) for key, alert in producer.values(streams.worker.config.alerts_topic)] == \
         [("dev-01", "offline")]
     assert value["alerts_raised"] == 1
-    assert [a["kind"] for a in streams.alert_log["partition-0"]] == ["offline"]
+    assert [a["kind"] for a in decode_value(streams.alert_log["partition-0"])] == ["offline"]
     # Health: known (the birth), then offline (the last will); the second birth changed nothing.
     assert [(key, h["previous"], h["state"], h["offline_reason"], h["ts_ms"])
             for key, h in producer.values(streams.worker.config.health_topic)] == \
@@ -130,7 +132,7 @@ def test_the_health_timer_raises_offline_for_a_silent_device(streams: Streams) -
     soon, later, producer = asyncio.run(run())
     assert (soon, later) == (0, 1)
     assert [alert["kind"] for _, alert in producer.values(streams.worker.config.alerts_topic)] == ["offline"]
-    assert streams.alert_log["partition-0"][-1]["kind"] == "offline"
+    assert decode_value(streams.alert_log["partition-0"])[-1]["kind"] == "offline"
     assert [(h["previous"], h["state"], h["offline_reason"], h["ts_ms"])
             for _, h in producer.values(streams.worker.config.health_topic)] == \
         [("unknown", "ok", None, T0), ("ok", "offline", "silent", T0 + 3_600_000)]
@@ -148,7 +150,7 @@ def test_a_batch_applies_records_of_a_partition_revoked_while_they_waited(stream
             await streams.worker.process([Record("dev-01", TELEMETRY, reading(0), T0, T0, partition=1)])
 
     asyncio.run(run())
-    assert streams.devices["dev-01"]["account"]["received"] == 1
+    assert decode_value(streams.devices["dev-01"])["account"]["received"] == 1
 
 
 def test_the_worker_publishes_the_contracts_golden_records(streams: Streams) -> None:

@@ -39,13 +39,17 @@ def telemetry(dev: str, seq: int, boot: int = 1) -> tuple[str, bytes]:
     return f"ferry/site-1/{dev}/telemetry", reading(seq, dev=dev, boot=boot, ts_ms=T0 + (boot - 1) * 600_000 + seq * 20_000)
 
 
-def test_worker_dedupes_counts_gaps_and_heals_them(kafka, topics: Topics, tmp_path: Path) -> None:
+@pytest.mark.parametrize("store", ["memory://", "rocksdb://"])
+def test_worker_dedupes_counts_gaps_and_heals_them(kafka, topics: Topics, tmp_path: Path, store: str) -> None:
+    """With both stores: `memory://` rebuilds the tables from their changelogs at the restart,
+    `rocksdb://` keeps them in the data dir (a database per partition, which every read and write
+    of the worker must pick: `ferry.server.worker_state.in_partition`)."""
     first = [telemetry("dev-a", s) for s in (0, 1, 2, 3, 3, 4, 5, 7, 8, 9, 5)]  # dups: 3, 5; gap: 6
     first += [telemetry("dev-b", s) for s in range(5)] + [telemetry("dev-b", s, boot=2) for s in (0, 1, 2, 1)]
     first.append(("ferry/site-1/dev-b/status", status(2, dev="dev-b", boot=2)))
     produce(kafka, topics.naming, first)
 
-    worker, port = worker_process(kafka, topics, tmp_path, allowed_lateness_s=0)
+    worker, port = worker_process(kafka, topics, tmp_path, allowed_lateness_s=0, store=store)
     with worker:
         expected = {"received": 17, "duplicates": 3, "gaps": 1, "lost_at_device": 2, "invalid": 0, "late": 0,
                     "devices": 2}
@@ -76,10 +80,11 @@ def test_worker_dedupes_counts_gaps_and_heals_them(kafka, topics: Topics, tmp_pa
         [("dev-a", "1m", 0, 3), ("dev-a", "1m", 60_000, 3), ("dev-a", "1m", 120_000, 2), ("dev-b", "1m", 0, 3),
          ("dev-b", "1m", 60_000, 2)]
 
-    # A new worker of the same app restores dedupe state and counts from the changelogs.
+    # A new worker of the same app, on the same data dir, restores dedupe state and counts.
     produce(kafka, topics.naming, [telemetry("dev-a", 9), telemetry("dev-a", 10), telemetry("dev-b", 3, boot=2)])
-    again, port = worker_process(kafka, topics, tmp_path / "again", port=port,
-                                 app_id=worker.env["FERRY_SERVER_APP_ID"], allowed_lateness_s=0)
+    again, port = worker_process(kafka, topics, tmp_path / "again", port=port, store=store,
+                                 app_id=worker.env["FERRY_SERVER_APP_ID"], allowed_lateness_s=0,
+                                 data_dir=worker.env["FERRY_SERVER_DATA_DIR"])
     with again:
         expected = {**expected, "received": 20, "duplicates": 5}
         accounting = wait_for(lambda: numbers(get_json(port, "/accounting")), lambda a: a == expected, again)
