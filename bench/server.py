@@ -40,7 +40,11 @@ from ferry.server.process import WorkerProcess, bridge_records, produce, wait_fo
 
 TARGET_PER_S = 8000
 TARGET_BYTES_PER_DEVICE = 16 * 1024
-T0_S = 1_767_225_600  # 2026-01-01T00:00:00Z
+def start_s(per_device: int, interval_s: int) -> int:
+    """When the first readings were taken: so that the last ones are taken as the benchmark starts.
+    Recent data, as a live fleet's: with readings received long ago the health check would call
+    every device offline (and back online at its next reading) throughout the run."""
+    return int(time.time()) - per_device * interval_s
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,30 +61,32 @@ class Run:
         return self.readings / self.seconds if self.seconds > 0 else 0.0
 
 
-def readings(devices: int, per_device: int, interval_s: int, boot_every: int = 0) -> list[tuple[str, bytes]]:
-    """(MQTT topic, payload) of every reading, interleaved across devices as a fleet sends them; with
-    `boot_every`, each device's boot goes up every that many readings (deep sleep) and seq starts again."""
+def readings(devices: int, per_device: int, interval_s: int, boot_every: int,
+             first_s: int) -> list[tuple[str, bytes]]:
+    """(MQTT topic, payload) of every reading from `first_s` on, interleaved across devices as a fleet
+    sends them; with `boot_every`, each device's boot goes up every that many readings (deep sleep)
+    and seq starts again."""
     out = []
     for i in range(per_device):
-        t = T0_S + i * interval_s
+        t = first_s + i * interval_s
         boot, seq = (1 + i // boot_every, i % boot_every) if boot_every else (1, i)
         for d in range(devices):
             dev = f"bench-{d:05d}"
             metrics = {"temp_c": round(sensor_model.temperature_c(d, t), 2),
                        "rh_pct": round(sensor_model.humidity_pct(d, t), 2)}
             payload = encode_reading(Reading(dev, boot, seq, t * 1000, True, metrics,
-                                             sensor_model.battery_mv(d, t, T0_S), -60))
+                                             sensor_model.battery_mv(d, t, first_s), -60))
             out.append((f"ferry/bench/{dev}/telemetry", payload))
     return out
 
 
 def received_as_sent(naming: BridgeNaming, messages: list[tuple[str, bytes]], devices: int,
-                     interval_s: int) -> list:
+                     interval_s: int, first_s: int) -> list:
     """The bridge's records of `readings`, each received half a second after it was taken (so no
     reading looks ahead of its receive time by more than the allowed clock skew)."""
     records = []
     for i in range(0, len(messages), devices):
-        received_ms = (T0_S + (i // devices) * interval_s) * 1000 + 500
+        received_ms = (first_s + (i // devices) * interval_s) * 1000 + 500
         records += bridge_records(naming, messages[i:i + devices], received_ms)
     return records
 
@@ -191,7 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def run_workers(args: argparse.Namespace, messages: list[tuple[str, bytes]]) -> tuple[list[Run], int, int]:
+def run_workers(args: argparse.Namespace, messages: list[tuple[str, bytes]],
+                first_s: int) -> tuple[list[Run], int, int]:
     """The worker runs on a local broker of their own: (runs, readings produced, idle worker RSS)."""
     with tempfile.TemporaryDirectory(prefix="ferry-bench-server-") as temp:
         work_dir = args.work_dir or Path(temp)
@@ -199,7 +206,8 @@ def run_workers(args: argparse.Namespace, messages: list[tuple[str, bytes]]) -> 
         with LocalKafka(work_dir) as kafka:
             idle = idle_worker_rss(kafka, work_dir, args.partitions, args.batch_size, args.store)
             naming = create_topics(kafka, args.partitions)
-            total = produce(kafka.bootstrap_servers, received_as_sent(naming, messages, args.devices, args.interval))
+            total = produce(kafka.bootstrap_servers, received_as_sent(naming, messages, args.devices, args.interval,
+                                                                       first_s))
             runs = [through_worker(kafka, work_dir, naming, total, args.partitions, args.batch_size,
                                    f"worker, batches of {args.batch_size}", args.store)]
             if not args.no_baseline:
@@ -214,11 +222,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             or args.deep_sleep_every < 0:
         print("ferry bench server: every count must be positive", file=sys.stderr)
         return 2
-    messages = readings(args.devices, args.per_device, args.interval, args.deep_sleep_every)
+    first_s = start_s(args.per_device, args.interval)
+    messages = readings(args.devices, args.per_device, args.interval, args.deep_sleep_every, first_s)
     runs = [logic_only(messages, args.batch_size)]
     try:
         with sigterm_as_interrupt():
-            workers, total, idle = run_workers(args, messages)
+            workers, total, idle = run_workers(args, messages, first_s)
     except KeyboardInterrupt:
         print("ferry bench server: interrupted; every process it started is stopped", file=sys.stderr)
         return 130

@@ -26,24 +26,6 @@ def _single(name: str, kind: str, help_text: str, value: float) -> Metric:
     return Metric(name, kind, help_text, (((), float(value)),))
 
 
-def consumer_lag(worker: "WorkerState", end_offsets: dict[Any, int]) -> dict[tuple[str, int], int]:
-    """(topic, partition) → records in Kafka this worker has not processed yet, for the source
-    partitions it owns and has processed a batch of since the last rebalance.
-
-    `end_offsets` is Faust's `app.monitor.tp_end_offsets` (TP → the partition's high-water mark,
-    which the consumer notes for every record it fetches): no broker round trip. It moves only when
-    the consumer fetches, so a consumer that stopped fetching shows no lag here (the stall watch,
-    `ferry.server.liveness`, asks the broker itself for that).
-    """
-    owned = worker.owned_partitions()
-    lag = {}
-    for (topic, partition), processed in worker.watch.next_offset.items():
-        end = end_offsets.get((topic, partition))
-        if partition in owned and end is not None:
-            lag[(topic, partition)] = max(0, end - processed)
-    return lag
-
-
 def collect(worker: "WorkerState", end_offsets: dict[Any, int] | None = None) -> list[Metric]:
     """Every metric of this worker, computed now."""
     counts = worker.counts
@@ -82,7 +64,7 @@ def collect(worker: "WorkerState", end_offsets: dict[Any, int] | None = None) ->
                     "Readings this worker's devices report they dropped themselves (outbox.dropped).",
                     sum(s.status.lost_at_device for s in states)),
         ]
-    lag = consumer_lag(worker, end_offsets or {})
+    lag = worker.consumer_lag(end_offsets or {})
     if lag:
         metrics.append(Metric(
             "ferry_worker_consumer_lag", "gauge",

@@ -163,6 +163,29 @@ class WorkerState:
         workers than partitions, or no assignment yet), whatever standby copies its stores hold."""
         return {tp.partition for tp in self.app.assignor.assigned_actives() if tp.topic == self.config.telemetry_topic}
 
+    def consumer_lag(self, end_offsets: dict[Any, int]) -> dict[tuple[str, int], int]:
+        """(topic, partition) → records in Kafka this worker has not processed yet, for the source
+        partitions it owns and has processed a batch of since the last rebalance.
+
+        `end_offsets` is Faust's `app.monitor.tp_end_offsets` (TP → the partition's high-water mark,
+        which the consumer notes for every record it fetches): no broker round trip. It moves only when
+        the consumer fetches, so a consumer that stopped fetching shows no lag here (the stall watch,
+        `ferry.server.liveness`, asks the broker itself for that).
+        """
+        owned = self.owned_partitions()
+        lag = {}
+        for (topic, partition), processed in self.watch.next_offset.items():
+            end = end_offsets.get((topic, partition))
+            if partition in owned and end is not None:
+                lag[(topic, partition)] = max(0, end - processed)
+        return lag
+
+    def behind(self) -> bool:
+        """Records wait in Kafka that the next batch would not take: the last batch was full, or a
+        partition this worker owns lags by more than a batch."""
+        return self.lagging or any(n > self.config.batch_size
+                                   for n in self.consumer_lag(self.app.monitor.tp_end_offsets).values())
+
     def local_devices(self) -> list[str]:
         """Devices whose partition this worker owns (its stores may also hold standby copies)."""
         owned = self.owned_partitions()
@@ -258,7 +281,7 @@ class WorkerState:
         worker is behind its topics: a device whose readings still wait in Kafka is not silent,
         and calling it offline would make every device flap offline/online during a catch-up.
         """
-        if self.lagging or not self.ready:
+        if not self.ready or self.behind():
             return 0
         async with self.lock:
             result = BatchResult()
