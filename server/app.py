@@ -48,6 +48,30 @@ class RecoveryFlowControl(FlowControlEvent):
             super().resume()
 
 
+async def rewind_uncommitted(app: faust.App, topics: set[str]) -> list:
+    """Seek the partitions of `topics` that have no committed offset to their beginning; returns them.
+
+    Call it when table recovery completes, before Faust's own "Seek stream partitions to committed
+    offsets". During recovery aiokafka fetches the source partitions too (Faust pauses them only in
+    its own bookkeeping), and Faust hands its fetcher thread the live set of active partitions
+    (faust/transport/consumer.py `_wait_next_records`), which recovery empties when it pauses the
+    changelogs (faust/tables/recovery.py). aiokafka reads an empty set as "every partition"
+    (aiokafka/consumer/fetcher.py `fetched_records`), moves the source partitions' positions to
+    what it had buffered, and Faust drops those records as not active. The seek to committed
+    offsets brings back those that have a commit, but aiokafka seeks only `if offset and offset > 0`
+    (aiokafka/consumer/consumer.py `seek_to_committed`): a partition nobody committed yet, such as
+    one whose worker was killed before its first commit, kept its new position and those records
+    were never processed (tests/server/test_scale.py, 8 of 17 runs before). Reading such a
+    partition from its beginning is what `consumer_auto_offset_reset = "earliest"` asks for anyway;
+    records already applied to a device's state are skipped by their offsets.
+    """
+    committed = await app.consumer.seek_to_committed()
+    uncommitted = {tp: 0 for tp, offset in committed.items() if tp.topic in topics and not offset}
+    if uncommitted:
+        await app.consumer.seek_wait(uncommitted)
+    return sorted(uncommitted)
+
+
 class FerryApp(faust.App):
     """`faust.App` with `RecoveryFlowControl`."""
 

@@ -28,6 +28,7 @@ from typing import Any
 import faust
 
 from ferry.contract import HEADER_RECEIVED_MS
+from ferry.server.app import rewind_uncommitted
 from ferry.server.config import ServerConfig
 from ferry.server.logic import STATUS, TELEMETRY, Record, Settings, device_key
 from ferry.server.views import register_views
@@ -91,6 +92,9 @@ def wire(app: faust.App, config: ServerConfig) -> Streams:
 
     @app.on_rebalance_complete.connect
     async def on_recovered(app: faust.App, **kwargs: Any) -> None:
+        rewound = await rewind_uncommitted(app, {config.telemetry_topic, config.status_topic})
+        if rewound:
+            log.info("ferry worker: no committed offset for %s; reading them from the beginning", rewound)
         worker.recovery_completed()
 
     async def ingest(stream: faust.StreamT) -> None:

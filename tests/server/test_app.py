@@ -1,12 +1,15 @@
-"""The Faust app the worker runs: its flow control keeps records a stream queue holds when flow that
-was never suspended is resumed (faust/tables/recovery.py `on_recovery_completed` does that after
-seeking the source partitions)."""
+"""The Faust app the worker runs, and its repairs of Faust's recovery: its flow control keeps records a
+stream queue holds when flow that was never suspended is resumed (faust/tables/recovery.py
+`on_recovery_completed` does that after seeking the source partitions), and source partitions
+nobody committed are read from their beginning."""
 
 from __future__ import annotations
 
 import asyncio
 
-from ferry.server.app import RecoveryFlowControl, create_app
+from faust.types import TP
+
+from ferry.server.app import RecoveryFlowControl, create_app, rewind_uncommitted
 from ferry.server.config import ServerConfig
 
 
@@ -30,3 +33,25 @@ def test_resuming_flow_that_runs_keeps_what_the_stream_queues_hold() -> None:
         return kept, emptied, queue.qsize()
 
     assert asyncio.run(run()) == (1, 0, 0)
+
+
+def test_source_partitions_nobody_committed_are_read_from_their_beginning() -> None:
+    """aiokafka's seek to committed offsets leaves a partition without a commit where its fetcher
+    got to during recovery; those records were dropped by Faust (see `rewind_uncommitted`)."""
+    class Consumer:
+        def __init__(self) -> None:
+            self.seeks: list[dict] = []
+
+        async def seek_to_committed(self) -> dict:
+            return {TP("t.telemetry", 0): None, TP("t.telemetry", 1): 17, TP("t.status", 1): 0,
+                    TP("app-devices-changelog", 0): None}
+
+        async def seek_wait(self, partitions: dict) -> None:
+            self.seeks.append(partitions)
+
+    class App:
+        consumer = Consumer()
+
+    rewound = asyncio.run(rewind_uncommitted(App(), {"t.telemetry", "t.status"}))
+    assert rewound == [TP("t.status", 1), TP("t.telemetry", 0)]
+    assert App.consumer.seeks == [{TP("t.telemetry", 0): 0, TP("t.status", 1): 0}]

@@ -87,7 +87,7 @@ def test_file_headers_make_a_valid_aiohttp_response() -> None:
 # ---- the worker's HTTP side: Faust's own views off, 127.0.0.1, the optional API token ------------
 #
 # In process, as tests/server/test_metrics.py serves it (`http()` of test_worker_state mounts what
-# `faust worker` mounts). A real worker with a token: tests/server/test_two_workers.py.
+# `faust worker` mounts). Real workers with a token: tests/server/test_scale.py.
 
 TOKEN = "Zm9vYmFy-ferry_test.token~42"
 FAUST_VIEWS = ("/table/", "/table/devices/", "/table/devices/dev-01/", "/table/history/dev-01/",
