@@ -19,7 +19,7 @@ pytestmark = pytest.mark.integration
 def test_bench_server_runs_and_reports_every_reading(tmp_path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "ferry", "bench", "server", "--devices", "5", "--per-device", "40",
-         "--partitions", "2", "--no-baseline", "--deep-sleep-every", "7", "--work-dir", str(tmp_path)],
+         "--partitions", "2", "--deep-sleep-every", "7", "--work-dir", str(tmp_path)],
         capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "200 readings from 5 devices, a new boot every 7 readings in 2 partitions" in result.stdout
@@ -42,7 +42,7 @@ def test_bench_server_stops_what_it_started_on_sigterm(tmp_path: Path) -> None:
     """`timeout` or a CI runner ends a long run with SIGTERM: the broker and worker it started must stop
     too (before, both were left running, adopted by init)."""
     bench = subprocess.Popen([sys.executable, "-m", "ferry", "bench", "server", "--devices", "5", "--per-device", "40",
-                              "--no-baseline", "--work-dir", str(tmp_path)],
+                              "--work-dir", str(tmp_path)],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 120
