@@ -39,17 +39,13 @@ def telemetry(dev: str, seq: int, boot: int = 1) -> tuple[str, bytes]:
     return f"ferry/site-1/{dev}/telemetry", reading(seq, dev=dev, boot=boot, ts_ms=T0 + (boot - 1) * 600_000 + seq * 20_000)
 
 
-@pytest.mark.parametrize("store", ["memory://", "rocksdb://"])
-def test_worker_dedupes_counts_gaps_and_heals_them(kafka, topics: Topics, tmp_path: Path, store: str) -> None:
-    """With both stores: `memory://` rebuilds the tables from their changelogs at the restart,
-    `rocksdb://` keeps them in the data dir (a database per partition, which every read and write
-    of the worker must pick: `ferry.server.worker_state.in_partition`)."""
+def test_worker_dedupes_counts_gaps_and_heals_them(kafka, topics: Topics, tmp_path: Path) -> None:
     first = [telemetry("dev-a", s) for s in (0, 1, 2, 3, 3, 4, 5, 7, 8, 9, 5)]  # dups: 3, 5; gap: 6
     first += [telemetry("dev-b", s) for s in range(5)] + [telemetry("dev-b", s, boot=2) for s in (0, 1, 2, 1)]
     first.append(("ferry/site-1/dev-b/status", status(2, dev="dev-b", boot=2)))
     produce(kafka, topics.naming, first)
 
-    worker, port = worker_process(kafka, topics, tmp_path, allowed_lateness_s=0, store=store)
+    worker, port = worker_process(kafka, topics, tmp_path, allowed_lateness_s=0)
     with worker:
         expected = {"received": 17, "duplicates": 3, "gaps": 1, "lost_at_device": 2, "invalid": 0, "late": 0,
                     "devices": 2}
@@ -82,7 +78,7 @@ def test_worker_dedupes_counts_gaps_and_heals_them(kafka, topics: Topics, tmp_pa
 
     # A new worker of the same app, on the same data dir, restores dedupe state and counts.
     produce(kafka, topics.naming, [telemetry("dev-a", 9), telemetry("dev-a", 10), telemetry("dev-b", 3, boot=2)])
-    again, port = worker_process(kafka, topics, tmp_path / "again", port=port, store=store,
+    again, port = worker_process(kafka, topics, tmp_path / "again", port=port,
                                  app_id=worker.env["FERRY_SERVER_APP_ID"], allowed_lateness_s=0,
                                  data_dir=worker.env["FERRY_SERVER_DATA_DIR"])
     with again:
