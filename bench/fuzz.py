@@ -574,8 +574,11 @@ def check_round_trip(packet, version: ProtocolVersion, server_side: bool) -> Non
 class ModelJournal:
     """The journal as the core sees it, with batches sealed and committed when a step says so.
 
-    Like the real one: appends go to ``pending_batch``; ``seal`` hands that batch to the writer (a
-    new pending batch starts), batches commit in order. Several may be sealed and not committed.
+    Like the real one: appends go to ``pending_batch`` and return its number; ``seal`` hands that
+    batch to the writer (a new pending batch starts), batches commit in order. Several may be sealed
+    and not committed. ``arm`` models the writer thread sealing by itself (a flush asked for while it
+    wrote): the next append's batch is sealed right after that append, in the middle of whatever
+    the core is doing.
     """
 
     def __init__(self) -> None:
@@ -583,9 +586,15 @@ class ModelJournal:
         self.pending_batch = 1
         self.committed_batch = 0
         self.sealed: deque[int] = deque()
+        self.armed = False
 
-    def append(self, record: object) -> None:
-        self.records.append((self.pending_batch, record))
+    def append(self, record: object) -> int:
+        batch = self.pending_batch
+        self.records.append((batch, record))
+        if self.armed:
+            self.armed = False
+            self.seal()
+        return batch
 
     def seal(self) -> None:
         if self.records and self.records[-1][0] == self.pending_batch:
@@ -601,6 +610,20 @@ class ModelJournal:
 
     def committed_records(self) -> Iterator[object]:
         return (record for batch, record in self.records if batch <= self.committed_batch)
+
+
+_DELIVERY_RECORDS = frozenset({"MessageAdded", "Enqueued", "InflightAssigned", "Dequeued"})
+"""What deliveries append: a SUBACK goes out before the retained messages it brings are queued, a
+CONNACK before the session's queue starts to flow, so neither waits for these."""
+
+
+def _ack_wait(kind: type, appended: list[tuple[int, object]]) -> int:
+    """The batch an acknowledgement of a `kind` packet must wait for, given the records (batch,
+    record) that handling it appended: the last one it covers (0: none)."""
+    if kind in (Subscribe, Connect):
+        appended = [(batch, record) for batch, record in appended
+                    if type(record).__name__ not in _DELIVERY_RECORDS]
+    return appended[-1][0] if appended else 0
 
 
 _ACK_FOR = {Publish: None, Pubrel: Pubcomp, Subscribe: Suback, Unsubscribe: Unsuback, Connect: Connack,
@@ -636,8 +659,8 @@ class CoreRun:
     """A broker core with a model journal, driven by steps; :meth:`check` holds after each step.
 
     Steps (tuples, printable and replayable): ``("open", slot)``, ``("send", slot, bytes)``,
-    ``("seal",)``, ``("commit",)``, ``("tick", seconds)``, ``("lost", slot)``, ``("blocked", slot,
-    bool)``, ``("restart",)``.
+    ``("seal",)``, ``("arm",)``, ``("commit",)``, ``("tick", seconds)``, ``("lost", slot)``,
+    ``("blocked", slot, bool)``, ``("restart",)``.
 
     Invariants (the failure kinds): no exception from the core; ``ack-before-commit``: no PUBACK,
     PUBREC, PUBREL, PUBCOMP, SUBACK, UNSUBACK or CONNACK goes out before the batch holding the
@@ -647,7 +670,8 @@ class CoreRun:
     ``closed-connection-output``: nothing is queued for, or handed to the network layer for, a
     connection after ``connection_lost``; ``output-after-close``: nor after the core marked it closing
     and its output was taken (the network layer half-closes it then); ``session-on-closed-connection``; ``undecodable-output``;
-    ``publish-too-large`` (over the client's Maximum Packet Size); ``dangling-record``: every record
+    ``publish-too-large`` (over the client's Maximum Packet Size); ``stuck-ack``: nothing held for a
+    commit waits for a batch that holds no record (nothing would ever seal it); ``dangling-record``: every record
     the core appends refers to a session and message the store has; ``restart-lost-acked``: after a
     restart from the committed records, every QoS 1/2 message whose PUBACK/PUBREC was released and
     that a persistent session still held is still held.
@@ -702,6 +726,8 @@ class CoreRun:
             self._send(step[1], step[2])
         elif kind == "seal":
             self.journal.seal()
+        elif kind == "arm":
+            self.journal.armed = True
         elif kind == "commit":
             batch = self.journal.commit()
             if batch is not None:
@@ -756,7 +782,7 @@ class CoreRun:
             elif type(packet) is Pubrec and packet.reason_code >= 0x80:
                 ack = None  # a refused delivery ends without a PUBREL
             if ack is not None:
-                wait = journal.pending_batch if len(journal.records) > before else 0
+                wait = _ack_wait(type(packet), journal.records[before:])
                 packet_id = getattr(packet, "packet_id", None)
                 tag = None
                 if type(packet) is Publish and packet.payload:
@@ -797,6 +823,7 @@ class CoreRun:
         state.collect_garbage()
         self.journal.records = [(b, r) for b, r in self.journal.records if b <= self.journal.committed_batch]
         self.journal.sealed.clear()
+        self.journal.armed = False
         self.journal.pending_batch = self.journal.committed_batch + 1
         self._store, self._applied = DurableState(), 0
         for _, record in self.journal.records:
@@ -897,6 +924,10 @@ class CoreRun:
             if conn.closed:
                 self.fail("closed-connection-output", f"closed connection {conn.conn_id} is still in "
                                                       "broker.connections")
+            pending = self.journal.pending_batch
+            if conn.held and conn.held[-1][0] >= pending and not (records and records[-1][0] == pending):
+                self.fail("stuck-ack", f"connection {conn.conn_id} holds output for batch {conn.held[-1][0]}, "
+                          f"which has no record: nothing will seal it (pending batch {pending})")
         for session in broker.sessions.values():
             conn = session.connection
             if conn is None:
@@ -1123,8 +1154,10 @@ def generate_core_steps(src: Source, run: CoreRun, n_steps: int) -> Iterator[tup
             yield ("open", i)
         elif r < 55:
             yield ("send", i, _client_bytes(src, slot, tag))
-        elif r < 70:
+        elif r < 66:
             yield ("seal",)
+        elif r < 70:
+            yield ("arm",)
         elif r < 84:
             yield ("commit",)
         elif r < 89:

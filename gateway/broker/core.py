@@ -43,12 +43,10 @@ class RecordSink(Protocol):
     """The journal as the core sees it: appends are buffered, batches commit in order."""
 
     @property
-    def pending_batch(self) -> int: ...
-
-    @property
     def committed_batch(self) -> int: ...
 
-    def append(self, record: rec.Record) -> None: ...
+    def append(self, record: rec.Record) -> int:
+        """Buffer `record`; the number of the batch it lands in."""
 
 
 def random_client_id() -> str:
@@ -64,7 +62,8 @@ class SpoolSink(Protocol):
     depth: int
     bytes: int
 
-    def append(self, topic: str, payload: bytes, qos: int, received_ms: int) -> None: ...
+    def append(self, topic: str, payload: bytes, qos: int, received_ms: int) -> int:
+        """Spool one message; the number of the journal batch it is durable with."""
 
     def has_room(self, size: int) -> bool: ...
 
@@ -97,6 +96,8 @@ class Broker:
         self._new_client_id = new_client_id
         self._next_msg_id = 1
         self._appends = 0
+        self._last_batch = 0
+        """The journal batch of the latest append: what an acknowledgement of it waits for."""
         self._ready: set[Connection] = set()
         self._holding: set[Connection] = set()
         self._pending_wills: dict[str, tuple[float, Connection]] = {}
@@ -114,7 +115,7 @@ class Broker:
     # ------------------------------------------------------------------ journal
 
     def _record(self, record: rec.Record) -> None:
-        self.journal.append(record)
+        self._last_batch = self.journal.append(record)
         self._appends += 1
 
     def _make_durable(self, message: Message) -> None:
@@ -166,7 +167,7 @@ class Broker:
 
     def _wait_batch(self, appends_before: int) -> int:
         """The batch to wait for if this operation appended records, else 0."""
-        return self.journal.pending_batch if self._appends != appends_before else 0
+        return self._last_batch if self._appends != appends_before else 0
 
     def commit_done(self, batch: int) -> None:
         """The journal committed every batch up to `batch`: release what waited for it."""
@@ -694,7 +695,8 @@ class Broker:
             # Only what no publisher can send again gets here (wills): a full spool refuses the rest.
             self.stats.dropped[DropReason.QUEUE_FULL] += 1
             return
-        spool.append(message.topic, message.payload, qos, int((message.received_at or self.wall(now)) * 1000))
+        self._last_batch = spool.append(message.topic, message.payload, qos,
+                                        int((message.received_at or self.wall(now)) * 1000))
         self._appends += 1
 
     def _start_flow(self, session: Session, conn: Connection, item: Delivery, now: float) -> None:
@@ -708,6 +710,7 @@ class Broker:
         # restart with it and need no ids kept.
         if item.durable and (item.qos == 2 or not conn.internal):
             self._record(rec.InflightAssigned(session.client_id, item.message.msg_id, item.packet_id))
+            item.id_batch = self._last_batch
         if not self._transmit(conn, item, dup=False, now=now):
             del session.inflight[item.packet_id]
             self._finish(session, item)
@@ -765,7 +768,7 @@ class Broker:
         self.stats.messages_sent[item.qos] += 1
         # A QoS 2 delivery waits for its packet id to be durable, so a resend after a
         # crash carries the same id [MQTT-4.4.0-1].
-        self._send(conn, data, self.journal.pending_batch if item.qos == 2 and item.durable else 0)
+        self._send(conn, data, item.id_batch if item.qos == 2 else 0)
         return True
 
     def _finish(self, session: Session, item: Delivery) -> None:

@@ -68,6 +68,9 @@ class Delivery:
     state: DeliveryState = DeliveryState.QUEUED
     durable: bool = False
     """An `Enqueued` record exists for it in the store."""
+    id_batch: int = 0
+    """The journal batch holding its `InflightAssigned` record (0: none, or recovered from the
+    store): a QoS 2 PUBLISH goes out once that batch is committed."""
 
 
 @dataclass(slots=True, eq=False)

@@ -316,28 +316,37 @@ class Journal:
 
     # ------------------------------------------------------------ event loop
 
-    def append(self, record: Record) -> None:
-        """Encode ``record`` into the pending batch.  No I/O; durable once its
-        batch (:attr:`pending_batch` now) is committed."""
-        self.append_encoded(encode_record(record))
+    def append(self, record: Record) -> int:
+        """Encode ``record`` into the pending batch.  No I/O; returns the number of that batch:
+        the record is durable once it is committed."""
+        return self.append_encoded(encode_record(record))
 
-    def append_encoded(self, data: bytes) -> None:
-        """Add one frame made by :func:`encode_record` to the pending batch.  No I/O."""
+    def append_encoded(self, data: bytes) -> int:
+        """Add one frame made by :func:`encode_record` to the pending batch.  No I/O; returns
+        the batch's number.
+
+        Take the number from here, not from :attr:`pending_batch` afterwards: the writer
+        thread seals the pending batch by itself when a flush was asked for while it wrote
+        (``_armed``), so ``pending_batch`` may already name the next batch, one nothing may
+        ever seal (an acknowledgement waiting for it would wait for other traffic)."""
         if self._error is not None or self._phase is not _Phase.OPEN:
             self._raise_unusable()
         with self._lock:
             self._chunks.append(data)
             self._since_snapshot += len(data)
+            return self._next_batch
 
-    def append_spool(self, frame: bytes, seq: int) -> None:
+    def append_spool(self, frame: bytes, seq: int) -> int:
         """Add one spool entry (made by :func:`~.spool.encode_entry`, sequence number ``seq``) to
-        the pending batch.  No I/O; durable once its batch is committed."""
+        the pending batch.  No I/O; returns the batch's number (as :meth:`append_encoded`):
+        durable once it is committed."""
         if self._error is not None or self._phase is not _Phase.OPEN:
             self._raise_unusable()
         with self._lock:
             if not self._spool_chunks:
                 self._spool_first = seq
             self._spool_chunks.append(frame)
+            return self._next_batch
 
     def release_spool_below(self, head: int) -> None:
         """Delete the spool files whose entries all come before ``head`` once the pending batch
@@ -357,7 +366,8 @@ class Journal:
 
     @property
     def pending_batch(self) -> int:
-        """The number of the batch that an append now lands in."""
+        """The number of the batch that an append now lands in (the writer may seal it at any
+        moment: what waits for a record uses the number its append returned)."""
         return self._next_batch
 
     @property

@@ -36,14 +36,11 @@ class SpoolJournal(Protocol):
     """The journal as the spool queue uses it (its writer thread owns the files)."""
 
     @property
-    def pending_batch(self) -> int: ...
-
-    @property
     def spool_bytes_on_disk(self) -> int: ...
 
-    def append(self, record: SpoolHead) -> None: ...
+    def append(self, record: SpoolHead) -> int: ...
 
-    def append_spool(self, frame: bytes, seq: int) -> None: ...
+    def append_spool(self, frame: bytes, seq: int) -> int: ...
 
     def release_spool_below(self, head: int) -> None: ...
 
@@ -117,14 +114,13 @@ class SpoolQueue:
 
     # ------------------------------------------------------------------ writing
 
-    def append(self, topic: str, payload: bytes, qos: int, received_ms: int) -> None:
-        """Spool one message; durable with the journal's pending batch (whose commit releases the
-        publisher's acknowledgement)."""
+    def append(self, topic: str, payload: bytes, qos: int, received_ms: int) -> int:
+        """Spool one message; returns the journal batch it is durable with (whose commit releases
+        the publisher's acknowledgement)."""
         entry = SpoolEntry(self.tail, topic, payload, qos, received_ms)
         frame = encode_entry(entry)
-        self._journal.append_spool(frame, entry.seq)
+        batch = self._journal.append_spool(frame, entry.seq)
         self.tail += 1
-        batch = self._journal.pending_batch
         last = self._unwritten[-1] if self._unwritten else None
         if last is not None and last.batch == batch:
             last.end_seq = self.tail
@@ -136,6 +132,7 @@ class SpoolQueue:
         self._trim_recent()
         if self.on_append is not None:
             self.on_append()
+        return batch
 
     def committed(self, batch: int) -> None:
         """The journal committed every batch up to ``batch``: their entries are on disk."""

@@ -153,6 +153,17 @@ def test_acknowledging_before_the_commit_is_caught(monkeypatch: pytest.MonkeyPat
     assert "run.apply(step)" in report.crashes[0].reproducer
 
 
+def test_waiting_for_the_batch_pending_after_the_appends_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The gateway's old rule: an acknowledgement waited for `journal.pending_batch` read after its
+    records were appended. The writer thread may seal the batch in between (a flush asked for while
+    it wrote), and the acknowledgement then waits for a batch nothing seals: a CONNACK that never
+    came in a fresh-clone CI run. The model journal's `arm` step makes that seal happen."""
+    monkeypatch.setattr(Broker, "_wait_batch",
+                        lambda self, appends_before: self.journal.pending_batch if self._appends != appends_before else 0)
+    report = fuzz.run_random(fuzz.CORE, 300, seed=1, tolerate=fuzz.KNOWN_CORE_DEFECTS)
+    assert "FuzzFailure[stuck-ack]" in report.signatures, report.signatures
+
+
 def test_a_session_left_on_a_lost_connection_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(Broker, "_detach", lambda self, conn, now: None)
     report = fuzz.run_random(fuzz.CORE, 300, seed=1, tolerate=fuzz.KNOWN_CORE_DEFECTS)

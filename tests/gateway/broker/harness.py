@@ -20,8 +20,9 @@ class FakeJournal:
         self.pending_batch = 1
         self.committed_batch = 0
 
-    def append(self, record: object) -> None:
+    def append(self, record: object) -> int:
         self.records.append((self.pending_batch, record))
+        return self.pending_batch
 
     def commit(self) -> int:
         """Commit the pending batch; returns its number."""

@@ -353,3 +353,36 @@ def test_snapshots_interleaved_with_group_commits(tmp_path: Path, seed: int) -> 
     assert recovered == state
     assert report.clean
     assert journal.stats.snapshots > 10
+
+
+def test_append_names_the_batch_the_writer_seals_it_into(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The writer seals the pending batch by itself when a flush came while it wrote; an append
+    just before that lands in the batch it seals, and `pending_batch` then names the next one,
+    which nothing may ever seal. What waits for a record waits for the number `append` returned:
+    that batch commits with no further flush. (Seen as a CONNACK that never came: the gateway's
+    first persistent session waited for the empty next batch.)"""
+    writing = threading.Event()
+    release = threading.Event()
+    real_write = Journal._write_batch
+
+    def slow_write(self: Journal, batch) -> int:
+        writing.set()
+        assert release.wait(10)
+        return real_write(self, batch)
+
+    monkeypatch.setattr(Journal, "_write_batch", slow_write)
+    commits = Commits()
+    journal = opened(tmp_path, Durability.FSYNC, commits)
+    try:
+        assert journal.append(message(1)) == 1
+        journal.flush()  # batch 1 goes to the writer, which holds it
+        assert writing.wait(10)
+        assert journal.append(message(2)) == 2
+        journal.flush()  # the writer is busy: it seals batch 2 itself when batch 1 is written
+        batch = journal.append(message(3))  # lands in batch 2 ...
+        release.set()
+        commits.wait_for(2)  # ... which the writer sealed and committed with no flush from here
+        assert batch == 2 and journal.pending_batch == 3 and journal.committed_batch == 2
+    finally:
+        release.set()
+        journal.close()
