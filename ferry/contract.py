@@ -194,6 +194,13 @@ class Status:
     reset_cause: str | None = None
     outbox_queued: int | None = None
     outbox_dropped: int | None = None
+    boot_failures: int = 0
+    """Starts in a row before this one that failed (Ferry's firmware; 0 when a device leaves it out)."""
+    faults: tuple[str, ...] = ()
+    """Sensors the board runs without because it lacks their bus or pin (Ferry's firmware)."""
+
+
+MAX_FAULTS = 16
 
 
 def parse_status(payload: bytes) -> Status:
@@ -224,7 +231,9 @@ def parse_status(payload: bytes) -> Status:
     if not isinstance(outbox, dict):
         raise ContractError("outbox", "missing or not an object")
     return Status(device, state, boot, firmware, reset_cause,
-                  _int_field(outbox, "queued", 0, MAX_U32), _int_field(outbox, "dropped", 0, MAX_U32))
+                  _int_field(outbox, "queued", 0, MAX_U32), _int_field(outbox, "dropped", 0, MAX_U32),
+                  _int_field(obj, "boot_failures", 0, MAX_U32, optional=True) or 0,
+                  _names_field(obj, "faults"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -374,13 +383,18 @@ class HealthChange:
     """Median of the recent battery readings (what `battery_low` is judged on), None without any."""
     rssi_dbm: int | None
     """Median of the recent RSSI values, None without any."""
+    boot_failures: int = 0
+    """Failed starts the device's newest birth reported (0 when it reported none)."""
+    faults: tuple[str, ...] = ()
+    """Sensors the device's newest birth said it runs without."""
 
 
-def health_state(offline_reason: str | None, battery_low: bool, rssi_poor: bool, reboot_loop: bool) -> str:
+def health_state(offline_reason: str | None, battery_low: bool, rssi_poor: bool, reboot_loop: bool,
+                 boot_failures: int = 0, faults: tuple[str, ...] = ()) -> str:
     """The `state` the flags make."""
     if offline_reason is not None:
         return "offline"
-    return "warning" if battery_low or rssi_poor or reboot_loop else "ok"
+    return "warning" if battery_low or rssi_poor or reboot_loop or boot_failures or faults else "ok"
 
 
 def _dump(obj: dict) -> bytes:
@@ -414,7 +428,8 @@ def encode_health_change(change: HealthChange) -> bytes:
                   "previous": change.previous, "offline_reason": change.offline_reason,
                   "battery_low": change.battery_low, "rssi_poor": change.rssi_poor,
                   "reboot_loop": change.reboot_loop, "last_seen_ms": change.last_seen_ms,
-                  "battery_mv": change.battery_mv, "rssi_dbm": change.rssi_dbm})
+                  "battery_mv": change.battery_mv, "rssi_dbm": change.rssi_dbm,
+                  "boot_failures": change.boot_failures, "faults": list(change.faults)})
 
 
 def _json_object(payload: bytes) -> dict:
@@ -428,6 +443,15 @@ def _json_object(payload: bytes) -> dict:
     if version != CONTRACT_VERSION:
         raise ContractError("v", f"unsupported contract version {version}")
     return obj
+
+
+def _names_field(obj: dict, name: str) -> tuple[str, ...]:
+    """An optional list of up to MAX_FAULTS names (absent: empty)."""
+    names = obj.get(name, [])
+    if not isinstance(names, list) or len(names) > MAX_FAULTS \
+            or not all(isinstance(n, str) and _KIND_RE.fullmatch(n) for n in names):
+        raise ContractError(name, f"must be a list of up to {MAX_FAULTS} names")
+    return tuple(names)
 
 
 def _number_field(obj: dict, name: str, optional: bool = False) -> float | None:
@@ -510,7 +534,10 @@ def parse_health_change(payload: bytes) -> HealthChange:
         last_seen_ms=_int_field(obj, "last_seen_ms", 0, _MAX_TS, optional=True),
         battery_mv=_int_field(obj, "battery_mv", 0, 65535, optional=True),
         rssi_dbm=_int_field(obj, "rssi_dbm", -200, 0, optional=True),
+        boot_failures=_int_field(obj, "boot_failures", 0, MAX_U32, optional=True) or 0,
+        faults=_names_field(obj, "faults"),
     )
-    if state != health_state(reason, change.battery_low, change.rssi_poor, change.reboot_loop):
+    if state != health_state(reason, change.battery_low, change.rssi_poor, change.reboot_loop,
+                             change.boot_failures, change.faults):
         raise ContractError("state", f"{state!r} is not what offline_reason and the flags make")
     return change

@@ -111,6 +111,12 @@ class DeviceHealth:
     boots: list[list[int]] = field(default_factory=list)
     """[boot, receive_ms] of the counted boots, oldest first."""
     reboot_loop: bool = False
+    boot_failures: int = 0
+    """Failed starts the newest birth reported (the firmware's crash counter; 0 after a clean start)."""
+    faults: tuple[str, ...] = ()
+    """Sensors the newest birth said the board runs without."""
+    start_boot: int = 0
+    """The boot whose birth `boot_failures` and `faults` come from (a birth read again raises nothing)."""
 
     # ---- inputs -----------------------------------------------------------
 
@@ -148,8 +154,10 @@ class DeviceHealth:
         return alerts
 
     def observe_status(self, receive_ms: int, state: str, boot: int, reset: str | None,
-                       settings: HealthSettings) -> list[Alert]:
-        """A birth ("online", with its reset cause) or an "offline" (last will, or a sleeper going to sleep)."""
+                       settings: HealthSettings, boot_failures: int = 0,
+                       faults: tuple[str, ...] = ()) -> list[Alert]:
+        """A birth ("online", with its reset cause, failed starts and missing sensors) or an
+        "offline" (last will, or a sleeper going to sleep)."""
         if state == "offline":
             stale = (boot < self.max_boot or (self.last_seen_ms is not None and receive_ms < self.last_seen_ms)
                      or (self.offline and receive_ms <= self.offline_since_ms))
@@ -180,7 +188,23 @@ class DeviceHealth:
                 self.boots = [e for e in self.boots if e[0] != boot]
             elif not counted and not self.sleeper and boot != self.first_boot:
                 self._count_boot(boot, receive_ms, settings, alerts)
+        if boot >= self.max_boot:  # the newest birth says how the board started
+            self._observe_start(receive_ms, boot, boot_failures, faults, alerts)
         return alerts
+
+    def _observe_start(self, receive_ms: int, boot: int, boot_failures: int, faults: tuple[str, ...],
+                       alerts: list[Alert]) -> None:
+        if boot == self.start_boot and boot_failures == self.boot_failures and tuple(faults) == self.faults:
+            return  # the same birth again (a retained status read once more)
+        if boot_failures:
+            alerts.append(Alert(self.device, "boot_failures",
+                                f"boot {boot} came after {boot_failures} failed start(s) in a row (the "
+                                "board's crash file says why)", receive_ms, value=float(boot_failures)))
+        new = [name for name in faults if name not in self.faults]  # not again at every wake of a sleeper
+        if new:
+            alerts.append(Alert(self.device, "faults", "runs without: " + ", ".join(new), receive_ms,
+                                value=float(len(faults))))
+        self.boot_failures, self.faults, self.start_boot = boot_failures, tuple(faults), boot
 
     def check(self, now_ms: int, settings: HealthSettings) -> list[Alert]:
         """The timer: a device silent for too long goes offline; old boots leave the reboot window."""
@@ -201,23 +225,27 @@ class DeviceHealth:
 
     # ---- derived ----------------------------------------------------------
 
-    def flags(self) -> tuple[str | None, bool, bool, bool] | None:
-        """(offline reason or None, battery_low, rssi_poor, reboot_loop): what a health record says,
-        compared before and after each input to tell a change. None while nothing is known."""
+    def flags(self) -> tuple | None:
+        """(offline reason or None, battery_low, rssi_poor, reboot_loop, boot_failures, faults): what a
+        health record says, compared before and after each input to tell a change. None while
+        nothing is known."""
         if self.last_seen_ms is None and not self.offline:
             return None
-        return (self.offline_reason if self.offline else None, self.battery_low, self.rssi_poor, self.reboot_loop)
+        return (self.offline_reason if self.offline else None, self.battery_low, self.rssi_poor, self.reboot_loop,
+                self.boot_failures, self.faults)
 
-    def change(self, before: tuple[str | None, bool, bool, bool] | None, ts_ms: int) -> HealthChange | None:
+    def change(self, before: tuple | None, ts_ms: int) -> HealthChange | None:
         """The health record to publish when `flags()` differs from `before` (taken before the input), else None."""
         after = self.flags()
         if after is None or after == before:
             return None
+        reason, battery_low, rssi_poor, reboot_loop, boot_failures, faults = after
         return HealthChange(self.device, ts_ms, health_state(*after),
-                            "unknown" if before is None else health_state(*before), *after,
-                            last_seen_ms=self.last_seen_ms,
+                            "unknown" if before is None else health_state(*before), reason, battery_low,
+                            rssi_poor, reboot_loop, last_seen_ms=self.last_seen_ms,
                             battery_mv=round(_median(self.battery)) if self.battery else None,
-                            rssi_dbm=round(_median(self.rssi)) if self.rssi else None)
+                            rssi_dbm=round(_median(self.rssi)) if self.rssi else None,
+                            boot_failures=boot_failures, faults=faults)
 
     def interval_ms(self, settings: HealthSettings) -> float:
         """The device's sample interval as its arrivals show it (at least the floor)."""
@@ -247,6 +275,10 @@ class DeviceHealth:
             problems.append(f"weak Wi-Fi {rssi} dBm")
         if self.reboot_loop:
             problems.append(f"reboot loop: {recent} boots in {_ago(settings.reboot_loop_window_ms)}")
+        if self.boot_failures:
+            problems.append(f"{self.boot_failures} failed start(s) before this boot")
+        if self.faults:
+            problems.append("runs without " + ", ".join(self.faults))
         if offline:
             state = "offline"
         elif self.last_seen_ms is None:
@@ -256,7 +288,8 @@ class DeviceHealth:
         return {"state": state, "last_seen_ms": self.last_seen_ms, "offline": offline,
                 "offline_reason": reason if offline else None, "battery_mv": battery,
                 "battery_low": self.battery_low, "rssi_dbm": rssi, "rssi_poor": self.rssi_poor,
-                "reboots_recent": recent, "reboot_loop": self.reboot_loop, "problems": problems}
+                "reboots_recent": recent, "reboot_loop": self.reboot_loop, "boot_failures": self.boot_failures,
+                "faults": list(self.faults), "problems": problems}
 
     # ---- internals --------------------------------------------------------
 
@@ -292,7 +325,7 @@ class DeviceHealth:
                 "offline": [self.offline, self.offline_reason, self.offline_since_ms], "gaps_ms": self.gaps_ms,
                 "battery": [self.battery, self.battery_low], "rssi": [self.rssi, self.rssi_poor],
                 "boot": [self.max_boot, self.boot_cause, self.sleeper, self.first_boot], "boots": self.boots,
-                "reboot_loop": self.reboot_loop}
+                "reboot_loop": self.reboot_loop, "start": [self.start_boot, self.boot_failures, list(self.faults)]}
 
     @classmethod
     def from_dict(cls, device: str, data: dict) -> "DeviceHealth":
@@ -304,6 +337,8 @@ class DeviceHealth:
         h.max_boot, h.boot_cause, h.sleeper, h.first_boot = data["boot"]
         h.boots = [list(e) for e in data["boots"]]
         h.reboot_loop = data["reboot_loop"]
+        h.start_boot, h.boot_failures, faults = data.get("start", (0, 0, ()))  # absent in older state
+        h.faults = tuple(faults)
         return h
 
 

@@ -11,7 +11,7 @@ from ferry.server.health import DeviceHealth, HealthSettings
 S = HealthSettings()
 T = 1_767_225_600_000
 VIEW_KEYS = {"state", "last_seen_ms", "offline", "offline_reason", "battery_mv", "battery_low", "rssi_dbm",
-             "rssi_poor", "reboots_recent", "reboot_loop", "problems"}
+             "rssi_poor", "reboots_recent", "reboot_loop", "boot_failures", "faults", "problems"}
 
 
 def kinds(alerts) -> list[str]:
@@ -41,7 +41,7 @@ def test_a_fresh_device_is_unknown_then_ok() -> None:
     v = round_trip(h).view(T + 45_000, S)
     assert v == {"state": "ok", "last_seen_ms": T + 40_000, "offline": False, "offline_reason": None,
                  "battery_mv": 3900, "battery_low": False, "rssi_dbm": -60, "rssi_poor": False,
-                 "reboots_recent": 0, "reboot_loop": False, "problems": []}
+                 "reboots_recent": 0, "reboot_loop": False, "boot_failures": 0, "faults": [], "problems": []}
 
 
 def test_last_will_is_offline_at_once_and_a_reading_brings_it_back() -> None:
@@ -264,7 +264,7 @@ def test_a_change_carries_the_medians_and_an_offline_device_keeps_its_flags() ->
     h = DeviceHealth("d")
     readings(h, 5, bat=3300, rssi=-85)
     before = h.flags()
-    assert before == (None, True, True, False)
+    assert before == (None, True, True, False, 0, ())
     h.observe_status(T + 60_000, "offline", 1, None, S)
     change = h.change(before, T + 60_000)
     assert (change.state, change.previous, change.offline_reason, change.battery_low, change.rssi_poor) == \
@@ -276,3 +276,34 @@ def test_a_change_carries_the_medians_and_an_offline_device_keeps_its_flags() ->
     fresh.observe_status(T, "offline", 1, None, S)
     change = fresh.change(None, T)
     assert (change.previous, change.state, change.last_seen_ms, change.battery_mv) == ("unknown", "offline", None, None)
+
+
+def test_failed_starts_and_missing_sensors_from_the_birth_are_a_warning() -> None:
+    """The firmware's crash counter and the sensors it runs without (the birth's `boot_failures` and
+    `faults`) reach the health view, its record and an alert each: once per birth that reports
+    them, never again for the same birth read twice or for every wake of a sleeper."""
+    h = DeviceHealth("d")
+    readings(h, 3)
+    before = h.flags()
+    alerts = h.observe_status(T + 30_000, "online", 2, "hard", S, boot_failures=2, faults=("battery",))
+    assert kinds(alerts) == ["boot_failures", "faults"]
+    assert alerts[0].value == 2.0 and "2 failed start(s)" in alerts[0].reason
+    assert alerts[1].reason == "runs without: battery"
+    change = h.change(before, T + 30_000)
+    assert change is not None and (change.state, change.boot_failures, change.faults) == ("warning", 2, ("battery",))
+    v = round_trip(h).view(T + 31_000, S)
+    assert (v["state"], v["boot_failures"], v["faults"]) == ("warning", 2, ["battery"])
+    assert v["problems"] == ["2 failed start(s) before this boot", "runs without battery"]
+    # the same birth again (retained, read once more): nothing new
+    assert h.observe_status(T + 32_000, "online", 2, "hard", S, boot_failures=2, faults=("battery",)) == []
+    # a clean start: the failures clear (a change back to ok is published); the fault stays, unalerted
+    before = h.flags()
+    assert h.observe_status(T + 40_000, "online", 3, "hard", S, boot_failures=0, faults=("battery",)) == []
+    change = h.change(before, T + 40_000)
+    assert change is not None and (change.state, change.boot_failures) == ("warning", 0)
+    # an older boot's birth, received late, says nothing about how the board starts now
+    assert h.observe_status(T + 35_000, "online", 2, "hard", S, boot_failures=5, faults=()) == []
+    assert (h.boot_failures, h.faults) == (0, ("battery",))
+    # failing again later raises again
+    assert "boot_failures" in kinds(h.observe_status(T + 50_000, "online", 5, "wdt", S, boot_failures=1,
+                                                     faults=("battery",)))
