@@ -7,13 +7,14 @@ block device that counts 4 KiB erases and programmed bytes.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.device.helpers import DEVICE_DIR, UNIX_HEAP_FOR_64K_ESP32, lfs_setup, run_mp
+from tests.device.helpers import DEVICE_DIR, REPO_ROOT, UNIX_HEAP_FOR_64K_ESP32, lfs_setup, run_mp
 from tests.vectors import load as load_vectors
 
 pytestmark = pytest.mark.integration
@@ -196,3 +197,31 @@ print(json.dumps({"ring": bd.erases and ring, "segments": bd.erases}))
     ring, segments = out["ring"] / 600, out["segments"] / 600
     print(f"\nlittlefs erases per reading, batches of 10: in-place ring file {ring:.3f}, segment appends {segments:.3f}")
     assert ring > 5 * segments
+
+
+def _settings_default(name: str) -> int:
+    """A board setting's default, read from device/settings.py's schema (MicroPython source)."""
+    match = re.search(rf'\("{name}", "int", (\d+),', (DEVICE_DIR / "settings.py").read_text())
+    assert match, name
+    return int(match.group(1))
+
+
+def test_flash_wear_at_the_firmware_defaults_is_what_the_docs_quote(tmp_path: Path) -> None:
+    """The firmware flushes after `outbox_flush_every` readings or `outbox_flush_interval_ms`,
+    whichever comes first; at the default sample interval the time limit comes first, so a
+    flush holds this many readings (1 at 10 s / 5 s: no batching). docs/outbox.md quotes the
+    erases per reading measured here for the defaults, not the batched figure."""
+    sample_ms = _settings_default("sample_ms")
+    per_flush = max(1, min(_settings_default("outbox_flush_every"),
+                           _settings_default("outbox_flush_interval_ms") // sample_ms))
+    n = 300
+    out = run_mp(lfs_setup(tmp_path, blocks=128) + FLASH_RUN.format(
+        payload=CANONICAL[0].encode(), rtc=str(tmp_path / "rtc"), flush_every=per_flush, count_losses=True, n=n))
+    erases = out["erases"] / n
+    print(f"\nfirmware defaults (sample_ms {sample_ms}, {per_flush} reading(s) per flush, count_losses): "
+          f"{erases:.3f} erases per reading")
+    row = re.search(r"\| firmware defaults \(`sample_ms` (\d+), `outbox_flush_interval_ms` (\d+)\) \| ([\d.]+) \|",
+                    (REPO_ROOT / "docs" / "outbox.md").read_text())
+    assert row, "docs/outbox.md has no row for the firmware's defaults"
+    assert (int(row.group(1)), int(row.group(2))) == (sample_ms, _settings_default("outbox_flush_interval_ms"))
+    assert float(row.group(3)) == pytest.approx(erases, rel=0.15)
