@@ -43,8 +43,9 @@ SITE = "sim"
 TOPICS = ("ferry.telemetry", "ferry.status", "ferry.reply", "ferry.deadletter", "ferry.series.1m", "ferry.series.5m",
           "ferry.alerts", "ferry.health")
 """What the gateway's bridge writes (BridgeNaming's defaults) and what the worker writes."""
-SPOOL_METRIC = "ferry_bridge_spool_messages"
-"""The gateway's gauge of messages in the bridge's spool, not yet acknowledged by Kafka."""
+SPOOL_METRIC = "ferry_bridge_unacked_records"
+"""The gateway's gauge of records Kafka has not acknowledged, wherever the bridge holds them: the
+spool's (in flight to Kafka included) and the QoS 0 ones held in memory."""
 SPOOL_SAMPLE_S = 1.0
 EXIT_OK, EXIT_UNACCOUNTED, EXIT_USAGE = 0, 1, 2
 
@@ -85,26 +86,19 @@ class DemoOptions:
 # ---------------------------------------------------------------------- pure parts
 
 def parse_prometheus(text: str) -> dict[str, float]:
-    """Prometheus text format → metric name → value (labelled samples of one name are summed)."""
-    values: dict[str, float] = {}
-    for line in text.splitlines():
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        if "{" in line:
-            name, rest = line[:line.index("{")], line[line.rindex("}") + 1:]
-        else:
-            name, _, rest = line.partition(" ")
-        try:
-            value = float(rest.split()[0])
-        except (IndexError, ValueError):
-            continue
-        values[name] = values.get(name, 0.0) + value
-    return values
+    """Prometheus text → sample name → value (labelled samples of one name summed); empty for text
+    that is not Prometheus text (the progress line then says the gateway did not tell)."""
+    from ferry.server.pipeline import ExpositionError, parse_exposition
+
+    try:
+        return {name: family.total() for name, family in parse_exposition(text).items()}
+    except ExpositionError:
+        return {}
 
 
 def spool_depth(metrics: dict[str, float]) -> float | None:
-    """Messages in the bridge's spool not yet acknowledged by Kafka, or None if the gateway does not say."""
+    """Records the gateway holds that Kafka has not acknowledged (its spool, in flight included, and QoS 0
+    ones in memory), or None if the gateway does not say."""
     return metrics.get(SPOOL_METRIC)
 
 

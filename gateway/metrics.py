@@ -36,6 +36,9 @@ def collect(broker: Broker, server, journal, bridge=None, disk=None) -> list[Met
 
     metrics = [
         single("ferry_connections", "gauge", "Open client connections.", len(broker.connections)),
+        single("ferry_client_connections", "gauge",
+               "Open connections of clients (devices, operators): ferry_connections without the gateway's own "
+               "(the Kafka bridge's).", sum(1 for conn in broker.connections.values() if not conn.internal)),
         single("ferry_connections_total", "counter", "Connections accepted since start.", stats.connections_total),
         single("ferry_sessions", "gauge", "Sessions, connected or not.", len(broker.sessions)),
         single("ferry_subscriptions", "gauge", "Subscriptions in the index.", broker.index.count),
@@ -144,6 +147,10 @@ def bridge_metrics(bridge, broker: Broker) -> list[Metric]:
         single("ferry_bridge_spool_messages", "gauge",
                "Messages in the spool not yet acknowledged by Kafka, those in flight to it included.",
                bridge.spool_depth()),
+        single("ferry_bridge_unacked_records", "gauge",
+               "Records Kafka has not acknowledged yet, wherever they wait: the spool's (in flight to Kafka "
+               "included), QoS 0 ones held in memory, QoS 1/2 deliveries over MQTT. The pipeline's figure of "
+               "what the gateway holds for Kafka.", bridge.unacknowledged()),
         single("ferry_bridge_spool_bytes", "gauge", "Bytes of the spool's files on disk.", bridge.spool_bytes()),
         single("ferry_bridge_spool_oldest_age_seconds", "gauge",
                "Age of the oldest message Kafka has not acknowledged (0 when none is in flight).",

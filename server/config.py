@@ -110,6 +110,13 @@ class ServerConfig:
     tables after a restart use 1 (see docs/server.md)."""
     producer_linger_ms: int = 10
     log_level: str = "info"
+    gateways: tuple[str, ...] = ()
+    """Metrics endpoints of the gateways whose figures `/pipeline` and the dashboard show, e.g.
+    `["http://10.0.0.7:9883/metrics"]` (in the environment: comma-separated). Empty: no gateway scraped."""
+    gateway_scrape_interval_s: float = 5.0
+    """How often each gateway of `gateways` is scraped."""
+    gateway_scrape_timeout_s: float = 2.0
+    """The longest one scrape may take; past it the gateway is shown down, with the reason."""
 
     def __post_init__(self) -> None:
         if not self.broker.strip():
@@ -140,7 +147,12 @@ class ServerConfig:
             # Not echoed: it is a secret.
             raise ConfigError("server.api_token (or the file api_token_file names): may hold only letters, digits "
                               "and - . _ ~ + / (then = padding)")
-        for name in ("broker_session_timeout_s", "health_check_interval_s", "write_timeout_s"):
+        for index, url in enumerate(self.gateways):
+            _check_gateway_url(f"server.gateways[{index}]", url)
+        if len(set(self.gateways)) != len(self.gateways):
+            raise ConfigError("server.gateways: a URL is given twice")
+        for name in ("broker_session_timeout_s", "health_check_interval_s", "write_timeout_s",
+                     "gateway_scrape_interval_s", "gateway_scrape_timeout_s"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"server.{name}: must be positive, got {getattr(self, name)}")
 
@@ -185,7 +197,28 @@ def _check_advertised_url(url: str) -> None:
         raise ConfigError(f"{where}: only scheme, host and port, got {url!r}")
 
 
+def _check_gateway_url(where: str, url: str) -> None:
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{where}: must be a gateway's metrics URL, http://host:port/metrics, got {url!r}")
+    try:
+        parts.port
+    except ValueError:
+        raise ConfigError(f"{where}: bad port in {url!r}") from None
+    if parts.username or parts.password or parts.fragment:
+        raise ConfigError(f"{where}: only scheme, host, port, path and query, got {url!r}")
+
+
 def _convert(where: str, value: object, kind: object) -> object:
+    if kind == tuple[str, ...]:
+        if isinstance(value, str):  # the environment: comma-separated
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list of strings, got {value!r}")
+        for index, item in enumerate(value):
+            if not isinstance(item, str):
+                raise ConfigError(f"{where}[{index}]: expected a string, got {item!r}")
+        return tuple(value)
     if kind is int:
         if isinstance(value, str):
             try:

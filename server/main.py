@@ -53,10 +53,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     import faust
 
     from ferry.server.app import create_app
+    from ferry.server.pipeline import register_pipeline
     from ferry.server.streams import wire
 
     app = create_app(config)
     streams = wire(app, config)
+    # `/pipeline` and the task scraping `config.gateways` (server/pipeline.py).
+    register_pipeline(app, config, streams.worker)
     worker = faust.Worker(app, loglevel=config.log_level)
     # Faust's terminal spinner sets the root logger to DEBUG so that it can spin on every
     # record: every library's debug message would then be built and thrown away.

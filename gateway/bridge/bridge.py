@@ -574,6 +574,16 @@ class Bridge:
         """Messages in the spool not acknowledged by Kafka, those in flight to it included."""
         return self.spool.depth
 
+    def unacknowledged(self) -> int:
+        """Every record Kafka has not acknowledged yet, wherever it waits: the spool's entries (on disk,
+        read ahead, handed to librdkafka or waiting for room in its queue, being written to the
+        dead-letter file), the QoS 0 messages held in memory (`qos0_pending`: never in the spool) and
+        QoS 1/2 deliveries that came over the MQTT connection rather than from the spool. The spool
+        depth alone misses the last two."""
+        over_mqtt = sum(1 for pending in itertools.chain(self._pending.values(), self._rejecting.values())
+                        if pending.seq is None and pending.packet_id is not None)
+        return self.spool.depth + self._qos0_pending + over_mqtt
+
     def producer_waiting(self) -> int:
         """Records waiting, in order, for room in librdkafka's queue."""
         return len(self._backlog)

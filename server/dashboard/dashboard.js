@@ -7,6 +7,11 @@
      device panel  data-panel="<id>" data-field="<dotted path in /devices/<id>>"
                    data-panel="<id>" data-metric="<m>" data-field="<key of the newest closed 1m window>"
      alerts        data-alert="<index>" data-field="<key of the alert>"
+     pipeline      data-pipeline="path" data-key="<stage>" data-field="<key of the /pipeline path entry>"
+                   data-pipeline="gateway" data-key="<metrics URL>" data-field="up" or "<key of its figures>"
+                   data-pipeline="lag" data-key="<worker URL> <topic> <partition>" data-field="lag"
+                   data-pipeline="worker" data-key="<worker URL>" data-field="error"
+     charts        data-chart="<metric>" data-x-min / data-x-max: the time axis' range in seconds
    A value the API does not give (absent or null) is rendered as "—"; times are shown
    relative, with the raw milliseconds in data-value.
 
@@ -27,6 +32,7 @@
   const COUNTS = ["received", "duplicates", "gaps", "lost_at_device", "late", "invalid"];
   const STATES = ["offline", "warning", "unknown", "ok"];
   const CHART_HEIGHT = 200;
+  const X_PAD_S = 60; // a chart of one point (or of equal times) spans a window either side of it
   const TOKEN_KEY = "ferry.apiToken";
   const TOKEN_HASH = "#token=";
 
@@ -282,6 +288,118 @@
     }));
   }
 
+  // ---- pipeline -----------------------------------------------------------------------------
+
+  const STAGES = [
+    ["devices", "devices made", "readings up to each boot's newest seq (received + gaps)"],
+    ["gateway", "gateways received", "PUBLISH packets, every topic, since each gateway started"],
+    ["kafka", "Kafka acknowledged", "records, every topic, since each gateway started"],
+    ["worker", "worker counted", "readings, each (device, boot, seq) once"],
+  ];
+  const STAGE_EXTRAS = {
+    devices: [["lost", "lost at device"]],
+    gateway: [["waiting", "waiting for Kafka"]],
+    kafka: [["waiting", "waiting for the worker (lag)"]],
+    worker: [["duplicates", "duplicates removed"], ["invalid", "invalid"]],
+  };
+  const GATEWAY_FIELDS = [["connections", "num"], ["received", "num"], ["unacked", "num"], ["spooled", "num"],
+    ["oldest_age_s", "seconds"], ["kafka_connected", "link"], ["acked", "num"], ["deadlettered", "num"],
+    ["rejected", "num"], ["free_disk_bytes", "bytes"]];
+
+  function fmtBytes(value) {
+    if (typeof value !== "number" || !Number.isFinite(value)) return NONE;
+    const units = ["B", "KB", "MB", "GB", "TB"];
+    let n = value, unit = 0;
+    while (n >= 1000 && unit < units.length - 1) {
+      n /= 1000;
+      unit += 1;
+    }
+    return `${n.toLocaleString("en-US", { maximumFractionDigits: unit ? 1 : 0 })} ${units[unit]}`;
+  }
+
+  /* A gateway figure as text, and its raw value for data-value where the text is not the number. */
+  function gatewayFigure(value, kind) {
+    const raw = present(value) ? String(value) : "";
+    if (kind === "link") return [present(value) ? (value ? "up" : "down") : NONE, { "data-value": raw }];
+    if (kind === "bytes") return [fmtBytes(value), { "data-value": raw }];
+    if (kind === "seconds") return [present(value) ? `${fmtNum(value)} s` : NONE, { "data-value": raw }];
+    return [fmtNum(value), {}];
+  }
+
+  function renderPath(path) {
+    const byStage = new Map((Array.isArray(path) ? path : []).map((entry) => [entry.stage, entry]));
+    $("#pipeline-path").replaceChildren(...STAGES.map(([stage, label, note]) => {
+      const entry = byStage.get(stage) || {};
+      const hook = (field, text) => el("b", { "data-pipeline": "path", "data-key": stage, "data-field": field }, text);
+      const extras = (STAGE_EXTRAS[stage] || []).map(([field, name]) =>
+        el("small", {}, `${name} `, hook(field, fmtNum(entry[field]))));
+      return el("li", { class: "stage", title: note }, el("span", { class: "label" }, label),
+        hook("count", fmtNum(entry.count)), ...extras);
+    }));
+  }
+
+  function renderGateways(gateways) {
+    const body = $("#gateway-rows");
+    if (!gateways.length) {
+      body.replaceChildren(el("tr", { class: "empty" },
+        el("td", { colspan: 12 }, "no gateways configured (server.gateways)")));
+      return;
+    }
+    body.replaceChildren(...gateways.map((g) => {
+      const figures = g.figures || {};
+      const cell = (field, text, cls, extra) =>
+        el("td", { "data-pipeline": "gateway", "data-key": g.url, "data-field": field, class: cls, ...extra }, text);
+      return el("tr", {},
+        el("td", {}, el("b", {}, g.url)),
+        cell("up", g.up ? "up" : `down: ${fmtText(g.error)}`, g.up ? "up" : "down", { "data-value": String(g.up) }),
+        ...GATEWAY_FIELDS.map(([field, kind]) => {
+          const [text, extra] = gatewayFigure(figures[field], kind);
+          const flagged = (field === "kafka_connected" && figures[field] === false) ||
+            (field === "deadlettered" || field === "rejected") && figures[field] > 0;
+          return cell(field, text, kind === "link" ? (flagged ? "flag" : null) : (flagged ? "num nonzero" : "num"),
+            extra);
+        }));
+    }));
+  }
+
+  function renderLag(workers) {
+    const rows = [];
+    for (const w of workers) {
+      if (w.error) {
+        rows.push(el("tr", {}, el("td", {}, w.url),
+          el("td", { colspan: 2, class: "down", "data-pipeline": "worker", "data-key": w.url, "data-field": "error" },
+            w.error)));
+        continue;
+      }
+      for (const entry of w.lag || []) {
+        rows.push(el("tr", {}, el("td", {}, w.url), el("td", {}, `${entry.topic} / ${entry.partition}`),
+          el("td", { "data-pipeline": "lag", "data-key": `${w.url} ${entry.topic} ${entry.partition}`,
+            "data-field": "lag", class: entry.lag > 0 ? "num nonzero" : "num" }, fmtNum(entry.lag))));
+      }
+    }
+    $("#lag-rows").replaceChildren(...(rows.length ? rows :
+      [el("tr", { class: "empty" }, el("td", { colspan: 3 }, "no lag known yet"))]));
+  }
+
+  function renderPipeline(data) {
+    if (!data || typeof data !== "object") {
+      const note = data === undefined ? "this worker serves no /pipeline yet" : "pipeline unavailable";
+      $("#pipeline-note").textContent = note;
+      renderPath([]);
+      $("#gateway-rows").replaceChildren(el("tr", { class: "empty" }, el("td", { colspan: 12 }, note)));
+      renderLag([]);
+      return;
+    }
+    const gateways = Array.isArray(data.gateways) ? data.gateways : [];
+    const workers = Array.isArray(data.workers) ? data.workers : [];
+    $("#pipeline-note").textContent = `device → gateway → Kafka → worker · ${gateways.length} gateway` +
+      `${gateways.length === 1 ? "" : "s"}, ${workers.length} worker${workers.length === 1 ? "" : "s"}` +
+      (data.complete === false ? " · incomplete: a gateway or worker did not answer" : "");
+    renderPath(data.path);
+    renderGateways(gateways);
+    renderLag(workers);
+  }
+
   // ---- device panel -------------------------------------------------------------------------
 
   const FACTS = [
@@ -351,6 +469,20 @@
     return [xs, mean, min, max];
   }
 
+  /* The time axis' range: the data's, except that one point (or points at one time) gets a window
+     either side. uPlot (1.6.32) widens such a range itself before asking this, to
+     `min + 86400 / ms`, which with times in seconds (ms = 1e-3) is 1,000 days: so the data decide. */
+  function timeRange(u, min, max) {
+    const xs = u.data && u.data[0];
+    if (xs && xs.length) {
+      const first = xs[0], last = xs[xs.length - 1]; // windows come sorted by start
+      if (Number.isFinite(first) && Number.isFinite(last) && last - first < 1) {
+        return [first - X_PAD_S, last + X_PAD_S];
+      }
+    }
+    return [min, max];
+  }
+
   function makeChart(id, metric, box) {
     const stat = (field) => el("b", { "data-panel": id, "data-metric": metric, "data-field": field }, NONE);
     const stats = { mean: stat("mean"), min: stat("min"), max: stat("max"), count: stat("count") };
@@ -370,7 +502,14 @@
     chart.plot = new window.uPlot({
       width: Math.max(plotBox.clientWidth, 300),
       height: CHART_HEIGHT,
-      scales: { x: { time: true } },
+      scales: { x: { time: true, range: timeRange } },
+      hooks: {
+        setScale: [(u, key) => {
+          if (key !== "x") return;
+          card.dataset.xMin = String(u.scales.x.min);
+          card.dataset.xMax = String(u.scales.x.max);
+        }],
+      },
       series: [
         {},
         { label: "mean", stroke: "#2563eb", width: 2, points: { show: true, size: 4 } },
@@ -434,13 +573,15 @@
   async function refresh() {
     clearTimeout(view.timer);
     try {
-      const [accounting, devices, alerts] = await Promise.all([
+      const optional = (err) => {
+        if (err instanceof AuthError) throw err;
+        return null;
+      };
+      const [accounting, devices, alerts, pipeline] = await Promise.all([
         getJSON("/accounting"),
         getJSON("/devices"),
-        getJSON(`/alerts?limit=${ALERT_LIMIT}`).catch((err) => {
-          if (err instanceof AuthError) throw err;
-          return null;
-        }),
+        getJSON(`/alerts?limit=${ALERT_LIMIT}`).catch(optional),
+        getJSON("/pipeline").catch(optional),
       ]);
       const ids = Object.keys(devices || {}).sort();
       if (ids.length && !ids.includes(view.selected)) view.selected = ids[0];
@@ -448,6 +589,7 @@
       renderTotals(accounting);
       renderFleet(devices, now);
       renderAlerts(alerts, now);
+      renderPipeline(pipeline);
       if (view.selected) await refreshDevice(view.selected, now);
       setStatus(`updated ${new Date(now).toLocaleTimeString("en-GB")} · every ${POLL_MS / 1000} s`);
       $("#token-form").hidden = true;

@@ -59,15 +59,18 @@ def run_under_subreaper(argv: list[str], timeout_s: float, interrupt_at: str = "
 # ---------------------------------------------------------------------- pure parts
 
 def test_prometheus_text_is_summed_per_name_and_the_spool_depth_found() -> None:
-    text = ("# HELP ferry_bridge_spool_messages Messages waiting.\n# TYPE ferry_bridge_spool_messages gauge\n"
-            "ferry_bridge_spool_messages 42\n"
-            'ferry_dropped_messages_total{reason="slow_subscriber"} 2\n'
-            'ferry_dropped_messages_total{reason="queue_full"} 3.0\n'
-            "garbage line\n")
+    text = ("# HELP ferry_bridge_spool_messages Messages in the spool.\n# TYPE ferry_bridge_spool_messages gauge\n"
+            "ferry_bridge_spool_messages 40\n"
+            "# HELP ferry_bridge_unacked_records Records Kafka has not acknowledged.\n"
+            "# TYPE ferry_bridge_unacked_records gauge\nferry_bridge_unacked_records 42\n"
+            '# TYPE ferry_dropped_messages_total counter\nferry_dropped_messages_total{reason="slow_subscriber"} 2\n'
+            'ferry_dropped_messages_total{reason="queue_full"} 3.0\n')
     metrics = parse_prometheus(text)
-    assert metrics == {"ferry_bridge_spool_messages": 42.0, "ferry_dropped_messages_total": 5.0}
-    assert spool_depth(metrics) == 42.0
+    assert metrics == {"ferry_bridge_spool_messages": 40.0, "ferry_bridge_unacked_records": 42.0,
+                       "ferry_dropped_messages_total": 5.0}
+    assert spool_depth(metrics) == 42.0  # every record Kafka has not acknowledged, QoS 0 ones included
     assert spool_depth({"ferry_connections": 3.0}) is None
+    assert parse_prometheus(text + "garbage line\n") == {}
 
 
 def test_unaccounted_is_generated_minus_dropped_at_device_minus_received() -> None:

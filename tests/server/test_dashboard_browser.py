@@ -23,6 +23,7 @@ import tempfile
 import threading
 import time
 import urllib.parse
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
@@ -32,7 +33,11 @@ from pathlib import Path
 import pytest
 
 from ferry.contract import Reading, encode_reading
+from ferry.gateway.process import GatewayProcess
+from ferry.process import free_port
+from ferry.server.pipeline import GatewayFigures, parse_exposition
 from ferry.server.web import DASHBOARD_DIR, dashboard_file
+from tests.gateway.paho_client import TestClient
 from tests.server.worker_support import create_topics, get_json, get_status, produce, wait_for, worker_process
 
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -117,12 +122,16 @@ class HookParser(HTMLParser):
         self.hooks: list[Hook] = []
         self.body: dict[str, str] = {}
         self.texts: list[str] = []
+        self.charts: list[dict[str, str]] = []
+        """The attributes of every `data-chart` element."""
         self._open: list[tuple[str, Hook | None]] = []
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         values = {k: v or "" for k, v in attrs}
         if tag == "body":
             self.body = values
+        if "data-chart" in values:
+            self.charts.append(values)
         if tag in self.VOID:
             return
         hook = Hook(values) if "data-field" in values else None
@@ -152,15 +161,24 @@ class Page:
     metric_stats: dict[tuple[str, str], dict[str, Hook]]
     alerts: dict[int, dict[str, Hook]]
     text: str
+    pipeline: dict[tuple[str, str], dict[str, Hook]] = field(default_factory=dict)
+    """(data-pipeline, data-key) -> field -> hook."""
+    chart_ranges: dict[str, tuple[float, float]] = field(default_factory=dict)
+    """metric -> the time axis' (min, max) in seconds, as the chart set it."""
 
     @classmethod
     def parse(cls, dom: str) -> "Page":
         parser = HookParser()
         parser.feed(dom)
         page = cls(parser.body.get("data-state", ""), {}, {}, {}, {}, {}, " ".join("".join(parser.texts).split()))
+        for attrs in parser.charts:
+            if "data-x-min" in attrs and "data-x-max" in attrs:
+                page.chart_ranges[attrs["data-chart"]] = (float(attrs["data-x-min"]), float(attrs["data-x-max"]))
         for hook in parser.hooks:
             a, name = hook.attrs, hook.attrs["data-field"]
-            if "data-alert" in a:
+            if "data-pipeline" in a:
+                page.pipeline.setdefault((a["data-pipeline"], a["data-key"]), {})[name] = hook
+            elif "data-alert" in a:
                 page.alerts.setdefault(int(a["data-alert"]), {})[name] = hook
             elif "data-metric" in a:
                 page.metric_stats.setdefault((a["data-panel"], a["data-metric"]), {})[name] = hook
@@ -217,6 +235,72 @@ class Api:
     selected: str
     detail: dict | None
     series: dict[str, dict | None]
+    pipeline: dict | None = None
+    """`/pipeline`; None: not checked."""
+
+
+GATEWAY_FIGURES = ("connections", "received", "unacked", "spooled", "oldest_age_s", "kafka_connected", "acked",
+                   "deadlettered", "rejected", "free_disk_bytes")
+
+
+def pipeline_mismatch(hook: Hook, expected: object) -> str | None:
+    """Why a pipeline hook does not show `expected`: the raw value in data-value where the text is
+    not the number (a flag, bytes, seconds), else the number as text; absent and null show "—"."""
+    if "data-value" not in hook.attrs:
+        return mismatch(hook, expected)
+    raw = hook.attrs["data-value"]
+    if expected is None:
+        return None if raw == "" and hook.value == NONE else f"{raw!r} / {hook.value!r}, API has no value"
+    if isinstance(expected, bool):
+        return None if raw == str(expected).lower() else f"{raw!r}, API {expected!r}"
+    try:
+        ok = float(raw) == expected
+    except ValueError:
+        ok = False
+    return None if ok and hook.value != NONE else f"{raw!r} / {hook.value!r}, API {expected!r}"
+
+
+def compare_pipeline(page: Page, pipeline: dict) -> tuple[list[str], int]:
+    """(every pipeline value the page renders differently from `/pipeline`, how many were checked)."""
+    problems: list[str] = []
+    checked = 0
+
+    def check(where: str, hooks: dict[str, Hook], name: str, expected: object) -> None:
+        nonlocal checked
+        hook = hooks.get(name)
+        if hook is None:
+            problems.append(f"{where}.{name}: not rendered")
+            return
+        checked += 1
+        why = pipeline_mismatch(hook, expected)
+        if why:
+            problems.append(f"{where}.{name}: {why}")
+
+    for entry in pipeline["path"]:
+        hooks = page.pipeline.get(("path", entry["stage"]), {})
+        for name, value in entry.items():
+            if name != "stage":
+                check(f"path {entry['stage']}", hooks, name, value)
+    for gateway in pipeline["gateways"]:
+        hooks = page.pipeline.get(("gateway", gateway["url"]), {})
+        check(f"gateway {gateway['url']}", hooks, "up", gateway["up"])
+        if not gateway["up"] and gateway["error"] not in hooks.get("up", Hook({})).value:
+            problems.append(f"gateway {gateway['url']}: the error {gateway['error']!r} is not shown")
+        for name in GATEWAY_FIGURES:
+            check(f"gateway {gateway['url']}", hooks, name, (gateway["figures"] or {}).get(name))
+    rendered_lag = {key for kind, key in page.pipeline if kind == "lag"}
+    expected_lag = set()
+    for worker in pipeline["workers"]:
+        if worker["error"]:
+            check(f"worker {worker['url']}", page.pipeline.get(("worker", worker["url"]), {}), "error",
+                  worker["error"])
+        for entry in worker["lag"] or ():
+            key = f"{worker['url']} {entry['topic']} {entry['partition']}"
+            expected_lag.add(key)
+            check(f"lag {key}", page.pipeline.get(("lag", key), {}), "lag", entry["lag"])
+    if rendered_lag != expected_lag:
+        problems.append(f"lag rows {sorted(rendered_lag)} != {sorted(expected_lag)}")
+    return problems, checked
 
 
 def compare(page: Page, api: Api) -> tuple[list[str], int]:
@@ -260,6 +344,10 @@ def compare(page: Page, api: Api) -> tuple[list[str], int]:
     for i, alert in enumerate(alerts):
         for key in ALERT_FIELDS:
             check(f"alert {i}.{key}", page.alerts.get(i, {}).get(key), alert.get(key))
+    if api.pipeline is not None:
+        more, count = compare_pipeline(page, api.pipeline)
+        problems += more
+        checked += count
     return problems, checked
 
 
@@ -326,7 +414,39 @@ def canned_api(now_ms: int, *, with_health: bool = True) -> dict[str, object]:
                                                        "watermark_ms": now_ms, "1m": windows, "5m": []}
     if with_health:
         answers["/alerts"] = {"alerts": alerts}
+        answers["/pipeline"] = canned_pipeline(now_ms)
     return answers
+
+
+def canned_pipeline(now_ms: int) -> dict:
+    """A `/pipeline` answer: a gateway up with Kafka down, a gateway and a worker not answering."""
+    north = {"connections": 12, "received": 45210, "unacked": 134, "spooled": 120, "oldest_age_s": 8.5,
+             "kafka_connected": False, "acked": 45001, "deadlettered": 2, "rejected": 0,
+             "free_disk_bytes": 12_345_678_901, "disk_low": False}
+    return {
+        "gateways": [
+            {"url": "http://gw-north:9883/metrics", "up": True, "scraped_at_ms": now_ms - 1000, "error": None,
+             "figures": north},
+            {"url": "http://gw-south:9883/metrics", "up": False, "scraped_at_ms": now_ms - 1000,
+             "error": "no answer within 2 s", "figures": None},
+        ],
+        "workers": [
+            {"url": "http://127.0.0.1:6066", "ready": True, "error": None,
+             "lag": [{"topic": "ferry.telemetry", "partition": 0, "lag": 0},
+                     {"topic": "ferry.telemetry", "partition": 1, "lag": 17}],
+             "counted": {"received": 13402, "duplicates": 2, "gaps": 4, "lost_at_device": 2, "invalid": 1,
+                         "devices": 3}},
+            {"url": "http://10.0.0.6:6066", "ready": None, "error": "ClientConnectorError: cannot connect",
+             "lag": None, "counted": None},
+        ],
+        "path": [
+            {"stage": "devices", "count": 13406, "lost": 2},
+            {"stage": "gateway", "count": 45210, "waiting": 134},
+            {"stage": "kafka", "count": 45001, "waiting": 17},
+            {"stage": "worker", "count": 13402, "duplicates": 2, "invalid": 1},
+        ],
+        "complete": False,
+    }
 
 
 class CannedApi:
@@ -384,7 +504,7 @@ class CannedApi:
         detail = a.get(f"/devices/{selected}")
         metrics = detail.get("metrics", []) if isinstance(detail, dict) else []
         return Api(a.get("/accounting"), a["/devices"], a.get("/alerts"), selected, detail,
-                   {m: a.get(f"/devices/{selected}/series/{m}") for m in metrics})
+                   {m: a.get(f"/devices/{selected}/series/{m}") for m in metrics}, a.get("/pipeline"))
 
 
 @pytest.fixture
@@ -403,6 +523,15 @@ def test_renders_every_number_of_the_full_api(tmp_path: Path, vendored: None) ->
     assert page.rows["dev-02"]["state"].attrs["class"] == "state state-warning"
     assert page.rows["dev-03"]["state"].attrs["class"] == "state state-offline"
     assert "boot 4: 100–101, boot 4: 500–501" in page.text  # open gaps in the device panel
+    # The pipeline panel: every figure of /pipeline checked above; what is flagged and said in words.
+    assert ("pipeline", "gw-north") not in page.pipeline and len(page.pipeline) >= 4 + 2 + 2 + 1
+    assert page.pipeline[("gateway", "http://gw-north:9883/metrics")]["kafka_connected"].value == "down"
+    assert page.pipeline[("gateway", "http://gw-north:9883/metrics")]["free_disk_bytes"].value == "12.3 GB"
+    assert page.pipeline[("gateway", "http://gw-south:9883/metrics")]["up"].value == "down: no answer within 2 s"
+    assert "incomplete: a gateway or worker did not answer" in page.text
+    # A chart of many windows spans them exactly (the first start to the last).
+    windows = served.answers["/devices/dev-02/series/temp_c"]["1m"]
+    assert page.chart_ranges["temp_c"] == (windows[0]["start_ms"] / 1000, windows[-1]["start_ms"] / 1000)
     # No request left the page's own origin (the canned server saw them all; a CDN would not show here).
     assert any(r.startswith("/dashboard/vendor/uPlot.iife.min.js") for r in served.requests)
 
@@ -416,6 +545,29 @@ def test_shows_a_dash_for_what_an_older_api_lacks(tmp_path: Path, vendored: None
         assert page.totals[key].value == NONE
     assert {page.rows[d]["state"].value for d in page.rows} == {NONE}
     assert "this worker serves no /alerts yet" in page.text
+    assert "this worker serves no /pipeline yet" in page.text
+    assert {page.pipeline[("path", stage)]["count"].value for stage in ("devices", "gateway", "kafka", "worker")} \
+        == {NONE}
+
+
+@pytest.mark.integration
+def test_a_chart_of_one_point_spans_minutes_not_years(tmp_path: Path, vendored: None) -> None:
+    """uPlot pads an empty time range (one window, seen 30 s into a demo) to years; the page gives
+    it a window either side."""
+    now_ms = int(time.time() * 1000)
+    answers = canned_api(now_ms)
+    for metric in ("rh_pct", "temp_c"):
+        series = answers[f"/devices/dev-02/series/{metric}"]
+        series["1m"] = series["1m"][-1:]  # one open window
+        if metric == "rh_pct":  # two windows at the same start: no range either
+            series["1m"] = series["1m"] * 2
+    point_s = answers["/devices/dev-02/series/temp_c"]["1m"][0]["start_ms"] / 1000
+    with CannedApi(answers) as served:
+        page = Page.parse(render_dom(f"http://127.0.0.1:{served.port}/dashboard/index.html#dev-02", tmp_path))
+        assert_page_matches(page, served.api("dev-02"))
+    assert set(page.chart_ranges) == {"rh_pct", "temp_c"}, "the charts did not report their time range"
+    for metric, (low, high) in page.chart_ranges.items():
+        assert low < point_s < high and high - low <= 600, f"{metric}: x from {low} to {high}, the point at {point_s}"
 
 
 @pytest.mark.integration
@@ -541,6 +693,100 @@ def test_dashboard_of_a_real_worker(kafka, tmp_path: Path, vendored: None) -> No
         target = Path(os.environ["FERRY_SCREENSHOT"])
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(png, target)
+
+
+# ---- the pipeline panel of a real worker scraping a real gateway -------------------------------
+
+PIPELINE_READINGS = 12
+
+
+def gateway_figures(metrics_port: int) -> GatewayFigures:
+    """The gateway's figures, read from its metrics endpoint as Prometheus would."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as response:
+        return GatewayFigures.from_families(parse_exposition(response.read().decode()))
+
+
+@pytest.mark.integration
+def test_pipeline_panel_shows_what_the_gateways_metrics_say(kafka, tmp_path: Path, vendored: None) -> None:
+    """device → gateway (its Kafka bridge) → Kafka → worker, all real; the panel's numbers are the
+    gateway's metrics endpoint's, and the path's counts those of each stage."""
+    topics = create_topics(kafka, "pipe")
+    names = topics.naming
+    metrics_port = free_port()
+    gateway = GatewayProcess(tmp_path / "gw", metrics_port=metrics_port, config_text=(
+        f'[bridge]\nkafka = "{kafka.bootstrap_servers}"\ngateway_id = "gw-pipe"\n'
+        f'telemetry_topic = "{names.telemetry_topic}"\nstatus_topic = "{names.status_topic}"\n'))
+    metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+    dead_url = f"http://127.0.0.1:{free_port()}/metrics"  # nothing listens: shown down, with the error
+    now_ms = int(time.time() * 1000)
+    with gateway:
+        device = TestClient(gateway.port, "dev-p1")
+        try:
+            infos = [device.client.publish(f"ferry/site-1/dev-p1/telemetry", encode_reading(
+                Reading("dev-p1", 1, seq, now_ms - (PIPELINE_READINGS - seq) * 1000, True, {"temp_c": 20.5})), 1)
+                for seq in range(PIPELINE_READINGS)]
+            for info in infos:
+                info.wait_for_publish(10)
+            worker, port = worker_process(kafka, topics, tmp_path, gateways=f"{metrics_url},{dead_url}",
+                                          gateway_scrape_interval_s="0.5", gateway_scrape_timeout_s="1")
+            with worker:
+                def settled(view: object) -> bool:
+                    if not isinstance(view, dict) or not view["gateways"][0]["up"]:
+                        return False
+                    figures = view["gateways"][0]["figures"]
+                    counts = {s["stage"]: s["count"] for s in view["path"]}
+                    return (figures["acked"] == PIPELINE_READINGS and counts["worker"] == PIPELINE_READINGS
+                            and not view["gateways"][1]["up"] and view["gateways"][1]["error"] is not None)
+                view = wait_for(lambda: get_json(port, "/pipeline"), settled, worker)
+                assert settled(view), view
+                url = f"http://127.0.0.1:{port}/dashboard/index.html#dev-p1"
+                for _ in range(3):  # a scrape may land while the page renders: retry
+                    before = get_json(port, "/pipeline")
+                    page = Page.parse(render_dom(url, tmp_path))
+                    after = get_json(port, "/pipeline")
+                    if strip_volatile(after) == strip_volatile(before):
+                        break
+                else:
+                    pytest.fail("the pipeline kept changing while the page rendered")
+                metrics = gateway_figures(metrics_port)
+                assert worker.stop() == 0, worker.log_tail()
+        finally:
+            device.close()
+    assert page.state == "ready", page.text
+    problems, checked = compare_pipeline(page, before)
+    # Free disk moves with every other writer on this machine: the page shows a recent scrape.
+    problems = [p for p in problems if ".free_disk_bytes:" not in p]
+    assert not problems, "the pipeline panel differs from /pipeline:\n" + "\n".join(problems)
+    assert checked >= 4 * 2 + 2 * (1 + len(GATEWAY_FIGURES))
+    north = page.pipeline[("gateway", metrics_url)]
+    # The panel against the gateway's own metrics endpoint, figure by figure.
+    for name in GATEWAY_FIGURES:
+        expected = getattr(metrics, name)
+        if name == "free_disk_bytes":
+            shown = float(north[name].attrs["data-value"])
+            assert abs(shown - expected) <= 0.05 * expected, f"free disk {shown} on the page, {expected} now"
+        else:
+            assert pipeline_mismatch(north[name], expected) is None, (name, north[name], expected)
+    assert (metrics.acked, metrics.unacked, metrics.spooled, metrics.kafka_connected) == \
+        (PIPELINE_READINGS, 0, 0, True)
+    assert metrics.connections == 1 and metrics.received == PIPELINE_READINGS
+    # The path: each stage's count where it comes from.
+    path = {s["stage"]: s for s in before["path"]}
+    assert path["gateway"]["count"] == metrics.received and path["kafka"]["count"] == metrics.acked
+    assert path["devices"]["count"] == path["worker"]["count"] == PIPELINE_READINGS
+    assert page.pipeline[("path", "worker")]["count"].value == str(PIPELINE_READINGS)
+    assert page.pipeline[("gateway", dead_url)]["up"].value.startswith("down: ClientConnectorError")
+    lag = before["workers"][0]["lag"]
+    assert lag and all(entry["lag"] == 0 for entry in lag), lag  # every record counted
+
+
+def strip_volatile(view: object) -> object:
+    """`/pipeline` without what changes with every scrape (its time, the free disk)."""
+    if not isinstance(view, dict):
+        return view
+    gateways = [{**g, "scraped_at_ms": None,
+                 "figures": g["figures"] and {**g["figures"], "free_disk_bytes": None}} for g in view["gateways"]]
+    return {**view, "gateways": gateways}
 
 
 # ---- no external requests ---------------------------------------------------------------------
