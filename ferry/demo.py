@@ -341,7 +341,8 @@ class Demo:
                  f"bridge -> 127.0.0.1:{uplink_port}")
         self.worker = WorkerProcess(work / "worker", "worker", broker=self.kafka.bootstrap_servers, app_id=APP_ID,
                                     partitions=PARTITIONS, web_host="127.0.0.1", web_port=self.web_port,
-                                    broker_session_timeout_s=6)
+                                    broker_session_timeout_s=6,  # the dashboard's pipeline panel scrapes the gateway
+                                    gateways=f"http://127.0.0.1:{self.gateway.metrics_port}/metrics")
         stack.callback(self.worker.stop)
         self.say("  worker   starting (Faust joins its consumer group)")
         self.worker.start()
@@ -467,6 +468,7 @@ class Demo:
     def final(self, drained: bool | None) -> int:
         rows = balances(self.fleet.rows(), self.worker.get("/devices")) if self.fleet else []
         server = self.worker.get("/accounting") if self.worker else None
+        pipeline = self.worker.get("/pipeline") if self.worker else None
         t = total(rows)
         bad = [r.device for r in rows if r.unaccounted != 0]
         self.say("")
@@ -503,7 +505,7 @@ class Demo:
                 "total": {**asdict(t), "unaccounted": t.unaccounted},
                 "devices": [{**asdict(r), "unaccounted": r.unaccounted} for r in rows],
                 "server_accounting": server, "power_cuts": power_cuts, "uplink_outages": self.outages,
-                "max_spool_depth": self.max_spool, "uplink": uplink_stats}, indent=1))
+                "max_spool_depth": self.max_spool, "uplink": uplink_stats, "pipeline": pipeline}, indent=1))
         return EXIT_OK if ok else EXIT_UNACCOUNTED
 
 

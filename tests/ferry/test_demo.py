@@ -121,8 +121,8 @@ def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
 @pytest.mark.integration
 def test_demo_accounts_for_every_reading_through_power_cuts_and_uplink_outages(tmp_path: Path) -> None:
     report = tmp_path / "demo.json"
-    argv = [sys.executable, "-m", "ferry", "demo", "--devices", "4", "--duration", "40", "--sample-ms", "500",
-            "--power-cuts-per-min", "6", "--uplink-outage-every", "15", "--uplink-outage-s", "5",
+    argv = [sys.executable, "-m", "ferry", "demo", "--devices", "4", "--duration", "28", "--sample-ms", "500",
+            "--power-cuts-per-min", "6", "--uplink-outage-every", "12", "--uplink-outage-s", "4",
             "--web-port", "0", "--live-every", "5", "--drain-timeout", "60",
             "--work-dir", str(tmp_path / "work"), "--json", str(report)]
     started = time.monotonic()
@@ -145,6 +145,10 @@ def test_demo_accounts_for_every_reading_through_power_cuts_and_uplink_outages(t
     assert t["at_gateway"] == t["received"]  # what reached the gateway reached the server, once
     assert t["lost_at_device_server"] == t["dropped_at_device"]  # the server learnt the devices' own count
     assert summary["server_accounting"]["received"] == t["received"]
+    # The dashboard's pipeline panel: the worker scraped the demo's gateway (the path's stages are
+    # checked against the gateway's metrics by tests/server/test_dashboard_browser.py).
+    gateways = summary["pipeline"]["gateways"]
+    assert len(gateways) == 1 and gateways[0]["up"], gateways
     assert summary["uplink_outages"] == 2 and summary["uplink"]["cuts"] >= 1  # the outages cut the bridge
     assert summary["max_spool_depth"] > 0, "the outages never held anything in the bridge's spool"
     assert elapsed < 120, f"the demo took {elapsed:.0f} s"
