@@ -23,8 +23,9 @@ DEVICES = sorted(f"dev-{i:04d}" for i in range(1000))
 """Enough to fill Faust's standby buffer (1,000 changelog records per table) at once: a standby
 copy reaches the table only in such batches, or when a rebalance flushes it."""
 PER_DEVICE = 2
-WATCH_S = 12.0
-"""How long both workers are watched once settled: more than two health checks (every 5 s)."""
+HEALTH_CHECK_S = 2
+WATCH_S = 5.0
+"""How long both workers are watched once settled: more than two health checks (every HEALTH_CHECK_S)."""
 
 
 def test_a_worker_without_an_active_partition_counts_nothing_as_its_own(kafka, tmp_path: Path) -> None:
@@ -34,8 +35,10 @@ def test_a_worker_without_an_active_partition_counts_nothing_as_its_own(kafka, t
     # Received an hour ago and silent since: the owner's first health check calls every device offline.
     produce(kafka, topics.naming, messages, received_ms=int(time.time() * 1000) - 3_600_000)
     app_id = f"ferry-spare-{uuid.uuid4().hex[:8]}"
-    first, _ = worker_process(kafka, topics, tmp_path / "first", app_id=app_id, partitions=1)
-    second, _ = worker_process(kafka, topics, tmp_path / "second", app_id=app_id, partitions=1)
+    first, _ = worker_process(kafka, topics, tmp_path / "first", app_id=app_id, partitions=1,
+                              health_check_interval_s=HEALTH_CHECK_S)
+    second, _ = worker_process(kafka, topics, tmp_path / "second", app_id=app_id, partitions=1,
+                               health_check_interval_s=HEALTH_CHECK_S)
     expected = len(DEVICES) * PER_DEVICE
     with first, second:
         workers = (first, second)
