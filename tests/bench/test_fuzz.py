@@ -10,8 +10,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ferry.bench import fuzz
-from ferry.bench.fuzz import CodecInput, CoreRun, FuzzFailure, HypothesisSource
+from ferry.bench import fuzz, fuzz_codec, fuzz_core
+from ferry.bench.fuzz_codec import CodecInput
+from ferry.bench.fuzz_core import CoreRun
+from ferry.bench.fuzz_input import FuzzFailure, HypothesisSource
 from ferry.bench.main import main as bench_main
 from ferry.gateway.broker.core import Broker
 from ferry.gateway.mqtt import (
@@ -42,14 +44,14 @@ def test_codec_short_run() -> None:
 
 
 def test_core_short_run() -> None:
-    report = fuzz.run_random(fuzz.CORE, CORE_SEQUENCES, seed=20_240_601, tolerate=fuzz.KNOWN_CORE_DEFECTS)
+    report = fuzz.run_random(fuzz.CORE, CORE_SEQUENCES, seed=20_240_601, tolerate=fuzz_core.KNOWN_CORE_DEFECTS)
     assert report.inputs == CORE_SEQUENCES
     _no_crashes(report)
 
 
 def test_the_corpus_is_valid_and_has_every_packet_type_for_both_versions() -> None:
     types: dict[ProtocolVersion, set[str]] = {V311: set(), V5: set()}
-    for seed in fuzz.corpus():
+    for seed in fuzz_codec.corpus():
         if seed.side == "server":
             decoder = Decoder(server_side=True)
         else:
@@ -69,16 +71,16 @@ def test_the_corpus_is_valid_and_has_every_packet_type_for_both_versions() -> No
 def test_mutated_packets_only_raise_protocol_error_and_round_trip(data: st.DataObject) -> None:
     """Decode a mutated stream (whole and chunked): only ProtocolError, and every decoded packet
     re-encodes and decodes to an equal packet."""
-    fuzz.check_codec(fuzz.make_codec_input(HypothesisSource(data), fuzz.corpus()))
+    fuzz_codec.check_codec(fuzz_codec.make_codec_input(HypothesisSource(data), fuzz_codec.corpus()))
 
 
 @PROPERTY
 @given(st.sampled_from(["server", "client-v311", "client-v5"]), st.binary(max_size=200),
        st.lists(st.integers(0, 200), max_size=6))
 def test_random_bytes_decode_the_same_in_any_chunking(side: str, data: bytes, cuts: list[int]) -> None:
-    prefix = fuzz.PRIME[V5] if side == "server" and data[:1] != b"\x10" else b""
+    prefix = fuzz_codec.PRIME[V5] if side == "server" and data[:1] != b"\x10" else b""
     stream = prefix + data
-    fuzz.check_codec(CodecInput(side, stream, tuple(sorted({c % (len(stream) + 1) for c in cuts}))))
+    fuzz_codec.check_codec(CodecInput(side, stream, tuple(sorted({c % (len(stream) + 1) for c in cuts}))))
 
 
 @settings(max_examples=40, deadline=None, database=None,
@@ -86,7 +88,7 @@ def test_random_bytes_decode_the_same_in_any_chunking(side: str, data: bytes, cu
 @given(st.data())
 def test_core_invariants_hold_for_hypothesis_sequences(data: st.DataObject) -> None:
     with fuzz.quiet_logs():
-        fuzz.fuzz_core_once(HypothesisSource(data), tolerate=fuzz.KNOWN_CORE_DEFECTS)
+        fuzz_core.fuzz_core_once(HypothesisSource(data), tolerate=fuzz_core.KNOWN_CORE_DEFECTS)
 
 
 # ------------------------------------------------------------------ the fuzzer can fail
@@ -117,7 +119,7 @@ class DropsRetainFlag(Decoder):
                                               (DropsRetainFlag, "FuzzFailure: [property]")])
 def test_a_broken_decoder_is_reported_with_a_reproducer(monkeypatch: pytest.MonkeyPatch, broken: type,
                                                         expected: str) -> None:
-    monkeypatch.setattr(fuzz, "Decoder", broken)
+    monkeypatch.setattr(fuzz_codec, "Decoder", broken)
     report = fuzz.run_random(fuzz.CODEC, 2_000, seed=1)
     assert report.crash_count > 0
     crash = report.crashes[0]
@@ -130,7 +132,7 @@ def test_a_broken_decoder_is_reported_with_a_reproducer(monkeypatch: pytest.Monk
 
 def test_the_command_exits_1_and_prints_the_reproducer(monkeypatch: pytest.MonkeyPatch,
                                                         capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setattr(fuzz, "Decoder", IndexErrorOnFF)
+    monkeypatch.setattr(fuzz_codec, "Decoder", IndexErrorOnFF)
     assert bench_main(["fuzz", "--target", "codec", "--inputs", "500", "--seed", "3", "--quiet"]) == 1
     out = capsys.readouterr().out
     assert "codec crash at input #" in out and "IndexError: planted bug" in out
@@ -140,7 +142,7 @@ def test_the_command_exits_1_and_prints_the_reproducer(monkeypatch: pytest.Monke
 
 def test_the_command_exits_0_on_a_clean_run(capsys: pytest.CaptureFixture[str]) -> None:
     assert bench_main(["fuzz", "--target", "all", "--inputs", "200", "--quiet",
-                       *[a for kind in fuzz.KNOWN_CORE_DEFECTS for a in ("--tolerate", kind)]]) == 0
+                       *[a for kind in fuzz_core.KNOWN_CORE_DEFECTS for a in ("--tolerate", kind)]]) == 0
     out = capsys.readouterr().out
     assert "codec: 200 inputs" in out and "core: 200 inputs" in out
 
@@ -148,7 +150,7 @@ def test_the_command_exits_0_on_a_clean_run(capsys: pytest.CaptureFixture[str]) 
 def test_acknowledging_before_the_commit_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
     """A core that sends PUBACK/SUBACK/CONNACK without waiting for its records' batch."""
     monkeypatch.setattr(Broker, "_wait_batch", lambda self, appends_before: 0)
-    report = fuzz.run_random(fuzz.CORE, 300, seed=1, tolerate=fuzz.KNOWN_CORE_DEFECTS)
+    report = fuzz.run_random(fuzz.CORE, 300, seed=1, tolerate=fuzz_core.KNOWN_CORE_DEFECTS)
     assert "FuzzFailure[ack-before-commit]" in report.signatures, report.signatures
     assert "run.apply(step)" in report.crashes[0].reproducer
 
@@ -160,13 +162,13 @@ def test_waiting_for_the_batch_pending_after_the_appends_is_caught(monkeypatch: 
     came in a fresh-clone CI run. The model journal's `arm` step makes that seal happen."""
     monkeypatch.setattr(Broker, "_wait_batch",
                         lambda self, appends_before: self.journal.pending_batch if self._appends != appends_before else 0)
-    report = fuzz.run_random(fuzz.CORE, 300, seed=1, tolerate=fuzz.KNOWN_CORE_DEFECTS)
+    report = fuzz.run_random(fuzz.CORE, 300, seed=1, tolerate=fuzz_core.KNOWN_CORE_DEFECTS)
     assert "FuzzFailure[stuck-ack]" in report.signatures, report.signatures
 
 
 def test_a_session_left_on_a_lost_connection_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(Broker, "_detach", lambda self, conn, now: None)
-    report = fuzz.run_random(fuzz.CORE, 300, seed=1, tolerate=fuzz.KNOWN_CORE_DEFECTS)
+    report = fuzz.run_random(fuzz.CORE, 300, seed=1, tolerate=fuzz_core.KNOWN_CORE_DEFECTS)
     assert "FuzzFailure[session-on-closed-connection]" in report.signatures, report.signatures
 
 
@@ -179,7 +181,7 @@ def test_an_exception_in_the_core_is_caught(monkeypatch: pytest.MonkeyPatch) -> 
         return handle_packet(self, conn, packet, now)
 
     monkeypatch.setattr(Broker, "handle_packet", broken)
-    report = fuzz.run_random(fuzz.CORE, 300, seed=1, tolerate=fuzz.KNOWN_CORE_DEFECTS)
+    report = fuzz.run_random(fuzz.CORE, 300, seed=1, tolerate=fuzz_core.KNOWN_CORE_DEFECTS)
     assert any(sig.startswith("KeyError") for sig in report.signatures), report.signatures
 
 
@@ -261,7 +263,7 @@ def test_a_retained_message_is_queued_once_per_session() -> None:
 
 def test_protocol_error_is_the_only_exception_of_the_reproducer_helpers() -> None:
     """`check_codec` itself: a ProtocolError input passes, and the decoded packets are returned."""
-    assert fuzz.check_codec(CodecInput("server", fuzz.PRIME[V5] + b"\xc0\x00")) != []
-    assert fuzz.check_codec(CodecInput("server", b"\x30\x00")) == []
+    assert fuzz_codec.check_codec(CodecInput("server", fuzz_codec.PRIME[V5] + b"\xc0\x00")) != []
+    assert fuzz_codec.check_codec(CodecInput("server", b"\x30\x00")) == []
     with pytest.raises(ProtocolError):
         Decoder(server_side=True).feed(b"\x30\x00")
