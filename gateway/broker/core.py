@@ -18,18 +18,18 @@ from collections.abc import Callable
 from typing import Protocol
 
 from ferry.gateway.auth.access import AccessControl
-from ferry.gateway.auth.acl import Grant
 from ferry.gateway.broker import delivery, routing
+from ferry.gateway.broker.connect import ConnectHandling
 from ferry.gateway.broker.config import NEVER_EXPIRES, BrokerConfig, SessionPolicy
 from ferry.gateway.broker.policies import SessionPolicies
-from ferry.gateway.broker.index import Subscribed, SubscriptionIndex
+from ferry.gateway.broker.index import SubscriptionIndex
 from ferry.gateway.broker.limits import BrokerLimits
 from ferry.gateway.broker.session import Connection, Delivery, DeliveryState, Message, Session
+from ferry.gateway.broker.subscribe import SubscribeHandling
 from ferry.gateway.broker.stats import BrokerStats, DropReason
 from ferry.gateway.mqtt import (
-    EMPTY_PROPERTIES, Connack, Connect, Disconnect, Pingreq, Pingresp, Properties, ProtocolError,
-    ProtocolVersion, Puback, Pubcomp, Publish, Pubrec, Pubrel, ReasonCode, Suback, Subscribe,
-    Unsuback, Unsubscribe, encode, split_shared, topic_matches,
+    Connack, Connect, Disconnect, Pingreq, ProtocolError, ProtocolVersion, Puback, Pubcomp, Publish,
+    Pubrec, Pubrel, ReasonCode, Subscribe, Unsubscribe, encode,
 )
 from ferry.gateway.mqtt.reason_codes import CONNACK_CODES
 from ferry.gateway.store import records as rec
@@ -72,7 +72,7 @@ class SpoolSink(Protocol):
     def committed(self, batch: int) -> None: ...
 
 
-class Broker:
+class Broker(ConnectHandling, SubscribeHandling):
     """All sessions, subscriptions and retained messages of one gateway."""
 
     def __init__(self, config: BrokerConfig, journal: RecordSink, *, now: float, wall: float,
@@ -320,202 +320,6 @@ class Broker:
         message = Message(0, topic, payload, 0, True, "")
         self.retained[topic] = message
         self._route(message, now)
-
-    # ------------------------------------------------------------------ CONNECT / DISCONNECT
-
-    def _on_connect(self, conn: Connection, packet: Connect, now: float) -> None:
-        if conn.session is not None:
-            self._violation(conn, ReasonCode.PROTOCOL_ERROR, "MQTT-3.1.0-2",
-                            "second CONNECT on a connection")
-            return
-        conn.protocol_version = packet.protocol_version
-        v5 = packet.protocol_version is V5
-        client_id = packet.client_id
-        assigned = None
-        if not client_id:
-            if not v5 and not packet.clean_start:
-                self._send_packet(conn, Connack(False, ReasonCode.CLIENT_IDENTIFIER_NOT_VALID))
-                self._close(conn, ReasonCode.CLIENT_IDENTIFIER_NOT_VALID, send_disconnect=False)
-                return
-            client_id = assigned = self._new_client_id()
-        policy = self._policies.get(client_id)
-        if policy is not None and not conn.internal:
-            log.warning("refusing %s: client id %r is reserved for the gateway itself", conn.peer, client_id)
-            self._send_packet(conn, Connack(False, ReasonCode.CLIENT_IDENTIFIER_NOT_VALID))
-            self._close(conn, ReasonCode.CLIENT_IDENTIFIER_NOT_VALID, send_disconnect=False)
-            return
-        if self.access is not None and not conn.internal and self._refuse_identity(conn, packet, client_id, now):
-            return
-        props = packet.properties
-        if v5 and props.authentication_method is not None:
-            # No enhanced authentication is offered: refuse the method and close [MQTT-4.12.0-1].
-            log.warning("refusing %s (%s): authentication method %r is not supported", client_id, conn.peer,
-                        props.authentication_method)
-            self._send_packet(conn, Connack(False, ReasonCode.BAD_AUTHENTICATION_METHOD))
-            self._close(conn, ReasonCode.BAD_AUTHENTICATION_METHOD, send_disconnect=False)
-            return
-        if v5:
-            expiry = min(props.session_expiry_interval or 0, self.config.max_session_expiry_s)
-            if policy is not None:  # the gateway's own session is not bound by client limits
-                expiry = props.session_expiry_interval or 0
-            if props.receive_maximum:
-                conn.inflight_limit = min(props.receive_maximum, self.config.max_inflight_messages)
-            if props.maximum_packet_size:
-                conn.max_packet_size = props.maximum_packet_size
-        else:
-            expiry = 0 if packet.clean_start else self.config.persistent_session_expiry_s
-        keepalive = packet.keepalive_s
-        server_keepalive = None
-        max_keepalive = self.config.max_keepalive_s
-        if keepalive > max_keepalive or (keepalive == 0 and max_keepalive < 65535):
-            if not v5:
-                # 3.1.1 cannot be told another keepalive; Mosquitto rejects these too.
-                self._send_packet(conn, Connack(False, ReasonCode.CLIENT_IDENTIFIER_NOT_VALID))
-                self._close(conn, ReasonCode.CLIENT_IDENTIFIER_NOT_VALID, send_disconnect=False)
-                return
-            keepalive = server_keepalive = self.config.max_keepalive_s
-        refusal = self.limits.session_refusal(conn, client_id, expiry, self.sessions, now)
-        if refusal is not None:
-            self._send_packet(conn, Connack(False, refusal))
-            self._close(conn, refusal, send_disconnect=False)
-            return
-        conn.keepalive_s = keepalive
-        conn.will = packet.will
-        before = self._appends
-
-        session = self.sessions.get(client_id)
-        if session is not None and session.connection is not None:
-            old = session.connection
-            log.info("session %s taken over: closing %s for %s", client_id, old.peer, conn.peer)
-            self._close(old, ReasonCode.SESSION_TAKEN_OVER)
-            self._detach(old, now)
-            session = self.sessions.get(client_id)
-        pending = self._pending_wills.pop(client_id, None)
-        if pending is not None and packet.clean_start:
-            self._publish_will(pending[1], now)
-        if session is not None and packet.clean_start:
-            self._end_session(session, now)
-            session = None
-        session_present = session is not None
-        if session is None:
-            session = Session(client_id, packet.protocol_version, expiry)
-            self.sessions[client_id] = session
-        if conn.identity is not None:
-            session.owner = conn.identity.username or ""
-        session.protocol_version = packet.protocol_version
-        session.expiry_interval_s = expiry
-        session.expires_at = None
-        session.connection = conn
-        conn.session = session
-        if session.persistent:
-            self._record(rec.SessionSaved(client_id, int(packet.protocol_version), expiry, session.owner))
-            session.stored = True
-        elif session.stored:
-            self._unstore(session)  # a v5 client resumed it with Session Expiry 0
-
-        connack_props = EMPTY_PROPERTIES
-        if v5:
-            connack_props = Properties(
-                receive_maximum=self.config.receive_maximum,
-                maximum_packet_size=self.config.max_packet_size_bytes,
-                topic_alias_maximum=self.config.topic_alias_maximum,
-                assigned_client_identifier=assigned,
-                server_keep_alive=server_keepalive,
-                session_expiry_interval=expiry if expiry != (props.session_expiry_interval or 0) else None,
-            )
-        log.info("connect %s from %s (v%s, clean=%s, expiry=%s, present=%s)", client_id, conn.peer,
-                 5 if v5 else "3.1.1", packet.clean_start, expiry, session_present)
-        self._send_packet(conn, Connack(session_present, ReasonCode.SUCCESS, connack_props),
-                          self._wait_batch(before))
-        self._resume(session, conn, now)
-
-    def _refuse_identity(self, conn: Connection, packet: Connect, client_id: str, now: float) -> bool:
-        """Refuse a CONNECT whose credentials failed, or whose identity may not use this client id or
-        will topic (CONNACK 0x86/0x87/0x85; 3.1.1: 4/5/2); whether it was refused."""
-        identity = conn.identity
-        reason = conn.auth_refusal
-        if reason is None and identity is None:
-            reason = ReasonCode.NOT_AUTHORIZED  # the network layer did not authenticate it
-        if reason is not None:
-            self.access.denied["connect"] += 1
-            log.warning("refusing %s from %s: %s", client_id, conn.peer, reason.name)
-        else:
-            will_topic = packet.will.topic if packet.will is not None else None
-            session = self.sessions.get(client_id)
-            owner = None if session is None else session.owner
-            reason = self.access.connect_refusal(identity, client_id, will_topic, owner, now)
-        if reason is None:
-            return False
-        self._send_packet(conn, Connack(False, reason))
-        self._close(conn, reason, send_disconnect=False)
-        return True
-
-    def _on_pingreq(self, conn: Connection, session: Session, packet: Pingreq, now: float) -> None:
-        self._send_packet(conn, Pingresp())
-
-    def _on_disconnect(self, conn: Connection, session: Session, packet: Disconnect, now: float) -> None:
-        if conn.protocol_version is V5:
-            new_expiry = packet.properties.session_expiry_interval
-            if new_expiry is not None:
-                if session.expiry_interval_s == 0 and new_expiry != 0:
-                    self._violation(conn, ReasonCode.PROTOCOL_ERROR, "MQTT-3.14.2-2",
-                                    "session expiry set in DISCONNECT after 0 in CONNECT")
-                    return
-                session.expiry_interval_s = min(new_expiry, self.config.max_session_expiry_s)
-                if session.persistent:
-                    self._record(rec.SessionSaved(session.client_id, int(session.protocol_version),
-                                                  session.expiry_interval_s, session.owner))
-        conn.clean_disconnect = packet.reason_code != ReasonCode.DISCONNECT_WITH_WILL_MESSAGE
-        log.info("disconnect %s (%s): %s", conn.client_id, conn.peer, packet.reason_code.name)
-        conn.close_reason = packet.reason_code
-        self._ready.add(conn)
-
-    def _publish_will(self, conn: Connection, now: float) -> None:
-        will = conn.will
-        conn.will = None
-        if will is None:
-            return
-        self.stats.wills_published += 1
-        wall = self.wall(now)
-        message = Message(0, will.topic, will.payload, will.qos, will.retain, conn.client_id,
-                          delivery.forwarded_properties(will.properties),
-                          delivery.expiry_at(will.properties, wall), received_at=wall,
-                          publisher=conn.identity.username if conn.identity else None)
-        if will.retain and self.limits.may_retain(conn, message, self.retained, now):
-            self._retain(message)
-        self._route(message, now)
-
-    def _end_session(self, session: Session, now: float) -> None:
-        """Forget a session: subscriptions, queue, QoS 2 state."""
-        for topic_filter, sub in session.subscriptions.items():
-            group, plain = split_shared(topic_filter)
-            self.index.remove(session.client_id, plain, group)
-        self._unstore(session)
-        if self.sessions.get(session.client_id) is session:
-            del self.sessions[session.client_id]
-
-    def _unstore(self, session: Session) -> None:
-        """Take a session out of the store: its deliveries stay in memory only, and no record refers
-        to it after its `SessionDeleted`."""
-        for item in itertools.chain(session.inflight.values(), session.queue):
-            if item.durable:
-                if item.state is not DeliveryState.PUBREL_SENT:
-                    self._release_message(item.message)
-                item.durable = False
-        if session.stored:
-            self._record(rec.SessionDeleted(session.client_id))
-            session.stored = False
-
-    def _resume(self, session: Session, conn: Connection, now: float) -> None:
-        """Resend PUBRELs, then what was in flight (DUP) as far as the client's window allows, then
-        fill the window from the queue."""
-        session.unsent.clear()
-        for item in session.inflight.values():
-            if item.state is DeliveryState.PUBREL_SENT:
-                self._send_packet(conn, Pubrel(item.packet_id))
-            else:
-                session.unsent.append(item.packet_id)
-        self._fill_window(session, now)
 
     # ------------------------------------------------------------------ PUBLISH in
 
@@ -838,104 +642,3 @@ class Broker:
         else:
             self._send_packet(conn, Pubcomp(packet.packet_id, ReasonCode.PACKET_IDENTIFIER_NOT_FOUND
                                             if conn.protocol_version is V5 else ReasonCode.SUCCESS))
-
-    # ------------------------------------------------------------------ SUBSCRIBE
-
-    def _on_subscribe(self, conn: Connection, session: Session, packet: Subscribe, now: float) -> None:
-        before = self._appends
-        sub_id = packet.properties.subscription_identifiers[0] \
-            if packet.properties.subscription_identifiers else None
-        codes = []
-        retained_out: list[tuple[Message, Subscribed]] = []
-        for request in packet.subscriptions:
-            group, plain = split_shared(request.topic_filter)
-            refused = self.limits.subscribe_refusal(conn, session, request.topic_filter, now)
-            if refused is not None:  # over max_topic_length/levels or max_subscriptions_per_client
-                codes.append(refused)
-                continue
-            if not self._may_subscribe(conn, session, plain, now):
-                codes.append(ReasonCode.NOT_AUTHORIZED)  # 3.1.1: 0x80
-                continue
-            granted = min(request.qos, 2)
-            sub = Subscribed(session.client_id, request.topic_filter, granted, request.no_local,
-                             request.retain_as_published, request.retain_handling, sub_id)
-            is_new = self.index.add(session.client_id, plain, sub, group)
-            session.subscriptions[request.topic_filter] = sub
-            if session.persistent:
-                self._record(rec.SubscriptionAdded(
-                    session.client_id, request.topic_filter, granted, request.no_local,
-                    request.retain_as_published, request.retain_handling, sub_id))
-            codes.append(ReasonCode(granted))
-            if group is None and (request.retain_handling == 0 or (request.retain_handling == 1 and is_new)):
-                retained_out.extend((m, sub) for m in self._retained_matching(plain, now))
-        self._send_packet(conn, Suback(packet.packet_id, tuple(codes)), self._wait_batch(before))
-        if not retained_out:
-            return
-        # One delivery per retained message (the last matching filter's), and none of a message the
-        # session already has on its way: the store keeps one queue entry per session and message.
-        pending = {id(item.message) for item in itertools.chain(session.inflight.values(), session.queue)}
-        for message, sub in {id(message): (message, sub) for message, sub in retained_out}.values():
-            if id(message) in pending:
-                continue
-            qos = min(message.qos, sub.qos)
-            ids = (sub.subscription_id,) if sub.subscription_id else ()
-            self._deliver(session, Delivery(message, qos, True, ids), now)
-
-    def _may_subscribe(self, conn: Connection, session: Session, topic_filter: str, now: float) -> bool:
-        access = self.access
-        if access is None or conn.internal:
-            return True
-        grant = access.subscription(conn.identity, session.client_id, topic_filter)
-        if grant is Grant.DENIED:
-            access.deny("subscribe", conn.identity, session.client_id, f"filter {topic_filter!r}", now)
-            return False
-        if grant is Grant.CHECKED:
-            session.read_checked = True
-        return True
-
-    def review_reads(self) -> None:
-        """After a restore: mark the sessions whose subscriptions need each message checked under the
-        current ACL (one the ACL no longer grants at all gets nothing)."""
-        if self.access is None:
-            return
-        for session in self.sessions.values():
-            identity = self.access.identity_of(session.owner)
-            session.read_checked = any(
-                self.access.subscription(identity, session.client_id, split_shared(f)[1]) is not Grant.GRANTED
-                for f in session.subscriptions)
-
-    def _may_read(self, session: Session, topic: str, now: float) -> bool:
-        identity = self.access.identity_of(session.owner)
-        if self.access.may_read(identity, session.client_id, topic):
-            return True
-        self.access.deny("read", identity, session.client_id, f"topic {topic!r}", now)
-        return False
-
-    def _retained_matching(self, topic_filter: str, now: float) -> list[Message]:
-        """Retained messages for a new subscription; expired ones are deleted on the way."""
-        if "+" not in topic_filter and "#" not in topic_filter:
-            message = self.retained.get(topic_filter)
-            found = [] if message is None else [message]
-        else:
-            found = [m for topic, m in self.retained.items() if topic_matches(topic_filter, topic)]
-        wall = self.wall(now)
-        live = []
-        for message in found:
-            if message.expiry_at is not None and message.expiry_at <= wall:
-                self._retain(Message(0, message.topic, b"", 0, True, message.origin))
-            else:
-                live.append(message)
-        return live
-
-    def _on_unsubscribe(self, conn: Connection, session: Session, packet: Unsubscribe, now: float) -> None:
-        before = self._appends
-        codes = []
-        for topic_filter in packet.topic_filters:
-            group, plain = split_shared(topic_filter)
-            existed = session.subscriptions.pop(topic_filter, None) is not None
-            self.index.remove(session.client_id, plain, group)
-            if existed and session.persistent:
-                self._record(rec.SubscriptionRemoved(session.client_id, topic_filter))
-            codes.append(ReasonCode.SUCCESS if existed else ReasonCode.NO_SUBSCRIPTION_EXISTED)
-        codes_sent = tuple(codes) if conn.protocol_version is V5 else ()
-        self._send_packet(conn, Unsuback(packet.packet_id, codes_sent), self._wait_batch(before))
