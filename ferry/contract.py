@@ -8,9 +8,11 @@ Everything here is pure: no I/O, no clock.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
+import sys
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -64,8 +66,10 @@ def check_id(field_name: str, value: object) -> str:
     return value
 
 
+@functools.lru_cache(maxsize=65536)
 def parse_topic(topic: str) -> DeviceTopic:
-    """Split a device topic; raises ContractError for anything else."""
+    """Split a device topic; raises ContractError for anything else. A device uses the same few
+    topics all its life: the answers are cached (bounded; an error is never cached)."""
     parts = topic.split("/")
     if len(parts) != 4 or parts[0] != TOPIC_ROOT:
         raise ContractError("topic", f"expected {TOPIC_ROOT}/<site>/<device>/<channel>")
@@ -100,6 +104,9 @@ class Reading:
 
 
 def _int_field(obj: dict, name: str, low: int, high: int, optional: bool = False) -> int | None:
+    value = obj.get(name)
+    if type(value) is int and low <= value <= high:  # the common case first (bool is not int here)
+        return value
     if name not in obj:
         if optional:
             return None
@@ -114,17 +121,29 @@ def _int_field(obj: dict, name: str, low: int, high: int, optional: bool = False
     return value
 
 
+_METRIC_NAMES_SEEN: set[str] = set()
+"""Metric names that matched `_METRIC_RE` (a fleet has few): checked once, not per reading."""
+_METRIC_NAMES_MAX = 4096
+_FLOAT_MAX = sys.float_info.max
+"""An integer metric beyond this is no finite float (JSON allows 10**400)."""
+
+
 def _metrics(obj: dict) -> dict[str, float]:
     metrics = obj.get("m")
-    if not isinstance(metrics, dict):
+    if type(metrics) is not dict:
         raise ContractError("m", "missing or not an object")
     if not 1 <= len(metrics) <= MAX_METRICS:
         raise ContractError("m", f"needs 1-{MAX_METRICS} metrics, got {len(metrics)}")
+    seen = _METRIC_NAMES_SEEN
     for name, value in metrics.items():
-        if not _METRIC_RE.fullmatch(name):
-            raise ContractError(f"m.{name}", "name must match [a-z][a-z0-9_]{0,31}")
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ContractError(f"m.{name}", f"must be a finite number, got {value!r}")
+        if name not in seen:
+            if not _METRIC_RE.fullmatch(name):
+                raise ContractError(f"m.{name}", "name must match [a-z][a-z0-9_]{0,31}")
+            if len(seen) < _METRIC_NAMES_MAX:
+                seen.add(name)
+        kind = type(value)  # bool is not int here
+        if not (kind is float and math.isfinite(value) or kind is int and -_FLOAT_MAX <= value <= _FLOAT_MAX):
+            raise ContractError(f"m.{name}", f"must be a finite number, got {value!r:.40}")
     return metrics
 
 
@@ -133,7 +152,7 @@ def parse_reading(payload: bytes) -> Reading:
     if len(payload) > MAX_READING_BYTES:
         raise ContractError("payload", f"{len(payload)} bytes, limit {MAX_READING_BYTES}")
     try:
-        obj = json.loads(payload.decode("utf-8"), parse_constant=_reject_constant)
+        obj = _JSON.decode(payload.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ContractError("payload", f"not UTF-8 JSON: {exc}") from None
     if not isinstance(obj, dict):
@@ -158,6 +177,10 @@ def parse_reading(payload: bytes) -> Reading:
 
 def _reject_constant(name: str) -> float:
     raise ContractError("payload", f"{name} is not valid JSON")
+
+
+_JSON = json.JSONDecoder(parse_constant=_reject_constant)
+"""One decoder for every payload: `json.loads` with an argument builds a new one per call."""
 
 
 def encode_reading(reading: Reading) -> bytes:
@@ -198,6 +221,16 @@ class Status:
     """Starts in a row before this one that failed (Ferry's firmware; 0 when a device leaves it out)."""
     faults: tuple[str, ...] = ()
     """Sensors the board runs without because it lacks their bus or pin (Ferry's firmware)."""
+    sensor_errors: tuple[SensorErrors, ...] = ()
+    """Failed reads per sensor since the boot, in the device's order (Ferry's firmware; empty when left out)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SensorErrors:
+    """One sensor's failed reads since the boot (a bus, CRC or checksum error, silence)."""
+
+    sensor: str
+    errors: int
 
 
 MAX_FAULTS = 16
@@ -206,7 +239,7 @@ MAX_FAULTS = 16
 def parse_status(payload: bytes) -> Status:
     """Validate a status payload; birth messages must carry firmware, reset cause and outbox counters."""
     try:
-        obj = json.loads(payload.decode("utf-8"), parse_constant=_reject_constant)
+        obj = _JSON.decode(payload.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ContractError("payload", f"not UTF-8 JSON: {exc}") from None
     if not isinstance(obj, dict):
@@ -233,7 +266,7 @@ def parse_status(payload: bytes) -> Status:
     return Status(device, state, boot, firmware, reset_cause,
                   _int_field(outbox, "queued", 0, MAX_U32), _int_field(outbox, "dropped", 0, MAX_U32),
                   _int_field(obj, "boot_failures", 0, MAX_U32, optional=True) or 0,
-                  _names_field(obj, "faults"))
+                  _names_field(obj, "faults"), _sensor_errors_field(obj))
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,11 +291,13 @@ class BridgeNaming:
     deadletter_topic: str = "ferry.deadletter"
 
     def topic_for(self, channel: Channel) -> str:
-        return {
-            Channel.TELEMETRY: self.telemetry_topic,
-            Channel.STATUS: self.status_topic,
-            Channel.REPLY: self.reply_topic,
-        }[channel]
+        if channel is Channel.TELEMETRY:
+            return self.telemetry_topic
+        if channel is Channel.STATUS:
+            return self.status_topic
+        if channel is Channel.REPLY:
+            return self.reply_topic
+        raise KeyError(channel)
 
 
 KAFKA_PARTITIONER = "murmur2_random"
@@ -434,7 +469,7 @@ def encode_health_change(change: HealthChange) -> bytes:
 
 def _json_object(payload: bytes) -> dict:
     try:
-        obj = json.loads(payload.decode("utf-8"), parse_constant=_reject_constant)
+        obj = _JSON.decode(payload.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ContractError("payload", f"not UTF-8 JSON: {exc}") from None
     if not isinstance(obj, dict):
@@ -452,6 +487,17 @@ def _names_field(obj: dict, name: str) -> tuple[str, ...]:
             or not all(isinstance(n, str) and _KIND_RE.fullmatch(n) for n in names):
         raise ContractError(name, f"must be a list of up to {MAX_FAULTS} names")
     return tuple(names)
+
+
+def _sensor_errors_field(obj: dict) -> tuple[SensorErrors, ...]:
+    """An optional object of up to MAX_FAULTS sensor names, each with its error count (absent: empty)."""
+    counts = obj.get("sensor_errors", {})
+    if not isinstance(counts, dict) or len(counts) > MAX_FAULTS or not all(
+            _KIND_RE.fullmatch(name) and not isinstance(n, bool) and isinstance(n, int) and 0 <= n <= MAX_U32
+            for name, n in counts.items()):
+        raise ContractError("sensor_errors", f"must be an object of up to {MAX_FAULTS} sensor names, each with an "
+                                             f"integer 0..{MAX_U32}")
+    return tuple(SensorErrors(name, n) for name, n in counts.items())
 
 
 def _number_field(obj: dict, name: str, optional: bool = False) -> float | None:

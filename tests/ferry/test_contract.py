@@ -53,7 +53,8 @@ def test_oversized_reading_is_rejected_before_parsing() -> None:
 @pytest.mark.parametrize("case", STATUSES["valid"], ids=_names(STATUSES["valid"]))
 def test_valid_status_parses(case: dict) -> None:
     status = parse_status(case["payload"].encode())
-    expected = dict(case["status"], state=DeviceState(case["status"]["state"]), faults=tuple(case["status"]["faults"]))
+    expected = dict(case["status"], state=DeviceState(case["status"]["state"]), faults=tuple(case["status"]["faults"]),
+                    sensor_errors=tuple(case["status"]["sensor_errors"]))
     assert dataclasses.asdict(status) == expected
 
 
@@ -149,3 +150,22 @@ def test_a_non_finite_number_is_never_encoded() -> None:
     with pytest.raises(ContractError) as info:
         encode_series_point(point)
     assert info.value.field == "max"
+
+
+@pytest.mark.parametrize(("metric", "field"), [
+    ("1" + "0" * 400, "m.x"),          # an integer no float can hold (math.isfinite raised OverflowError)
+    ("true", "m.x"), ("null", "m.x"), ('"21.5"', "m.x"), ("1e999", "m.x"), ("NaN", "payload"),
+])
+def test_a_metric_that_is_no_finite_number_is_a_contract_error(metric: str, field: str) -> None:
+    payload = ('{"v":1,"dev":"d","boot":1,"seq":0,"ts":5,"sync":false,"m":{"x":%s}}' % metric).encode()
+    with pytest.raises(ContractError) as info:
+        parse_reading(payload)
+    assert info.value.field == field
+
+
+def test_metric_names_are_checked_every_time_not_only_the_first() -> None:
+    good = b'{"v":1,"dev":"d","boot":1,"seq":0,"ts":5,"sync":false,"m":{"temp_c":1,"BAD":2}}'
+    for _ in range(2):  # the valid name is remembered; the invalid one never is
+        with pytest.raises(ContractError, match="m.BAD"):
+            parse_reading(good)
+    assert parse_reading(good.replace(b',"BAD":2', b"")).metrics == {"temp_c": 1}
