@@ -270,8 +270,9 @@ def run_benchmark(settings: Settings, work_dir: Path, mosquitto: str | None, pro
     progress("generator ceiling (null broker) ...")
     rate, cpu = generator_ceiling(work_dir / "ceiling", settings.publishers, settings.window, CEILING_S)
     progress(f"  {rate:,.0f} msg/s PUBACKed at {cpu:.0f} % of a core")
-    runs = [run_system(lambda kafka: FerrySystem(work_dir / "ferry", kafka, settings.spool_capacity), settings,
-                       work_dir / "ferry", progress)]
+    profile_dir = Path(settings.profile_dir) if settings.profile_dir else None
+    runs = [run_system(lambda kafka: FerrySystem(work_dir / "ferry", kafka, settings.spool_capacity, profile_dir),
+                       settings, work_dir / "ferry", progress)]
     if settings.peer and mosquitto is not None:
         runs.append(run_system(lambda kafka: PeerSystem(work_dir / "peer", kafka, mosquitto), settings,
                                work_dir / "peer", progress))
@@ -301,6 +302,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", type=Path, metavar="OUT.json", help="also write every figure as JSON")
     parser.add_argument("--work-dir", type=Path, metavar="DIR",
                         help="keep data dirs, logs and generator files here (default: a temp dir, removed)")
+    parser.add_argument("--profile", type=Path, metavar="DIR",
+                        help="run Ferry's gateway under cProfile, writing DIR/gateway-N.prof per start (slower: "
+                             "for finding where the time goes, not for figures)")
     return parser
 
 
@@ -318,7 +322,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("ferry bench bridge: --window is at most 65,535 (MQTT packet ids)", file=sys.stderr)
         return 2
     settings = Settings(args.spool, args.duration, args.warmup, args.publishers, args.window, args.live_rate,
-                        args.peer, tuple(p for p in PHASES if p in args.only) if args.only else PHASES)
+                        args.peer, tuple(p for p in PHASES if p in args.only) if args.only else PHASES,
+                        str(args.profile.resolve()) if args.profile else None)
+    if args.profile:
+        args.profile.mkdir(parents=True, exist_ok=True)
     mosquitto = find_mosquitto() if args.peer else None
     if args.peer and mosquitto is None:
         print(f"ferry bench bridge: Mosquitto was not found; running Ferry alone ({MOSQUITTO_INSTALL_HINT})",

@@ -31,6 +31,9 @@ class Settings:
     peer: bool = True
     phases: tuple[str, ...] = PHASES
     """Which phases run (`--only`): a 10,000,000-reading restart alone takes ~15 minutes."""
+    profile_dir: str | None = None
+    """`--profile`: run Ferry's gateway under cProfile, one `gateway-N.prof` per start here (its
+    figures are then not comparable: the profiler slows it)."""
 
     @property
     def spool_capacity(self) -> int:

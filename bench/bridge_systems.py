@@ -264,7 +264,7 @@ class FerrySystem:
     label = "Ferry"
     description = "ferry gateway (broker + bridge, store.durability = fsync)"
 
-    def __init__(self, work_dir: Path, kafka: str, spool_capacity: int) -> None:
+    def __init__(self, work_dir: Path, kafka: str, spool_capacity: int, profile_dir: Path | None = None) -> None:
         config = (
             '[store]\ndurability = "fsync"\n\n'
             f'[bridge]\nkafka = "{kafka}"\ngateway_id = "bench-ferry"\n'
@@ -280,6 +280,7 @@ class FerrySystem:
                       f"bridge.inflight = {INFLIGHT}")
         self.process: ManagedProcess | None = None
         self.starts = 0
+        self.profile_dir = profile_dir
 
     def pids(self) -> dict[str, int]:
         return {"gateway": self.process.pid}
@@ -287,7 +288,10 @@ class FerrySystem:
     def start(self, timeout_s: float = START_TIMEOUT_S) -> float:
         """Start the gateway; seconds until it accepts MQTT connections (then its metrics answer too)."""
         self.starts += 1
-        self.process = ManagedProcess(f"gateway#{self.starts}", self.gateway.argv(), self.gateway.log_path)
+        argv = self.gateway.argv()
+        if self.profile_dir is not None:  # python -m cProfile -o FILE -m ferry gateway ...
+            argv = [argv[0], "-m", "cProfile", "-o", str(self.profile_dir / f"gateway-{self.starts}.prof"), *argv[1:]]
+        self.process = ManagedProcess(f"gateway#{self.starts}", argv, self.gateway.log_path)
         started = time.monotonic()
         self.process.start()
         try:

@@ -8,6 +8,7 @@ Mosquitto is installed.
 from __future__ import annotations
 
 import json
+import pstats
 import subprocess
 import sys
 from pathlib import Path
@@ -31,7 +32,8 @@ def test_bench_bridge_reports_every_phase_and_ferry_loses_nothing(tmp_path: Path
     result = subprocess.run(
         [sys.executable, "-m", "ferry", "bench", "bridge", "--spool", str(SPOOL), "--duration", "1",
          "--warmup", "0.5", "--publishers", str(PUBLISHERS), "--window", "10", "--live-rate", "200",
-         "--json", str(out), "--work-dir", str(tmp_path / "work"), "--peer" if with_peer else "--no-peer"],
+         "--json", str(out), "--work-dir", str(tmp_path / "work"), "--peer" if with_peer else "--no-peer",
+         "--profile", str(tmp_path / "prof")],
         capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
@@ -62,6 +64,10 @@ def test_bench_bridge_reports_every_phase_and_ferry_loses_nothing(tmp_path: Path
     assert sum(d["acknowledged"] for d in by_tag["fill"]) == SPOOL
     assert sum(d["acknowledged"] for d in by_tag["full"]) == SPOOL
     assert {t["name"] for t in data["targets"]} == {"sustained, fsync on", "drain", "RSS", "restart"}
+    # --profile: the gateway ran under cProfile; a start that ended with SIGTERM wrote its profile
+    # (the one SIGKILLed for the restart phase cannot).
+    profiles = sorted((tmp_path / "prof").glob("gateway-*.prof"))
+    assert profiles and pstats.Stats(str(profiles[-1])).total_calls > 0
     if with_peer:
         peer = runs["Mosquitto + forwarder"]
         assert peer["error"] is None
