@@ -149,30 +149,35 @@ def _metrics(obj: dict) -> dict[str, float]:
 
 def parse_reading(payload: bytes) -> Reading:
     """Validate a telemetry payload; raises ContractError naming the first bad field."""
+    obj = _checked_reading(payload)
+    return Reading(obj["dev"], obj["boot"], obj["seq"], obj["ts"], obj["sync"], obj["m"], obj.get("bat"),
+                   obj.get("rssi"))
+
+
+def _checked_reading(payload: bytes) -> dict:
+    """The telemetry payload's JSON object once every field is checked (`parse_reading` without
+    building the record: the bridge needs only the device, the clock flag and the time)."""
     if len(payload) > MAX_READING_BYTES:
         raise ContractError("payload", f"{len(payload)} bytes, limit {MAX_READING_BYTES}")
     try:
         obj = _JSON.decode(payload.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ContractError("payload", f"not UTF-8 JSON: {exc}") from None
-    if not isinstance(obj, dict):
+    if type(obj) is not dict:
         raise ContractError("payload", "not a JSON object")
     version = _int_field(obj, "v", 1, MAX_U32)
     if version != CONTRACT_VERSION:
         raise ContractError("v", f"unsupported contract version {version}")
-    synced = obj.get("sync")
-    if not isinstance(synced, bool):
+    if type(obj.get("sync")) is not bool:
         raise ContractError("sync", "missing or not true/false")
-    return Reading(
-        device=check_id("dev", obj.get("dev")),
-        boot=_int_field(obj, "boot", 1, MAX_U32),
-        seq=_int_field(obj, "seq", 0, MAX_U32),
-        ts_ms=_int_field(obj, "ts", 0, 2**53),
-        synced=synced,
-        metrics=_metrics(obj),
-        battery_mv=_int_field(obj, "bat", 0, 65535, optional=True),
-        rssi_dbm=_int_field(obj, "rssi", -200, 0, optional=True),
-    )
+    check_id("dev", obj.get("dev"))
+    _int_field(obj, "boot", 1, MAX_U32)
+    _int_field(obj, "seq", 0, MAX_U32)
+    _int_field(obj, "ts", 0, 2**53)
+    _metrics(obj)
+    _int_field(obj, "bat", 0, 65535, optional=True)
+    _int_field(obj, "rssi", -200, 0, optional=True)
+    return obj
 
 
 def _reject_constant(name: str) -> float:
@@ -335,14 +340,14 @@ def kafka_record(naming: BridgeNaming, mqtt_topic: str, payload: bytes, received
     timestamp_ms = received_ms
     if device_topic.channel is Channel.TELEMETRY:
         try:
-            reading = parse_reading(payload)
-            if reading.device != device_topic.device:
-                raise ContractError("dev", f"{reading.device!r} differs from the topic's device")
+            reading = _checked_reading(payload)
+            if reading["dev"] != device_topic.device:
+                raise ContractError("dev", f"{reading['dev']!r} differs from the topic's device")
         except ContractError as exc:
             return KafkaRecord(naming.deadletter_topic, key, payload,
                                tuple(headers + [(HEADER_ERROR, str(exc).encode())]), received_ms)
-        if reading.synced:
-            timestamp_ms = reading.ts_ms
+        if reading["sync"]:
+            timestamp_ms = reading["ts"]
     return KafkaRecord(naming.topic_for(device_topic.channel), key, payload, tuple(headers), timestamp_ms)
 
 
