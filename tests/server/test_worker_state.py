@@ -25,7 +25,7 @@ from ferry.server.app import create_app
 from ferry.server.config import ServerConfig
 from ferry.server.logic import TELEMETRY, Record
 from ferry.server.streams import Streams, wire
-from ferry.server.worker_state import LostWrite, decode_value
+from ferry.server.worker_state import LostWrite, decode_value, encode_value
 
 from tests.server.fake_kafka import fake_producer
 from tests.server.helpers import T0, reading
@@ -297,3 +297,13 @@ def test_the_worker_exits_at_once_when_a_write_is_lost() -> None:
         with pytest.raises(SystemExit):
             asyncio.run(streams_module._or_exit(lost()))
     exit_now.assert_called_once_with(streams_module.EXIT_LOST_WRITE)
+
+
+def test_history_values_are_compressed_and_plain_json_values_still_read() -> None:
+    """A device's closed windows are its biggest table value: stored zlib-compressed (docs/server.md,
+    "Memory per device"); a value written before, plain JSON, reads back as it was."""
+    rows = [[T0 + i * 60_000, T0 + (i + 1) * 60_000, 6, 20.0, 21.5, 20.75, 21.0] for i in range(60)]
+    value = {"1m": {"temp_c": rows, "rh_pct": rows}, "5m": {"temp_c": rows, "rh_pct": rows}}
+    plain, packed = encode_value(value), encode_value(value, compress=True)
+    assert packed[:1] == b"x" and len(packed) * 5 < len(plain)
+    assert decode_value(packed) == value and decode_value(plain) == value and decode_value(None) is None
