@@ -17,6 +17,7 @@ Closed windows are kept apart (`History`: the newest `keep` per kind and metric,
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 
@@ -100,21 +101,48 @@ class ClosedWindow:
                            self.min, self.max, self.mean, self.last)
 
 
+@functools.lru_cache(maxsize=16)
+def pane_ms(kinds: tuple[WindowKind, ...]) -> int:
+    """The pane every kind's windows are made of: the greatest common divisor of their steps (each
+    size is a multiple of its step, so of the pane too)."""
+    return functools.reduce(math.gcd, (kind.step_ms for kind in kinds))
+
+
+def combine(panes: list[Aggregate]) -> Aggregate:
+    """One aggregate of consecutive panes (oldest first): their readings' count, min, max and sum, and
+    the last value of the pane with the newest one (panes do not overlap in time)."""
+    first = panes[0]
+    total = Aggregate(first.count, first.min, first.max, first.sum, first.last, first.last_ms)
+    for agg in panes[1:]:
+        total.count += agg.count
+        total.min = min(total.min, agg.min)
+        total.max = max(total.max, agg.max)
+        total.sum += agg.sum
+        if agg.last_ms >= total.last_ms:
+            total.last, total.last_ms = agg.last, agg.last_ms
+    return total
+
+
 @dataclass(slots=True)
 class DeviceWindows:
-    """The open windows of one device, by kind, metric and start, and its event-time progress.
+    """One device's open panes, by metric and start, and its event-time progress.
 
-    Rewritten on every reading, so it holds only what can still change; closed windows go to
-    `History`, which is written only when windows close.
+    A reading updates one pane per metric (the pane: `pane_ms`, a minute by default); a window of
+    any kind is its panes combined when it closes, so a 5-minute window hopping every minute costs
+    no more per reading than the 1-minute one (docs/server.md, "Windows"). Rewritten on every
+    reading, so it holds only what can still change; closed windows go to `History`, which is
+    written only when windows close.
     """
 
     device: str
     max_event_ms: int = -1
     late: int = 0
-    open: dict[str, dict[str, dict[int, Aggregate]]] = field(default_factory=dict)
+    panes: dict[str, dict[int, Aggregate]] = field(default_factory=dict)
+    closed_mark: int | None = None
+    """The watermark windows were closed up to: every window ending at or before it was returned."""
     next_end_ms: int | None = None
-    """The earliest end of an open window (None: not known, scan): until the watermark reaches
-    it no window can close, so most readings skip the scan. Derived, not stored."""
+    """A bound below which no window with data ends (None: not known, scan): until the watermark
+    reaches it no window can close, so most readings skip the scan. Derived, not stored."""
 
     def watermark(self, lateness_ms: int) -> int | None:
         return None if self.max_event_ms < 0 else self.max_event_ms - lateness_ms
@@ -129,61 +157,102 @@ class DeviceWindows:
         if mark is not None and ts_ms < mark:
             self.late += 1
             return None
-        for kind in kinds:
-            per_metric = self.open.setdefault(kind.name, {})
-            for metric, value in metrics.items():
-                windows = per_metric.setdefault(metric, {})
-                for start in kind.starts(ts_ms):
-                    agg = windows.get(start)
-                    if agg is None:
-                        windows[start] = Aggregate.first(float(value), ts_ms)
-                        if self.next_end_ms is not None and start + kind.size_ms < self.next_end_ms:
-                            self.next_end_ms = start + kind.size_ms
-                    else:
-                        agg.add(float(value), ts_ms)
+        start = ts_ms - ts_ms % pane_ms(kinds)
+        panes = self.panes
+        for metric, value in metrics.items():
+            per_metric = panes.get(metric)
+            if per_metric is None:
+                per_metric = panes[metric] = {}
+            agg = per_metric.get(start)
+            if agg is None:
+                per_metric[start] = Aggregate.first(float(value), ts_ms)
+                self.next_end_ms = None
+            else:
+                agg.add(float(value), ts_ms)
         if advance and ts_ms > self.max_event_ms:
             self.max_event_ms = ts_ms
         return self._close(kinds, self.watermark(lateness_ms))
+
+    def _windows(self, kinds: tuple[WindowKind, ...]) -> dict[tuple[WindowKind, int], None]:
+        """Every (kind, start) of a window that holds a pane and has not closed, oldest end first."""
+        found: dict[tuple[WindowKind, int], None] = {}
+        closed = self.closed_mark
+        starts = sorted({start for per_metric in self.panes.values() for start in per_metric})
+        for kind in kinds:
+            for pane in starts:
+                for start in kind.starts(pane):
+                    if closed is None or start + kind.size_ms > closed:
+                        found[(kind, start)] = None
+        return dict(sorted(found.items(), key=lambda item: (item[0][1] + item[0][0].size_ms, item[0][1])))
+
+    def _aggregate(self, metric: str, start: int, size_ms: int) -> Aggregate | None:
+        per_metric = self.panes.get(metric, {})
+        held = [per_metric[p] for p in sorted(per_metric) if start <= p < start + size_ms]
+        return combine(held) if held else None
 
     def _close(self, kinds: tuple[WindowKind, ...], mark: int | None) -> list[ClosedWindow]:
         done: list[ClosedWindow] = []
         if mark is None or (self.next_end_ms is not None and mark < self.next_end_ms):
             return done
-        for kind in kinds:
-            for metric, windows in self.open.get(kind.name, {}).items():
-                for start in sorted(s for s in windows if s + kind.size_ms <= mark):
-                    agg = windows.pop(start)
+        for kind, start in self._windows(kinds):
+            if start + kind.size_ms > mark:
+                continue
+            for metric in self.panes:
+                agg = self._aggregate(metric, start, kind.size_ms)
+                if agg is not None:
                     done.append(ClosedWindow(self.device, kind.name, metric, start, start + kind.size_ms,
                                              agg.count, agg.min, agg.max, agg.mean, agg.last))
-            self.open[kind.name] = {m: w for m, w in self.open.get(kind.name, {}).items() if w}
-        ends = [start + kind.size_ms for kind in kinds for windows in self.open.get(kind.name, {}).values()
-                for start in windows]
+        self.closed_mark = mark if self.closed_mark is None else max(self.closed_mark, mark)
+        # A pane goes once every window of every kind that holds it has closed.
+        for metric in list(self.panes):
+            per_metric = self.panes[metric]
+            for pane in [p for p in per_metric
+                         if all(p - p % kind.step_ms + kind.size_ms <= mark for kind in kinds)]:
+                del per_metric[pane]
+            if not per_metric:
+                del self.panes[metric]
+        ends = [start + kind.size_ms for kind, start in self._windows(kinds)]
         self.next_end_ms = min(ends) if ends else None
         done.sort(key=lambda w: (w.start_ms, w.kind, w.metric))
         return done
 
     def open_views(self, metric: str, kind: WindowKind, from_ms: int | None = None,
                    to_ms: int | None = None) -> list[dict]:
-        windows = self.open.get(kind.name, {}).get(metric, {})
-        return [windows[s].view(kind, s, False) for s in sorted(windows) if _within(s, from_ms, to_ms)]
+        views = []
+        for window_kind, start in self._windows((kind,)):
+            agg = self._aggregate(metric, start, window_kind.size_ms)
+            if agg is not None and _within(start, from_ms, to_ms):
+                views.append(agg.view(kind, start, False))
+        return sorted(views, key=lambda v: v["start_ms"])
 
     def metrics(self) -> list[str]:
-        return sorted({m for per_metric in self.open.values() for m in per_metric})
+        return sorted(self.panes)
 
     def to_dict(self) -> dict:
         return {
             "device": self.device, "max_event_ms": self.max_event_ms, "late": self.late,
-            "open": {k: {m: {str(s): a.to_list() for s, a in w.items()} for m, w in pm.items()}
-                     for k, pm in self.open.items()},
+            "panes": {m: {str(s): a.to_list() for s, a in w.items()} for m, w in self.panes.items()},
+            "closed_mark": self.closed_mark,
         }
 
     @classmethod
     def from_dict(cls, data: dict) -> "DeviceWindows":
-        return cls(
-            data["device"], data["max_event_ms"], data["late"],
-            {k: {m: {int(s): Aggregate(*a) for s, a in w.items()} for m, w in pm.items()}
-             for k, pm in data["open"].items()},
-        )
+        if "panes" not in data:
+            return cls._from_open_windows(data)
+        return cls(data["device"], data["max_event_ms"], data["late"],
+                   {m: {int(s): Aggregate(*a) for s, a in w.items()} for m, w in data["panes"].items()},
+                   data["closed_mark"])
+
+    @classmethod
+    def _from_open_windows(cls, data: dict) -> "DeviceWindows":
+        """State written before panes (open windows per kind): the tumbling minute's open windows
+        are the panes; windows ending at or before the watermark were published then. A hopping
+        window open at that moment closes with the minutes still held (its earlier minutes were
+        dropped with their closed 1-minute windows)."""
+        # Every window holding one of these minutes ends after the old watermark: none was published.
+        minutes = data["open"].get("1m", {})
+        panes = {m: {int(s): Aggregate(*a) for s, a in w.items()} for m, w in minutes.items()}
+        return cls(data["device"], data["max_event_ms"], data["late"], panes)
 
 
 @dataclass(slots=True)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import random
 
+import pytest
+
 from ferry.server.windows import DeviceWindows, History, WindowKind, series
 
 M1 = WindowKind("1m", 60_000, 60_000)
@@ -98,3 +100,84 @@ def test_the_mean_stays_within_min_and_max() -> None:
     x, y = series("x", (M1,), w, h)["1m"][0], series("y", (M1,), w, h)["1m"][0]
     assert 0.1 + 0.1 + 0.1 != 0.3 and x["mean"] == 0.1  # a plain sum / count is 0.10000000000000002
     assert y["mean"] == 1e308  # the sum overflows to infinity
+
+
+# ---- panes against the windows they replace ---------------------------------------------------
+
+class ReferenceWindows:
+    """Every window of every kind kept apart, each reading added to each window holding it (how the
+    worker kept them before panes): the model the pane-based `DeviceWindows` must agree with."""
+
+    def __init__(self) -> None:
+        self.max_event_ms = -1
+        self.late = 0
+        self.open: dict[tuple[str, str, int], list] = {}
+
+    def add(self, ts_ms, metrics, kinds, lateness_ms, advance=True):
+        mark = None if self.max_event_ms < 0 else self.max_event_ms - lateness_ms
+        if mark is not None and ts_ms < mark:
+            self.late += 1
+            return None
+        for kind in kinds:
+            for metric, value in metrics.items():
+                for start in kind.starts(ts_ms):
+                    w = self.open.setdefault((kind.name, metric, start), [kind, []])
+                    w[1].append((ts_ms, float(value)))
+        if advance and ts_ms > self.max_event_ms:
+            self.max_event_ms = ts_ms
+        mark = self.max_event_ms - lateness_ms if self.max_event_ms >= 0 else None
+        closed = []
+        for key in [k for k, (kind, _) in self.open.items() if mark is not None and k[2] + kind.size_ms <= mark]:
+            kind, values = self.open.pop(key)
+            last = values[0]
+            for v in values[1:]:
+                if v[0] >= last[0]:
+                    last = v
+            closed.append((key[0], key[1], key[2], len(values), min(v for _, v in values),
+                           max(v for _, v in values), sum(v for _, v in values) / len(values), last[1]))
+        return sorted(closed, key=lambda c: (c[2], c[0], c[1]))
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("kinds", [KINDS, (WindowKind("1m", 45_000, 45_000), WindowKind("5m", 300_000, 60_000))],
+                         ids=["1m-5m", "45s-5m-by-1m"])
+def test_panes_close_the_same_windows_as_keeping_every_window(seed: int, kinds) -> None:
+    """Random streams (out of order, late, untrusted times that do not advance the watermark, gaps of
+    hours, metrics coming and going): the same windows close at the same readings, with the same
+    count, min, max and last, and the mean to rounding (pane sums are added in another order)."""
+    rng = random.Random(seed)
+    w, ref = DeviceWindows("d"), ReferenceWindows()
+    ts = 1_700_000_000_000
+    for _ in range(600):
+        ts += rng.choice((1_000, 7_000, 10_000, 30_000, 61_000, 3_600_000 if rng.random() < 0.01 else 5_000))
+        when = ts - rng.randrange(0, 40_000)  # up to 40 s out of order; lateness 20 s: some are late
+        metrics = {m: float(rng.randrange(-50, 50)) / 4 for m in ("a", "b", "c") if rng.random() < 0.7} or {"a": 1.0}
+        advance = rng.random() > 0.05
+        got = w.add(when, metrics, kinds, 20_000, advance)
+        want = ref.add(when, metrics, kinds, 20_000, advance)
+        if want is None:
+            assert got is None
+            continue
+        assert [(c.kind, c.metric, c.start_ms, c.count, c.min, c.max, c.last) for c in got] == \
+            [(k, m, s, n, lo, hi, last) for k, m, s, n, lo, hi, _, last in want]
+        assert [c.mean for c in got] == pytest.approx([mean for *_, mean, _ in want])
+        w = DeviceWindows.from_dict(w.to_dict())  # every reading from the stored state, as the worker does
+    assert w.late == ref.late > 0
+    for kind in kinds:  # the open windows the API shows
+        for metric in ("a", "b", "c"):
+            shown = [(v["start_ms"], v["count"]) for v in w.open_views(metric, kind)]
+            kept = sorted((s, len(vals)) for (k, m, s), (_, vals) in ref.open.items() if k == kind.name and m == metric)
+            assert shown == kept
+
+
+def test_state_written_before_panes_reads_back() -> None:
+    """The open windows per kind of older state: the minute's windows become the panes, nothing already
+    published is published again, and the windows still open close with what they hold."""
+    old = {"device": "d", "max_event_ms": 630_000, "late": 2,
+           "open": {"1m": {"x": {"600000": [2, 1.0, 3.0, 4.0, 3.0, 630_000]}},
+                    "5m": {"x": {str(s): [2, 1.0, 3.0, 4.0, 3.0, 630_000] for s in (360_000, 420_000, 480_000, 540_000,
+                                                                                     600_000)}}}}
+    w = DeviceWindows.from_dict(old)
+    assert w.late == 2 and w.metrics() == ["x"]
+    closed = w.add(700_000, {"x": 5.0}, KINDS, lateness_ms=0)
+    assert [(c.kind, c.start_ms, c.count) for c in closed] == [("5m", 360_000, 2), ("1m", 600_000, 2)]
