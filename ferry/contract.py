@@ -45,6 +45,13 @@ class Channel(Enum):
     """Server/operator → device commands, QoS 1, delivered to a persistent session."""
     REPLY = "reply"
     """Device → operator answers to commands, QoS 1."""
+    OTA = "ota"
+    """Operator → device firmware release chunks, QoS 1 (docs/ota.md); never bridged."""
+
+    @property
+    def to_device(self) -> bool:
+        """Operator → device (`cmd`, `ota`): the gateway delivers it, the bridge never produces it."""
+        return self is Channel.CMD or self is Channel.OTA
 
 
 @dataclass(frozen=True, slots=True)
@@ -333,8 +340,8 @@ def kafka_record(naming: BridgeNaming, mqtt_topic: str, payload: bytes, received
                            tuple(headers + [(HEADER_ERROR, str(exc).encode())]), received_ms)
     headers.insert(0, (HEADER_SITE, device_topic.site.encode()))
     key = device_topic.device.encode()
-    if device_topic.channel is Channel.CMD:
-        error = "topic: cmd messages flow to devices and are not bridged"
+    if device_topic.channel.to_device:
+        error = f"topic: {device_topic.channel.value} messages flow to devices and are not bridged"
         return KafkaRecord(naming.deadletter_topic, key, payload,
                            tuple(headers + [(HEADER_ERROR, error.encode())]), received_ms)
     timestamp_ms = received_ms

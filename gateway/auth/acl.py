@@ -40,10 +40,11 @@ Matching
 Default rules (:data:`DEFAULT_RULES`), the rule set that needs no editing
     ``device``
         allow publish ``ferry/+/%u/telemetry``, ``ferry/+/%u/status`` and
-        ``ferry/+/%u/reply``; allow subscribe ``ferry/+/%u/cmd``.  Nothing
+        ``ferry/+/%u/reply``; allow subscribe ``ferry/+/%u/cmd`` and
+        ``ferry/+/%u/ota`` (firmware updates, docs/ota.md).  Nothing
         else: a board cannot read or write another board's topics.
     ``operator``
-        allow publish ``ferry/+/+/cmd``; allow subscribe ``ferry/#``.
+        allow publish ``ferry/+/+/cmd`` and ``ferry/+/+/ota``; allow subscribe ``ferry/#``.
     ``admin``
         allow subscribe ``#`` and ``$SYS/#``; allow publish ``#`` (which does
         not cover ``$`` topics; the broker core refuses publishing to those
@@ -273,9 +274,9 @@ DEFAULT_RULES: Mapping[Role, tuple[AclRule, ...]] = MappingProxyType(
         Role.DEVICE: _defaults(
             Role.DEVICE,
             publish=("ferry/+/%u/telemetry", "ferry/+/%u/status", "ferry/+/%u/reply"),
-            subscribe=("ferry/+/%u/cmd",),
+            subscribe=("ferry/+/%u/cmd", "ferry/+/%u/ota"),
         ),
-        Role.OPERATOR: _defaults(Role.OPERATOR, publish=("ferry/+/+/cmd",), subscribe=("ferry/#",)),
+        Role.OPERATOR: _defaults(Role.OPERATOR, publish=("ferry/+/+/cmd", "ferry/+/+/ota"), subscribe=("ferry/#",)),
         Role.ADMIN: _defaults(Role.ADMIN, publish=("#",), subscribe=("#", "$SYS/#")),
     }
 )

@@ -56,7 +56,7 @@ TOPIC_FILTER = "ferry/#"
 """Everything under ferry/: telemetry, status and reply go to their topics, anything off the
 contract to the dead-letter topic (`ferry.contract.kafka_record` decides); operator commands
 (`.../cmd`) flow to devices, not to Kafka, and are acknowledged without being produced."""
-COMMAND_FILTER = "ferry/+/+/cmd"
+COMMAND_FILTERS = ("ferry/+/+/cmd", "ferry/+/+/ota")
 """Operator commands to devices: acknowledged by the bridge without being produced."""
 RECONNECT_S = 1.0
 RETRY_FIRST_S = 0.5
@@ -77,7 +77,7 @@ def publisher_owns_topic(topic: str, publisher: str | None) -> bool:
     if publisher is None:
         return True
     levels = topic.split("/", 3)
-    if len(levels) == 4 and levels[3] == Channel.CMD.value:
+    if len(levels) == 4 and levels[3] in (Channel.CMD.value, Channel.OTA.value):
         return True
     return len(levels) >= 3 and levels[2] == publisher
 
@@ -173,7 +173,7 @@ class Bridge:
         # refuses them and an operator can reach devices (slow them down) during a long uplink outage.
         self.broker.set_session_policy(CLIENT_ID, SessionPolicy(
             config.spool_max_messages, config.spool_max_bytes,
-            drop_oldest=config.overflow is Overflow.DROP_OLDEST, ignored=(COMMAND_FILTER,),
+            drop_oldest=config.overflow is Overflow.DROP_OLDEST, ignored=COMMAND_FILTERS,
             admits=publisher_owns_topic))
         self.spool = spool
         self.broker.attach_spool(CLIENT_ID, spool)
@@ -614,7 +614,8 @@ class Bridge:
 
 
 def _is_command(topic: str) -> bool:
+    """Operator → device (`cmd`, `ota`): acknowledged by the bridge, never produced."""
     try:
-        return parse_topic(topic).channel is Channel.CMD
+        return parse_topic(topic).channel.to_device
     except ContractError:
         return False

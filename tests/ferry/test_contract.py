@@ -91,10 +91,12 @@ def test_bridge_maps_device_messages_to_kafka_records(case: dict) -> None:
     assert record.timestamp_ms == expected["timestamp_ms"]
 
 
-def test_command_topics_are_never_bridged() -> None:
-    record = kafka_record(BridgeNaming("gw"), "ferry/s/d/cmd", b"{}", 5)
+@pytest.mark.parametrize("channel", ["cmd", "ota"])
+def test_operator_to_device_topics_are_never_bridged(channel: str) -> None:
+    record = kafka_record(BridgeNaming("gw"), f"ferry/s/d/{channel}", b"{}", 5)
     assert record.topic == "ferry.deadletter"
-    assert dict(record.headers)["ferry-error"].startswith(b"topic:")
+    assert dict(record.headers)["ferry-error"] == f"topic: {channel} messages flow to devices and are not bridged".encode()
+    assert Channel(channel).to_device
 
 
 # ---- what the analytics worker publishes ------------------------------------------------------------

@@ -199,7 +199,8 @@ def test_device_messages_arrive_byte_for_byte_as_the_contract_maps_them(kafka: L
     device = TestClient(gateway.port, "dev-a")
     try:
         publish_all(device, sent + [("elsewhere/topic", b"not bridged"),
-                                    ("ferry/site-2/dev-b/cmd", b'{"v":1,"id":"c-2","op":"set","args":{}}')])
+                                    ("ferry/site-2/dev-b/cmd", b'{"v":1,"id":"c-2","op":"set","args":{}}'),
+                                    ("ferry/site-2/dev-b/ota", b"\x01release chunk")])  # to devices: never
     finally:
         device.client.disconnect()
     after_ms = int(time.time() * 1000)

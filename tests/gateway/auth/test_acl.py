@@ -52,6 +52,9 @@ DEFAULT_CASES = [
     case(DEVICE, PUB, "other/site1/dev1/telemetry", False, "device-pub-outside-ferry"),
     case(DEVICE, PUB, "ferry/site1/dev1/config", False, "device-pub-unlisted-leaf"),
     case(DEVICE, SUB, "ferry/site1/dev1/cmd", True, "device-sub-own-cmd"),
+    case(DEVICE, SUB, "ferry/site1/dev1/ota", True, "device-sub-own-ota"),
+    case(DEVICE, SUB, "ferry/site1/dev2/ota", False, "device-sub-other-device-ota"),
+    case(DEVICE, PUB, "ferry/site1/dev1/ota", False, "device-pub-own-ota"),
     case(DEVICE, SUB, "ferry/+/dev1/cmd", True, "device-sub-own-cmd-any-site"),
     case(DEVICE, SUB, "ferry/site1/dev2/cmd", False, "device-sub-other-device-cmd"),
     case(DEVICE, SUB, "ferry/site1/+/cmd", False, "device-sub-every-device-cmd"),
@@ -65,6 +68,7 @@ DEFAULT_CASES = [
     case(ANON_DEVICE, SUB, "ferry/site1/None/cmd", False, "anonymous-device-sub-none"),
     # operator: commands out, everything under ferry/ in.
     case(OPERATOR, PUB, "ferry/site1/dev1/cmd", True, "operator-pub-cmd"),
+    case(OPERATOR, PUB, "ferry/site1/dev1/ota", True, "operator-pub-ota"),
     case(OPERATOR, PUB, "ferry/site1/dev1/telemetry", False, "operator-pub-telemetry"),
     case(OPERATOR, PUB, "ferry/site1/dev1/cmd/x", False, "operator-pub-below-cmd"),
     case(OPERATOR, PUB, "ferry/dev1/cmd", False, "operator-pub-short-cmd"),
@@ -114,8 +118,9 @@ def test_default_rules_table() -> None:
         (ALLOW, PUB, "ferry/+/%u/status"),
         (ALLOW, PUB, "ferry/+/%u/reply"),
         (ALLOW, SUB, "ferry/+/%u/cmd"),
+        (ALLOW, SUB, "ferry/+/%u/ota"),
     }
-    assert rules(Role.OPERATOR) == {(ALLOW, PUB, "ferry/+/+/cmd"), (ALLOW, SUB, "ferry/#")}
+    assert rules(Role.OPERATOR) == {(ALLOW, PUB, "ferry/+/+/cmd"), (ALLOW, PUB, "ferry/+/+/ota"), (ALLOW, SUB, "ferry/#")}
     assert rules(Role.ADMIN) == {(ALLOW, PUB, "#"), (ALLOW, SUB, "#"), (ALLOW, SUB, "$SYS/#")}
     assert rules(Role.NONE) == set()
     assert set(DEFAULT_RULES) == set(Role)
