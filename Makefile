@@ -6,12 +6,16 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 UMQTT := device/lib/umqtt/simple.py
 UPLOT := server/dashboard/vendor/uPlot.iife.min.js
+# The 32-bit ESP32-like MicroPython (docs/virtual-board.md), built from ../shared when it is there.
+ESP32_LIKE_SRC := ../shared/thirdparty/micropython
+ESP32_LIKE := $(VENV)/esp32-like
+ESP32_LIKE_BIN := $(ESP32_LIKE)/micropython-esp32-like
 
-.PHONY: test demo bench fuzz install clean
+.PHONY: test demo bench fuzz install esp32-like clean
 
 # The dashboard's browser test needs Chromium (Debian package `chromium`), installed here when
 # missing and we are root; without it that test fails and says so.
-test: install
+test: install esp32-like
 	@if ! command -v chromium >/dev/null 2>&1 && [ ! -x /usr/bin/chromium ]; then \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 			apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium \
@@ -50,6 +54,38 @@ fuzz: install
 	$(BIN)/ferry bench fuzz --target core --inputs 1000000 $(FUZZ_ARGS)
 
 install: $(STAMP) $(UMQTT) $(UPLOT)
+
+# The device tests that measure heap run on a 32-bit unix-port MicroPython with the modules stock ESP32
+# firmware freezes (a real 64 KB heap); built once into $(ESP32_LIKE) from $(ESP32_LIKE_SRC), again only
+# when its script or sources change. It needs gcc-multilib (Debian), installed here when missing and we
+# are root. Without the folder, or when the build fails, those tests skip and say why (a failed build
+# leaves its log in $(ESP32_LIKE)/build.log and is tried again by the next `make test`).
+esp32-like:
+	@if [ -d $(ESP32_LIKE_SRC) ]; then \
+		$(MAKE) --no-print-directory $(ESP32_LIKE_BIN); \
+	else \
+		echo "$(ESP32_LIKE_SRC) is absent: the device heap tests on the 32-bit ESP32-like MicroPython will skip"; \
+	fi
+
+$(ESP32_LIKE_BIN): $(wildcard $(ESP32_LIKE_SRC)/*) | $(BIN)/python
+	@if ! echo 'int main(void){return 0;}' | gcc -m32 -x c - -o /dev/null 2>/dev/null; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y gcc-multilib \
+				|| echo "could not install gcc-multilib: the device heap tests will skip"; \
+		else \
+			echo "gcc cannot build 32-bit programs: run 'sudo apt-get install gcc-multilib'" \
+			     "(the device heap tests skip without the ESP32-like MicroPython)"; \
+		fi; \
+	fi
+	@mkdir -p $(ESP32_LIKE)
+	@echo "building the 32-bit ESP32-like MicroPython into $(ESP32_LIKE) (~30-60 s)"
+	@rm -f $(ESP32_LIKE_BIN)
+	@if $(ESP32_LIKE_SRC)/build-esp32-like.sh $(ESP32_LIKE) >$(ESP32_LIKE)/build.log 2>&1; then \
+		rm -f $(ESP32_LIKE)/build.log; \
+	else \
+		rm -f $(ESP32_LIKE_BIN); \
+		echo "the ESP32-like MicroPython did not build (see $(ESP32_LIKE)/build.log): the device heap tests will skip"; \
+	fi
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \

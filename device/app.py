@@ -66,12 +66,16 @@ class App:
         free_ob = self.heap_check()  # also clears the recovery's garbage
         self.session = Session(cfg, self.dev, Topics(cfg.site, self.dev), self.ob, self.on_cmd, hw.feed)
         self.enc = ReadingEncoder(self.dev.encode())
-        self.metrics = MetricSet([b"temp_c", b"rh_pct"], [2, 2])
+        self.full = MetricSet(hw.names, hw.decimals)  # every sensor's metrics: sample() writes here
+        hw.names = hw.decimals = None  # MetricSet keeps its own
+        self.part = None  # the metrics of the sensors that gave values, when some did not (made then)
+        self.metrics = self.full  # what the next reading encodes
         self.t = [0, 0, 0]  # hw.now() output: seconds, ms, synced
         self.bat = self.rssi = None
         self._heap_acked = 0  # session.acked at the last heap_check
         self.will = ('{"v":1,"dev":"%s","state":"offline","boot":%d}' % (self.dev, self.boot)).encode()
         self.reported_lost = self.birth_lost = self.ob.lost_total()
+        self.reported_erroring = self.birth_erroring = 0  # hw.erroring as the last status said it
         self.next_sample = time.ticks_ms()
         self.next_connect = self.next_sample
         self.ntp_at_s = 0  # next NTP attempt, in RTC seconds (days away: beyond ticks_ms' range)
@@ -113,12 +117,30 @@ class App:
 
     def _measure(self):
         hw = self.hw
-        if not hw.sample(self.metrics.values):
+        if not hw.sample(self.full.values):
             return False
+        self.metrics = self._present(hw.failed) if hw.failed else self.full
         hw.now(self.t)
         self.bat = hw.battery_mv()
         self.rssi = hw.rssi()
         return True
+
+    def _present(self, failed):
+        """self.part holding the metrics of the sensors that gave values (no allocation after the first)."""
+        full = self.full
+        part = self.part
+        if part is None:
+            part = self.part = MetricSet([b""] * full.count, full.decimals)
+        owner = self.hw.owner
+        n = 0
+        for i in range(full.count):
+            if not failed >> owner[i] & 1:
+                part.keys[n] = full.keys[i]
+                part.decimals[n] = full.decimals[i]
+                part.values[n] = full.values[i]
+                n += 1
+        part.count = n
+        return part
 
     def _append(self):
         self.ob.append(self.boot, self.seq, self.enc.view[:self._encode()])
@@ -132,16 +154,20 @@ class App:
     # ---- status and commands --------------------------------------------
     def birth(self):
         """The retained "online" status: boot, firmware, reset cause, outbox counters, failed
-        starts before this one and the sensors this board runs without."""
+        starts before this one, the sensors this board runs without and each sensor's errors."""
+        hw = self.hw
         t = [0, 0, 0]
-        self.hw.now(t)
+        hw.now(t)
         ts = t[0] * 1000 + t[1] + (_EPOCH_2000_UNIX_MS if t[2] else 0)
         self.birth_lost = self.ob.lost_total()
+        self.birth_erroring = hw.erroring
+        errors = ",".join(['"%s":%d' % (hw.labels[i], hw.drivers[i].errors) for i in range(len(hw.labels))
+                           if hw.drivers[i] is not None])
         return ('{"v":1,"dev":"%s","state":"online","boot":%d,"fw":"%s","reset":"%s","ts":%d,"sync":%s,'
-                '"outbox":{"queued":%d,"dropped":%d},"boot_failures":%d,"faults":[%s]}' % (
+                '"outbox":{"queued":%d,"dropped":%d},"boot_failures":%d,"faults":[%s],"sensor_errors":{%s}}' % (
                     self.dev, self.boot, FW_VERSION, self.reset_cause, ts, "true" if t[2] else "false",
                     self.ob.pending() + self.ob.staged(), self.birth_lost, self.boot_failures,
-                    self.faults)).encode()
+                    self.faults, errors)).encode()
 
     def on_cmd(self, payload, size, pid):
         """A command from the cmd topic: always answered, so the session can PUBACK it (after the
@@ -178,6 +204,7 @@ class App:
                 log("tls: the clock is not set (NTP): the gateway's certificate may look not yet valid")
             return False
         self.reported_lost = self.birth_lost
+        self.reported_erroring = self.birth_erroring
         if self.session.connects == 1:
             if self.boot_failures:
                 import crashlog  # rare: only after failed starts
@@ -248,9 +275,11 @@ class App:
     def _housekeeping(self):
         if self.cfg.log_stats_every and self.session.acked - self._heap_acked >= _HEAP_CHECK_ACKS:
             self._heap_watch()  # a backlog replay acks many readings between two samples
-        if self.ob.lost_total() != self.reported_lost:  # the server must hear of losses
+        # The server must hear of losses, and of a sensor that stops or starts answering again.
+        if self.ob.lost_total() != self.reported_lost or self.hw.erroring != self.reported_erroring:
             if self.session.publish_status(self.birth()):
                 self.reported_lost = self.birth_lost
+                self.reported_erroring = self.birth_erroring
         now = time.ticks_ms()
         if time.ticks_diff(now, self.ntp_check) >= 0:  # the RTC is read once a minute
             self.ntp_check = time.ticks_add(now, 60000)
@@ -359,7 +388,7 @@ def main():
     except SettingsError as e:
         log("config: %s" % e)
         return
-    app = App(Hardware(cfg.i2c_scl_pin, cfg.i2c_sda_pin), cfg)
+    app = App(Hardware(cfg.i2c_scl_pin, cfg.i2c_sda_pin, cfg.sensors), cfg)
     try:
         if cfg.mode == "duty_cycle":
             app.wake()

@@ -1,5 +1,6 @@
 # Ferry firmware: the one module that touches hardware (MicroPython, ESP32 v1.22+ and
-# the unix port with hw-sim's shims). Sensors (SHT31 on I2C, battery on an ADC pin),
+# the unix port with hw-sim's shims). Sensors (the drivers named in settings, each in its
+# own device/sensor_<type>.py, imported only when named; the battery on an ADC pin),
 # Wi-Fi, RTC memory, deep sleep, the watchdog, the unique id, the reset cause, the
 # clock and NTP, and the console log. Everything else in the firmware imports this
 # module instead of machine/network/ntptime, so it runs unchanged on the simulator;
@@ -8,14 +9,12 @@
 #
 # Heap: sample() and now() allocate nothing (preallocated buffers, small ints only:
 # no float and no int >= 2**30, which would be a heap object on the ESP32).
+import sys
 import time
 
 import machine
 from micropython import const
 
-SHT31_ADDR = const(0x44)
-_SHT31_MEASURE = b"\x24\x00"  # single shot, high repeatability, no clock stretching
-_SHT31_WAIT_MS = const(16)  # datasheet: 15.5 ms max for high repeatability
 BATTERY_PIN = const(35)
 _BATTERY_DIVIDER = const(2)  # 1:1 divider: the ADC sees half the cell
 _EPOCH_2000_UNIX = const(946684800)
@@ -38,45 +37,35 @@ def log(msg):
     print("ferry %d %s" % (time.ticks_ms(), msg))
 
 
-def crc8_sht31(buf, off):
-    """Sensirion CRC-8 (poly 0x31, init 0xFF) of buf[off:off+2]."""
-    crc = 0xFF
-    for i in range(off, off + 2):
-        crc ^= buf[i]
-        for _ in range(8):
-            crc = ((crc << 1) ^ 0x31) & 0xFF if crc & 0x80 else (crc << 1) & 0xFF
-    return crc
-
-
-def sht31_convert(buf, values):
-    """Raw SHT31 words in buf[0:6] -> values[0] = centi-degC, values[1] = centi-%RH.
-
-    175 * raw / 65535 = 3500 * raw / 13107 (65535 = 5 * 13107): the products stay below 2**30.
-    False when a CRC does not match.
-    """
-    if crc8_sht31(buf, 0) != buf[2] or crc8_sht31(buf, 3) != buf[5]:
-        return False
-    values[0] = (buf[0] << 8 | buf[1]) * 3500 // 13107 - 4500
-    values[1] = (buf[3] << 8 | buf[4]) * 2000 // 13107
-    return True
-
-
 class Hardware:
     """The board: create one at start-up and pass it down.
 
-    A sensor whose bus or pin this board lacks (no ADC on pin 35 of an ESP32-S3 or -C3, I2C
-    pins the chip does not have) is not fatal: the firmware runs without it, and `faults`
-    names it for the status message.
+    `sensors` is settings' list (None: the SHT31 on scl_pin/sda_pin). A sensor whose bus or pin
+    this board lacks (no ADC on pin 35 of an ESP32-S3 or -C3, I2C pins the chip does not have)
+    is not fatal: the firmware runs without it, and `faults` names it for the status message.
+    A sensor that fails to answer is counted in its driver's `errors` (the status'
+    `sensor_errors`) and its metrics are left out of that reading.
     """
 
-    def __init__(self, scl_pin=22, sda_pin=21):
+    def __init__(self, scl_pin=22, sda_pin=21, sensors=None):
         self.boot_ticks = time.ticks_ms()
-        self.faults = []  # "sht31", "battery": sensors this board runs without
-        self._i2c = self._adc = None
-        try:
-            self._i2c = machine.I2C(0, scl=machine.Pin(scl_pin), sda=machine.Pin(sda_pin), freq=100000)
-        except Exception as e:  # ValueError("invalid pin") on the ESP32 ports
-            self._fault("sht31", e)
+        self.faults = []  # labels ("sht31", "battery", ...) of sensors this board runs without
+        if sensors is None:
+            sensors = [{"type": "sht31", "prefix": "", "i2c": 0, "scl": scl_pin, "sda": sda_pin, "addr": 0x44}]
+        self.labels = []  # per sensor: prefix + type
+        self.drivers = []  # per sensor: its driver, or None when its bus could not be made
+        self.names = []  # per metric, for App's MetricSet (which drops them): bytes
+        self.decimals = []
+        self.owner = bytearray()  # per metric: the index of its sensor
+        self.offsets = bytearray()  # per sensor: the index of its first metric
+        self.failed = 0  # bit i: sensor i gave no value at the last sample()
+        self.erroring = 0  # bit i: sensor i failed (an error, not "no value yet") at the last sample()
+        self._was = 0  # erroring before this sample()
+        import sensor_setup  # start-up only: dropped after, so its code holds no heap while running
+
+        sensor_setup.open_all(self, sensors)
+        del sys.modules["sensor_setup"]
+        self._adc = None
         try:
             self._adc = machine.ADC(machine.Pin(BATTERY_PIN))
         except Exception as e:
@@ -86,8 +75,6 @@ class Hardware:
                 self._adc.atten(machine.ADC.ATTN_11DB)  # full 0-3.3 V range
             except (AttributeError, ValueError):
                 pass
-        self._raw = bytearray(6)
-        self.sensor_errors = 0
         self._wlan = self._net = None
         self._wdt = None
         self._rtc = machine.RTC()
@@ -117,21 +104,31 @@ class Hardware:
 
     # ---- sensors --------------------------------------------------------
     def sample(self, values):
-        """Measure temperature and humidity into values[0:2] (centi-units); False on a bus or CRC
-        error, or when the board has no SHT31 bus."""
-        if self._i2c is None:
-            return False
+        """Read every sensor into values (its metrics at their place in `names`); True when at
+        least one gave its values. `failed` gets a bit set for each sensor that gave none,
+        `erroring` for each that failed (a bus, CRC or checksum error, silence)."""
+        self._was = self.erroring
+        self.failed = self.erroring = 0
+        for i in range(len(self.drivers)):
+            self._read(i, values)
+        return self.failed != (1 << len(self.drivers)) - 1
+
+    def _read(self, i, values):
+        driver = self.drivers[i]
+        if driver is None:  # a fault (no bus or pin): in `faults`, not counted per reading
+            self.failed |= 1 << i
+            return
         try:
-            self._i2c.writeto(SHT31_ADDR, _SHT31_MEASURE)
-            time.sleep_ms(_SHT31_WAIT_MS)
-            self._i2c.readfrom_into(SHT31_ADDR, self._raw)
-        except OSError:
-            self.sensor_errors += 1
-            return False
-        if sht31_convert(self._raw, values):
-            return True
-        self.sensor_errors += 1
-        return False
+            r = driver.read(values, self.offsets[i])
+        except Exception as e:  # OSError from the bus, onewire's CRC error, ...
+            r = e
+        if r is not True:
+            self.failed |= 1 << i
+            if r is not None:
+                self.erroring |= 1 << i
+                driver.errors += 1
+                if not self._was >> i & 1:  # logged when it starts failing, not at every sample
+                    log("sensor %s: %s" % (self.labels[i], "no value" if r is False else repr(r)))
 
     def battery_mv(self):
         """The cell's voltage, or None on a board without the battery's ADC pin."""

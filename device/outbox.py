@@ -19,10 +19,14 @@
 #
 # Heap: the hot path (append, read_into, ack_oldest) allocates nothing but the
 # memoryview read_into returns. MicroPython puts a function's frame on the
-# heap when its locals + stack pass 11 words, so hot methods stay small.
-import binascii
-import os
+# heap when its locals + stack pass 11 words, so hot methods stay small. No
+# value on it reaches 2**30 (a heap object on an ESP32, whose small ints have
+# 31 bits): the CRC-32 is computed in two 16-bit halves (binascii.crc32 returns
+# one 32-bit int), the same CRC-32 as before, so files on flash stay readable.
+# The start-up (state load, head scan, loss count) is outbox_open.py's: imported by
+# the constructor and dropped after it, so its bytecode is not on the heap afterwards.
 import struct
+import sys
 import time
 from array import array
 
@@ -30,40 +34,62 @@ from micropython import const
 
 HEADER_SIZE = const(20)  # the payload starts here in a slot buffer
 _MAGIC = const(0xF0B1)
-_ST_MAGIC = const(0x3142_4F46)  # b"FOB1"
-_ST_WORDS = const(13)
-_ST_SIZE = const(52)
+_ST_SIZE = const(52)  # the state: 13 little-endian 32-bit words, the first its CRC
 _F_MARKS = const(1)  # the state was written with count_losses on: its mark is exact
 _F_CLEAN = const(2)  # nothing was staged when the state was written: its mark is exact
+# CRC-32 (zlib's, binascii.crc32's) state after 4 zero bytes, in halves: a record's and the
+# state's CRC covers the buffer with its first 4 bytes (where the CRC goes) taken as zero.
+_CRC_ZERO4_LO = const(0x20E3)
+_CRC_ZERO4_HI = const(0xDEBB)
 
-try:
-    _crc32 = binascii.crc32
-except AttributeError:  # a build without it: the same CRC-32, table-free and slow
 
-    def _crc32(data, crc=0):
-        crc ^= 0xFFFF_FFFF
-        for b in data:
-            crc ^= b
-            for _ in range(8):
-                crc = (crc >> 1) ^ (0xEDB8_8320 & -(crc & 1))
-        return crc ^ 0xFFFF_FFFF
+# The CRC-32 table (polynomial 0xEDB88320) for 4 bits at a time, as low and high 16-bit halves:
+# 64 bytes of heap instead of 1 KB for a byte-wise table, at about twice the time per byte.
+_CRC_LO = array("H", (0x0000, 0x1064, 0x20C8, 0x30AC, 0x4190, 0x51F4, 0x6158, 0x713C,
+                      0x8320, 0x9344, 0xA3E8, 0xB38C, 0xC2B0, 0xD2D4, 0xE278, 0xF21C))
+_CRC_HI = array("H", (0x0000, 0x1DB7, 0x3B6E, 0x26D9, 0x76DC, 0x6B6B, 0x4DB2, 0x5005,
+                      0xEDB8, 0xF00F, 0xD6D6, 0xCB61, 0x9B64, 0x86D3, 0xA00A, 0xBDBD))
+_CRC = bytearray(4)  # the CRC _crc computed last, little-endian as stored
+
+
+def _crc(buf, n):
+    """CRC-32 of buf[:n] with buf[0:4] read as zero, into _CRC: in 16-bit halves, so no
+    intermediate value reaches 2**30 and nothing is allocated (7 locals: the frame stays on the stack)."""
+    lo = _CRC_ZERO4_LO
+    hi = _CRC_ZERO4_HI
+    for i in range(4, n):
+        lo ^= buf[i]
+        x = lo & 0xF
+        lo = (lo >> 4 | (hi & 0xF) << 12) ^ _CRC_LO[x]
+        hi = hi >> 4 ^ _CRC_HI[x]
+        x = lo & 0xF
+        lo = (lo >> 4 | (hi & 0xF) << 12) ^ _CRC_LO[x]
+        hi = hi >> 4 ^ _CRC_HI[x]
+    _CRC[0] = lo & 0xFF ^ 0xFF
+    _CRC[1] = lo >> 8 ^ 0xFF
+    _CRC[2] = hi & 0xFF ^ 0xFF
+    _CRC[3] = hi >> 8 ^ 0xFF
+
+
+def _seal(buf, n):
+    """Write the CRC-32 of buf[:n] (its first 4 bytes as zero) into buf[0:4]."""
+    _crc(buf, n)
+    buf[0:4] = _CRC
+
+
+def _sealed(buf, n):
+    """True when buf[0:4] is the CRC-32 of buf[:n] with those bytes zero."""
+    _crc(buf, n)
+    return buf[0] == _CRC[0] and buf[1] == _CRC[1] and buf[2] == _CRC[2] and buf[3] == _CRC[3]
 
 
 def _u32(b, o):
+    """A little-endian 32-bit field; a heap object on an ESP32 from 2**30 on (not for CRCs)."""
     return b[o] | b[o + 1] << 8 | b[o + 2] << 16 | b[o + 3] << 24
 
 
 def _put(b, o, v):
     struct.pack_into("<I", b, o, v)
-
-
-def _sealed(buf):
-    """True when buf's first 4 bytes are the CRC-32 of buf with those bytes zero."""
-    c = _u32(buf, 0)
-    buf[0] = buf[1] = buf[2] = buf[3] = 0
-    ok = _crc32(buf) == c
-    _put(buf, 0, c)
-    return ok
 
 
 class Outbox:
@@ -106,8 +132,7 @@ class Outbox:
         self._stage = bytearray(flush_every * slot_size)
         self._stage_mv = memoryview(self._stage)
         self._slot = bytearray(slot_size)  # the record being built
-        self._scan = bytearray(slot_size)  # start-up scans
-        self._state_words = array("I", [0] * _ST_WORDS)  # the state, as written
+        self._state = bytearray(_ST_SIZE)  # the state, as written
         self._staged = 0  # slots in _stage ...
         self._done = 0  # ... of which the first _done are on flash (a flush failed midway)
         self._t_staged = 0
@@ -130,7 +155,12 @@ class Outbox:
         self.flush_errors = 0  # flushes that failed inside append() (retried by the next one)
         self.recovered_from = ""  # "rtc", "flash" or "new"
         self.rec_boot = self.rec_seq = self.rec_lsn = -1
-        self._open()
+        import outbox_open
+
+        try:
+            outbox_open.open_outbox(self)
+        finally:
+            del sys.modules["outbox_open"]  # start-up code only: garbage from the next collection on
 
     # ---- files ---------------------------------------------------------
     def _name(self, idx):
@@ -168,9 +198,9 @@ class Outbox:
         return f.readinto(buf) == self._slot_size and self._valid(buf, lsn)
 
     def _valid(self, buf, lsn):
-        if buf[4] | buf[5] << 8 != _MAGIC or buf[6] | buf[7] << 8 > self.max_payload:
-            return False
-        return _u32(buf, 8) == lsn and _sealed(buf)
+        if buf[4] | buf[5] << 8 != _MAGIC or buf[6] | buf[7] << 8 > self.max_payload or buf[11] > 0x3F:
+            return False  # lsn is below 2**30: _u32 stays a small int
+        return _u32(buf, 8) == lsn and _sealed(buf, self._slot_size)
 
     # ---- state ---------------------------------------------------------
     def _save(self, flash, flags=0):
@@ -178,164 +208,37 @@ class Outbox:
         if not flash and self._rtc is None:
             return
         self._gen += 1
-        v = self._state_words
-        v[3] = self._gen
-        v[4] = self._tail
-        v[5] = self._mark
-        v[6] = self._mark_boot
-        v[7] = self._mark_seq
-        v[8] = self.dropped
-        v[9] = self.lost_unflushed
-        v[10] = self.corrupt
-        v[11] = self._flags | flags
-        v[12] = self.loss_unknown
-        v[0] = 0
-        v[0] = _crc32(v)
+        self._words(flags)
+        _seal(self._state, _ST_SIZE)
         if self._rtc is not None:
-            self._rtc.memory(v)
+            self._rtc.memory(self._state)
         if flash:
             self._write_state(flags)
+
+    def _words(self, flags):
+        # Words 1 (magic) and 2 (epoch) are written once, by _open.
+        v = self._state
+        _put(v, 12, self._gen)
+        _put(v, 16, self._tail)
+        _put(v, 20, self._mark)
+        _put(v, 24, self._mark_boot)
+        _put(v, 28, self._mark_seq)
+        _put(v, 32, self.dropped)
+        _put(v, 36, self.lost_unflushed)
+        _put(v, 40, self.corrupt)
+        _put(v, 44, self._flags | flags)
+        _put(v, 48, self.loss_unknown)
 
     def _write_state(self, flags):
         f = self._state_file
         f.seek((self._gen & 1) * _ST_SIZE)  # two copies: a torn write leaves the other
-        f.write(self._state_words)
+        f.write(self._state)
         f.flush()
         self.state_writes += 1
         self.state_bytes += _ST_SIZE
         self._ftail = self._tail
         self._acks = 0
         self._clean = flags & _F_CLEAN
-
-    @staticmethod
-    def _parse(b):
-        """The state words after the magic (epoch, gen, ...) from 52 bytes, or None if not valid."""
-        if b is None or len(b) < _ST_SIZE:
-            return None
-        b = bytearray(b[:_ST_SIZE])
-        if _u32(b, 4) != _ST_MAGIC or not _sealed(b):
-            return None
-        return struct.unpack_from("<IIIIIIIIIII", b, 8)
-
-    def _load_state(self):
-        """(state, source): the newest valid state from the state file and RTC memory."""
-        best = None
-        try:
-            with open(self._name("st"), "rb") as f:
-                data = f.read()
-            for i in (0, 1):
-                s = self._parse(data[i * _ST_SIZE:])
-                if s is not None and (best is None or s[1] > best[1]):
-                    best = s
-        except OSError:
-            pass
-        src = "flash"
-        if best is not None and self._rtc is not None:
-            try:
-                s = self._parse(self._rtc.memory())
-            except (OSError, ValueError, TypeError):
-                s = None
-            # RTC memory is believed for the same outbox (epoch) only, and when newer.
-            if s is not None and s[0] == best[0] and s[1] >= best[1]:
-                best, src = s, "rtc"
-        return best, src
-
-    # ---- start-up ------------------------------------------------------
-    def _first_valid(self, idx):
-        """The lsn of the first valid slot in segment file `idx`, or -1."""
-        slots, buf = self._segment_slots, self._scan
-        try:
-            f = open(self._name(idx), "rb")
-        except OSError:
-            return -1
-        try:
-            for j in range(slots):
-                if f.readinto(buf) != self._slot_size:
-                    break
-                lsn = _u32(buf, 8)
-                if lsn % slots == j and (lsn // slots) % self._segment_files == idx and self._valid(buf, lsn):
-                    return lsn
-        finally:
-            f.close()
-        return -1
-
-    def _find_head(self):
-        """The next lsn to write: after the last valid slot of the newest segment.
-
-        A slot that fails its CRC before a valid one is corruption, not the end:
-        segment files are only appended to, so the end is the last valid slot.
-        """
-        best = -1
-        for idx in range(self._segment_files):
-            lsn = self._first_valid(idx)
-            if lsn > best:
-                best = lsn
-        if best < 0:
-            return 0
-        h = best + 1
-        for lsn in range(best + 1, (best // self._segment_slots + 1) * self._segment_slots):
-            if self._read_slot(lsn, self._scan):
-                h = lsn + 1
-        return h
-
-    def _oldest(self, head):
-        """The oldest lsn still on flash (segments older than the ring, or truncated, are gone)."""
-        if head == 0:
-            return 0
-        slots = self._segment_slots
-        head_segment = (head - 1) // slots
-        segment = head_segment - (self._segment_files - 1)
-        if segment < 0:
-            segment = 0
-        while segment < head_segment and self._first_valid(segment % self._segment_files) // slots != segment:
-            segment += 1
-        return segment * slots
-
-    def _open(self):
-        st, src = self._load_state()
-        head = self._find_head()
-        oldest = self._oldest(head)
-        self._close_reader()
-        self._head = head
-        self._acks = 0
-        if st is None:
-            self.recovered_from = "new"
-            self._epoch = _u32(os.urandom(4), 0) if hasattr(os, "urandom") else time.ticks_ms()
-            self._gen = 0
-            self._tail = oldest
-            if head:  # records without a state: re-presented from the oldest; losses unknown
-                self.loss_unknown = 1
-        else:
-            self.recovered_from = src
-            (self._epoch, self._gen, tail, mark, mark_boot, mark_seq, self.dropped,
-             self.lost_unflushed, self.corrupt, flags, self.loss_unknown) = st
-            if tail < oldest:  # a drop whose state write was cut off
-                self.dropped += oldest - tail
-                tail = oldest
-            self._tail = tail if tail <= head else head
-            n = mark - head  # readings marked as appended that are not on flash
-            if src == "rtc" or flags & (_F_MARKS | _F_CLEAN):
-                if n > 0:
-                    self.lost_unflushed += n
-                    self.last_loss = (mark_boot, mark_seq - n + 1, mark_seq)
-            else:  # a power cut with count_losses off: some staged readings may be gone
-                if n > 0:
-                    self.lost_unflushed += n
-                self.loss_unknown += 1
-        self._mark = head
-        self._mark_boot = self._mark_seq = 0
-        self._state_words[1] = _ST_MAGIC
-        self._state_words[2] = self._epoch
-        name = self._name("st")
-        try:
-            self._state_file = open(name, "r+b")
-        except OSError:
-            self._state_file = open(name, "w+b")
-            self._state_file.write(bytearray(2 * _ST_SIZE))
-        self._save(True, _F_CLEAN)  # nothing is staged yet
-        if head % self._segment_slots:
-            self._head_segment = head // self._segment_slots
-            self._head_file = open(self._name(self._head_segment % self._segment_files), "r+b")
 
     # ---- writing -------------------------------------------------------
     def append(self, boot, seq, payload):
@@ -393,8 +296,7 @@ class Outbox:
         _put(s, 8, self._head + self._staged - self._done)
         _put(s, 12, self._mark_boot)
         _put(s, 16, self._mark_seq)
-        s[0] = s[1] = s[2] = s[3] = 0
-        _put(s, 0, _crc32(s))
+        _seal(s, self._slot_size)
 
     def _stage_slot(self):
         o = self._staged * self._slot_size

@@ -6,7 +6,8 @@
 # connect() sets the socket's timeout to None: a gateway that accepts TCP and never
 # answers would then block the board until its watchdog fires (docs/device.md).
 #
-# - connect: TCP connect, the TLS handshake (settings.tls: the gateway's certificate must
+# - connect (session_connect.py, imported per connect and dropped after it): TCP connect,
+#   the TLS handshake (settings.tls: the gateway's certificate must
 #   chain to the CA on flash, pinned, and name broker_host) and CONNACK, each read with a
 #   timeout of connect_timeout_ms, TCP_NODELAY set before the connect, CONNECT with
 #   clean_session 0, the retained "offline" will, the device id as user name and
@@ -29,9 +30,10 @@
 # Heap: the per-reading path (service -> _send_next, wait -> _read_one -> _on_puback)
 # allocates nothing of its own; functions are kept small so MicroPython keeps their
 # frames on the C stack.
+# The connect path's bytecode is on the heap only during a connect.
+import gc
 import random
-import select
-import socket
+import sys
 import time
 
 from micropython import const
@@ -44,51 +46,16 @@ K_STATUS = const(2)
 K_REPLY = const(3)
 _EXTRA_SLOTS = const(4)  # in-flight slots beyond `inflight` for status messages and replies
 RX_BYTES = const(640)  # largest packet the device reads whole (a command); bigger ones are skipped
-_DNS_RETRY_AFTER = const(3)  # failed connects in a row before the broker's name is looked up again
 
 
 def tls_context(ca_file):
-    """A TLS client context that trusts exactly the CA certificate (DER) in ca_file: pinned.
+    """A TLS client context that trusts exactly the CA certificate (DER) in ca_file (session_tls.py's)."""
+    import session_tls
 
-    Made once per Session (the CA is parsed once); each connect wraps a new socket with it.
-    verify_mode is set explicitly: micropython-lib's `ssl.SSLContext` defaults to CERT_NONE.
-    """
     try:
-        import tls  # MicroPython 1.23+
-    except ImportError:
-        import ssl as tls  # 1.22: the same SSLContext under this name
-    ctx = tls.SSLContext(tls.PROTOCOL_TLS_CLIENT)
-    ctx.verify_mode = tls.CERT_REQUIRED
-    with open(ca_file, "rb") as f:
-        try:
-            ctx.load_verify_locations(f.read())
-        except ValueError as e:  # not a certificate (mbedTLS: "invalid cert"): a crash, logged, backed off
-            raise ValueError("tls: %s: %s (flash the gateway's CA again: ferry flash --ca)" % (ca_file, e))
-    return ctx
-
-
-class _BrokerAddress:
-    """The broker's address, looked up once and kept.
-
-    MicroPython's getaddrinfo takes no timeout, so a hanging resolver can only stall the
-    first connect and the one after every _DNS_RETRY_AFTER failures in a row (the gateway
-    may have moved), not every reconnect.
-    """
-
-    def __init__(self):
-        self.failures = 0  # connects that failed in a row
-        self._host = None
-        self._port = 0
-        self._address = None
-
-    def get(self, host, port):
-        if self._address is None or self._host != host or self._port != port or self.failures >= _DNS_RETRY_AFTER:
-            log("dns: looking up %s" % host)
-            self._address = socket.getaddrinfo(host, port)[0][-1]
-            self._host = host
-            self._port = port
-            self.failures = 0
-        return self._address
+        return session_tls.tls_context(ca_file)
+    finally:
+        del sys.modules["session_tls"]
 
 
 class Backoff:
@@ -135,7 +102,11 @@ class Session:
         # its `size` bytes did not fit the receive buffer; the app answers with reply().
         self._on_cmd = on_cmd
         self._feed = feed
-        self._broker = _BrokerAddress()
+        # The broker's address, looked up once and kept (session_connect.broker_address).
+        self.broker_failures = 0  # connects that failed in a row
+        self._broker_host = None
+        self._broker_port = 0
+        self._broker_address = None
         self._password = cfg.mqtt_password.encode()
         self._tls = tls_context(cfg.tls_ca_file) if cfg.tls else None
         self.sock = None  # the stream MQTT goes over: the TLS socket, or the TCP socket itself
@@ -181,134 +152,15 @@ class Session:
     # ---- connecting -----------------------------------------------------
     def connect(self, birth, will):
         """Connect (blocking: the TCP connect, each read of the TLS handshake and of the CONNACK at most
-        connect_timeout_ms); True when up.
+        connect_timeout_ms); True when up. Then resend what was in flight, subscribe to the cmd topic and
+        publish `birth`. The code is session_connect.py's, imported for the call and dropped after it."""
+        gc.collect()  # so its bytecode fills the heap from the lowest hole: this is the heap's tightest point
+        import session_connect
 
-        Then resend what was in flight, subscribe to the cmd topic and publish `birth`.
-        """
-        t0 = time.ticks_ms()
         try:
-            code = self._open(will)
-        except Exception as e:  # OSError (timeout, refused, reset), a certificate that does not verify, no CONNACK
-            code = -1
-            log("mqtt: connect failed: %r" % (e,))
-        if code:  # backed off by the app like any failed connect; the readings stay in the outbox
-            if code > 0:  # the gateway said no, in its words (MQTT 3.1.1 table 3.1)
-                log("mqtt: connect refused: %s (CONNACK return code %d)" % (
-                    "bad user name or password" if code == 4 else "not authorized" if code == 5 else
-                    "identifier rejected" if code == 2 else "see MQTT 3.1.1 table 3.1", code))
-            self._broker.failures += 1
-            self._drop()
-            return False
-        self._broker.failures = 0
-        self._raw.settimeout(self._ack_ms / 1000)
-        self._poll = select.poll()
-        self._poll.register(self._raw, select.POLLIN)
-        if self._tls is not None:
-            # Only asked with timeout 0, for records mbedTLS already holds: the unix port's poll() sleeps
-            # 1 ms per round for an object without a file descriptor, so the waiting is on the TCP socket.
-            self._tls_poll = select.poll()
-            self._tls_poll.register(self.sock, select.POLLIN)
-        self.up = True
-        self.connects += 1
-        self._pinging = False
-        self._last_tx = time.ticks_ms()
-        log("mqtt: connected in %d ms, session present %d%s" % (time.ticks_diff(self._last_tx, t0),
-                                                                self.session_present,
-                                                                ", tls" if self._tls is not None else ""))
-        try:
-            self._resend()  # first, before anything of this connection is in the ring
-            if self._subscribe():
-                self._publish(K_STATUS, self.topics.status, birth, packets.RETAIN, 0)
-        except OSError as e:
-            self.lost("write failed: %r" % (e,))
-        return self.up
-
-    def _open(self, will):
-        """TCP connect, TLS handshake, CONNECT, CONNACK; sets session_present. Returns the CONNACK's return
-        code (0: accepted); raises when there is none."""
-        cfg = self._cfg
-        address = self._broker.get(cfg.broker_host, cfg.port())
-        self._drop()
-        s = self._raw = socket.socket()
-        s.settimeout(cfg.connect_timeout_ms / 1000)  # the TCP connect, then every read of the handshake and CONNACK
-        try:
-            s.setsockopt(6, 1, 1)  # IPPROTO_TCP, TCP_NODELAY (not on every lwIP build: then Nagle stays)
-        except OSError:
-            pass
-        s.connect(address)
-        if self._tls is not None:
-            # Blocking; each read times out like s: ETIMEDOUT on the unix port and the ESP32 alike,
-            # which mbedTLS passes through, so a gateway that never answers costs connect_timeout_ms.
-            self._feed()
-            try:
-                s = self._tls.wrap_socket(s, server_hostname=cfg.broker_host)
-            except ValueError as e:  # mbedTLS refused the certificate: its reason, without the line breaks
-                raise ValueError("tls: certificate refused: %s" % str(e).strip())
-            self._feed()
-        self.sock = s
-        user = self._client_id if self._password else b""
-        s.write(packets.connect_bytes(self._client_id, cfg.keepalive_s, self.topics.status, will, user,
-                                      self._password))
-        first = self._byte()
-        n = self._varint() if first >= 0 else -1
-        if n < 0:
-            raise OSError(104)  # closed by the broker
-        if n > RX_BYTES:
-            raise ValueError("a %d-byte packet instead of CONNACK" % n)
-        self._read_into(n)
-        code = packets.connack_code(first, self._rx, n)
-        if code < 0:
-            raise ValueError("packet 0x%02x instead of CONNACK" % first)
-        self.session_present = bool(packets.connack_session_present(self._rx))
-        return code
-
-    def _subscribe(self):
-        """SUBSCRIBE to the cmd topic at QoS 1 and wait for the SUBACK (commands may arrive first).
-
-        Done on every connect: a session can be present without the subscription when
-        the link died between CONNACK and SUBACK.
-        """
-        pid = self._new_pid()
-        self._suback_pid = pid
-        self._write(packets.subscribe_bytes(self.topics.cmd, pid))
-        t0 = time.ticks_ms()
-        while self.up and self._suback_pid:
-            left = self._ack_ms - time.ticks_diff(time.ticks_ms(), t0)
-            if left <= 0:
-                self.lost("no SUBACK within %d ms" % self._ack_ms)
-                break
-            self._feed()
-            self.wait(left)
-        return self.up
-
-    def _resend(self):
-        """After a reconnect: publish the readings still in flight again (DUP, same packet ids).
-
-        Status messages and replies in flight are forgotten: a new birth follows, and
-        unanswered commands come again from the broker.
-        """
-        ob = self._outbox
-        keep = []
-        j = self._head
-        for _ in range(self._in_flight_count):
-            # Acked or not: the outbox acks in order, so a PUBACK that came out of order
-            # (the broker must not do that) counts only when everything before it did.
-            if self._kind[j] == K_TELEMETRY and self._lsn[j] >= ob.tail:
-                keep.append((self._pid[j], self._lsn[j]))
-            j = (j + 1) % self._ring_slots
-        self._head = self._in_flight_count = self._telemetry_in_flight = 0
-        self._next_lsn = ob.tail
-        self._stuck = False
-        for pid, lsn in keep:
-            p = ob.read_into(lsn - ob.tail, self._record)
-            if p is None or ob.rec_lsn != lsn:
-                break  # gone meanwhile; what follows is sent as new
-            self._send_pub(pid, p, packets.QOS1 | packets.DUP)
-            self._push(K_TELEMETRY, pid, lsn, 0)
-            self._next_lsn = lsn + 1
-            self.resent += 1
-        if keep:
-            log("mqtt: resent %d in flight, from packet %d" % (self._in_flight_count, keep[0][0]))
+            return session_connect.connect(self, birth, will)
+        finally:
+            del sys.modules["session_connect"]
 
     # ---- the loop's calls ---------------------------------------------------
     def service(self, now):

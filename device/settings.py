@@ -5,6 +5,7 @@
 # file (tmp + rename), so they survive resets, deep sleep and power cuts.
 import json
 import os
+import sys
 
 from flashfs import replace
 
@@ -44,8 +45,10 @@ MODES = ("always_on", "duty_cycle")
 #   outbox_flush_interval_ms   a reading waits at most this long for its flash write
 #   ntp_host                   NTP server
 #   ntp_resync_s               re-read NTP this often while running
-#   i2c_scl_pin                SHT31 I2C clock pin
-#   i2c_sda_pin                SHT31 I2C data pin
+#   i2c_scl_pin                I2C clock pin of the sensors that give none (`scl`)
+#   i2c_sda_pin                I2C data pin of the sensors that give none (`sda`)
+#   sensors                    the board's sensors, a list of objects (sensor_config.py);
+#                              absent: the SHT31 at 0x44 on i2c_scl_pin/i2c_sda_pin
 #   log_stats_every            log heap and counters every this many readings (0: never)
 FIELDS = (
     ("site", "id", None, 0, 0),
@@ -78,7 +81,7 @@ FIELDS = (
     ("i2c_sda_pin", "int", 21, 0, 39),
     ("log_stats_every", "int", 0, 0, 1000000),
 )
-_KNOWN = [f[0] for f in FIELDS] + ["sample_s"]
+_KNOWN = [f[0] for f in FIELDS] + ["sample_s", "sensors"]
 
 # What the cmd topic's "set" may change, with the contract's ranges.
 SETTABLE = {"sample_s": (1, 86400), "sample_ms": (100, 86400000)}
@@ -146,6 +149,12 @@ class Settings:
             if err:
                 raise SettingsError("%s: %s: %s" % (path, key, err))
             setattr(self, key, value)
+        self.sensors = None  # hw.Hardware's default: the SHT31 on i2c_scl_pin/i2c_sda_pin
+        if "sensors" in raw:  # checked by a module of its own, dropped after: heap for boards that name sensors only
+            import sensor_config
+
+            self.sensors = sensor_config.check(raw["sensors"], self, path)
+            del sys.modules["sensor_config"]
         if self.backoff_max_ms < self.backoff_min_ms:
             raise SettingsError("%s: backoff_max_ms: must be >= backoff_min_ms" % path)
         # The longest wait between two feeds: TCP connect + CONNACK + SUBACK, and NTP (~1 s).

@@ -23,14 +23,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ferry.process import wait_until
-from ferry.hwsim.micropython import interpreter
+from ferry.hwsim.micropython import ESP32_LIKE, ESP32_LIKE_HEAP_BYTES, INTERPRETERS, UNIX64, interpreter
 
 log = logging.getLogger(__name__)
 
 SHIMS_DIR = Path(__file__).resolve().parent / "shims"
 EPOCH_2000_UNIX_S = 946_684_800
 UNIX_HEAP_FOR_64K_ESP32 = 128 * 1024
-"""The unix port's 64-bit objects need about twice an ESP32's heap for the same program."""
+"""The default heap on the 64-bit PyPI interpreter. Not an ESP32's 64 KB: its bytecode does not shrink by
+half on 32 bits; the ESP32-like interpreter at `-X heapsize=64K` is one (docs/virtual-board.md)."""
 CHIPS = ("esp32", "esp32s3", "esp32c3")
 """Chip profiles: which GPIOs exist and which have an ADC (the `machine` shim's tables)."""
 FROZEN_MOUNT = "/.frozen-image"
@@ -55,8 +56,18 @@ class BoardConfig:
     """What `machine.unique_id()` returns (an ESP32's base MAC)."""
     sensor_seed: int = 1
     """Seed of the simulated sensor signals and their injected anomalies."""
-    heap_bytes: int = UNIX_HEAP_FOR_64K_ESP32
-    """Interpreter heap (`-X heapsize`): the unix-port equivalent of a 64 KB ESP32 heap."""
+    heap_bytes: int | None = None
+    """Interpreter heap (`-X heapsize`). None: 64 KB on `esp32-like` (an ESP32's heap), 128 KB on `unix64`
+    (UNIX_HEAP_FOR_64K_ESP32: room for 64-bit objects, not a measure of an ESP32's budget)."""
+    interpreter: str = UNIX64
+    """One of `INTERPRETERS` (ferry.hwsim.micropython): `unix64`, the 64-bit PyPI unix port (TLS; the
+    default), or `esp32-like`, the 32-bit build with an ESP32's object sizes, 31-bit small ints and
+    stock firmware's frozen modules (umqtt.simple 1.7.0, asyncio), for heap measurements."""
+    shims_in_heap: bool = False
+    """`esp32-like` only. False: `heap_bytes` is the firmware's heap as on an ESP32, where machine,
+    network and time are C modules in ROM: the interpreter gets SHIM_ALLOWANCE_BYTES more, and what
+    the shims leave of it beyond a bare interpreter's free heap at `heap_bytes` is held by one ballast
+    buffer. True: the shims' bytecode (13-17 KB) is charged to `heap_bytes`, a plain `-X heapsize`."""
     wifi_ssid: str = "ferry-sim"
     """The access point the board can associate with."""
     rssi_dbm: int = -60
@@ -72,6 +83,11 @@ class BoardConfig:
     def __post_init__(self) -> None:
         if self.chip not in CHIPS:
             raise ValueError(f"chip: one of {' '.join(CHIPS)}, got {self.chip!r}")
+        if self.interpreter not in INTERPRETERS:
+            raise ValueError(f"interpreter: one of {' '.join(INTERPRETERS)}, got {self.interpreter!r}")
+        if self.heap_bytes is None:
+            heap = ESP32_LIKE_HEAP_BYTES if self.interpreter == ESP32_LIKE else UNIX_HEAP_FOR_64K_ESP32
+            object.__setattr__(self, "heap_bytes", heap)
 
 
 @dataclass(slots=True)
@@ -121,9 +137,48 @@ for _name in ("boot.py", "main.py"):
 """
 
 
+SHIM_ALLOWANCE_BYTES = 32 * 1024
+"""More heap than `heap_bytes` for an `esp32-like` board whose shims stay out of its budget."""
+
+ROM_SHIMS = """
+import gc
+gc.collect()
+_rom = gc.mem_free() - {free}  # what an ESP32 keeps in ROM (machine, network, time) is not the firmware's
+if _rom < 0:
+    raise MemoryError("hw-sim: the shims take more than SHIM_ALLOWANCE_BYTES ({allowance})")
+_rom = bytearray(_rom)
+"""
+"""After the shims are imported: hold what is free beyond a bare interpreter's free heap at `heap_bytes`."""
+
+_bare_free: dict[tuple[str, int], int] = {}
+
+
+def bare_free_bytes(name: str, heap_bytes: int) -> int:
+    """gc.mem_free() after gc.collect() of a bare interpreter `name` at `-X heapsize=heap_bytes` (cached)."""
+    key = (name, heap_bytes)
+    if key not in _bare_free:
+        out = subprocess.run([interpreter(name), "-X", f"heapsize={heap_bytes}", "-c",
+                              "import gc\ngc.collect()\nprint(gc.mem_free())"],
+                             capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL, check=True)
+        _bare_free[key] = int(out.stdout.split()[-1])
+    return _bare_free[key]
+
+
+def process_heap_bytes(config: BoardConfig) -> int:
+    """The interpreter's `-X heapsize` for this board."""
+    if config.interpreter == ESP32_LIKE and not config.shims_in_heap:
+        return config.heap_bytes + SHIM_ALLOWANCE_BYTES
+    return config.heap_bytes
+
+
 def board_setup(config: BoardConfig, flash_dir: Path) -> str:
     """MicroPython source that makes the interpreter this board (shims, flash, frozen modules)."""
     code = SETUP.format(shims=str(SHIMS_DIR), flash=str(flash_dir))
+    if config.interpreter == ESP32_LIKE and not config.shims_in_heap:
+        mount = code.index("import vfs, os")
+        ballast = ROM_SHIMS.format(free=bare_free_bytes(config.interpreter, config.heap_bytes),
+                                   allowance=SHIM_ALLOWANCE_BYTES)
+        code = code[:mount] + ballast.lstrip("\n") + code[mount:]
     if config.frozen_dir is not None:
         code += FROZEN_SETUP.format(frozen=str(Path(config.frozen_dir).resolve()), mount=FROZEN_MOUNT)
     return code
@@ -150,6 +205,8 @@ class VirtualBoard:
         self._write_state("sensor_seed", str(config.sensor_seed).encode())
         self._write_state("chip", config.chip.encode())
         self.set_wifi(True)
+        self._uarts: dict[int, tuple[int, int]] = {}  # UART id -> (pty master, slave) descriptors
+        self.set_sensor_faults()
 
     # ------------------------------------------------------------------ host controls
 
@@ -166,6 +223,27 @@ class VirtualBoard:
         # Written in place: the board keeps this file open from before its flash was mounted.
         with open(path, "r+b" if path.exists() else "wb") as f:
             f.write(text.encode().ljust(64))
+
+    def attach_uart(self, uart_id: int) -> str:
+        """Wire `machine.UART(uart_id)` to a new pty; returns the pty's device path for a sensor model
+        (pyserial, e.g. pms5003_model). The board reads and writes the master side, inherited at each
+        boot; takes effect at the next boot. Raw mode: the bytes pass unchanged."""
+        import fcntl
+        import tty
+
+        master, slave = os.openpty()
+        tty.setraw(slave)
+        fcntl.fcntl(master, fcntl.F_SETFL, fcntl.fcntl(master, fcntl.F_GETFL) | os.O_NONBLOCK)
+        self._uarts[uart_id] = (master, slave)
+        self._write_state("uarts", " ".join(f"{u}:{m}" for u, (m, _) in self._uarts.items()).encode())
+        return os.ttyname(slave)
+
+    def set_sensor_faults(self, *names: str) -> None:
+        """Unplug sensors at once (`sht31`, `bme280`, `ds18b20`: no answer on their bus) or break one
+        (`ds18b20_crc`: a wrong scratchpad CRC); no names: all plugged in and well (shims/_board.fault)."""
+        path = self.state_dir / "sensor_faults"
+        with open(path, "r+b" if path.exists() else "wb") as f:  # in place: the board keeps it open
+            f.write(" ".join(names).encode().ljust(64))
 
     def power_on(self) -> None:
         """Cold boot: RTC memory empty, clock at 2000-01-01, then boot.py and main.py run."""
@@ -185,6 +263,10 @@ class VirtualBoard:
     def stop(self) -> None:
         """Stop the board for good (end of a test), like unplugging it."""
         self._stop(kill=True)
+        for fds in self._uarts.values():
+            for fd in fds:
+                os.close(fd)
+        self._uarts.clear()
 
     def _stop(self, kill: bool) -> None:
         self._stopping.set()
@@ -224,9 +306,9 @@ class VirtualBoard:
         code = board_setup(self.config, self.flash_dir) + BOOT_FILES
         with open(self.console_path, "ab") as console:
             process = subprocess.Popen(
-                [interpreter(), "-X", f"heapsize={self.config.heap_bytes}", "-c", code],
+                [interpreter(self.config.interpreter), "-X", f"heapsize={process_heap_bytes(self.config)}", "-c", code],
                 stdin=subprocess.DEVNULL, stdout=console, stderr=subprocess.STDOUT, env=env,
-                pass_fds=(write_fd,), start_new_session=True)
+                pass_fds=(write_fd, *(m for m, _ in self._uarts.values())), start_new_session=True)
         os.close(write_fd)
         self._event("boot", cause.name.lower())
         return _Run(process, read_fd)

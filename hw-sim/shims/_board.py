@@ -27,6 +27,8 @@ boot_wall_s = float(_read("boot_wall_s", b"0"))
 clock_synced_offset_s = _read("clock_offset_s", b"")
 rtc_file = open(_state + "/rtc.bin", "r+b" if _read("rtc.bin", None) is not None else "w+b")
 wlan_file = open(_state + "/wlan", "rb")
+faults_file = open(_state + "/sensor_faults", "r+b" if _read("sensor_faults", None) is not None else "w+b")
+uarts = _read("uarts")  # b"<UART id>:<descriptor> ...": the host's ptys (VirtualBoard.attach_uart), inherited
 
 
 def control(line):
@@ -45,3 +47,10 @@ def clock_offset_s():
 def set_clock_offset_s(offset):
     clock_file.seek(0)
     clock_file.write(b"%24.6f" % offset)  # fixed width: the file cannot be truncated
+
+
+def fault(name):
+    """True while the host has unplugged (or broken) this sensor: VirtualBoard.set_sensor_faults
+    writes the names ("sht31", "bme280", "ds18b20", "ds18b20_crc") in place, read on every use."""
+    faults_file.seek(0)
+    return name.encode() in faults_file.read().split()

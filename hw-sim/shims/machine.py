@@ -1,6 +1,7 @@
 # hw-sim: the ESP32 `machine` module on the unix port (MicroPython code).
 # The built-in stays reachable as `umachine`. Pins, ADC and I2C are backed by the
-# deterministic sensor model; RTC memory, the watchdog, deep sleep and resets are
+# deterministic sensor model (an SHT31 and a BME280 on every I2C bus); a UART reads and
+# writes a host pty where a sensor model runs; RTC memory, the watchdog, deep sleep and resets are
 # shared with the host supervisor through _board.
 from umachine import *  # noqa: F401,F403 - Signal, idle, mem8, ... as built in
 import utime
@@ -160,22 +161,28 @@ def _sht31_crc(data):
 
 
 class I2C:
-    """An I2C bus with one Sensirion SHT31 temperature/humidity sensor at 0x44."""
+    """An I2C bus with a Sensirion SHT31 at 0x44 and a Bosch BME280 at 0x76 (shims/bme280_model.py,
+    imported at the first access to another address than 0x44), each answering until the host
+    unplugs it (VirtualBoard.set_sensor_faults): then no ACK (ENODEV)."""
 
     def __init__(self, id=0, scl=None, sda=None, freq=400000):
         self._command = b""
 
     def scan(self):
-        return [SHT31_ADDRESS]
+        return [SHT31_ADDRESS, 0x76]
 
     def writeto(self, addr, buf, stop=True):
         if addr != SHT31_ADDRESS:
+            return _import_shim("bme280_model").writeto(addr, buf)
+        if _board.fault("sht31"):
             raise OSError(19)  # ENODEV: no ACK
         self._command = bytes(buf)
         return len(buf)
 
     def readfrom_into(self, addr, buf, stop=True):
-        if addr != SHT31_ADDRESS or self._command != _SHT31_MEASURE_HIGH:
+        if addr != SHT31_ADDRESS:
+            return _import_shim("bme280_model").readfrom_into(addr, buf)
+        if self._command != _SHT31_MEASURE_HIGH or _board.fault("sht31"):
             raise OSError(19)
         now = _host_s()
         seed = _board.sensor_seed
@@ -193,6 +200,13 @@ class I2C:
         buf = bytearray(nbytes)
         self.readfrom_into(addr, buf, stop)
         return bytes(buf)
+
+    def writeto_mem(self, addr, memaddr, buf, addrsize=8):
+        self.writeto(addr, bytes((memaddr,)) + buf)
+
+    def readfrom_mem_into(self, addr, memaddr, buf, addrsize=8):
+        self.writeto(addr, bytes((memaddr,)), False)
+        self.readfrom_into(addr, buf)
 
 
 class SoftI2C(I2C):
@@ -240,3 +254,38 @@ class WDT:
 
     def feed(self):
         _board.control(b"F")
+
+
+# ---- shims only some boards need, imported at their first use
+import sys  # noqa: E402
+
+
+def _import_shim(name):
+    """shims/<name>.py, imported at its first use: a shim only some boards need, imported after boot,
+    when `/` is the board's flash and this folder is out of sight. Mounted just for the import (read
+    from the file as the lexer goes: compiling a whole source string at once needs more free heap)."""
+    if name in sys.modules:
+        return sys.modules[name]
+    import gc
+    import vfs
+    gc.collect()
+    vfs.mount(vfs.VfsPosix(__file__[:__file__.rfind("/")]), "/.hw-sim", readonly=True)
+    sys.path.append("/.hw-sim")
+    try:
+        return __import__(name)
+    finally:
+        sys.path.remove("/.hw-sim")
+        vfs.umount("/.hw-sim")
+
+
+def __getattr__(name):
+    if name == "UART":  # only boards with a UART sensor load it
+        return _import_shim("machine_uart").UART
+    raise AttributeError(name)
+
+
+import _frozen  # noqa: E402,I001 - stands in for onewire and ds18x20 until first used (_frozen.py)
+
+for _name in ("onewire", "ds18x20"):
+    if _name not in sys.modules:
+        sys.modules[_name] = _frozen

@@ -1,19 +1,26 @@
-"""Fixtures of the firmware tests: the compiled firmware (once per session) and a gateway per test."""
+"""Fixtures of the firmware tests: the compiled firmware (once per session) and a gateway per test;
+the heap figures the tests report, shown at the end of the run without -s."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from ferry.gateway.process import GatewayProcess
-from tests.device.fw_support import compile_firmware
+from tests.device.fw_support import compile_firmware, compile_firmware_esp32_like
 
 
 @pytest.fixture(scope="session")
 def firmware(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return compile_firmware(tmp_path_factory.mktemp("firmware"))
+
+
+@pytest.fixture(scope="session")
+def firmware_esp32_like(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The firmware compiled by the ESP32-like interpreter's mpy-cross (skips without that interpreter)."""
+    return compile_firmware_esp32_like(tmp_path_factory.mktemp("firmware-esp32-like"))
 
 
 @pytest.fixture
@@ -23,3 +30,26 @@ def gateway(tmp_path: Path) -> Iterator[GatewayProcess]:
         yield gw
     finally:
         gw.stop()
+
+
+HEAP_REPORT = pytest.StashKey[list]()
+
+
+@pytest.fixture
+def heap_report(request: pytest.FixtureRequest) -> Callable[[str], None]:
+    """Adds a line to the "firmware heap" section printed at the end of the run (and prints it)."""
+    lines = request.config.stash.setdefault(HEAP_REPORT, [])
+
+    def report(line: str) -> None:
+        print("\n" + line)
+        lines.append(f"{request.node.name}: {line}")
+
+    return report
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+    lines = config.stash.get(HEAP_REPORT, [])
+    if lines:
+        terminalreporter.section("firmware heap (docs/device.md)")
+        for line in lines:
+            terminalreporter.write_line(line)

@@ -26,6 +26,7 @@ from ferry.gateway.process import GatewayProcess
 from ferry.process import free_port, wait_until
 from ferry.hwsim import fleet as fleet_firmware
 from ferry.hwsim.board import BoardConfig, VirtualBoard
+from ferry.hwsim.micropython import ESP32_LIKE, InterpreterNotFound, esp32_like_mpy_cross, esp32_like_program
 
 if TYPE_CHECKING:
     from ferry.certs import CertificateAuthority
@@ -34,6 +35,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 DEVICE_DIR = REPO_ROOT / "device"
 UMQTT_RELEASES = REPO_ROOT.parent / "shared" / "thirdparty" / "micropython-lib-umqtt.simple"
 """micropython-lib's umqtt.simple 1.4.0-1.8.0, unmodified, beside the project (absent in a user's clone)."""
+ESP32_LIKE_SOURCES = REPO_ROOT.parent / "shared" / "thirdparty" / "micropython"
+"""MicroPython 1.27.0's sources and build-esp32-like.sh beside the project (absent in a user's clone)."""
 SITE = "lab"
 CONSOLE_LINE = re.compile(r"^ferry (\d+) (.*)$")
 
@@ -53,6 +56,23 @@ def compile_firmware(out_dir: Path) -> Path:
     lives in `ferry.hwsim.fleet.compile_firmware`, which `ferry sim fleet` uses too.
     """
     return fleet_firmware.compile_firmware(out_dir, mpy_cross())
+
+
+def esp32_like() -> Path:
+    """The 32-bit ESP32-like interpreter (`make test` builds it); skips the test, saying why, without it."""
+    try:
+        return esp32_like_program()
+    except InterpreterNotFound as e:
+        if not ESP32_LIKE_SOURCES.is_dir():
+            pytest.skip(f"{ESP32_LIKE_SOURCES} is absent: no 32-bit ESP32-like MicroPython to measure the heap on")
+        pytest.skip(str(e))
+
+
+def compile_firmware_esp32_like(out_dir: Path) -> Path:
+    """The firmware as .mpy from the ESP32-like build's own mpy-cross (its .mpy version, as `ferry flash`
+    matches the board's); skips the test without that build."""
+    esp32_like()
+    return fleet_firmware.compile_firmware(out_dir, esp32_like_mpy_cross())
 
 
 def umqtt_release(version: str) -> Path:
@@ -85,6 +105,9 @@ def read_config(board: VirtualBoard) -> dict:
 
 
 def make_board(root: Path, name: str, uid_last: int = 1, **config: object) -> VirtualBoard:
+    """A board; with `interpreter=ESP32_LIKE` the test skips (saying why) where that interpreter is missing."""
+    if config.get("interpreter") == ESP32_LIKE:
+        esp32_like()
     return VirtualBoard(root / name, BoardConfig(uid=bytes([0x24, 0x0A, 0xC4, 0, 0, uid_last]), **config))
 
 

@@ -325,15 +325,16 @@ print(json.dumps(rounds))
 
 def test_sht31_crc_and_conversion(board_env: None) -> None:
     out = run_fw("""
-import json, hw
+import json
+import sensor_sht31 as hw
 raw = bytearray(b"\\x66\\x66\\x00\\x80\\x00\\x00")
-raw[2] = hw.crc8_sht31(raw, 0)
-raw[5] = hw.crc8_sht31(raw, 3)
+raw[2] = hw.crc8(raw, 0)
+raw[5] = hw.crc8(raw, 3)
 v = [0, 0]
-ok = hw.sht31_convert(raw, v)
+ok = hw.convert(raw, v)
 raw[5] ^= 1
-bad = hw.sht31_convert(raw, [0, 0])
-print(json.dumps({"beef": hw.crc8_sht31(b"\\xbe\\xef", 0), "ok": ok, "v": v, "bad": bad}))
+bad = hw.convert(raw, [0, 0])
+print(json.dumps({"beef": hw.crc8(b"\\xbe\\xef", 0), "ok": ok, "v": v, "bad": bad}))
 """, shims=True)
     # Sensirion's datasheet example: CRC(0xBEEF) = 0x92; 0x6666 is 25.00 degC, 0x8000 is 50.00 %RH.
     assert out == {"beef": 0x92, "ok": True, "v": [2500, 5000], "bad": False}
