@@ -25,6 +25,7 @@ SUBCOMMANDS = (
     Subcommand("gateway", "run the durable MQTT broker and the Kafka bridge (Raspberry Pi)", "ferry.gateway.main"),
     Subcommand("worker", "run the Faust analytics worker", "ferry.server.main"),
     Subcommand("flash", "copy the device firmware to a board with mpremote", "ferry.flash"),
+    Subcommand("ota", "push a firmware release to devices over MQTT, or show their update state", "ferry.ota"),
     Subcommand("sim", "run simulated boards, links and power cuts", "ferry.hwsim.cli"),
     Subcommand("demo", "run the whole pipeline locally with a simulated fleet", "ferry.demo"),
     Subcommand("bench", "benchmark a part of Ferry against a peer", "ferry.bench.main"),

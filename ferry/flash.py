@@ -198,10 +198,32 @@ def build_config(args: argparse.Namespace, wifi_password: str = "", mqtt_passwor
             config[key] = value
     settings = firmware_settings()
     try:
-        settings.Settings(config, CONFIG_REMOTE)
+        check_settings(settings, config)
     except settings.SettingsError as e:
         raise FlashError(f"bad configuration: {e}", EXIT_USAGE) from None
     return config
+
+
+def check_settings(settings: types.ModuleType, config: dict) -> None:
+    """`settings.Settings(config)` as the board runs it: a `sensors` key makes it import the firmware's
+    `sensor_config.py` (which imports `settings`), provided here for that one call."""
+    if "sensors" not in config:
+        settings.Settings(config, CONFIG_REMOTE)
+        return
+    saved = {name: sys.modules.get(name) for name in ("settings", "sensor_config")}
+    module = types.ModuleType("sensor_config")
+    module.__file__ = str(firmware.SOURCE_DIR / "sensor_config.py")
+    sys.modules["settings"] = settings
+    try:
+        exec(compile(Path(module.__file__).read_text(), module.__file__, "exec"), module.__dict__)
+        sys.modules["sensor_config"] = module
+        settings.Settings(config, CONFIG_REMOTE)
+    finally:
+        for name, previous in saved.items():
+            if previous is None:
+                sys.modules.pop(name, None)
+            else:
+                sys.modules[name] = previous
 
 
 def ca_der(path: Path) -> bytes:
@@ -277,6 +299,10 @@ def write_private(path: Path, data: bytes) -> None:
 
 
 # --------------------------------------------------------------------------- the plan
+
+OTA_STATE_FILES = ("/ota/state", "/ota/state.tmp")
+"""device/boot_select.py's STATE and the temporary file it is written through."""
+
 
 @dataclass(frozen=True, slots=True)
 class FileCopy:
@@ -456,6 +482,9 @@ def build_plan(args: argparse.Namespace, config: dict, build_dir: Path, board: B
     `build` (from choose_mpy) picks the compiler for the board's .mpy version, or sources;
     `ca` is the gateway's CA certificate (DER) for /ferry_ca.der."""
     plan = Plan(args.port, umqtt_mip=args.umqtt == "mip")
+    # A board flashed over USB runs what is flashed now: the update state (device/boot_select.py)
+    # would otherwise keep it on an over-the-air release's folder (docs/ota.md).
+    plan.remove += list(OTA_STATE_FILES)
     compile_args = () if build is None else build.compiler_args
     use_mpy = args.mpy and compile_args is not None
     modules = firmware.modules()

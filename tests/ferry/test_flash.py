@@ -27,6 +27,7 @@ from ferry.gateway.auth.passwords import PasswordFile
 from ferry.hwsim.board import BoardConfig
 from ferry.hwsim.serial_bridge import SerialBridge
 from tests.device.fw_support import SITE, Collector, TlsGateway, start_tls_gateway
+from tests.device.helpers import REPO_ROOT
 
 REPO = Path(__file__).resolve().parents[2]
 DEVICE_MODULES = sorted(p.stem for p in (REPO / "device").glob("*.py") if p.name not in ("main.py", "__init__.py"))
@@ -297,6 +298,11 @@ def test_no_mpy_copies_sources_and_removes_stale_mpy(tmp_path: Path) -> None:
     assert {f"/{m}.py" for m in DEVICE_MODULES} <= remotes
     assert "/lib/umqtt/simple.py" in remotes and "/main.py" in remotes
     assert "/app.mpy" in plan.remove and "/main.mpy" not in plan.remove
+    # a USB flash puts the flashed firmware in charge again, whatever an over-the-air update left
+    # (boot_select.STATE and the .tmp it is written through, as the firmware names them)
+    assert {"/ota/state", "/ota/state.tmp"} <= set(plan.remove)
+    boot_select = (REPO_ROOT / "device" / "boot_select.py").read_text()
+    assert 'STATE = "/ota/state"' in boot_select and 'tmp = path + ".tmp"' in boot_select
     config = next(f for f in plan.files if f.remote == "/ferry_config.json")
     assert stat.S_IMODE(config.local.stat().st_mode) == 0o600
     assert json.loads(config.local.read_text()) == {"site": "s", "wifi_ssid": "w", "wifi_password": "",
