@@ -434,14 +434,18 @@ class HealthChange:
     """Failed starts the device's newest birth reported (0 when it reported none)."""
     faults: tuple[str, ...] = ()
     """Sensors the device's newest birth said it runs without."""
+    sensors_failing: tuple[str, ...] = ()
+    """Sensors whose failed reads grew in the device's newest status (or were above 0 in its boot's
+    first one)."""
 
 
 def health_state(offline_reason: str | None, battery_low: bool, rssi_poor: bool, reboot_loop: bool,
-                 boot_failures: int = 0, faults: tuple[str, ...] = ()) -> str:
+                 boot_failures: int = 0, faults: tuple[str, ...] = (), sensors_failing: tuple[str, ...] = ()) -> str:
     """The `state` the flags make."""
     if offline_reason is not None:
         return "offline"
-    return "warning" if battery_low or rssi_poor or reboot_loop or boot_failures or faults else "ok"
+    return "warning" if battery_low or rssi_poor or reboot_loop or boot_failures or faults or sensors_failing \
+        else "ok"
 
 
 def _dump(obj: dict) -> bytes:
@@ -476,7 +480,8 @@ def encode_health_change(change: HealthChange) -> bytes:
                   "battery_low": change.battery_low, "rssi_poor": change.rssi_poor,
                   "reboot_loop": change.reboot_loop, "last_seen_ms": change.last_seen_ms,
                   "battery_mv": change.battery_mv, "rssi_dbm": change.rssi_dbm,
-                  "boot_failures": change.boot_failures, "faults": list(change.faults)})
+                  "boot_failures": change.boot_failures, "faults": list(change.faults),
+                  "sensors_failing": list(change.sensors_failing)})
 
 
 def _json_object(payload: bytes) -> dict:
@@ -594,8 +599,9 @@ def parse_health_change(payload: bytes) -> HealthChange:
         rssi_dbm=_int_field(obj, "rssi_dbm", -200, 0, optional=True),
         boot_failures=_int_field(obj, "boot_failures", 0, MAX_U32, optional=True) or 0,
         faults=_names_field(obj, "faults"),
+        sensors_failing=_names_field(obj, "sensors_failing"),
     )
     if state != health_state(reason, change.battery_low, change.rssi_poor, change.reboot_loop,
-                             change.boot_failures, change.faults):
+                             change.boot_failures, change.faults, change.sensors_failing):
         raise ContractError("state", f"{state!r} is not what offline_reason and the flags make")
     return change

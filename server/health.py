@@ -117,6 +117,11 @@ class DeviceHealth:
     """Sensors the newest birth said the board runs without."""
     start_boot: int = 0
     """The boot whose birth `boot_failures` and `faults` come from (a birth read again raises nothing)."""
+    sensor_errors: dict[str, int] = field(default_factory=dict)
+    """Each sensor's failed reads since `sensor_boot` began, as the newest status of that boot said."""
+    sensor_boot: int = 0
+    sensors_failing: tuple[str, ...] = ()
+    """Sensors whose failed reads grew in the newest status (above 0 in a boot's first status)."""
 
     # ---- inputs -----------------------------------------------------------
 
@@ -155,7 +160,7 @@ class DeviceHealth:
 
     def observe_status(self, receive_ms: int, state: str, boot: int, reset: str | None,
                        settings: HealthSettings, boot_failures: int = 0,
-                       faults: tuple[str, ...] = ()) -> list[Alert]:
+                       faults: tuple[str, ...] = (), sensor_errors: tuple[tuple[str, int], ...] = ()) -> list[Alert]:
         """A birth ("online", with its reset cause, failed starts and missing sensors) or an
         "offline" (last will, or a sleeper going to sleep)."""
         if state == "offline":
@@ -188,9 +193,22 @@ class DeviceHealth:
                 self.boots = [e for e in self.boots if e[0] != boot]
             elif not counted and not self.sleeper and boot != self.first_boot:
                 self._count_boot(boot, receive_ms, settings, alerts)
-        if boot >= self.max_boot:  # the newest birth says how the board started
+        if boot >= self.max_boot:  # the newest birth says how the board started and how its sensors do
             self._observe_start(receive_ms, boot, boot_failures, faults, alerts)
+            self._observe_sensors(receive_ms, boot, dict(sensor_errors), alerts)
         return alerts
+
+    def _observe_sensors(self, receive_ms: int, boot: int, errors: dict[str, int], alerts: list[Alert]) -> None:
+        """A sensor fails while its count of failed reads grows from one status of a boot to the next
+        (the firmware sends a status when a sensor starts or stops failing); at a boot's first status,
+        while it is above 0."""
+        before = self.sensor_errors if boot == self.sensor_boot else {}
+        failing = tuple(name for name, n in errors.items() if n > before.get(name, 0))
+        for name in failing:
+            if name not in self.sensors_failing:
+                alerts.append(Alert(self.device, "sensor_errors", f"sensor {name} is failing: {errors[name]} failed "
+                                    f"read(s) since boot {boot}", receive_ms, value=float(errors[name])))
+        self.sensor_errors, self.sensor_boot, self.sensors_failing = errors, boot, failing
 
     def _observe_start(self, receive_ms: int, boot: int, boot_failures: int, faults: tuple[str, ...],
                        alerts: list[Alert]) -> None:
@@ -232,20 +250,20 @@ class DeviceHealth:
         if self.last_seen_ms is None and not self.offline:
             return None
         return (self.offline_reason if self.offline else None, self.battery_low, self.rssi_poor, self.reboot_loop,
-                self.boot_failures, self.faults)
+                self.boot_failures, self.faults, self.sensors_failing)
 
     def change(self, before: tuple | None, ts_ms: int) -> HealthChange | None:
         """The health record to publish when `flags()` differs from `before` (taken before the input), else None."""
         after = self.flags()
         if after is None or after == before:
             return None
-        reason, battery_low, rssi_poor, reboot_loop, boot_failures, faults = after
+        reason, battery_low, rssi_poor, reboot_loop, boot_failures, faults, sensors_failing = after
         return HealthChange(self.device, ts_ms, health_state(*after),
                             "unknown" if before is None else health_state(*before), reason, battery_low,
                             rssi_poor, reboot_loop, last_seen_ms=self.last_seen_ms,
                             battery_mv=round(_median(self.battery)) if self.battery else None,
                             rssi_dbm=round(_median(self.rssi)) if self.rssi else None,
-                            boot_failures=boot_failures, faults=faults)
+                            boot_failures=boot_failures, faults=faults, sensors_failing=sensors_failing)
 
     def interval_ms(self, settings: HealthSettings) -> float:
         """The device's sample interval as its arrivals show it (at least the floor)."""
@@ -279,6 +297,8 @@ class DeviceHealth:
             problems.append(f"{self.boot_failures} failed start(s) before this boot")
         if self.faults:
             problems.append("runs without " + ", ".join(self.faults))
+        if self.sensors_failing:
+            problems.append("failing: " + ", ".join(self.sensors_failing))
         if offline:
             state = "offline"
         elif self.last_seen_ms is None:
@@ -289,7 +309,7 @@ class DeviceHealth:
                 "offline_reason": reason if offline else None, "battery_mv": battery,
                 "battery_low": self.battery_low, "rssi_dbm": rssi, "rssi_poor": self.rssi_poor,
                 "reboots_recent": recent, "reboot_loop": self.reboot_loop, "boot_failures": self.boot_failures,
-                "faults": list(self.faults), "problems": problems}
+                "faults": list(self.faults), "sensors_failing": list(self.sensors_failing), "problems": problems}
 
     # ---- internals --------------------------------------------------------
 
@@ -325,7 +345,8 @@ class DeviceHealth:
                 "offline": [self.offline, self.offline_reason, self.offline_since_ms], "gaps_ms": self.gaps_ms,
                 "battery": [self.battery, self.battery_low], "rssi": [self.rssi, self.rssi_poor],
                 "boot": [self.max_boot, self.boot_cause, self.sleeper, self.first_boot], "boots": self.boots,
-                "reboot_loop": self.reboot_loop, "start": [self.start_boot, self.boot_failures, list(self.faults)]}
+                "reboot_loop": self.reboot_loop, "start": [self.start_boot, self.boot_failures, list(self.faults)],
+                "sensors": [self.sensor_boot, self.sensor_errors, list(self.sensors_failing)]}
 
     @classmethod
     def from_dict(cls, device: str, data: dict) -> "DeviceHealth":
@@ -339,6 +360,8 @@ class DeviceHealth:
         h.reboot_loop = data["reboot_loop"]
         h.start_boot, h.boot_failures, faults = data.get("start", (0, 0, ()))  # absent in older state
         h.faults = tuple(faults)
+        h.sensor_boot, errors, failing = data.get("sensors", (0, {}, ()))
+        h.sensor_errors, h.sensors_failing = dict(errors), tuple(failing)
         return h
 
 

@@ -163,7 +163,8 @@ def apply_status(state: DeviceState, payload: bytes, receive_ms: int, settings: 
     if parsed.state is ReportedState.ONLINE:
         state.account.observe_birth(parsed.boot, receive_ms)
     alerts = state.health.observe_status(receive_ms, parsed.state.value, parsed.boot, parsed.reset_cause,
-                                         settings.health, parsed.boot_failures, parsed.faults)
+                                         settings.health, parsed.boot_failures, parsed.faults,
+                                         tuple((s.sensor, s.errors) for s in parsed.sensor_errors))
     return _outcome(state, "new", [], alerts, settings)
 
 

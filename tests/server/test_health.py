@@ -11,7 +11,8 @@ from ferry.server.health import DeviceHealth, HealthSettings
 S = HealthSettings()
 T = 1_767_225_600_000
 VIEW_KEYS = {"state", "last_seen_ms", "offline", "offline_reason", "battery_mv", "battery_low", "rssi_dbm",
-             "rssi_poor", "reboots_recent", "reboot_loop", "boot_failures", "faults", "problems"}
+             "rssi_poor", "reboots_recent", "reboot_loop", "boot_failures", "faults", "sensors_failing",
+             "problems"}
 
 
 def kinds(alerts) -> list[str]:
@@ -41,7 +42,8 @@ def test_a_fresh_device_is_unknown_then_ok() -> None:
     v = round_trip(h).view(T + 45_000, S)
     assert v == {"state": "ok", "last_seen_ms": T + 40_000, "offline": False, "offline_reason": None,
                  "battery_mv": 3900, "battery_low": False, "rssi_dbm": -60, "rssi_poor": False,
-                 "reboots_recent": 0, "reboot_loop": False, "boot_failures": 0, "faults": [], "problems": []}
+                 "reboots_recent": 0, "reboot_loop": False, "boot_failures": 0, "faults": [], "sensors_failing": [],
+                 "problems": []}
 
 
 def test_last_will_is_offline_at_once_and_a_reading_brings_it_back() -> None:
@@ -264,7 +266,7 @@ def test_a_change_carries_the_medians_and_an_offline_device_keeps_its_flags() ->
     h = DeviceHealth("d")
     readings(h, 5, bat=3300, rssi=-85)
     before = h.flags()
-    assert before == (None, True, True, False, 0, ())
+    assert before == (None, True, True, False, 0, (), ())
     h.observe_status(T + 60_000, "offline", 1, None, S)
     change = h.change(before, T + 60_000)
     assert (change.state, change.previous, change.offline_reason, change.battery_low, change.rssi_poor) == \
@@ -307,3 +309,30 @@ def test_failed_starts_and_missing_sensors_from_the_birth_are_a_warning() -> Non
     # failing again later raises again
     assert "boot_failures" in kinds(h.observe_status(T + 50_000, "online", 5, "wdt", S, boot_failures=1,
                                                      faults=("battery",)))
+
+
+def test_a_failing_sensor_from_the_status_is_a_warning_until_its_count_stops_growing() -> None:
+    """`sensor_errors` counts a sensor's failed reads since the boot; the firmware sends a status when
+    one starts or stops failing. Failing: its count grew since the boot's previous status (or is above
+    0 in the boot's first). One alert when it starts; the state goes back to ok when it stops."""
+    h = DeviceHealth("d")
+    readings(h, 3)
+    assert h.observe_status(T + 30_000, "online", 2, "hard", S, sensor_errors=(("bme280", 0), ("pms5003", 0))) == []
+    before = h.flags()
+    alerts = h.observe_status(T + 40_000, "online", 2, "hard", S, sensor_errors=(("bme280", 3), ("pms5003", 0)))
+    assert kinds(alerts) == ["sensor_errors"] and alerts[0].reason == "sensor bme280 is failing: 3 failed read(s) since boot 2"
+    change = h.change(before, T + 40_000)
+    assert change is not None and (change.state, change.sensors_failing) == ("warning", ("bme280",))
+    assert round_trip(h).view(T + 41_000, S)["problems"] == ["failing: bme280"]
+    # still failing: the count grew again; no second alert
+    assert h.observe_status(T + 50_000, "online", 2, "hard", S, sensor_errors=(("bme280", 9), ("pms5003", 0))) == []
+    assert h.sensors_failing == ("bme280",)
+    # it stopped failing: the firmware's status with the same count
+    before = h.flags()
+    assert h.observe_status(T + 60_000, "online", 2, "hard", S, sensor_errors=(("bme280", 9), ("pms5003", 0))) == []
+    assert h.sensors_failing == ()
+    change = h.change(before, T + 60_000)
+    assert change is not None and (change.state, change.previous) == ("ok", "warning")
+    # a new boot whose first status already counts errors: failing
+    assert kinds(h.observe_status(T + 70_000, "online", 3, "wdt", S, sensor_errors=(("pms5003", 2),))) \
+        == ["sensor_errors"]
