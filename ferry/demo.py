@@ -19,19 +19,21 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
-import signal
 import socket
 import sys
 import tempfile
-import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TextIO
+
+from ferry.demo_report import (  # noqa: F401  (re-exported: the demo's public pure parts)
+    SPOOL_METRIC, DeviceBalance, Interrupted, Signals, Snapshot, accounting_table, balances, kill_strays,
+    latency_line, latency_summary, progress_line, spool_depth, stray_children, total,
+)
 
 DEFAULT_WEB_PORT = 6066
 PARTITIONS = 4
@@ -40,19 +42,13 @@ GATEWAY_ID = "demo-gw"
 CONSOLE_USER = "demo-console"
 """The operator account of the fleet's own subscriber."""
 SITE = "sim"
+TWO_SITES = ("north", "south")
+"""`--sites 2`: one gateway per site, `demo-north` and `demo-south`."""
 TOPICS = ("ferry.telemetry", "ferry.status", "ferry.reply", "ferry.deadletter", "ferry.series.1m", "ferry.series.5m",
           "ferry.alerts", "ferry.health")
 """What the gateway's bridge writes (BridgeNaming's defaults) and what the worker writes."""
-SPOOL_METRIC = "ferry_bridge_unacked_records"
-"""The gateway's gauge of records Kafka has not acknowledged, wherever the bridge holds them: the
-spool's (in flight to Kafka included) and the QoS 0 ones held in memory."""
 SPOOL_SAMPLE_S = 1.0
 EXIT_OK, EXIT_UNACCOUNTED, EXIT_USAGE = 0, 1, 2
-
-
-class Interrupted(BaseException):
-    """Ctrl-C or SIGTERM during start-up: stop at once (cleaning up). A BaseException, like
-    KeyboardInterrupt, so that no `except Exception` on the way swallows it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,9 +77,19 @@ class DemoOptions:
     """Bound of each end phase: the devices sending their backlog, then the worker counting it."""
     seed: int = 1
     json_path: Path | None = None
+    sites: int = 1
+    """1: one gateway (site `sim`); 2: gateways `north` and `south` into the same Kafka."""
+    workers: int = 1
+    """Faust workers in the one group (the first serves the dashboard)."""
+    duty_cycle: int = 0
+    """Boards in duty-cycle deep sleep (the last ones of the fleet); the others are always on."""
+    chaos: bool = False
+    """The fault schedule of ferry/chaos.py instead of the periodic uplink outages."""
+    move_every_s: float = 0.0
+    """With two sites and no --chaos: a device reboots into the other site every this many seconds."""
 
 
-# ---------------------------------------------------------------------- pure parts
+# ---------------------------------------------------------------------- helpers
 
 def parse_prometheus(text: str) -> dict[str, float]:
     """Prometheus text → sample name → value (labelled samples of one name summed); empty for text
@@ -96,95 +102,18 @@ def parse_prometheus(text: str) -> dict[str, float]:
         return {}
 
 
-def spool_depth(metrics: dict[str, float]) -> float | None:
-    """Records the gateway holds that Kafka has not acknowledged (its spool, in flight included, and QoS 0
-    ones in memory), or None if the gateway does not say."""
-    return metrics.get(SPOOL_METRIC)
+def latency_buckets(text: str | None) -> list[tuple[float, float]] | None:
+    """A worker's `ferry_worker_reading_latency_seconds_bucket` samples as (upper bound s, count)."""
+    from ferry.server.metrics import LATENCY_METRIC
+    from ferry.server.pipeline import ExpositionError, parse_exposition
+
+    try:
+        family = parse_exposition(text or "").get(f"{LATENCY_METRIC}_bucket")
+    except ExpositionError:
+        return None
+    return [(float(dict(labels).get("le", "nan")), value) for labels, value in family.samples] if family else None
 
 
-@dataclass(frozen=True, slots=True)
-class DeviceBalance:
-    """One device's readings from the device's own count to the server's."""
-
-    device: str
-    generated: int
-    """Readings the device made (its console's seq, deliveries and the loss ranges it reported)."""
-    dropped_at_device: int
-    """The device's own `outbox.dropped`: readings it lost itself (full outbox, power cut before flash)."""
-    at_gateway: int
-    """Distinct readings the gateway delivered to the fleet's subscriber (so it had PUBACKed them)."""
-    received: int
-    """Distinct (boot, seq) readings the worker accepted."""
-    duplicates: int
-    """Readings the worker received again and dropped."""
-    gaps: int
-    lost_at_device_server: int
-    """`outbox.dropped` as the worker learnt it from the device's status messages."""
-
-    @property
-    def unaccounted(self) -> int:
-        """Readings neither received by the server nor counted dropped by the device; 0 is the promise.
-        Negative would mean the server counted more than the device made."""
-        return self.generated - self.dropped_at_device - self.received
-
-
-def balances(fleet_rows: Sequence[dict], server_devices: dict | None) -> list[DeviceBalance]:
-    """Join the fleet's per-device rows (`Fleet.rows()`) with the worker's `/devices` answer."""
-    server_devices = server_devices or {}
-    out = []
-    for row in fleet_rows:
-        s = server_devices.get(row["device"], {})
-        out.append(DeviceBalance(row["device"], row["generated"], row["dropped"], row["acknowledged"],
-                                 int(s.get("received", 0)), int(s.get("duplicates", 0)), int(s.get("gaps", 0)),
-                                 int(s.get("lost_at_device", 0))))
-    return out
-
-
-def total(rows: Sequence[DeviceBalance]) -> DeviceBalance:
-    return DeviceBalance("TOTAL", *(sum(getattr(r, f) for r in rows) for f in
-                                    ("generated", "dropped_at_device", "at_gateway", "received", "duplicates",
-                                     "gaps", "lost_at_device_server")))
-
-
-def accounting_table(rows: Sequence[DeviceBalance]) -> str:
-    head = (f"{'device':10} {'generated':>9} {'dropped@dev':>11} {'at gateway':>10} {'received':>9} "
-            f"{'dups removed':>12} {'gaps':>5} {'unaccounted':>11}")
-    lines = [head, "-" * len(head)]
-    for r in [*rows, total(rows)]:
-        if r.device == "TOTAL":
-            lines.append("-" * len(head))
-        lines.append(f"{r.device:10} {r.generated:9} {r.dropped_at_device:11} {r.at_gateway:10} {r.received:9} "
-                     f"{r.duplicates:12} {r.gaps:5} {r.unaccounted:11}")
-    return "\n".join(lines)
-
-
-@dataclass(frozen=True, slots=True)
-class Snapshot:
-    """What one progress line shows, gathered from the three places that know."""
-
-    elapsed_s: float
-    phase: str
-    fleet: dict
-    spool: float | None
-    server: dict | None
-    uplink: str
-
-
-def progress_line(s: Snapshot) -> str:
-    f = s.fleet
-    spool = "?" if s.spool is None else f"{s.spool:.0f}"
-    if s.server is None:
-        server = "server (not answering)"
-    else:
-        server = (f"server received {s.server.get('received', 0)} dups {s.server.get('duplicates', 0)} "
-                  f"gaps {s.server.get('gaps', 0)} lost@dev {s.server.get('lost_at_device', 0)} "
-                  f"alerts {s.server.get('alerts', 0)}")
-    return (f"[{s.elapsed_s:6.1f}s {s.phase}] devices generated {f['generated']} acked {f['acknowledged']} "
-            f"outbox {f['in_outbox']} dropped {f['dropped']} | gateway spool {spool} | {server} | "
-            f"cuts {f['power_cuts']} uplink {s.uplink}")
-
-
-# ---------------------------------------------------------------------- helpers
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -245,43 +174,36 @@ def make_credentials(folder: Path, device_ids: Sequence[str]) -> Credentials:
     return Credentials(ca.pair.cert, server.cert, server.key, folder / "passwd", device_passwords, console_password)
 
 
-def gateway_config(kafka_bootstrap: str, credentials: Credentials, tls_port: int) -> str:
+def gateway_config(kafka_bootstrap: str, credentials: Credentials, tls_port: int, gateway_id: str = GATEWAY_ID) -> str:
     """Anonymous clients refused, the default ACL, the boards on a TLS listener; the plain listener
     (on 127.0.0.1) serves the fleet's operator subscriber."""
-    return (f'[bridge]\nkafka = "{kafka_bootstrap}"\ngateway_id = "{GATEWAY_ID}"\n'
+    return (f'[bridge]\nkafka = "{kafka_bootstrap}"\ngateway_id = "{gateway_id}"\n'
             f'[auth]\npassword_file = "{credentials.password_file}"\noperators = ["{CONSOLE_USER}"]\n'
             f'[[listener]]\nlisten = "127.0.0.1:{tls_port}"\ntls_cert = "{credentials.server_cert}"\n'
             f'tls_key = "{credentials.server_key}"\n')
 
 
-@dataclass
-class Signals:
-    """SIGINT/SIGTERM. During start-up the first one raises `Interrupted` (nothing to account yet);
-    after it, the first sets `stop` (drain and account) and the second `abort` (stop at once).
-    Nothing is raised after start-up, so clean-up always runs to the end."""
+def worker_batching(workers: int) -> dict[str, int]:
+    """With partitions that move between workers, one record per produce batch: the local broker
+    reports a partition's end as its newest batch's base offset + 1, so Faust's table recovery
+    stops early (updates lost: readings counted by the old owner missing as gaps) or crashes
+    (`ConsistencyError`, persisted offset above the highwater) otherwise (docs/server.md,
+    `producer_max_batch_size`; both seen in chaos runs)."""
+    return {"producer_max_batch_size": 1} if workers > 1 else {}
 
-    stop: threading.Event = field(default_factory=threading.Event)
-    abort: threading.Event = field(default_factory=threading.Event)
-    starting: bool = True
-    count: int = 0
 
-    def handler(self, signum: int, frame: object) -> None:
-        self.count += 1
-        if self.starting:
-            self.starting = False
-            self.stop.set()
-            self.abort.set()
-            raise Interrupted(f"{signal.Signals(signum).name} during start-up")
-        (self.stop if self.count == 1 else self.abort).set()
+def worker_patience(chaos: bool) -> dict[str, float]:
+    """The workers reach Kafka through the uplink too (one advertised address), so a chaos outage of
+    up to 120 s would make them exit (no acknowledgement within `write_timeout_s`, 60 s; nothing
+    processed within `stall_timeout_s`, 120 s) where a real deployment's worker never sees the
+    gateway's uplink: wait longer than the longest outage."""
+    return {"write_timeout_s": 180.0, "stall_timeout_s": 240.0} if chaos else {}
 
-    @contextlib.contextmanager
-    def installed(self) -> Iterator["Signals"]:
-        old = {s: signal.signal(s, self.handler) for s in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            yield self
-        finally:
-            for s, h in old.items():
-                signal.signal(s, h)
+
+def duty_cycle_period_ms(sample_ms: int) -> int:
+    """A duty-cycle board's wake period: every wake is a boot and a TLS connect (~0.5 s of a core
+    here), so at least 3 s and 4 sample intervals."""
+    return max(3000, 4 * sample_ms)
 
 
 # ---------------------------------------------------------------------- the run
@@ -296,11 +218,19 @@ class Demo:
         self.started_at = time.monotonic()
         self.phase = "start"
         self.kafka = self.uplink = self.gateway = self.worker = self.fleet = None
+        self.gateways: dict = {}
+        """Site -> GatewayProcess (`gateway` is the first)."""
+        self.workers: list = []
+        """WorkerProcess of the group (`worker`, the first, serves the dashboard and is never killed)."""
+        self.site_names: tuple[str, ...] = (SITE,) if options.sites == 1 else TWO_SITES
+        self.chaos = None
+        """The running ferry.chaos.Chaos with --chaos."""
         self.web_port = 0
         self.outages = 0
         self.outage_until = 0.0
         self.next_outage_at: float | None = None
         self.max_spool: float | None = None
+        self.next_move_at: float | None = None
 
     def say(self, text: str) -> None:
         print(text, file=self.out, flush=True)
@@ -310,7 +240,7 @@ class Demo:
         from ferry.local_kafka import LocalKafka
         from ferry.process import free_port
         from ferry.gateway.process import GatewayProcess
-        from ferry.hwsim.fleet import Fleet, FleetOptions
+        from ferry.hwsim.fleet import Fleet, FleetOptions, FleetSite
         from ferry.hwsim.link import LinkConfig, LinkProcess, resolve_profile
         from ferry.server.process import WorkerProcess
 
@@ -327,48 +257,83 @@ class Demo:
         self.say(f"  uplink   link 127.0.0.1:{uplink_port} -> kafka, profile {o.uplink_profile}")
         create_topics(self.kafka.bootstrap_servers)
         self.say(f"  topics   {', '.join(TOPICS)} ({PARTITIONS} partitions)")
-        metrics_port = free_port()
-        tls_port = free_port()
         credentials = make_credentials(work / "security", [Fleet.device_id(i) for i in range(o.devices)])
         self.say(f"  security a CA, the gateway's certificate, {o.devices} device passwords and an operator "
                  f"in {credentials.password_file}")
-        self.gateway = GatewayProcess(work / "gateway", metrics_port=metrics_port, allow_anonymous=False,
-                                      config_text=gateway_config(f"127.0.0.1:{uplink_port}", credentials, tls_port))
-        stack.callback(self.gateway.stop)
-        self.gateway.start()
-        self.say(f"  gateway  MQTT over TLS 127.0.0.1:{tls_port} (boards, passwords, default ACL), plain "
-                 f"127.0.0.1:{self.gateway.port} (operator), metrics http://127.0.0.1:{metrics_port}/metrics, "
-                 f"bridge -> 127.0.0.1:{uplink_port}")
-        self.worker = WorkerProcess(work / "worker", "worker", broker=self.kafka.bootstrap_servers, app_id=APP_ID,
-                                    partitions=PARTITIONS, web_host="127.0.0.1", web_port=self.web_port,
-                                    broker_session_timeout_s=6,  # the dashboard's pipeline panel scrapes the gateway
-                                    gateways=f"http://127.0.0.1:{self.gateway.metrics_port}/metrics")
-        stack.callback(self.worker.stop)
-        self.say("  worker   starting (Faust joins its consumer group)")
-        self.worker.start()
-        self.fleet = Fleet(FleetOptions(devices=o.devices, gateway=(self.gateway.host, tls_port),
+        tls_ports = {}
+        for site in self.site_names:
+            metrics_port = free_port()
+            tls_ports[site] = tls_port = free_port()
+            gateway_id = GATEWAY_ID if o.sites == 1 else f"demo-{site}"
+            folder = work / ("gateway" if o.sites == 1 else f"gateway-{site}")
+            gateway = GatewayProcess(folder, metrics_port=metrics_port, allow_anonymous=False,
+                                     config_text=gateway_config(f"127.0.0.1:{uplink_port}", credentials, tls_port,
+                                                                gateway_id))
+            self.gateways[site] = gateway
+            stack.callback(gateway.stop)
+            gateway.start()
+            self.say(f"  gateway  {gateway_id} (site {site}): MQTT over TLS 127.0.0.1:{tls_port} (boards, passwords, "
+                     f"default ACL), plain 127.0.0.1:{gateway.port} (operator), metrics "
+                     f"http://127.0.0.1:{metrics_port}/metrics, bridge -> 127.0.0.1:{uplink_port}")
+        self.gateway = self.gateways[self.site_names[0]]
+        scrape = ",".join(f"http://127.0.0.1:{g.metrics_port}/metrics" for g in self.gateways.values())
+        for k in range(o.workers):
+            worker = WorkerProcess(work / "worker", "worker" if k == 0 else f"worker{k + 1}",
+                                   broker=self.kafka.bootstrap_servers, app_id=APP_ID, partitions=PARTITIONS,
+                                   web_host="127.0.0.1", web_port=self.web_port if k == 0 else free_port(),
+                                   broker_session_timeout_s=6,  # the dashboard's pipeline panel scrapes the gateways
+                                   gateways=scrape, **worker_batching(o.workers), **worker_patience(o.chaos))
+            self.workers.append(worker)
+            stack.callback(worker.stop)
+            self.say(f"  worker   starting {worker.name} (Faust joins its consumer group)")
+            worker.start()
+        self.worker = self.workers[0]
+        sites = [FleetSite(site, (self.gateways[site].host, tls_ports[site]),
+                           (self.gateways[site].host, self.gateways[site].port)) for site in self.site_names]
+        duty = {Fleet.device_id(i): {"mode": "duty_cycle", "sample_ms": duty_cycle_period_ms(o.sample_ms)}
+                for i in range(o.devices - o.duty_cycle, o.devices)}
+        self.fleet = Fleet(FleetOptions(devices=o.devices, gateway=sites[0].gateway, sites=sites if o.sites > 1 else (),
                                         tls_ca=credentials.ca_cert, passwords=credentials.device_passwords,
-                                        watch=(self.gateway.host, self.gateway.port), watch_username=CONSOLE_USER,
+                                        watch=sites[0].watch, watch_username=CONSOLE_USER,
                                         watch_password=credentials.console_password,
-                                        profile=o.profile, sample_ms=o.sample_ms,
+                                        profile=o.profile, sample_ms=o.sample_ms, firmware_by_device=duty,
                                         power_cuts_per_min=o.power_cuts_per_min, power_off_s=o.power_off_s,
                                         work_dir=work / "fleet", site=SITE, seed=o.seed,
                                         drain_timeout_s=o.drain_timeout_s, live_every_s=o.live_every_s),
                            out=self.out)
         stack.callback(self.fleet.close)
         self.fleet.start()
-        self.say(f"  fleet    {o.devices} boards sim-0001.. on real MicroPython over TLS, link profile {o.profile}, "
+        self.say(f"  fleet    {o.devices} boards sim-0001.. on real MicroPython over TLS ({o.duty_cycle} in duty-cycle "
+                 f"deep sleep), sites {', '.join(self.site_names)}, link profile {o.profile}, "
                  f"sample {o.sample_ms} ms, power cuts {o.power_cuts_per_min}/min")
         self.started_at = time.monotonic()
-        if o.uplink_outage_every_s > 0:
+        if o.chaos:
+            from ferry.chaos import Chaos, plan
+
+            self.chaos = Chaos(self, plan(o.seed, o.duration_s, sites=self.site_names, devices=o.devices,
+                                          workers=o.workers))
+            stack.callback(self.chaos.stop, restore=False)
+            self.chaos.start()
+            self.say(f"  chaos    {len(self.chaos.faults)} faults scheduled (seed {o.seed}):\n" + self.chaos.describe())
+        elif o.uplink_outage_every_s > 0:
             self.next_outage_at = self.started_at + o.uplink_outage_every_s
+        if o.sites > 1 and not o.chaos and o.move_every_s > 0:
+            self.next_move_at = self.started_at + o.move_every_s
 
     # ---- observing ----------------------------------------------------------
-    def gateway_metrics(self) -> dict[str, float]:
-        text = http_text(f"http://127.0.0.1:{self.gateway.metrics_port}/metrics")
-        return parse_prometheus(text) if text else {}
+    def gateway_metrics(self, site: str | None = None) -> dict[str, float]:
+        """One gateway's metrics (None: every gateway's, summed; a gateway that does not answer adds nothing)."""
+        out: dict[str, float] = {}
+        for name, gateway in self.gateways.items():
+            if site is None or site == name:
+                text = http_text(f"http://127.0.0.1:{gateway.metrics_port}/metrics", 1.0)
+                for key, value in (parse_prometheus(text) if text else {}).items():
+                    out[key] = out.get(key, 0.0) + value
+        return out
 
     def uplink_state(self) -> str:
+        if self.chaos is not None:
+            return self.chaos.state()
         left = self.outage_until - time.monotonic()
         state = f"DOWN {left:.0f}s left" if left > 0 else "up"
         return f"{state} (outages {self.outages})" if self.o.uplink_outage_every_s > 0 else state
@@ -387,9 +352,20 @@ class Demo:
                         server if isinstance(server, dict) else None, self.uplink_state())
 
     def check_children(self) -> None:
-        for name, proc in (("kafka", self.kafka.process), ("uplink link", self.uplink.process),
-                           ("gateway", self.gateway.process), ("worker", self.worker.process)):
+        parts = [("kafka", self.kafka.process), ("uplink link", self.uplink.process)]
+        parts += [(f"gateway {site}", g.process) for site, g in self.gateways.items()]
+        parts += [(w.name, w.process) for w in self.workers]
+        down = self.chaos.down() if self.chaos is not None else set()
+        if self.chaos is not None and self.chaos.failed:
+            raise RuntimeError(f"chaos: {self.chaos.failed}")
+        for name, proc in parts:
+            if name in down:  # killed on purpose, or being restarted
+                continue
             status = proc.poll()
+            worker = next((w for w in self.workers if w.name == name), None)
+            if status is not None and worker is not None and self.chaos is not None:
+                self.chaos.restart_crashed(worker)  # counted and reported, as its supervisor would
+                continue
             if status is not None:
                 raise RuntimeError(f"{name} exited with {status}; its log ({proc.log_path}):\n{proc.log_tail()}")
 
@@ -405,7 +381,23 @@ class Demo:
         self.say(f"[{now - self.started_at:6.1f}s] uplink outage {self.outages}: gateway <-> kafka down for "
                  f"{self.o.uplink_outage_s:g} s (the bridge spools)")
 
+    def tick_moves(self) -> None:
+        """Two sites: the next device (round robin) reboots into the other site."""
+        now = time.monotonic()
+        if self.next_move_at is None or now < self.next_move_at:
+            return
+        self.next_move_at += self.o.move_every_s
+        dev = self.fleet.device_id(self.fleet.moves % self.o.devices)
+        was = self.fleet.device_site[dev]
+        to = self.site_names[(self.site_names.index(was) + 1) % len(self.site_names)]
+        self.fleet.move(dev, to)
+        self.say(f"{self.elapsed()} {dev} rebooted into site {to} (was {was})")
+
     def stop_outages(self) -> None:
+        self.next_move_at = None
+        if self.chaos is not None:
+            self.say(f"{self.elapsed()} chaos stops: every part back up, links back to their profiles")
+            self.chaos.stop()
         self.next_outage_at = None
         self.uplink.schedule([], "uplink")
         self.uplink.set_profile(self.o.uplink_profile, "uplink")
@@ -427,6 +419,7 @@ class Demo:
                 self.say(f"\n{self.elapsed()} ferry demo: stopping (Ctrl-C again to stop at once)")
                 return
             self.tick_outages()
+            self.tick_moves()
             self.check_children()
             now = time.monotonic()
             if now >= next_line:
@@ -453,7 +446,7 @@ class Demo:
         while time.monotonic() < deadline:
             self.check_children()
             rows = balances(self.fleet.rows(), self.worker.get("/devices"))
-            if all(r.unaccounted == 0 for r in rows):
+            if rows and all(r.unaccounted == 0 for r in rows):
                 self.say(progress_line(self.snapshot()))
                 return True
             if time.monotonic() >= next_line:
@@ -466,7 +459,8 @@ class Demo:
         return False
 
     def final(self, drained: bool | None) -> int:
-        rows = balances(self.fleet.rows(), self.worker.get("/devices")) if self.fleet else []
+        rows = balances(self.fleet.rows(), self.worker.get("/devices"), sites=len(self.site_names) > 1) \
+            if self.fleet else []
         server = self.worker.get("/accounting") if self.worker else None
         pipeline = self.worker.get("/pipeline") if self.worker else None
         t = total(rows)
@@ -479,20 +473,37 @@ class Demo:
         self.say(accounting_table(rows))
         self.say("")
         power_cuts = self.fleet.power_cuts if self.fleet else 0
+        outages = self.outages + (self.chaos.counts()["uplink_outage"] if self.chaos is not None else 0)
         self.say(f"  generated by the devices      {t.generated}")
         self.say(f"  dropped by the devices        {t.dropped_at_device}   (their own count; the server learnt "
                  f"{t.lost_at_device_server} from their status messages)")
         self.say(f"  received once by the server   {t.received}")
         self.say(f"  duplicates removed (server)   {t.duplicates}")
         self.say(f"  unaccounted                   {t.unaccounted}" + (f"   devices: {', '.join(bad)}" if bad else ""))
-        self.say(f"  faults survived               {power_cuts} power cuts, {self.outages} uplink outages, "
+        self.say(f"  faults survived               {power_cuts} power cuts, {outages} uplink outages, "
                  f"largest spool depth seen {'?' if self.max_spool is None else f'{self.max_spool:.0f}'}")
-        ok = bool(rows) and not bad
+        latency = latency_summary([latency_buckets(http_text(f"http://127.0.0.1:{w.port}/metrics"))
+                                   for w in self.workers])
+        self.say(f"  end-to-end latency            {latency_line(latency)}")
+        soak = []
+        if self.chaos is not None:
+            self.say(f"  chaos                         {self.chaos.summary()}")
+            self.say("\nprocesses (RSS, open fds) at start, after warm-up, at the end:\n" + self.chaos.soak_table())
+            soak = self.chaos.soak_failures()
+            self.say("  soak: " + ("; ".join(soak) + " (grew past the bounds after warm-up)" if soak else "within bounds"))
+        ok = bool(rows) and not bad and not soak
+        lost = None
+        if bad and self.kafka is not None and not aborted:
+            from ferry.chaos import say_where_lost
+
+            lost = say_where_lost(self, bad)
         if ok:
             verdict = "0 lost, 0 duplicated: every reading the devices did not drop themselves was counted once"
         elif aborted:
             verdict = (f"stopped at once: {t.unaccounted} readings not accounted for yet (not proven either way; "
                        f"a single Ctrl-C lets the drain finish)")
+        elif not bad:
+            verdict = "every reading was counted once, but a process grew past the soak bounds"
         else:
             verdict = f"NOT every reading is accounted for: {t.unaccounted} unaccounted"
         self.say(f"ferry demo: {verdict}")
@@ -504,8 +515,11 @@ class Demo:
                 "ok": ok, "drained": drained, "web_port": self.web_port,
                 "total": {**asdict(t), "unaccounted": t.unaccounted},
                 "devices": [{**asdict(r), "unaccounted": r.unaccounted} for r in rows],
-                "server_accounting": server, "power_cuts": power_cuts, "uplink_outages": self.outages,
-                "max_spool_depth": self.max_spool, "uplink": uplink_stats, "pipeline": pipeline}, indent=1))
+                "server_accounting": server, "power_cuts": power_cuts, "uplink_outages": outages,
+                "max_spool_depth": self.max_spool, "uplink": uplink_stats, "pipeline": pipeline,
+                "sites": list(self.site_names), "moves": self.fleet.moves if self.fleet else 0,
+                "chaos": self.chaos.report() if self.chaos is not None else None, "where_lost": lost,
+                "latency": latency}, indent=1))
         return EXIT_OK if ok else EXIT_UNACCOUNTED
 
 
@@ -519,40 +533,6 @@ def choose_web_port(requested: int, out: TextIO) -> int:
         print(f"ferry demo: port {requested} is busy (another worker or demo?); the dashboard uses {port} instead",
               file=out, flush=True)
     return port
-
-
-def stray_children() -> list[tuple[int, str]]:
-    """(pid, command line) of this process's live children. Every part is stopped by its own
-    handle; a child shows up here only if a signal hit `subprocess.Popen` between its fork and
-    the handle learning the pid."""
-    me, found = str(os.getpid()), []
-    for entry in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if fields[1] == me and fields[0] != "Z":
-            found.append((int(entry), cmdline.strip()))
-    return found
-
-
-def kill_strays(out: TextIO, grace_s: float = 5.0) -> None:
-    """SIGTERM each stray's process group (every part runs in its own session, so its group is its
-    pid), SIGKILL what is left after `grace_s`, and reap them."""
-    strays = stray_children()
-    for pid, cmdline in strays:
-        print(f"ferry demo: stopping leftover process {pid} ({cmdline[:80]})", file=out, flush=True)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace_s
-    for pid, _ in strays:
-        with contextlib.suppress(ChildProcessError):
-            while os.waitpid(pid, os.WNOHANG) == (0, 0) and time.monotonic() < deadline:
-                time.sleep(0.05)
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
 
 
 def run_demo(options: DemoOptions, out: TextIO = sys.stdout) -> int:
@@ -644,6 +624,19 @@ def build_parser() -> argparse.ArgumentParser:
                         f"(default {d.drain_timeout_s:g})")
     p.add_argument("--seed", type=int, default=d.seed, help="seed of the links, sensors and power cuts")
     p.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write the final accounting here")
+    p.add_argument("--chaos", action="store_true",
+                   help="every fault at once on a seeded schedule (docs/demo.md, 'Chaos'): gateway and worker "
+                        "SIGKILLs, a long uplink outage, link cuts and blackholes, a full disk, duty-cycle boards; "
+                        "replaces --uplink-outage-every")
+    p.add_argument("--sites", type=int, choices=(1, 2), default=d.sites,
+                   help="1: one gateway (site sim); 2: gateways north and south into the same Kafka (default 1)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="Faust workers in the group (default 1; 2 with --chaos)")
+    p.add_argument("--move-every", type=_positive(float), default=None, metavar="S",
+                   help="with --sites 2 (no --chaos): a device reboots into the other site every S s (default 20; "
+                        "0: never)")
+    p.add_argument("--duty-cycle", type=int, default=None, metavar="N",
+                   help="boards in duty-cycle deep sleep (default 0; a quarter of --devices with --chaos)")
     return p
 
 
@@ -664,6 +657,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         problems.append("--uplink-outage-s must be above 0 and below --uplink-outage-every")
     if args.live_every <= 0:
         problems.append("--live-every must be above 0")
+    workers = args.workers if args.workers is not None else 2 if args.chaos else 1
+    duty_cycle = args.duty_cycle if args.duty_cycle is not None else args.devices // 4 if args.chaos else 0
+    if not 1 <= workers <= 4:
+        problems.append("--workers must be 1..4")
+    if args.chaos and workers < 2:
+        problems.append("--chaos kills a worker: it needs --workers 2 or more")
+    if not 0 <= duty_cycle <= args.devices:
+        problems.append("--duty-cycle must be 0..--devices")
     if problems:
         for problem in problems:
             print(f"ferry demo: {problem}", file=sys.stderr)
@@ -673,7 +674,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                           uplink_profile=args.uplink_profile, uplink_outage_every_s=args.uplink_outage_every,
                           uplink_outage_s=args.uplink_outage_s, duration_s=args.duration, web_port=args.web_port,
                           work_dir=args.work_dir, live_every_s=args.live_every, drain_timeout_s=args.drain_timeout,
-                          seed=args.seed, json_path=args.json)
+                          seed=args.seed, json_path=args.json, sites=args.sites, workers=workers,
+                          duty_cycle=duty_cycle, chaos=args.chaos,
+                          move_every_s=20.0 if args.move_every is None else args.move_every)
     return run_demo(options)
 
 

@@ -177,6 +177,8 @@ class DeviceTally:
 
 
 _STATS = re.compile(rb"^ferry -?\d+ stats seq (\d+) ")
+_WAKE = re.compile(rb"^ferry -?\d+ wake: ")
+"""A duty-cycle wake's last line: its one reading (seq 0 of the boot) was sampled and flushed."""
 _BOOT = re.compile(rb"^ferry -?\d+ boot (\d+) \(")
 _LOSS = re.compile(rb"lost \((\d+), (\d+), (\d+)\)")
 
@@ -207,6 +209,9 @@ class ConsoleTail:
                 if n > self.tally.console_seq.get(self.boot, 0):
                     self.tally.console_seq[self.boot] = n
                 continue
+            if self.boot is not None and _WAKE.match(line):
+                self.tally.console_seq[self.boot] = max(1, self.tally.console_seq.get(self.boot, 0))
+                continue
             m = _BOOT.match(line)
             if m:
                 self.boot = int(m.group(1))
@@ -221,14 +226,16 @@ class Subscriber:
     """A paho client on the gateway (not through the link) counting readings, statuses and replies."""
 
     def __init__(self, host: str, port: int, site: str, tallies: dict[str, DeviceTally], *,
-                 username: str | None = None, password: str | None = None, tls_ca: Path | None = None) -> None:
+                 username: str | None = None, password: str | None = None, tls_ca: Path | None = None,
+                 client_id: str | None = None, lock: threading.Lock | None = None) -> None:
         import paho.mqtt.client as mqtt
 
         self.site = site
         self.tallies = tallies
-        self.lock = threading.Lock()
+        self.lock = lock or threading.Lock()
+        """Guards `tallies`; subscribers on several gateways that count into the same tallies share one."""
         self.connected = threading.Event()
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"ferry-fleet-{os.getpid()}",
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id or f"ferry-fleet-{os.getpid()}",
                                   protocol=mqtt.MQTTv311, clean_session=False)
         if username is not None:
             self.client.username_pw_set(username, password)
@@ -246,7 +253,7 @@ class Subscriber:
 
     def _on_connect(self, client, userdata, flags, reason, props) -> None:
         for channel in ("telemetry", "status", "reply"):
-            client.subscribe(f"ferry/{self.site}/+/{channel}", 1)
+            client.subscribe(f"ferry/+/+/{channel}", 1)  # any site: a device may move between sites
         self.connected.set()
 
     def _on_message(self, client, userdata, msg) -> None:
@@ -277,8 +284,8 @@ class Subscriber:
             except (ValueError, KeyError, TypeError):
                 tally.garbled += 1
 
-    def command(self, dev: str, payload: dict) -> None:
-        self.client.publish(f"ferry/{self.site}/{dev}/cmd", json.dumps(payload).encode(), 1)
+    def command(self, dev: str, payload: dict, site: str | None = None) -> None:
+        self.client.publish(f"ferry/{site or self.site}/{dev}/cmd", json.dumps(payload).encode(), 1)
 
     def close(self) -> None:
         self.client.disconnect()
@@ -306,6 +313,17 @@ def proc_sample(pid: int) -> tuple[float, int, int, float] | None:
 
 
 # ---------------------------------------------------------------------- the fleet
+
+@dataclass(frozen=True)
+class FleetSite:
+    """One site of a fleet spread over several gateways: its name (the `<site>` of the boards'
+    topics), the gateway its boards reach through their own link, and where the fleet's subscriber
+    for that gateway connects (None: `gateway`)."""
+
+    name: str
+    gateway: tuple[str, int]
+    watch: tuple[str, int] | None = None
+
 
 @dataclass
 class FleetOptions:
@@ -338,6 +356,13 @@ class FleetOptions:
     watch_password: str | None = None
     watch_tls_ca: Path | None = None
     """CA certificate when `watch` is a TLS listener; None: plain MQTT."""
+    sites: Sequence[FleetSite] = ()
+    """Several gateways: board i starts at site i % len(sites), each site has its own link
+    ("devices-<site>") and subscriber (all with `watch_username`/`watch_password`). Empty: one
+    site, `site` at `gateway` (link "devices")."""
+    firmware_by_device: Mapping[str, dict] = field(default_factory=dict)
+    """Device id -> extra /ferry_config.json keys for that board alone (after `firmware`), e.g.
+    `{"mode": "duty_cycle"}`."""
 
 
 class Fleet:
@@ -351,6 +376,18 @@ class Fleet:
         self.tails: list[ConsoleTail] = []
         self.link = None
         self.subscriber: Subscriber | None = None
+        """The first site's subscriber (the only one with a single site)."""
+        self.subscribers: dict[str, Subscriber] = {}
+        self.sites: list[FleetSite] = []
+        self.link_names: dict[str, str] = {}
+        """Site -> the name of its devices link."""
+        self.device_site: dict[str, str] = {}
+        """Device -> the site its settings name now."""
+        self.site_path: dict[str, str] = {}
+        """Device -> every site it was at, in order: "north" or "north>south"."""
+        self.moves = 0
+        self._off: set[int] = set()
+        """Indexes of boards a power cut left off (waiting for their restore)."""
         self._stop = threading.Event()
         self._cutter: threading.Thread | None = None
         self._restarts: list[threading.Timer] = []
@@ -376,32 +413,44 @@ class Fleet:
         o.work_dir.mkdir(parents=True, exist_ok=True)
         try:
             build = compile_firmware(o.work_dir / "build")
-            config = LinkConfig(upstream_host=o.gateway[0], upstream_port=o.gateway[1],
-                                name="devices", profile=resolve_profile(o.profile), seed=o.seed)
+            self.sites = list(o.sites) or [FleetSite(o.site, o.gateway, o.watch)]
+            configs = []
+            for n, site in enumerate(self.sites):
+                name = "devices" if len(self.sites) == 1 else f"devices-{site.name}"
+                self.link_names[site.name] = name
+                configs.append(LinkConfig(upstream_host=site.gateway[0], upstream_port=site.gateway[1], name=name,
+                                          profile=resolve_profile(o.profile), seed=o.seed + n))
             use_process = o.link_process if o.link_process is not None else o.devices > MAX_IN_PROCESS_LINK
             if use_process:
                 from ferry.hwsim.link import LinkProcess
-                self.link = LinkProcess([config], o.work_dir).start()
+                self.link = LinkProcess(configs, o.work_dir).start()
             else:
-                self.link = LinkThread([config]).start()
+                self.link = LinkThread(configs).start()
             for i in range(o.devices):
                 dev = self.device_id(i)
                 self.tallies[dev] = DeviceTally(dev)
-            watch = o.watch or o.gateway
-            self.subscriber = Subscriber(watch[0], watch[1], o.site, self.tallies, username=o.watch_username,
-                                         password=o.watch_password, tls_ca=o.watch_tls_ca)
-            port = self.link.port()
+            lock = threading.Lock()
+            for site in self.sites:
+                watch = site.watch or site.gateway
+                self.subscribers[site.name] = Subscriber(
+                    watch[0], watch[1], site.name, self.tallies, username=o.watch_username, password=o.watch_password,
+                    tls_ca=o.watch_tls_ca, client_id=f"ferry-fleet-{os.getpid()}-{site.name}", lock=lock)
+            self.subscriber = self.subscribers[self.sites[0].name]
             ca = ca_der(o.tls_ca) if o.tls_ca is not None else None
             for i in range(o.devices):
                 dev = self.device_id(i)
+                site = self.sites[i % len(self.sites)].name
+                self.device_site[dev] = self.site_path[dev] = site
                 board_dir = o.work_dir / dev
                 shutil.rmtree(board_dir, ignore_errors=True)  # a fresh board every run
                 board = VirtualBoard(board_dir, BoardConfig(uid=bytes([0x24, 0x0A, 0xC4, 0, (i + 1) >> 8, (i + 1) & 255]),
                                                            sensor_seed=o.seed * 100000 + i + 1))
-                settings = board_settings(o.site, dev, board.config.wifi_ssid, ("127.0.0.1", port),
+                settings = board_settings(site, dev, board.config.wifi_ssid,
+                                          ("127.0.0.1", self.link.port(self.link_names[site])),
                                           tls=ca is not None, password=o.passwords.get(dev),
                                           sample_ms=o.sample_ms, log_stats_every=1)
                 settings.update(o.firmware)
+                settings.update(o.firmware_by_device.get(dev, {}))
                 install_firmware(board.flash_dir, build, settings, ca)
                 self.boards.append(board)
                 self.tails.append(ConsoleTail(board.console_path, self.tallies[dev]))
@@ -436,9 +485,11 @@ class Fleet:
         for t in threads:
             t.join(30)
         self.read_consoles()
-        if self.subscriber is not None:
+        if self.subscribers:
             time.sleep(0.2)
-            self.subscriber.close()
+            for subscriber in self.subscribers.values():
+                subscriber.close()
+            self.subscribers = {}
             self.subscriber = None
         if self.link is not None:
             self.link.stop()
@@ -462,21 +513,25 @@ class Fleet:
         rate_s = self.o.power_cuts_per_min / 60
         while not self._stop.wait(rng.expovariate(rate_s)):
             with self._board_lock:
-                candidates = [b for b in self.boards if b.running]
+                candidates = [i for i, b in enumerate(self.boards) if b.running]
                 if not candidates:
                     continue
-                board = rng.choice(candidates)
-                board.power_cut()
+                index = rng.choice(candidates)
+                self.boards[index].power_cut()
+                self._off.add(index)
                 self.power_cuts += 1
-                timer = threading.Timer(self.o.power_off_s, self._restore, args=(board,))
+                timer = threading.Timer(self.o.power_off_s, self._restore, args=(index,))
                 timer.daemon = True
                 self._restarts.append(timer)
                 timer.start()
 
-    def _restore(self, board: VirtualBoard) -> None:
+    def _restore(self, index: int) -> None:
+        # Only a board a cut left off: a duty-cycle board asleep is not running either, and a second
+        # power_on would give it a second supervisor.
         with self._board_lock:
-            if not self._stop.is_set() and not board.running:
-                board.power_on()
+            if not self._stop.is_set() and index in self._off:
+                self._off.discard(index)
+                self.boards[index].power_on()
 
     def stop_power_cuts(self) -> None:
         """No more cuts; boards that are off are powered on again at once."""
@@ -488,10 +543,40 @@ class Fleet:
         for t in self._restarts:
             t.cancel()
         with self._board_lock:
-            for board in self.boards:
-                if not board.running:
-                    board.power_on()
+            for index in sorted(self._off):
+                self.boards[index].power_on()
+            self._off.clear()
         self._stop.clear()
+
+    # ---- sites ----------------------------------------------------------------
+    def move(self, dev: str, site: str) -> None:
+        """`dev` reboots into `site`: power cut, its /ferry_config.json names the other site and that
+        site's link, power on. Readings staged in RAM are lost as in any power cut (the device counts
+        them); its flash outbox goes along and is sent to the new gateway."""
+        index = int(dev.rsplit("-", 1)[1]) - 1
+        port = self.link.port(self.link_names[site])
+        with self._board_lock:
+            board = self.boards[index]
+            board.power_cut()
+            self._off.discard(index)
+            path = board.flash_dir / "ferry_config.json"
+            settings = json.loads(path.read_text())
+            settings["site"] = site
+            settings["broker_tls_port" if settings.get("tls") else "broker_port"] = port
+            path.write_text(json.dumps(settings))
+            self.device_site[dev] = site
+            self.site_path[dev] += f">{site}"
+            self.moves += 1
+            if not self._stop.is_set():
+                board.power_on()
+
+    def link_stats(self) -> dict[str, object]:
+        """Link name -> LinkStats of every devices link."""
+        out = {}
+        for name in self.link_names.values():
+            s = self.link.stats(name)
+            out[name] = s[name] if isinstance(s, dict) else s
+        return out
 
     # ---- counting -------------------------------------------------------------
     def read_consoles(self) -> None:
@@ -502,7 +587,7 @@ class Fleet:
         self.read_consoles()
         lock = self.subscriber.lock if self.subscriber else threading.Lock()
         with lock:
-            return [t.row() for t in self.tallies.values()]
+            return [{**t.row(), "site": self.site_path.get(t.dev, "")} for t in self.tallies.values()]
 
     def totals(self) -> dict:
         rows = self.rows()
@@ -576,10 +661,9 @@ class Fleet:
         m = self.measure()
         link = ""
         if self.link is not None:
-            s = self.link.stats()
-            if isinstance(s, dict):
-                s = s["devices"]
-            link = f" link conns {s.connections_open} resets {s.resets_injected} stalls {s.stalls}"
+            stats = list(self.link_stats().values())
+            link = (f" link conns {sum(s.connections_open for s in stats)} "
+                    f"resets {sum(s.resets_injected for s in stats)} stalls {sum(s.stalls for s in stats)}")
         return (f"[{time.monotonic() - self.started_at:6.1f}s] running {t['running']}/{t['devices']} "
                 f"generated {t['generated']} acked {t['acknowledged']} outbox {t['in_outbox']} "
                 f"dropped {t['dropped']} dups {t['duplicates']} cuts {t['power_cuts']} | "
@@ -617,7 +701,8 @@ class Fleet:
                 with self.subscriber.lock:
                     unanswered = [d for d, t in self.tallies.items() if cid not in t.replies]
                 for dev in unanswered:
-                    self.subscriber.command(dev, command)
+                    site = self.device_site[dev]
+                    self.subscribers[site].command(dev, command, site)
             if self._drained(cid):
                 return True
             if time.monotonic() >= deadline or stop_event.wait(0.5):

@@ -65,6 +65,8 @@ async def rewind_uncommitted(app: faust.App, topics: set[str]) -> list:
     partition from its beginning is what `consumer_auto_offset_reset = "earliest"` asks for anyway;
     records already applied to a device's state are skipped by their offsets.
     """
+    if not app.consumer.assignment():  # a generation that gave this worker nothing: nothing to seek
+        return []                        # (aiokafka's seek_to_committed asserts there is something)
     committed = await app.consumer.seek_to_committed()
     uncommitted = {tp: 0 for tp, offset in committed.items() if tp.topic in topics and not offset}
     if uncommitted:

@@ -10,6 +10,7 @@ would report numbers that are not true). The page itself answers then too, with
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from typing import TYPE_CHECKING, Any
 
 from ferry.prometheus import Metric
@@ -20,6 +21,47 @@ if TYPE_CHECKING:
 VERDICTS = ("telemetry.new", "telemetry.duplicate", "telemetry.late", "telemetry.invalid", "telemetry.replayed",
             "status.new", "status.invalid", "status.replayed")
 """`<channel>.<verdict>` of `ferry.server.logic.apply_batch`, exported at 0 before the first record."""
+
+
+LATENCY_METRIC = "ferry_worker_reading_latency_seconds"
+LATENCY_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+"""Upper bounds of the latency buckets (the last bucket, +Inf, takes the rest)."""
+
+
+class LatencyHistogram:
+    """End-to-end latency of the readings this worker counted: from the device's sample time (the
+    reading's `ts`, clock-synced readings only) to when its batch was in Kafka and counted. Fixed
+    buckets: one `bisect` and two additions per reading, nothing kept per reading. Since the
+    worker started (a restarted worker starts from zero, like every counter here).
+
+    Exported as `<name>_bucket{le=...}` (cumulative), `<name>_sum` and `<name>_count` gauges, the
+    samples of a Prometheus histogram (`ferry demo` reads them back for its percentiles).
+    """
+
+    __slots__ = ("counts", "count", "sum_s")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(LATENCY_BUCKETS_S) + 1)
+        self.count = 0
+        self.sum_s = 0.0
+
+    def observe(self, seconds: float) -> None:
+        seconds = max(0.0, seconds)  # a device clock a little ahead of the worker's
+        self.counts[bisect_left(LATENCY_BUCKETS_S, seconds)] += 1
+        self.count += 1
+        self.sum_s += seconds
+
+    def metrics(self) -> list[Metric]:
+        cumulative, running = [], 0
+        for bound, n in zip((*LATENCY_BUCKETS_S, float("inf")), self.counts):
+            running += n
+            cumulative.append(((("le", "+Inf" if bound == float("inf") else f"{bound:g}"),), float(running)))
+        text = "Readings counted by this worker since it started, by latency from the device's sample time " \
+               "(clock-synced readings) to counted"
+        return [Metric(f"{LATENCY_METRIC}_bucket", "gauge", text + " (cumulative, le = upper bound in s).",
+                       tuple(cumulative)),
+                _single(f"{LATENCY_METRIC}_sum", "gauge", text + ": the sum of their latencies in s.", self.sum_s),
+                _single(f"{LATENCY_METRIC}_count", "gauge", text + ".", self.count)]
 
 
 def _single(name: str, kind: str, help_text: str, value: float) -> Metric:
@@ -64,6 +106,9 @@ def collect(worker: "WorkerState", end_offsets: dict[Any, int] | None = None) ->
                     "Readings this worker's devices report they dropped themselves (outbox.dropped).",
                     sum(s.status.lost_at_device for s in states)),
         ]
+    latency = getattr(worker, "latency", None)  # a LatencyHistogram, once WorkerState keeps one
+    if isinstance(latency, LatencyHistogram):
+        metrics += latency.metrics()
     lag = worker.consumer_lag(end_offsets or {})
     if lag:
         metrics.append(Metric(

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from ferry.demo import (
-    DeviceBalance, Snapshot, accounting_table, balances, choose_web_port, main, parse_prometheus, progress_line,
-    spool_depth, total,
+    DeviceBalance, Snapshot, accounting_table, balances, choose_web_port, latency_buckets, latency_line, latency_summary, main,
+    parse_prometheus, progress_line, spool_depth, total,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -88,6 +88,40 @@ def test_unaccounted_is_generated_minus_dropped_at_device_minus_received() -> No
     table = accounting_table(rows)
     assert table.splitlines()[-1].split() == ["TOTAL", "35", "3", "32", "26", "4", "4", "6"]
     assert balances(fleet_rows, None)[0].received == 0  # the worker did not answer
+
+
+def test_with_two_sites_the_table_has_a_site_column_and_a_total_per_site() -> None:
+    fleet_rows = [{"device": "sim-0001", "generated": 20, "dropped": 3, "acknowledged": 17, "site": "north>south"},
+                  {"device": "sim-0002", "generated": 10, "dropped": 0, "acknowledged": 10, "site": "south"},
+                  {"device": "sim-0003", "generated": 5, "dropped": 0, "acknowledged": 5, "site": "north"}]
+    server = {"sim-0001": {"received": 17}, "sim-0002": {"received": 10}, "sim-0003": {"received": 4}}
+    assert balances(fleet_rows, server)[0].site == ""  # one site: no column
+    rows = balances(fleet_rows, server, sites=True)
+    lines = accounting_table(rows).splitlines()
+    assert lines[0].split()[:2] == ["device", "site"]
+    assert lines[2].split()[:2] == ["sim-0001", "north>south"]
+    per_site = {line.split()[1]: line.split() for line in lines if line.startswith("TOTAL@")}
+    assert per_site["north"][-1] == "1" and per_site["south"][2] == "30"  # by the site each device is at now
+    assert lines[-1].split() == ["TOTAL", "35", "3", "32", "31", "0", "0", "1"]
+
+
+def test_latency_percentiles_from_the_workers_histograms() -> None:
+    from ferry.prometheus import prometheus_text
+    from ferry.server.metrics import LatencyHistogram
+
+    one, two = LatencyHistogram(), LatencyHistogram()
+    for seconds in [0.03] * 50 + [0.3] * 40:
+        one.observe(seconds)
+    for seconds in [3.0] * 9 + [700.0]:
+        two.observe(seconds)
+    summary = latency_summary([latency_buckets(prometheus_text(one.metrics())),
+                               latency_buckets(prometheus_text(two.metrics())), latency_buckets(None)])
+    assert summary["readings"] == 100
+    assert summary["p50_s"] == pytest.approx(0.05)  # linear within the bucket, as histogram_quantile
+    assert 2.0 < summary["p95_s"] < 5.0 and summary["p99_s"] == pytest.approx(5.0)
+    assert "p50 0.05 s" in latency_line(summary)
+    assert latency_summary([latency_buckets("ferry_worker_ready 1\n"), latency_buckets("garbage {")]) is None
+    assert "not measured" in latency_line(None)
 
 
 def test_progress_line_shows_each_hop_and_says_when_the_server_is_silent() -> None:

@@ -49,9 +49,29 @@ def test_source_partitions_nobody_committed_are_read_from_their_beginning() -> N
         async def seek_wait(self, partitions: dict) -> None:
             self.seeks.append(partitions)
 
+        def assignment(self) -> set:
+            return {TP("t.telemetry", 0)}
+
     class App:
         consumer = Consumer()
 
     rewound = asyncio.run(rewind_uncommitted(App(), {"t.telemetry", "t.status"}))
     assert rewound == [TP("t.status", 1), TP("t.telemetry", 0)]
     assert App.consumer.seeks == [{TP("t.telemetry", 0): 0, TP("t.status", 1): 0}]
+
+
+def test_a_worker_given_no_partition_by_a_rebalance_does_not_crash() -> None:
+    """A worker joining a generation that gives it no partition (more workers than the group spreads
+    over): aiokafka's seek to committed offsets asserts there are partitions, and the worker died
+    (seen in `ferry demo --chaos` after a worker restart)."""
+    class Consumer:
+        def assignment(self) -> set:
+            return set()
+
+        async def seek_to_committed(self) -> dict:
+            raise AssertionError("No partitions are currently assigned")
+
+    class App:
+        consumer = Consumer()
+
+    assert asyncio.run(rewind_uncommitted(App(), {"t.telemetry"})) == []

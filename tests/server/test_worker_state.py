@@ -66,7 +66,8 @@ class Assignment:
         """Recovery of the assigned partitions is done (every partition has a committed offset: no
         consumer runs here for `rewind_uncommitted` to ask)."""
         app = self.streams.worker.app
-        with mock.patch.object(app.consumer, "seek_to_committed", mock.AsyncMock(return_value={})):
+        with mock.patch.object(app.consumer, "seek_to_committed", mock.AsyncMock(return_value={})), \
+                mock.patch.object(app.consumer, "assignment", mock.Mock(return_value=self.tps())):
             await app.on_rebalance_complete.send()
         app.on_rebalance_end()
 
