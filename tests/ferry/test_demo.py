@@ -155,8 +155,8 @@ def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
 @pytest.mark.integration
 def test_demo_accounts_for_every_reading_through_power_cuts_and_uplink_outages(tmp_path: Path) -> None:
     report = tmp_path / "demo.json"
-    argv = [sys.executable, "-m", "ferry", "demo", "--devices", "4", "--duration", "28", "--sample-ms", "500",
-            "--power-cuts-per-min", "6", "--uplink-outage-every", "12", "--uplink-outage-s", "4",
+    argv = [sys.executable, "-m", "ferry", "demo", "--devices", "4", "--duration", "22", "--sample-ms", "500",
+            "--power-cuts-per-min", "6", "--uplink-outage-every", "9", "--uplink-outage-s", "3",
             "--web-port", "0", "--live-every", "5", "--drain-timeout", "60",
             "--work-dir", str(tmp_path / "work"), "--json", str(report)]
     started = time.monotonic()
