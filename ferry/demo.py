@@ -104,7 +104,7 @@ def parse_prometheus(text: str) -> dict[str, float]:
 
 def latency_buckets(text: str | None) -> list[tuple[float, float]] | None:
     """A worker's `ferry_worker_reading_latency_seconds_bucket` samples as (upper bound s, count)."""
-    from ferry.server.metrics import LATENCY_METRIC
+    from ferry.server.latency import LATENCY_METRIC
     from ferry.server.pipeline import ExpositionError, parse_exposition
 
     try:

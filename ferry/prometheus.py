@@ -40,6 +40,11 @@ class Metric:
     help: str
     samples: tuple[tuple[Labels, float], ...]
 
+    @classmethod
+    def single(cls, name: str, kind: str, help_text: str, value: float) -> "Metric":
+        """A family of one unlabelled sample."""
+        return cls(name, kind, help_text, (((), float(value)),))
+
 
 def _escape_help(text: str) -> str:
     return text.replace("\\", "\\\\").replace("\n", "\\n")

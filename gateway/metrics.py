@@ -28,9 +28,7 @@ def collect(broker: Broker, server, journal, bridge=None, disk=None) -> list[Met
     qos = ("0", "1", "2")
     denied = broker.access.denied if broker.access is not None else {}
 
-    def single(name: str, kind: str, help_text: str, value: float) -> Metric:
-        return Metric(name, kind, help_text, (((), float(value)),))
-
+    single = Metric.single
     def per_qos(name: str, help_text: str, values: list[int]) -> Metric:
         return Metric(name, "counter", help_text, tuple(((("qos", q),), float(v)) for q, v in zip(qos, values)))
 
@@ -114,9 +112,7 @@ def bridge_metrics(bridge, broker: Broker) -> list[Metric]:
     """The Kafka bridge's metrics (only when it runs)."""
     stats = bridge.stats
 
-    def single(name: str, kind: str, help_text: str, value: float) -> Metric:
-        return Metric(name, kind, help_text, (((), float(value)),))
-
+    single = Metric.single
     return [
         single("ferry_bridge_produced_total", "counter", "Records handed to the Kafka producer (retries included).",
                stats.produced),

@@ -88,6 +88,8 @@ class Outcome:
     alerts: list[Alert] = field(default_factory=list)
     health: HealthChange | None = None
     """The device's health when this record changed it."""
+    sample_ms: int | None = None
+    """A clock-synced reading counted for the first time: its sample time (for the latency)."""
 
 
 @dataclass(slots=True)
@@ -102,6 +104,8 @@ class BatchResult:
     alerts: list[Alert] = field(default_factory=list)
     health: list[HealthChange] = field(default_factory=list)
     verdicts: Counter = field(default_factory=Counter)
+    sample_ms: list[int] = field(default_factory=list)
+    """The sample times of the clock-synced readings counted for the first time (the latency)."""
 
 
 def device_key(key: bytes | str | None) -> str:
@@ -142,12 +146,16 @@ def apply_reading(state: DeviceState, payload: bytes, record_ms: int, receive_ms
     if ahead:
         state.account.future += 1
     closed = state.windows.add(when, reading.metrics, settings.kinds, settings.lateness_ms, advance=not ahead)
+    sample_ms = reading.ts_ms if reading.synced and not ahead else None
     if closed is None:
         state.account.late += 1
-        return _outcome(state, "late", [], alerts, settings)
-    if not ahead:
-        alerts += state.detectors.observe(when, reading.metrics)
-    return _outcome(state, "new", closed, alerts, settings)
+        outcome = _outcome(state, "late", [], alerts, settings)
+    else:
+        if not ahead:
+            alerts += state.detectors.observe(when, reading.metrics)
+        outcome = _outcome(state, "new", closed, alerts, settings)
+    outcome.sample_ms = sample_ms
+    return outcome
 
 
 def apply_status(state: DeviceState, payload: bytes, receive_ms: int, settings: Settings) -> Outcome:
@@ -212,6 +220,8 @@ def apply_batch(records: Iterable[Record], state_of: Callable[[str], DeviceState
         state.mark_applied(record.channel, record.partition, record.offset)
         outcome = apply_record(state, record, settings)
         result.verdicts[f"{record.channel}.{outcome.verdict}"] += 1
+        if outcome.sample_ms is not None:
+            result.sample_ms.append(outcome.sample_ms)
         if outcome.closed:
             closed_by_device.setdefault(record.device, []).extend(outcome.closed)
             result.publish.extend(outcome.closed)

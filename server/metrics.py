@@ -10,7 +10,6 @@ would report numbers that are not true). The page itself answers then too, with
 
 from __future__ import annotations
 
-from bisect import bisect_left
 from typing import TYPE_CHECKING, Any
 
 from ferry.prometheus import Metric
@@ -23,49 +22,7 @@ VERDICTS = ("telemetry.new", "telemetry.duplicate", "telemetry.late", "telemetry
 """`<channel>.<verdict>` of `ferry.server.logic.apply_batch`, exported at 0 before the first record."""
 
 
-LATENCY_METRIC = "ferry_worker_reading_latency_seconds"
-LATENCY_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
-"""Upper bounds of the latency buckets (the last bucket, +Inf, takes the rest)."""
 
-
-class LatencyHistogram:
-    """End-to-end latency of the readings this worker counted: from the device's sample time (the
-    reading's `ts`, clock-synced readings only) to when its batch was in Kafka and counted. Fixed
-    buckets: one `bisect` and two additions per reading, nothing kept per reading. Since the
-    worker started (a restarted worker starts from zero, like every counter here).
-
-    Exported as `<name>_bucket{le=...}` (cumulative), `<name>_sum` and `<name>_count` gauges, the
-    samples of a Prometheus histogram (`ferry demo` reads them back for its percentiles).
-    """
-
-    __slots__ = ("counts", "count", "sum_s")
-
-    def __init__(self) -> None:
-        self.counts = [0] * (len(LATENCY_BUCKETS_S) + 1)
-        self.count = 0
-        self.sum_s = 0.0
-
-    def observe(self, seconds: float) -> None:
-        seconds = max(0.0, seconds)  # a device clock a little ahead of the worker's
-        self.counts[bisect_left(LATENCY_BUCKETS_S, seconds)] += 1
-        self.count += 1
-        self.sum_s += seconds
-
-    def metrics(self) -> list[Metric]:
-        cumulative, running = [], 0
-        for bound, n in zip((*LATENCY_BUCKETS_S, float("inf")), self.counts):
-            running += n
-            cumulative.append(((("le", "+Inf" if bound == float("inf") else f"{bound:g}"),), float(running)))
-        text = "Readings counted by this worker since it started, by latency from the device's sample time " \
-               "(clock-synced readings) to counted"
-        return [Metric(f"{LATENCY_METRIC}_bucket", "gauge", text + " (cumulative, le = upper bound in s).",
-                       tuple(cumulative)),
-                _single(f"{LATENCY_METRIC}_sum", "gauge", text + ": the sum of their latencies in s.", self.sum_s),
-                _single(f"{LATENCY_METRIC}_count", "gauge", text + ".", self.count)]
-
-
-def _single(name: str, kind: str, help_text: str, value: float) -> Metric:
-    return Metric(name, kind, help_text, (((), float(value)),))
 
 
 def collect(worker: "WorkerState", end_offsets: dict[Any, int] | None = None) -> list[Metric]:
@@ -74,41 +31,39 @@ def collect(worker: "WorkerState", end_offsets: dict[Any, int] | None = None) ->
     verdicts = list(VERDICTS) + sorted(set(counts) - set(VERDICTS))
     ready = worker.ready
     metrics = [
-        _single("ferry_worker_ready", "gauge",
+        Metric.single("ferry_worker_ready", "gauge",
                 "1 when this worker's tables are recovered and no rebalance is under way (its views answer), "
                 "else 0.", 1 if ready else 0),
         Metric("ferry_worker_records_total", "counter",
                "Records processed since start, by source channel and verdict (new, duplicate, late, invalid, replayed).",
                tuple(((("channel", v.partition(".")[0]), ("verdict", v.partition(".")[2])), float(counts.get(v, 0)))
                      for v in verdicts)),
-        _single("ferry_worker_batches_total", "counter", "Batches processed (written and acknowledged by Kafka).",
+        Metric.single("ferry_worker_batches_total", "counter", "Batches processed (written and acknowledged by Kafka).",
                 worker.batches),
-        _single("ferry_worker_batch_seconds_total", "counter",
+        Metric.single("ferry_worker_batch_seconds_total", "counter",
                 "Time spent processing batches, in seconds (divided by ferry_worker_batches_total: the mean).",
                 worker.batch_seconds_total),
     ]
     if worker.last_batch_seconds is not None:
         metrics += [
-            _single("ferry_worker_last_batch_seconds", "gauge",
+            Metric.single("ferry_worker_last_batch_seconds", "gauge",
                     "Time the last batch took, from its records to Kafka's last acknowledgement of what it wrote.",
                     worker.last_batch_seconds),
-            _single("ferry_worker_last_batch_records", "gauge", "Records in the last batch.",
+            Metric.single("ferry_worker_last_batch_records", "gauge", "Records in the last batch.",
                     worker.last_batch_records),
         ]
     if ready:
         states = [worker.state(device) for device in worker.local_devices()]
         metrics += [
-            _single("ferry_worker_devices", "gauge", "Devices of the partitions this worker owns.", len(states)),
-            _single("ferry_worker_gaps", "gauge",
+            Metric.single("ferry_worker_devices", "gauge", "Devices of the partitions this worker owns.", len(states)),
+            Metric.single("ferry_worker_gaps", "gauge",
                     "Readings missing (seqs below a boot's high-water mark not received) of this worker's devices.",
                     sum(s.account.gaps for s in states)),
-            _single("ferry_worker_lost_at_device", "gauge",
+            Metric.single("ferry_worker_lost_at_device", "gauge",
                     "Readings this worker's devices report they dropped themselves (outbox.dropped).",
                     sum(s.status.lost_at_device for s in states)),
         ]
-    latency = getattr(worker, "latency", None)  # a LatencyHistogram, once WorkerState keeps one
-    if isinstance(latency, LatencyHistogram):
-        metrics += latency.metrics()
+    metrics += worker.latency.metrics()
     lag = worker.consumer_lag(end_offsets or {})
     if lag:
         metrics.append(Metric(

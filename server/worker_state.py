@@ -26,6 +26,7 @@ from ferry.server.alerts import order as alert_order
 from ferry.server.config import ServerConfig
 from ferry.server.liveness import StallWatch
 from ferry.server.logic import STATUS, BatchResult, Record, Settings, apply_batch, check_health
+from ferry.server.latency import LatencyHistogram
 from ferry.server.state import DeviceState
 from ferry.server.windows import History
 
@@ -137,6 +138,8 @@ class WorkerState:
         self.watch = StallWatch(config.broker, config.stall_timeout_s)
         self.stall_reason: str | None = None
         self.counts: dict[str, int] = {}
+        self.latency = LatencyHistogram()
+        """Sample time on the device to counted here, of the clock-synced readings (server/metrics.py)."""
         """Records processed by `<channel>.<verdict>` (`ferry.server.logic`), e.g. `telemetry.duplicate`."""
         self.batches = 0
         """Batches processed (written and acknowledged)."""
@@ -268,6 +271,9 @@ class WorkerState:
                    for partition, log in result.alert_logs.items()])
             for verdict, n in result.verdicts.items():
                 self.counts[verdict] = self.counts.get(verdict, 0) + n
+            counted_s = time.time()  # the batch is in Kafka: its readings are counted now
+            for sample_ms in result.sample_ms:
+                self.latency.observe(counted_s - sample_ms / 1000)
             done = time.monotonic()
             self.watch.processed(((self._topic(r.channel), r.partition, r.offset) for r in records), done)
             self.batches += 1

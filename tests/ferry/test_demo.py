@@ -107,7 +107,7 @@ def test_with_two_sites_the_table_has_a_site_column_and_a_total_per_site() -> No
 
 def test_latency_percentiles_from_the_workers_histograms() -> None:
     from ferry.prometheus import prometheus_text
-    from ferry.server.metrics import LatencyHistogram
+    from ferry.server.latency import LatencyHistogram
 
     one, two = LatencyHistogram(), LatencyHistogram()
     for seconds in [0.03] * 50 + [0.3] * 40:

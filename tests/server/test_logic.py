@@ -268,3 +268,19 @@ def test_a_reading_from_the_future_is_kept_flagged_and_poisons_nothing() -> None
     assert [w.count for w in closed[:2]] == [59, 61]  # the second minute holds it (received at 3 s, + 60 s)
     again = settings.load_state("dev-01", json.loads(json.dumps(state.to_dict())))
     assert again.account.future == 1 and detail("dev-01", again.account, again.status)["future"] == 1
+
+
+def test_the_sample_time_of_each_clock_synced_reading_counted_once_is_kept_for_the_latency() -> None:
+    """The worker's latency histogram (server/latency.py) takes each reading's sample time once: a
+    clock-synced reading counted for the first time (new or late), not a duplicate, not a reading
+    without a synced clock, not one stamped too far ahead (its clock is wrong)."""
+    base = T0 - T0 % 60_000
+    records = [Record("dev-a", TELEMETRY, reading(0, dev="dev-a", ts_ms=base), 0, base + 50, 1, 1),
+               Record("dev-a", TELEMETRY, reading(0, dev="dev-a", ts_ms=base), 0, base + 60, 1, 2),  # duplicate
+               Record("dev-a", TELEMETRY, reading(1, dev="dev-a", ts_ms=5_000, synced=False), 0, base + 70, 1, 3),
+               Record("dev-a", TELEMETRY, reading(2, dev="dev-a", ts_ms=base + 10**9), 0, base + 80, base + 80, 4),
+               Record("dev-a", TELEMETRY, reading(3, dev="dev-a", ts_ms=base + 1_000), 0, base + 90, 1, 5)]
+    states: dict = {}
+    result = apply_batch(records, lambda d: states.setdefault(d, SETTINGS.load_state(d, None)), lambda d: History(),
+                         SETTINGS)
+    assert result.sample_ms == [base, base + 1_000]

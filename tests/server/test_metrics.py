@@ -142,6 +142,12 @@ def test_the_counts_move_as_records_are_processed(streams: Streams, assignment: 
     assert value(after, "ferry_worker_lost_at_device") == 2
     # Offsets 0..6 processed; the partition's high-water mark is 10: 7, 8 and 9 wait.
     assert after["ferry_worker_consumer_lag"]["samples"] == {(("partition", "0"), ("topic", telemetry_topic)): 3}
+    # The 4 new clock-synced readings, each once, in the latency histogram (server/latency.py): their
+    # sample times (T0 + seq s, 2024) are long before now, so all fall in the last bucket.
+    assert value(before, "ferry_worker_reading_latency_seconds_count") == 0
+    assert value(after, "ferry_worker_reading_latency_seconds_count") == 4
+    assert after["ferry_worker_reading_latency_seconds_bucket"]["samples"][(("le", "+Inf"),)] == 4
+    assert value(after, "ferry_worker_reading_latency_seconds_sum") > 4 * 600
 
 
 def test_metrics_answer_while_the_tables_recover(streams: Streams, assignment: Assignment) -> None:
