@@ -79,6 +79,7 @@ class App:
         self.next_sample = time.ticks_ms()
         self.next_connect = self.next_sample
         self.ntp_at_s = 0  # next NTP attempt, in RTC seconds (days away: beyond ticks_ms' range)
+        self.ntp_retry_s = cfg.ntp_retry_s  # after a failure; doubles up to ntp_resync_s
         self.ntp_check = self.next_sample
         self.stats_seq = 0
         self.stats_alloc = 0
@@ -220,9 +221,11 @@ class App:
             self.ntp_at_s = time.time() + self.cfg.ntp_resync_s
             if not was:
                 log("clock: set from NTP at seq %d" % self.seq)
-        else:
-            self.ntp_at_s = time.time() + 60  # retry in a minute
-            log("clock: NTP failed")
+            self.ntp_retry_s = self.cfg.ntp_retry_s
+        else:  # each try blocks up to ntptime's timeout (and a DNS lookup): backed off
+            self.ntp_at_s = time.time() + self.ntp_retry_s
+            log("clock: NTP failed, next try in %d s" % self.ntp_retry_s)
+            self.ntp_retry_s = min(2 * self.ntp_retry_s, self.cfg.ntp_resync_s)
 
     def retry_later(self):
         delay = self.session.backoff.next_ms()
@@ -281,8 +284,10 @@ class App:
                 self.reported_lost = self.birth_lost
                 self.reported_erroring = self.birth_erroring
         now = time.ticks_ms()
-        if time.ticks_diff(now, self.ntp_check) >= 0:  # the RTC is read once a minute
-            self.ntp_check = time.ticks_add(now, 60000)
+        # The RTC is read once a minute (or per retry, if sooner); NTP is asked only while nothing is in
+        # flight, so a slow or silent server never holds up a PUBACK the session waits for.
+        if time.ticks_diff(now, self.ntp_check) >= 0 and self.session.idle():
+            self.ntp_check = time.ticks_add(now, 1000 * min(60, self.ntp_retry_s))
             if time.time() >= self.ntp_at_s:
                 self.sync_clock()
 

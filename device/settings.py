@@ -45,6 +45,7 @@ MODES = ("always_on", "duty_cycle")
 #   outbox_flush_interval_ms   a reading waits at most this long for its flash write
 #   ntp_host                   NTP server
 #   ntp_resync_s               re-read NTP this often while running
+#   ntp_retry_s                first retry after a failed NTP sync; doubles to ntp_resync_s
 #   i2c_scl_pin                I2C clock pin of the sensors that give none (`scl`)
 #   i2c_sda_pin                I2C data pin of the sensors that give none (`sda`)
 #   sensors                    the board's sensors, a list of objects (sensor_config.py);
@@ -77,6 +78,7 @@ FIELDS = (
     ("outbox_flush_interval_ms", "int", 5000, 0, 3600000),
     ("ntp_host", "str", "pool.ntp.org", 1, 253),
     ("ntp_resync_s", "int", 21600, 60, 604800),
+    ("ntp_retry_s", "int", 60, 1, 86400),
     ("i2c_scl_pin", "int", 22, 0, 39),
     ("i2c_sda_pin", "int", 21, 0, 39),
     ("log_stats_every", "int", 0, 0, 1000000),

@@ -240,7 +240,8 @@ class VirtualBoard:
 
     def set_sensor_faults(self, *names: str) -> None:
         """Unplug sensors at once (`sht31`, `bme280`, `ds18b20`: no answer on their bus) or break one
-        (`ds18b20_crc`: a wrong scratchpad CRC); no names: all plugged in and well (shims/_board.fault)."""
+        (`ds18b20_crc`: a wrong scratchpad CRC), or silence the NTP server (`ntp`); no names: all
+        plugged in and well (shims/_board.fault)."""
         path = self.state_dir / "sensor_faults"
         with open(path, "r+b" if path.exists() else "wb") as f:  # in place: the board keeps it open
             f.write(" ".join(names).encode().ljust(64))

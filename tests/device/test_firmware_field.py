@@ -18,7 +18,7 @@ from ferry.gateway.process import GatewayProcess
 from ferry.hwsim.board import VirtualBoard
 from ferry.hwsim.micropython import ESP32_LIKE
 from tests.device.fw_support import (
-    SITE, Collector, Delivery, console_lines, device_id, install_firmware, make_board,
+    SITE, Collector, Delivery, console_events, console_lines, device_id, install_firmware, make_board,
 )
 
 pytestmark = pytest.mark.integration
@@ -196,3 +196,26 @@ def test_a_board_without_a_sensor_pin_runs_and_says_so_in_its_status(board, coll
         assert all(r.battery_mv is None and set(r.metrics) == {"temp_c", "rh_pct"} for r in readings)
     assert b.boots() == ["pwron"]
     print(f"\n{chip}: birth {birth}; {console_lines(b, 'hw:')}")
+
+
+def test_a_silent_ntp_server_is_retried_less_and_less_and_never_stalls_the_readings(board, collector: Collector) -> None:
+    """Each NTP try blocks for ntptime's timeout (1 s; a DNS lookup can hang longer). Retried every
+    minute, while readings waited for their PUBACKs, it could outlast ack_timeout_ms and drop the
+    link. Now: retried after ntp_retry_s, doubling, and only while nothing is in flight."""
+    b = board(ntp_retry_s=1, sample_ms=200)
+    b.set_sensor_faults("ntp")
+    b.power_on()
+
+    def tries() -> list[tuple[int, str]]:
+        return [(t, m) for t, m in console_events(b) if m.startswith("clock: NTP failed")]
+
+    assert b.wait_for(lambda: len(tries()) >= 3, 30), b.console()[-3000:]
+    assert count(collector, b, 1) >= 25  # ~8 s of readings at 200 ms went on meanwhile
+    tries = tries()
+    waits = [int(m.rsplit(" in ", 1)[1].split()[0]) for _, m in tries]
+    assert waits[:3] == [1, 2, 4], tries  # backed off: 1, 2, 4 s ...
+    gaps = [(b2 - a2) / 1000 for (a2, _), (b2, _) in zip(tries, tries[1:])]
+    assert all(gap >= wait for gap, wait in zip(gaps, waits)), (gaps, waits)
+    console = b.console()
+    assert "mqtt: connected" in console and console.count("mqtt: connected") == 1, console[-3000:]
+    assert "lost" not in " ".join(m for _, m in console_events(b) if m.startswith("mqtt:")), console[-3000:]
