@@ -349,8 +349,11 @@ class App:
             d = self.retry_later()
             if d >= self._left(t0):
                 break
-            time.sleep_ms(d)
-            hw.feed()
+            while d > 0:  # in steps the watchdog outlives: a back-off may be longer than its timeout
+                step = d if d < self.max_sleep_ms else self.max_sleep_ms
+                time.sleep_ms(step)
+                hw.feed()
+                d -= step
         if s.up:
             self._send_backlog(t0)
         left = self._left(t0)

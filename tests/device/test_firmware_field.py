@@ -17,6 +17,7 @@ import pytest
 from ferry.gateway.process import GatewayProcess
 from ferry.hwsim.board import VirtualBoard
 from ferry.hwsim.micropython import ESP32_LIKE
+from ferry.process import free_port
 from tests.device.fw_support import (
     SITE, Collector, Delivery, console_events, console_lines, device_id, install_firmware, make_board,
 )
@@ -219,3 +220,22 @@ def test_a_silent_ntp_server_is_retried_less_and_less_and_never_stalls_the_readi
     console = b.console()
     assert "mqtt: connected" in console and console.count("mqtt: connected") == 1, console[-3000:]
     assert "lost" not in " ".join(m for _, m in console_events(b) if m.startswith("mqtt:")), console[-3000:]
+
+
+def test_a_duty_cycle_back_off_longer_than_the_watchdog_is_slept_in_fed_steps(tmp_path: Path, firmware: Path) -> None:
+    """Awake in duty-cycle mode with the gateway unreachable, the board backs off between connects;
+    a back-off (here 2.5-5 s) longer than the watchdog (2.5 s) was one sleep, and the watchdog reset
+    the board in it. Now it sleeps in steps of at most half the watchdog, feeding it."""
+    b = make_board(tmp_path, "sleeper")
+    install_firmware(b, firmware, broker_port=free_port(), **{**FAST, "mode": "duty_cycle", "sample_ms": 60_000,
+                                                                "wake_budget_ms": 12_000, "wdt_timeout_ms": 2_500,
+                                                                "connect_timeout_ms": 400, "ack_timeout_ms": 400,
+                                                                "backoff_min_ms": 5_000, "backoff_max_ms": 5_000})
+    try:
+        b.power_on()
+        assert b.wait_for(lambda: sum(m.startswith("mqtt: reconnect in") for _, m in console_events(b)) >= 3, 30), \
+            b.console()[-3000:]
+        assert not [e for e in b.events if e.kind == "watchdog"], b.events
+        assert b.boots() == ["pwron"], b.boots()
+    finally:
+        b.stop()
