@@ -6,6 +6,8 @@ the analytics worker from a pre-filled topic (bench/server.py). `bridge`:
 devices → gateway → Kafka, Ferry's gateway against Mosquitto plus a paho →
 confluent-kafka forwarder: sustained rate, spool drain, RSS, restart (bench/bridge.py). `fuzz`: the
 MQTT codec and the broker core fuzzed, with inputs/s and a reproducer per crash (bench/fuzz.py).
+`latency`: end-to-end latency per link profile, a `ferry demo` each, against the perfect link
+(bench/latency.py).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from ferry.process import sigterm_as_interrupt
 
 EXIT_NOT_BUILT = 3
 EXIT_INTERRUPTED = 130
-TARGETS = ("broker", "server", "bridge", "fuzz")
+TARGETS = ("broker", "server", "bridge", "fuzz", "latency")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -97,6 +99,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from ferry.bench.fuzz import main as fuzz_main
 
         return fuzz_main(rest)
+    if target == "latency":
+        from ferry.bench.latency import main as latency_main
+
+        return latency_main(rest)
     args = build_parser().parse_args(rest)
     if args.publishers < 1 or args.subscribers < 1 or args.duration <= 0 or args.connections < 1:
         print("ferry bench broker: --publishers, --subscribers, --connections and --duration must be positive",

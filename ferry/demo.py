@@ -32,7 +32,7 @@ from typing import TextIO
 
 from ferry.demo_report import (  # noqa: F401  (re-exported: the demo's public pure parts)
     SPOOL_METRIC, DeviceBalance, Interrupted, Signals, Snapshot, accounting_table, balances, kill_strays,
-    latency_line, latency_summary, progress_line, spool_depth, stray_children, total,
+    latency_line, progress_line, spool_depth, stray_children, total,
 )
 
 DEFAULT_WEB_PORT = 6066
@@ -482,8 +482,12 @@ class Demo:
         self.say(f"  unaccounted                   {t.unaccounted}" + (f"   devices: {', '.join(bad)}" if bad else ""))
         self.say(f"  faults survived               {power_cuts} power cuts, {outages} uplink outages, "
                  f"largest spool depth seen {'?' if self.max_spool is None else f'{self.max_spool:.0f}'}")
+        from ferry.server.latency import latency_summary
+
         latency = latency_summary([latency_buckets(http_text(f"http://127.0.0.1:{w.port}/metrics"))
                                    for w in self.workers])
+        if latency is not None:
+            latency["profile"] = self.o.profile
         self.say(f"  end-to-end latency            {latency_line(latency)}")
         soak = []
         if self.chaos is not None:

@@ -120,51 +120,14 @@ def progress_line(s: Snapshot) -> str:
             f"cuts {f['power_cuts']} uplink {s.uplink}")
 
 
-def latency_percentiles(buckets: Sequence[tuple[float, float]], quantiles: Sequence[float] = (0.5, 0.95, 0.99)
-                        ) -> dict[float, float | None]:
-    """Quantiles from cumulative (upper bound, count) buckets; linear within a bucket (as Prometheus'
-    histogram_quantile). None without readings; a quantile in the +Inf bucket is reported as the
-    largest finite bound."""
-    buckets = sorted(buckets)
-    total = buckets[-1][1] if buckets else 0
-    out: dict[float, float | None] = {}
-    for q in quantiles:
-        if not total:
-            out[q] = None
-            continue
-        rank, lower, below = q * total, 0.0, 0.0
-        for bound, cumulative in buckets:
-            if cumulative >= rank:
-                if bound == float("inf"):
-                    out[q] = lower
-                else:
-                    span = cumulative - below
-                    out[q] = lower + (bound - lower) * ((rank - below) / span if span else 1.0)
-                break
-            lower, below = bound, cumulative
-    return out
-
-
-def latency_summary(per_worker: Sequence[Sequence[tuple[float, float]] | None]) -> dict | None:
-    """Each worker's cumulative latency buckets (upper bound s, count), added together:
-    {"readings", "p50_s", "p95_s", "p99_s"}; None when no worker exports them."""
-    buckets: dict[float, float] = {}
-    for worker in per_worker:
-        for bound, count in worker or ():
-            buckets[bound] = buckets.get(bound, 0.0) + count
-    if not buckets:
-        return None
-    p = latency_percentiles(sorted(buckets.items()))
-    return {"readings": int(max(buckets.values())), "p50_s": p[0.5], "p95_s": p[0.95], "p99_s": p[0.99]}
-
-
 def latency_line(summary: dict | None) -> str:
     if summary is None:
         return "not measured (the workers export no ferry_worker_reading_latency_seconds)"
     if not summary["readings"]:
         return "no clock-synced reading counted"
+    links = f", {summary['profile']} links" if summary.get("profile") else ""
     return (f"p50 {summary['p50_s']:.2f} s, p95 {summary['p95_s']:.2f} s, p99 {summary['p99_s']:.2f} s "
-            f"over {summary['readings']} clock-synced readings (sample time -> counted by a worker)")
+            f"over {summary['readings']} clock-synced readings (sample time -> counted by a worker{links})")
 
 
 # ---------------------------------------------------------------------- signals and leftovers

@@ -27,6 +27,7 @@ import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from ferry.prometheus import Labels
+from ferry.server.latency import buckets_from_json, latency_summary
 
 if TYPE_CHECKING:
     import faust
@@ -242,7 +243,7 @@ def local_part(url: str, worker: "WorkerState", end_offsets: Mapping[Any, int]) 
     part: dict[str, Any] = {
         "url": url, "ready": worker.ready, "error": None,
         "lag": [{"topic": topic, "partition": partition, "lag": n} for (topic, partition), n in sorted(lag.items())],
-        "counted": None,
+        "counted": None, "latency": worker.latency.to_json(),
     }
     if worker.ready:
         totals = dict.fromkeys(COUNTED, 0)
@@ -262,8 +263,9 @@ def _sum(values: Iterable[int | None]) -> int | None:
 
 
 def pipeline_view(gateways: Iterable[GatewayScrape], workers: Sequence[dict]) -> dict:
-    """`/pipeline`: per gateway its figures and scrape status, per worker its lag and totals, and the
-    path device → gateway → Kafka → worker with a count (and what waits) at each stage.
+    """`/pipeline`: per gateway its figures and scrape status, per worker its lag and totals, the
+    path device → gateway → Kafka → worker with a count (and what waits) at each stage, and the
+    end-to-end latency's percentiles over every worker that answered (None when none did).
 
     A stage's count is None when no source of it answered; `complete` is False when a gateway
     or a worker did not (the sums then leave it out).
@@ -287,8 +289,9 @@ def pipeline_view(gateways: Iterable[GatewayScrape], workers: Sequence[dict]) ->
     ]
     complete = all(s.up for s in scrapes) and all(w.get("error") is None and w.get("counted") is not None
                                                  for w in workers)
+    latency = latency_summary(buckets_from_json(w.get("latency")) for w in workers)
     return {"gateways": [s.to_dict() for s in scrapes], "workers": list(workers), "path": path,
-            "complete": complete}
+            "latency": latency, "complete": complete}
 
 
 # ---------------------------------------------------------------------- wiring into the worker
@@ -308,7 +311,7 @@ async def ask_peers(peers: Sequence[str], headers: Mapping[str, str]) -> list[di
                     return part["workers"][0]
             except (aiohttp.ClientError, asyncio.TimeoutError, KeyError, IndexError, TypeError, ValueError) as exc:
                 return {"url": peer, "ready": None, "error": f"{type(exc).__name__}: {exc}", "lag": None,
-                        "counted": None}
+                        "counted": None, "latency": None}
         return list(await asyncio.gather(*(one(p) for p in peers)))
 
 

@@ -11,6 +11,8 @@
                    data-pipeline="gateway" data-key="<metrics URL>" data-field="up" or "<key of its figures>"
                    data-pipeline="lag" data-key="<worker URL> <topic> <partition>" data-field="lag"
                    data-pipeline="worker" data-key="<worker URL>" data-field="error"
+                   data-pipeline="latency" data-key="fleet" data-field="readings" or "p50_s" / "p95_s" /
+                   "p99_s" (seconds in data-value)
      charts        data-chart="<metric>" data-x-min / data-x-max: the time axis' range in seconds
    A value the API does not give (absent or null) is rendered as "—"; times are shown
    relative, with the raw milliseconds in data-value.
@@ -381,11 +383,25 @@
       [el("tr", { class: "empty" }, el("td", { colspan: 3 }, "no lag known yet"))]));
   }
 
+  /* Sample time on the device -> counted by a worker, over every worker's histogram (clock-synced
+     readings); the percentiles are interpolated within the histogram's buckets. */
+  function renderLatency(latency) {
+    const value = (field) => (latency && typeof latency === "object" ? latency[field] : undefined);
+    const hook = (field, text) => el("b", { "data-pipeline": "latency", "data-key": "fleet", "data-field": field,
+      "data-value": present(value(field)) ? String(value(field)) : "" }, text);
+    const seconds = (field) => hook(field, present(value(field)) ? `${fmtNum(value(field))} s` : NONE);
+    $("#pipeline-latency").replaceChildren(
+      el("span", { class: "label" }, "end-to-end latency, device sample → counted"),
+      "p50 ", seconds("p50_s"), " · p95 ", seconds("p95_s"), " · p99 ", seconds("p99_s"),
+      el("small", {}, "over ", hook("readings", fmtNum(value("readings"))), " clock-synced readings"));
+  }
+
   function renderPipeline(data) {
     if (!data || typeof data !== "object") {
       const note = data === undefined ? "this worker serves no /pipeline yet" : "pipeline unavailable";
       $("#pipeline-note").textContent = note;
       renderPath([]);
+      renderLatency(null);
       $("#gateway-rows").replaceChildren(el("tr", { class: "empty" }, el("td", { colspan: 12 }, note)));
       renderLag([]);
       return;
@@ -396,6 +412,7 @@
       `${gateways.length === 1 ? "" : "s"}, ${workers.length} worker${workers.length === 1 ? "" : "s"}` +
       (data.complete === false ? " · incomplete: a gateway or worker did not answer" : "");
     renderPath(data.path);
+    renderLatency(data.latency);
     renderGateways(gateways);
     renderLag(workers);
   }

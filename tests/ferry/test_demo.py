@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from ferry.demo import (
-    DeviceBalance, Snapshot, accounting_table, balances, choose_web_port, latency_buckets, latency_line, latency_summary, main,
+    DeviceBalance, Snapshot, accounting_table, balances, choose_web_port, latency_buckets, latency_line, main,
     parse_prometheus, progress_line, spool_depth, total,
 )
 
@@ -107,7 +107,7 @@ def test_with_two_sites_the_table_has_a_site_column_and_a_total_per_site() -> No
 
 def test_latency_percentiles_from_the_workers_histograms() -> None:
     from ferry.prometheus import prometheus_text
-    from ferry.server.latency import LatencyHistogram
+    from ferry.server.latency import LatencyHistogram, latency_summary
 
     one, two = LatencyHistogram(), LatencyHistogram()
     for seconds in [0.03] * 50 + [0.3] * 40:

@@ -300,6 +300,8 @@ def compare_pipeline(page: Page, pipeline: dict) -> tuple[list[str], int]:
             check(f"lag {key}", page.pipeline.get(("lag", key), {}), "lag", entry["lag"])
     if rendered_lag != expected_lag:
         problems.append(f"lag rows {sorted(rendered_lag)} != {sorted(expected_lag)}")
+    for name in ("readings", "p50_s", "p95_s", "p99_s"):
+        check("latency", page.pipeline.get(("latency", "fleet"), {}), name, (pipeline.get("latency") or {}).get(name))
     return problems, checked
 
 
@@ -445,6 +447,7 @@ def canned_pipeline(now_ms: int) -> dict:
             {"stage": "kafka", "count": 45001, "waiting": 17},
             {"stage": "worker", "count": 13402, "duplicates": 2, "invalid": 1},
         ],
+        "latency": {"readings": 13002, "p50_s": 0.42, "p95_s": 1.875, "p99_s": 4.6},
         "complete": False,
     }
 
@@ -529,6 +532,8 @@ def test_renders_every_number_of_the_full_api(tmp_path: Path, vendored: None) ->
     assert page.pipeline[("gateway", "http://gw-north:9883/metrics")]["free_disk_bytes"].value == "12.3 GB"
     assert page.pipeline[("gateway", "http://gw-south:9883/metrics")]["up"].value == "down: no answer within 2 s"
     assert "incomplete: a gateway or worker did not answer" in page.text
+    latency = page.pipeline[("latency", "fleet")]
+    assert (latency["p95_s"].value, latency["readings"].value) == ("1.88 s", "13,002")
     # A chart of many windows spans them exactly (the first start to the last).
     windows = served.answers["/devices/dev-02/series/temp_c"]["1m"]
     assert page.chart_ranges["temp_c"] == (windows[0]["start_ms"] / 1000, windows[-1]["start_ms"] / 1000)

@@ -4,6 +4,7 @@ local HTTP server, the `[server]` keys, and the JSON `/pipeline` builds (server/
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import socket
 from pathlib import Path
@@ -14,6 +15,7 @@ from aiohttp import web
 
 from ferry.prometheus import Metric, prometheus_text
 from ferry.server.config import ConfigError, ServerConfig, load_config
+from ferry.server.latency import LatencyHistogram
 from ferry.server.pipeline import (
     ExpositionError, GatewayFigures, GatewayScrape, GatewayScraper, ask_peers, local_part, parse_exposition,
     pipeline_view,
@@ -216,8 +218,11 @@ class FakeState:
 class FakeWorker:
     """What `local_part` asks of a `WorkerState`."""
 
-    def __init__(self, ready: bool = True) -> None:
+    def __init__(self, ready: bool = True, latencies_s: tuple[float, ...] = ()) -> None:
         self.ready = ready
+        self.latency = LatencyHistogram()
+        for seconds in latencies_s:
+            self.latency.observe(seconds)
         self.states = {"dev-1": FakeState(FakeAccount(100, 2, 3), FakeStatus(1)),
                        "dev-2": FakeState(FakeAccount(50, 0, 0, invalid=1), FakeStatus(0))}
 
@@ -237,7 +242,8 @@ def test_the_view_adds_up_gateways_and_workers_along_the_path() -> None:
                     "lag": [{"topic": "t.status", "partition": 0, "lag": 0},
                             {"topic": "t.telemetry", "partition": 1, "lag": 7}],
                     "counted": {"received": 150, "duplicates": 2, "gaps": 3, "lost_at_device": 1, "invalid": 1,
-                                "devices": 2}}
+                                "devices": 2},
+                    "latency": LatencyHistogram().to_json()}
     recovering = local_part("http://w2:6066", FakeWorker(ready=False), {"tp1": 95})
     assert recovering["counted"] is None and recovering["lag"][1]["lag"] == 5  # its lag is shown all the same
     gateways = [GatewayScrape("http://g1/metrics", True, 1, None, FIGURES),
@@ -254,8 +260,10 @@ def test_the_view_adds_up_gateways_and_workers_along_the_path() -> None:
     assert (stages["kafka"]["count"], stages["kafka"]["waiting"]) == (60, 12)  # acked; lag of both workers
     assert (stages["worker"]["count"], stages["worker"]["duplicates"]) == (150, 2)
     assert view["complete"] is False  # a gateway down, a worker recovering
+    assert view["latency"] == {"readings": 0, "p50_s": None, "p95_s": None, "p99_s": None}
     empty = pipeline_view([], [])
     assert [s["count"] for s in empty["path"]] == [None] * 4 and empty["complete"] is True
+    assert empty["latency"] is None
 
 
 def test_the_other_workers_parts_are_asked_and_one_not_answering_is_listed_with_its_error() -> None:
@@ -284,3 +292,19 @@ def test_the_other_workers_parts_are_asked_and_one_not_answering_is_listed_with_
     view = pipeline_view([], [local_part("http://w1:6066", FakeWorker(), {"tp1": 90}), good, dead])
     assert {s["stage"]: s.get("waiting") for s in view["path"]}["kafka"] == 1  # w1 0 + w2 1; w3 unknown
     assert view["complete"] is False
+
+
+def test_the_latency_percentiles_are_over_every_worker_that_answered() -> None:
+    """Each worker's histogram travels in its part (JSON: +Inf as null) and the view adds them up."""
+    fast = local_part("http://w1:6066", FakeWorker(latencies_s=(0.03,) * 50 + (0.3,) * 40), {})
+    slow = local_part("http://w2:6066", FakeWorker(latencies_s=(3.0,) * 9 + (700.0,)), {})
+    assert json.loads(json.dumps(slow))["latency"]["buckets"][-1] == [None, 10]
+    dead = {"url": "http://w3:6066", "ready": None, "error": "down", "lag": None, "counted": None, "latency": None}
+    older = {"url": "http://w4:6066", "ready": True, "error": None, "lag": [], "counted": None}
+    view = pipeline_view([], [json.loads(json.dumps(fast)), json.loads(json.dumps(slow)), dead, older])
+    latency = view["latency"]
+    assert latency["readings"] == 100
+    assert latency["p50_s"] == pytest.approx(0.05)  # linear within the bucket, as histogram_quantile
+    assert 2.0 < latency["p95_s"] < 5.0 and latency["p99_s"] == pytest.approx(5.0)
+    alone = pipeline_view([], [slow])["latency"]
+    assert alone["readings"] == 10 and alone["p50_s"] > 2.0
