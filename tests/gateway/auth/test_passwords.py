@@ -158,7 +158,7 @@ VALID = hash_password("pw", log2_n=FAST)
 _, _, PARAMS, SALT, DIGEST = VALID.split("$")
 
 
-@pytest.mark.parametrize("line, problem", [
+MALFORMED_LINES = [
     (b"no-colon-here", "expected USER:HASH"),
     (b":" + VALID.encode(), "bad user name ''"),
     (b"bad user:" + VALID.encode(), "bad user name 'bad user'"),
@@ -172,7 +172,12 @@ _, _, PARAMS, SALT, DIGEST = VALID.split("$")
     (f"dev:$scrypt${PARAMS}$A${DIGEST}".encode(), "not base64"),
     (f"dev:$scrypt${PARAMS}${SALT}${b64(bytes(31))}".encode(), "31 bytes, expected 32"),
     (b"d\xffv:" + VALID.encode(), "not UTF-8"),
-])
+]
+
+
+# Named by the problem: the lines carry a random salt, and test ids must be the same in every
+# pytest-xdist worker.
+@pytest.mark.parametrize("line, problem", MALFORMED_LINES, ids=[problem for _, problem in MALFORMED_LINES])
 def test_each_malformed_line_names_file_and_line(tmp_path: Path, line: bytes, problem: str) -> None:
     path = tmp_path / "passwd"
     path.write_bytes(b"# users\nfirst:" + VALID.encode() + b"\n" + line + b"\nlast:" + VALID.encode() + b"\n")
