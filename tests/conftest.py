@@ -1,4 +1,5 @@
-"""Fixtures shared by every suite: real local services on free 127.0.0.1 ports, always stopped."""
+"""Fixtures shared by every suite: real local services on free 127.0.0.1 ports, always stopped; and
+the report sections printed at the end of the run."""
 
 from __future__ import annotations
 
@@ -49,3 +50,23 @@ def no_leaked_processes() -> Iterator[None]:
         except ProcessLookupError:
             pass
     assert not leaked, f"tests left processes running: {leaked}"
+
+
+REPORT_PREFIX = "report: "
+REPORT_SECTIONS: dict[str, list[str]] = {}
+"""Lines a test adds to a section of the end-of-run summary: a user property named "report: <section>"
+(it travels in the test's report, so from a pytest-xdist worker to the controller that prints)."""
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.when == "call":
+        for name, value in report.user_properties:
+            if name.startswith(REPORT_PREFIX):
+                REPORT_SECTIONS.setdefault(name.removeprefix(REPORT_PREFIX), []).append(str(value))
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    for section, lines in REPORT_SECTIONS.items():
+        terminalreporter.section(section)
+        for line in lines:
+            terminalreporter.write_line(line)

@@ -32,24 +32,13 @@ def gateway(tmp_path: Path) -> Iterator[GatewayProcess]:
         gw.stop()
 
 
-HEAP_REPORT = pytest.StashKey[list]()
-
-
 @pytest.fixture
 def heap_report(request: pytest.FixtureRequest) -> Callable[[str], None]:
-    """Adds a line to the "firmware heap" section printed at the end of the run (and prints it)."""
-    lines = request.config.stash.setdefault(HEAP_REPORT, [])
+    """Adds a line to the "firmware heap" section printed at the end of the run (and prints it):
+    a report section of tests/conftest.py."""
 
     def report(line: str) -> None:
         print("\n" + line)
-        lines.append(f"{request.node.name}: {line}")
+        request.node.user_properties.append(("report: firmware heap (docs/device.md)", f"{request.node.name}: {line}"))
 
     return report
-
-
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
-    lines = config.stash.get(HEAP_REPORT, [])
-    if lines:
-        terminalreporter.section("firmware heap (docs/device.md)")
-        for line in lines:
-            terminalreporter.write_line(line)
