@@ -12,7 +12,7 @@ ESP32_LIKE := $(VENV)/esp32-like
 ESP32_LIKE_BIN := $(ESP32_LIKE)/micropython-esp32-like
 
 # The suite runs in PYTEST_JOBS pytest-xdist workers (tests start real processes and mostly wait on
-# them: 2 workers on 2 cores take ~40 % less time than one); `make test PYTEST_JOBS=0` runs it in one.
+# them: on 2 cores, 2 workers took 555 s where one took 965 s); `make test PYTEST_JOBS=0` runs it in one.
 PYTEST_JOBS ?= 2
 
 .PHONY: test demo bench fuzz install esp32-like clean

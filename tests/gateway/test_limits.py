@@ -28,6 +28,7 @@ from tests.gateway.broker.harness import FakeJournal
 
 V311 = ProtocolVersion.V311
 WAIT_S = 15.0
+FLOOD_WAIT_S = 60.0
 
 
 def limits_gateway(start_gateway: Callable[..., GatewayProcess], **broker: int) -> GatewayProcess:
@@ -311,8 +312,10 @@ def test_a_publisher_that_does_not_read_its_pubacks_is_not_read_then_aborted(sta
     thread = threading.Thread(target=flood, daemon=True)
     thread.start()
     try:
-        # Its PUBACKs back up; the gateway stops reading it, then aborts it: the flood ends.
-        thread.join(WAIT_S)
+        # Its PUBACKs back up; the gateway stops reading it, then aborts it: the flood ends. The
+        # PUBACKs (4 bytes each) must first fill the gateway's kernel send buffer, which grows to
+        # 4 MB on loopback: ~9 s alone here, past 15 s on a loaded machine.
+        thread.join(FLOOD_WAIT_S)
         assert not thread.is_alive()
         assert wait_for(lambda: hits(gateway, "output_blocked") == 1)
         rss_kb = int(next(line.split()[1] for line in open(f"/proc/{gateway.process.pid}/status")
