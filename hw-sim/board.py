@@ -284,6 +284,12 @@ class VirtualBoard:
         with self._lock:
             return self._run is not None and self._run.process.poll() is None
 
+    @property
+    def pid(self) -> int | None:
+        """The running interpreter's process id (None while the board is off)."""
+        with self._lock:
+            return self._run.process.pid if self._run is not None and self._run.process.poll() is None else None
+
     def boots(self) -> list[str]:
         """Reset causes of every boot so far, in order."""
         return [e.detail for e in self.events if e.kind == "boot"]

@@ -25,3 +25,12 @@ localtime = gmtime
 
 def mktime(t):
     return utime.mktime(t) - EPOCH_OFFSET_S
+
+
+def sleep_ms(ms):
+    # The unix port's sleep_ms wakes every 0.5 ms until the time is up (mp_hal_delay_ms polls
+    # mp_event_wait_ms(1), which sleeps 500 us): ~1,800 wake-ups a second per board waiting to
+    # reconnect, and 200 such boards took both cores of the host they share (an ESP32 waits in
+    # FreeRTOS ticks on a core of its own). Its sleep() is one select(): sleep_ms sleeps that way.
+    if ms > 0:
+        utime.sleep(ms / 1000)

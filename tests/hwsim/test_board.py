@@ -239,3 +239,24 @@ def test_chip_profile_decides_which_pins_exist_and_have_an_adc(make_board, chip:
     board.power_on()
     assert board.wait_for(lambda: len(lines(board)) == 1), board.console()[-2000:]
     assert lines(board) == [expected]
+
+
+def voluntary_switches(pid: int) -> int:
+    status = open(f"/proc/{pid}/status").read()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("voluntary_ctxt_switches")))
+
+
+def test_a_sleeping_board_waits_once_rather_than_waking_every_half_millisecond(make_board) -> None:
+    """The unix port's time.sleep_ms polls in 0.5 ms steps (~4,000 wake-ups in 2 s): 200 boards
+    waiting to reconnect took both cores and few boards could finish a TLS handshake. The time shim
+    sleeps in one select()."""
+    board = make_board("import time\nprint('out', 'sleeping')\ntime.sleep_ms(2000)\nprint('out', 'awake')\n"
+                       "time.sleep_ms(0)\ntime.sleep_ms(-5)\nprint('out', 'done')\ntime.sleep_ms(60000)\n")
+    board.power_on()
+    assert board.wait_for(lambda: "out sleeping" in lines(board))
+    pid = board.pid
+    before = voluntary_switches(pid)
+    assert board.wait_for(lambda: "out done" in lines(board))
+    woke = voluntary_switches(pid) - before
+    assert lines(board) == ["out sleeping", "out awake", "out done"]
+    assert woke < 100, f"{woke} wake-ups in a 2 s sleep_ms"
