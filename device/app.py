@@ -3,6 +3,11 @@
 #   sample -> encode (ReadingEncoder) -> outbox.append -> publish from the outbox tail
 #   -> outbox ack on PUBACK -> feed the watchdog -> sleep in poll() until the next deadline
 #
+# Over-the-air updates (docs/ota.md): main.py's boot_select chose the app folder this start
+# runs; an update's first start runs on trial (ota_trial: confirmed once healthy, else rolled
+# back). An offer resets the board into update mode (ota_request.py, ota_mode.py): a download
+# does not fit beside this module's heap.
+#
 # Two modes (settings.mode):
 # - always_on: sample every sample_ms, stay connected, reconnect with backoff.
 # - duty_cycle: every wake is a boot: sample once, connect, send the backlog and take
@@ -21,10 +26,23 @@
 # `commands` only when the first command arrives.
 import gc
 import os
+import sys
 import time
 
 import micropython
 
+# The update state first (a trial start, the birth's "ota"): its module comes and, unless this start
+# is a trial, goes before anything long-lived is allocated. A board that never took an update (no
+# /ota) does not load it at all: its qstrs would stay (~1 KB of the heap, docs/ota.md "Heap").
+try:
+    os.stat("/ota")
+    import ota_trial  # noqa: I001 - order matters, see above
+
+    _TRIAL, _OTA_STATUS = ota_trial.start()
+    del ota_trial
+except OSError:
+    _TRIAL, _OTA_STATUS = None, '"ota":{"slot":"","state":"confirmed","ver":"","last":""}'
+gc.collect()
 # The biggest modules first: compiling a .py needs the most free heap.
 from session import Session, Topics  # noqa: I001 - order matters, see above
 gc.collect()
@@ -55,6 +73,9 @@ class App:
         self.dev = identity.device_id(cfg.device_id, hw.unique_id_hex())
         self.boot_failures = identity.failed_starts()
         self.faults = ",".join(['"%s"' % name for name in hw.faults])  # the status' JSON list
+        self.t0 = time.ticks_ms()
+        self.trial = _TRIAL  # None, or (a trial start) the outbox's corrupt count at the switch
+        self.ota_status = _OTA_STATUS  # the birth's "ota" member
         try:
             os.mkdir(DATA_DIR)
         except OSError:
@@ -64,7 +85,7 @@ class App:
         self.ob = Outbox(DATA_DIR + "/ob", capacity=cfg.outbox_capacity, flush_every=cfg.outbox_flush_every,
                          flush_interval_ms=cfg.outbox_flush_interval_ms, rtc=hw.rtc_memory())
         free_ob = self.heap_check()  # also clears the recovery's garbage
-        self.session = Session(cfg, self.dev, Topics(cfg.site, self.dev), self.ob, self.on_cmd, hw.feed)
+        self.session = Session(cfg, self.dev, Topics(cfg.site, self.dev), self.ob, self.on_cmd, None, hw.feed)
         self.enc = ReadingEncoder(self.dev.encode())
         self.full = MetricSet(hw.names, hw.decimals)  # every sensor's metrics: sample() writes here
         hw.names = hw.decimals = None  # MetricSet keeps its own
@@ -155,7 +176,8 @@ class App:
     # ---- status and commands --------------------------------------------
     def birth(self):
         """The retained "online" status: boot, firmware, reset cause, outbox counters, failed
-        starts before this one, the sensors this board runs without and each sensor's errors."""
+        starts before this one, the sensors this board runs without, each sensor's errors and the
+        update state (ota_trial.status())."""
         hw = self.hw
         t = [0, 0, 0]
         hw.now(t)
@@ -165,10 +187,10 @@ class App:
         errors = ",".join(['"%s":%d' % (hw.labels[i], hw.drivers[i].errors) for i in range(len(hw.labels))
                            if hw.drivers[i] is not None])
         return ('{"v":1,"dev":"%s","state":"online","boot":%d,"fw":"%s","reset":"%s","ts":%d,"sync":%s,'
-                '"outbox":{"queued":%d,"dropped":%d},"boot_failures":%d,"faults":[%s],"sensor_errors":{%s}}' % (
+                '"outbox":{"queued":%d,"dropped":%d},"boot_failures":%d,"faults":[%s],"sensor_errors":{%s},%s}' % (
                     self.dev, self.boot, FW_VERSION, self.reset_cause, ts, "true" if t[2] else "false",
                     self.ob.pending() + self.ob.staged(), self.birth_lost, self.boot_failures,
-                    self.faults, errors)).encode()
+                    self.faults, errors, self.ota_status)).encode()
 
     def on_cmd(self, payload, size, pid):
         """A command from the cmd topic: always answered, so the session can PUBACK it (after the
@@ -183,11 +205,23 @@ class App:
         self.session.reply(reply, pid)
 
     def _command(self, payload, size):
-        import commands  # rare: not worth its heap until the first command comes
+        import commands  # rare: loaded for each command, its heap given back after it (an update's room)
 
-        reply, changed = commands.handle(self.cfg, payload, size)
+        try:
+            reply, changed = commands.handle(self.cfg, payload, size, self._ota_offer)
+        finally:
+            del sys.modules["commands"]
         log("cmd: %d bytes -> %s" % (size, reply.decode()))
         return reply, changed
+
+    def _ota_offer(self, cid, args):
+        """The `ota` command (docs/ota.md): ota_request resets into update mode (or answers, on a trial)."""
+        import ota_request
+
+        try:
+            return ota_request.request(self, cid, args)
+        finally:
+            del sys.modules["ota_request"]
 
     # ---- connecting -----------------------------------------------------
     def connect(self, wifi_wait_ms):
@@ -256,6 +290,10 @@ class App:
             was_up = s.up
             if was_up:
                 self._housekeeping()
+            if self.trial is not None:
+                import ota_trial
+
+                ota_trial.tick(self)
             self._sleep(flush_in)
 
     def _sample_due(self, now):
@@ -333,60 +371,6 @@ class App:
                              self.heap_low))
         self.stats_alloc = micropython.mem_total() if total else 0
 
-    # ---- duty cycle ---------------------------------------------------------
-    def wake(self):
-        """One duty-cycle wake: sample, send the backlog within the budget, deep-sleep."""
-        cfg = self.cfg
-        hw = self.hw
-        t0 = time.ticks_ms()
-        hw.watchdog(cfg.wdt_timeout_ms)
-        self.sample()
-        self.ob.flush()  # on flash now, so it can be sent during this wake
-        s = self.session
-        while not s.up and self._left(t0) > 0:
-            if self.connect(self._left(t0)):
-                break
-            d = self.retry_later()
-            if d >= self._left(t0):
-                break
-            while d > 0:  # in steps the watchdog outlives: a back-off may be longer than its timeout
-                step = d if d < self.max_sleep_ms else self.max_sleep_ms
-                time.sleep_ms(step)
-                hw.feed()
-                d -= step
-        if s.up:
-            self._send_backlog(t0)
-        left = self._left(t0)
-        log("wake: %d pending, %d sent, %d acked, %d ms of the budget left" % (
-            self.ob.pending(), s.sent, s.acked, left))
-        self.ob.close()
-        awake = time.ticks_diff(time.ticks_ms(), t0)
-        hw.deepsleep(max(100, cfg.sample_ms - awake))
-
-    def _left(self, t0):
-        return self.cfg.wake_budget_ms - time.ticks_diff(time.ticks_ms(), t0)
-
-    def _send_backlog(self, t0):
-        """Publish until the outbox is empty and every PUBACK (birth, replies) is in; then "offline"."""
-        s = self.session
-        while s.up and not s.idle() and self._left(t0) > 0:
-            self.hw.feed()
-            s.service(time.ticks_ms())
-            if s.up and not s.can_send():
-                s.wait(min(self._left(t0), s.deadline_ms(time.ticks_ms())))
-        if s.up and s.idle():
-            # Asleep counts as offline: say so (the will's bytes) before a clean DISCONNECT.
-            s.publish_status(self.will)
-            while s.up and s.in_flight() and self._left(t0) > 0:
-                self.hw.feed()
-                s.service(time.ticks_ms())
-                if s.up:
-                    s.wait(min(self._left(t0), s.deadline_ms(time.ticks_ms())))
-        if s.up and not s.in_flight():
-            s.close()  # DISCONNECT: the broker drops the will
-        else:
-            s.abort()  # out of time: no DISCONNECT, so the broker publishes the will ("offline")
-
 
 def main():
     """Run the firmware; returns only when the configuration is bad. Anything it raises goes to
@@ -399,7 +383,9 @@ def main():
     app = App(Hardware(cfg.i2c_scl_pin, cfg.i2c_sda_pin, cfg.sensors), cfg)
     try:
         if cfg.mode == "duty_cycle":
-            app.wake()
+            import duty_cycle  # only a duty-cycle board has this code on its heap
+
+            duty_cycle.wake(app)
         else:
             app.run()
     except BaseException:  # a crash or Ctrl-C: the readings staged in RAM go to flash first

@@ -27,9 +27,31 @@ from micropython import const
 
 ROOT = "/ota"
 STATE = "/ota/state"
+UPDATE = "/ota/update"  # the app asks for update mode (an offer came); holds the outbox's corrupt count
 MAX_TRIES = const(3)  # non-power-on starts of a trial (crash resets, watchdog resets) before a rollback
 MAX_FAILS = const(2)  # crashlog's failed starts in a row during a trial before a rollback
 CONFIRM_MS = const(600000)  # a trial start must pass its health check within this
+
+
+def start():
+    """main.py's one call, before the app: choose the folder (select()), arm a trial's deadline, and
+    return the module to run ("app" or "ota_mode", module()). The module then drops itself from
+    sys.modules (~3.7 KB of a 64 KB heap back; ota_trial imports it again when needed)."""
+    import gc
+
+    name = "app"
+    try:
+        os.stat(ROOT)
+    except OSError:  # never updated: nothing to choose
+        pass
+    else:
+        select()
+        if trial() is not None:
+            arm_deadline()  # ESP32: a machine.Timer rolls a silent trial back; None on the unix port
+        name = module()
+    del sys.modules["boot_select"]
+    gc.collect()
+    return name
 
 
 def slot_dir(slot):
@@ -167,6 +189,17 @@ def select(power_on=None):
         path = [p for p in sys.path if p not in ("", "/", ".")]
         sys.path[:] = [slot_dir(slot)] + path
     return slot
+
+
+def module():
+    """The module main.py runs: "ota_mode" (update mode: the session and the download alone) when the
+    app asked for it, no trial runs (a cut right after a switch) and the last start did not fail; else
+    "app" (which drops a request left over)."""
+    try:
+        os.stat(UPDATE)
+    except OSError:
+        return "app"
+    return "ota_mode" if _failed_starts() == 0 and not read().get("trial") else "app"
 
 
 def trial():

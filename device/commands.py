@@ -24,10 +24,11 @@ def _settable_now(settings):
     return {"sample_s": settings.sample_ms // 1000, "sample_ms": settings.sample_ms, "mode": settings.mode}
 
 
-def handle(settings, payload, size):
+def handle(settings, payload, size, ota=None):
     """Run one command of `size` bytes; returns (reply bytes, True when a setting changed).
 
     payload: the command (bytes-like), or None when the device kept none of it (too large).
+    ota: the offer handler of an update, ota(cid, args) -> reply bytes (docs/ota.md); None: refused.
     """
     if size > MAX_COMMAND_BYTES:
         return _reply(None, False, "payload: %d bytes, more than %d" % (size, MAX_COMMAND_BYTES)), False
@@ -47,18 +48,24 @@ def handle(settings, payload, size):
     if cmd.get("v") != 1:
         return _reply(cid, False, "v: unsupported contract version %r" % (cmd.get("v"),)), False
     try:
-        return _run(settings, cmd, cid)
+        return _run(settings, cmd, cid, ota)
     except Exception as e:  # a bug here or in settings: answered with the command's id
         return _reply(cid, False, "internal: %r" % (e,)), False
 
 
-def _run(settings, cmd, cid):
+def _run(settings, cmd, cid, ota):
     op = cmd.get("op")
     if op == "get":
         return _reply(cid, True, _settable_now(settings)), False
-    if op != "set":
-        return _reply(cid, False, "op: unknown %r (known: set get)" % (op,)), False
     args = cmd.get("args")
+    if op == "ota":
+        if ota is None:
+            return _reply(cid, False, "op: ota not supported"), False
+        if not isinstance(args, dict):
+            return _reply(cid, False, "args: must be an object"), False
+        return ota(cid, args), False
+    if op != "set":
+        return _reply(cid, False, "op: unknown %r (known: set get ota)" % (op,)), False
     if not isinstance(args, dict):
         return _reply(cid, False, "args: must be an object of %s" % " ".join(SETTABLE)), False
     try:

@@ -191,6 +191,10 @@ class Hardware:
     def deepsleep(ms):
         machine.deepsleep(ms)
 
+    @staticmethod
+    def reset():
+        machine.reset()
+
     # ---- clock ----------------------------------------------------------
     def check_clock(self):
         """Anchor sample times to the RTC; synced when the RTC has been set (NTP, now or before a wake)."""

@@ -30,13 +30,18 @@ def next_boot(path=BOOT_PATH):
     newer number in .tmp, so the larger of both files is the last boot: a number is
     never handed out twice, at worst one is skipped.
     """
-    last = max(_read(path), _read(path + ".tmp"))
+    last = last_boot(path)
     boot = last + 1 if last < MAX_BOOT else 1
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
         f.write("%d\n" % boot)
     replace(tmp, path)
     return boot
+
+
+def last_boot(path=BOOT_PATH):
+    """The number the last start took, 0 before the first (update mode takes none: it makes no readings)."""
+    return max(_read(path), _read(path + ".tmp"))
 
 
 def failed_starts():

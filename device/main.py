@@ -6,6 +6,9 @@
 #   the crash file, counted, then a back-off and a reset;
 # - Ctrl-C (an operator, `ferry flash`) and a bad configuration leave for the REPL with the
 #   watchdog stretched to 10 minutes, not stopped (an ESP32 cannot stop it).
+# Before app: boot_select (a boot file, like this one: no update replaces them) chooses which
+# app folder runs, and rolls back an update that crashed or never confirmed; while an update
+# downloads it runs ota_mode instead of app (docs/ota.md).
 import machine
 
 
@@ -25,8 +28,8 @@ def watchdog_ms():
 
 watchdog = machine.WDT(timeout=watchdog_ms())
 try:
-    import app
-
+    # boot_select: which app folder runs, and app or ota_mode (docs/ota.md); it drops itself after.
+    app = __import__(__import__("boot_select").start())
     app.main()  # returns only when the configuration is bad: the REPL is where to fix it
 except KeyboardInterrupt:
     machine.WDT(timeout=600000)

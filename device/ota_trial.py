@@ -7,12 +7,16 @@
 # the confirmed version. Past the deadline, or with the outbox damaged, rollback(): the next start
 # runs the previous version. Crashes and watchdog resets are counted by boot_select itself.
 #
-# Small on purpose (imported by the app only on a trial start, or for the birth's `ota` field):
-# the state file's format is boot_select's, reached through it.
+# Small on purpose (imported by the app at start, kept only on a trial start). The state file's
+# format is boot_select's: read here without importing it (every start), written through it.
+import os
 import sys
+import time
 
 from micropython import const
 
+STATE = "/ota/state"  # boot_select.STATE
+UPDATE = "/ota/update"  # boot_select.UPDATE: the app asks for update mode (ota_mode.py)
 CONFIRM_MS = const(600000)
 MIN_ACKED = const(3)
 
@@ -30,14 +34,74 @@ def bs():
     return m
 
 
+def start():
+    """At the app's start: (None, or on a trial start the outbox's corrupt count when the update was
+    applied; the birth's "ota" member). Drops a request for update mode that boot_select did not run
+    (a start that failed). This module stays loaded only for a trial (tick())."""
+    try:
+        os.remove(UPDATE)
+    except OSError:
+        pass
+    trial = pending()
+    st = status()
+    if trial is None:
+        sys.modules.pop("ota_trial", None)
+    return trial, st
+
+
+def tick(app, min_acked=MIN_ACKED):
+    """The app's loop on a trial start: confirm once healthy (then the birth says so), roll back and
+    reset when not. app: the App (session, ob, hw, t0, trial, ota_status, birth())."""
+    s = app.session
+    # Connected: now, or long enough for min_acked readings (a duty-cycle wake has closed the link).
+    verdict = check(s.up or s.acked >= min_acked, s.acked, app.ob.corrupt, app.trial,
+                    time.ticks_diff(time.ticks_ms(), app.t0), min_acked)
+    if verdict is None:
+        return
+    from hw import log
+
+    finish(verdict)
+    app.trial = None
+    log("ota: trial %s" % verdict)
+    if verdict == "rollback":
+        app.ob.close()
+        app.hw.reset()
+    app.ota_status = status()
+    sys.modules.pop("ota_trial", None)
+    s.publish_status(app.birth())
+
+
 def pending():
     """At start, after the outbox is open: None, or the outbox's corrupt count when the update was
     applied if this start runs a slot on trial (then the app calls check() from its loop)."""
-    if not (sys.path and sys.path[0].startswith("/ota/")):
+    st = _state()
+    if not st.get("trial") or st.get("trial") != _running():
         return None  # the factory files never run on trial
-    c = bs().trial()
-    drop()
-    return c
+    return int(st.get("corrupt", "0") or 0)
+
+
+def _running():
+    """boot_select.running(): the slot whose folder select() put first on sys.path ("" the factory files)."""
+    p = sys.path[0] if sys.path else ""
+    return p[5:] if p.startswith("/ota/") else ""  # "/ota/<slot>"
+
+
+def _state():
+    """boot_select.read() without importing it at every start (its ~3.7 KB): the state file's "key value"
+    lines, from state.tmp when a cut came before the rename; {} when there is none."""
+    for p in (STATE, STATE + ".tmp"):
+        try:
+            with open(p) as f:
+                st = {}
+                for line in f.read().split("\n"):
+                    k, _, v = line.partition(" ")
+                    if k:
+                        st[k] = v
+            if "cur" in st:
+                return st
+        except OSError:
+            pass
+    return {}
 
 
 def drop():
@@ -74,11 +138,9 @@ def status():
     """The birth's `"ota":{...}` member (JSON text): running slot, trial or confirmed, version, last event."""
     import json
 
-    b = bs()
-    st = b.read()
-    slot = b.running()
+    st = _state()
+    slot = _running()
     trial = bool(st.get("trial")) and st.get("trial") == slot
-    drop()
     return '"ota":{"slot":"%s","state":"%s","ver":%s,"last":%s}' % (
         slot, "trial" if trial else "confirmed", json.dumps(st.get("tver" if trial else "ver", "")),
         json.dumps(st.get("last", "")))

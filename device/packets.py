@@ -114,11 +114,14 @@ def publish_bytes(topic, payload, pid, flags):
     return memoryview(p.buf)[start:p.end]
 
 
-def subscribe_bytes(topic, pid, qos=1):
-    """SUBSCRIBE to one topic filter (rare: allocates)."""
-    n = 2 + 2 + len(topic) + 1
+def subscribe_bytes(topics, pid, qos=1):
+    """SUBSCRIBE to a tuple of topic filters, each at `qos` (rare: allocates)."""
+    body = bytes((pid >> 8, pid & 0xFF))
+    for topic in topics:
+        body += bytes((len(topic) >> 8, len(topic) & 0xFF)) + topic + bytes((qos,))
+    n = len(body)
     head = bytes((0x82, n & 0x7F | 0x80, n >> 7)) if n >= 128 else bytes((0x82, n))
-    return head + bytes((pid >> 8, pid & 0xFF, len(topic) >> 8, len(topic) & 0xFF)) + topic + bytes((qos,))
+    return head + body
 
 
 def put_puback(buf, pid):

@@ -88,12 +88,13 @@ class Topics:
         self.status = (base + "status").encode()
         self.cmd = (base + "cmd").encode()
         self.reply = (base + "reply").encode()
+        self.ota = (base + "ota").encode()
 
 
 class Session:
     """One device's MQTT session over any number of connections."""
 
-    def __init__(self, cfg, client_id, topics, outbox, on_cmd, feed):
+    def __init__(self, cfg, client_id, topics, outbox, on_cmd, on_ota, feed):
         self._cfg = cfg
         self._client_id = client_id.encode()
         self.topics = topics
@@ -101,6 +102,10 @@ class Session:
         # on_cmd(payload, size, packet id): payload is a memoryview of the command, or None when
         # its `size` bytes did not fit the receive buffer; the app answers with reply().
         self._on_cmd = on_cmd
+        # on_ota(payload, size): a chunk of an update (a memoryview of it in the receive buffer); it is
+        # PUBACKed once on_ota returns: written to flash, or dropped for good (docs/ota.md). None (the
+        # app, not in update mode): chunks are PUBACKed and dropped; the operator offers again.
+        self._on_ota = on_ota
         self._feed = feed
         # The broker's address, looked up once and kept (session_connect.broker_address).
         self.broker_failures = 0  # connects that failed in a row
@@ -379,27 +384,13 @@ class Session:
             raise OSError(104)  # closed mid-packet
 
     def _skip(self, first, n):
-        """Read past a packet too big for the receive buffer (n > RX_BYTES).
+        """Read past a packet too big for the receive buffer (n > RX_BYTES): session_skip.py's (rare)."""
+        import session_skip
 
-        A command goes to the app with its size only, to be refused with a reply (and
-        PUBACKed after it); another QoS 1 PUBLISH is PUBACKed. Rare: may allocate.
-        """
-        size = n
-        self._read_into(RX_BYTES)
-        inc = self._incoming
-        publish = first & 0xF0 == packets.PUBLISH and inc.parse_publish(first, self._rx, RX_BYTES)
-        command = publish and inc.topic_is(self._rx, self.topics.cmd)
-        pid = inc.pid if publish else 0
-        n -= RX_BYTES
-        while n:
-            k = RX_BYTES if n > RX_BYTES else n
-            self._read_into(k)
-            n -= k
-        log("mqtt: skipped a %d-byte packet 0x%02x (limit %d)" % (size, first, RX_BYTES))
-        if command:
-            self._on_cmd(None, size - inc.payload_start, pid)
-        elif pid:
-            self._puback(pid)
+        try:
+            session_skip.skip(self, first, n)
+        finally:
+            del sys.modules["session_skip"]
 
     def _dispatch(self, first, n):
         t = first & 0xF0
@@ -418,6 +409,8 @@ class Session:
             self._suback_pid = 0
             if self._rx[2] == 0x80:
                 log("mqtt: the broker refused the cmd subscription")
+            if n >= 4 and self._rx[3] == 0x80:
+                log("mqtt: the broker refused the ota subscription (no updates: docs/ota.md, Security)")
 
     def _on_puback(self, pid):
         j = self._head
@@ -455,7 +448,10 @@ class Session:
         if inc.topic_is(self._rx, self.topics.cmd):
             self._on_cmd(memoryview(self._rx)[inc.payload_start:inc.payload_end], inc.payload_end - inc.payload_start,
                          inc.pid)
-        elif inc.pid:
+            return
+        if self._on_ota is not None and inc.topic_is(self._rx, self.topics.ota):
+            self._on_ota(memoryview(self._rx)[inc.payload_start:inc.payload_end], inc.payload_end - inc.payload_start)
+        if inc.pid:
             self._puback(inc.pid)
 
     def _puback(self, pid):

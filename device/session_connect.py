@@ -38,7 +38,7 @@ def connect(session, birth, will):
     """Connect (blocking: the TCP connect, each read of the TLS handshake and of the CONNACK at most
     connect_timeout_ms); True when up.
 
-    Then resend what was in flight, subscribe to the cmd topic and publish `birth`.
+    Then resend what was in flight, subscribe to the cmd and ota topics and publish `birth` (if not None).
     """
     t0 = time.ticks_ms()
     try:
@@ -72,7 +72,7 @@ def connect(session, birth, will):
                                                             ", tls" if session._tls is not None else ""))
     try:
         resend(session)  # first, before anything of this connection is in the ring
-        if subscribe(session):
+        if subscribe(session) and birth is not None:  # update mode has none (ota_mode.py)
             session._publish(K_STATUS, session.topics.status, birth, packets.RETAIN, 0)
     except OSError as e:
         session.lost("write failed: %r" % (e,))
@@ -120,14 +120,15 @@ def open_mqtt(session, will):
 
 
 def subscribe(session):
-    """SUBSCRIBE to the cmd topic at QoS 1 and wait for the SUBACK (commands may arrive first).
+    """SUBSCRIBE to the cmd and ota topics at QoS 1 (one packet) and wait for the SUBACK (commands and
+    chunks may arrive first).
 
     Done on every connect: a session can be present without the subscription when
     the link died between CONNACK and SUBACK.
     """
     pid = session._new_pid()
     session._suback_pid = pid
-    session._write(packets.subscribe_bytes(session.topics.cmd, pid))
+    session._write(packets.subscribe_bytes((session.topics.cmd, session.topics.ota), pid))
     t0 = time.ticks_ms()
     while session.up and session._suback_pid:
         left = session._ack_ms - time.ticks_diff(time.ticks_ms(), t0)

@@ -101,7 +101,7 @@ t.out(end=o.state, next=o.next, total=o.total, slot=o.slot, error=o.error)
 
 def offer_and_feed(order: object, chunk: int = 256, key: bytes | None = None, step_ms: int = 10) -> str:
     k = "None" if key is None else f"{key!r}"
-    return "import json\nimport ota\nimport boot_select\n" + OFFER_AND_FEED.format(chunk=chunk, key=k, order=order,
+    return "import json\nimport ota_download as ota\nimport boot_select\n" + OFFER_AND_FEED.format(chunk=chunk, key=k, order=order,
                                                                                    step_ms=step_ms)
 
 

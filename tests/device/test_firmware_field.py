@@ -102,7 +102,7 @@ def test_bad_commands_are_answered_and_never_crash_the_loop(board, collector: Co
         {"v": 1, "id": None, "ok": False, "error": "payload: not UTF-8"},
         {"v": 1, "id": None, "ok": False, "error": f"payload: {len(big)} bytes, more than 480"},
         {"v": 1, "id": None, "ok": False, "error": f"payload: {len(huge)} bytes, more than 480"},
-        {"v": 1, "id": "c-op", "ok": False, "error": "op: unknown 'reboot' (known: set get)"},
+        {"v": 1, "id": "c-op", "ok": False, "error": "op: unknown 'reboot' (known: set get ota)"},
         {"v": 1, "id": None, "ok": False, "error": "payload: not JSON"},
         {"v": 1, "id": "c-get", "ok": True, "result": {"sample_s": 0, "sample_ms": 150, "mode": "always_on"}},
     ]

@@ -1,12 +1,13 @@
 """The boot side of an update on a virtual board running the real firmware against a real gateway.
 
-The board's main.py is the firmware's own with the one hook main.py needs (docs/ota.md, "Hooks"):
-`boot_select.select()` before `import app`. The release is the compiled firmware with another
-FW_VERSION (or an app that crashes), downloaded into the board's flash by device/ota.py (the
-session's routing of .../ota is not wired yet), then the board is powered on:
+The board runs the firmware's own main.py (boot_select.start() before the app, docs/ota.md "Hooks").
+The release is the compiled firmware with another FW_VERSION (or an app that crashes), written into
+the board's flash by device/ota_download.py from a pipe while the board is off (the download through
+the session is tests/device/test_ota_firmware.py's), then the board is powered on:
 
-- the whole firmware runs from /ota/a (birth `fw` 0.2.0), and the readings the old version queued
-  while the link was down are delivered by the new one: the outbox survives the switch;
+- the whole firmware runs from /ota/a (birth `fw` 0.2.0, `ota` trial), confirms itself, and the
+  readings the old version queued while the link was down are delivered by the new one: the outbox
+  survives the switch;
 - a release whose app crashes at start is rolled back by itself after crashlog's count reaches 2:
   the factory version runs again and says `boot_failures` 2.
 """
@@ -27,6 +28,7 @@ from ferry.hwsim.board import VirtualBoard
 from tests.device.fw_support import (
     Collector, Delivery, console_lines, device_id, install_firmware, make_board, mpy_cross,
 )
+from tests.device.ota_firmware_support import ota_state
 from tests.device.ota_support import Board, ask, device
 
 pytestmark = pytest.mark.integration
@@ -34,16 +36,6 @@ pytestmark = pytest.mark.integration
 FAST = {"sample_ms": 200, "ack_timeout_ms": 800, "connect_timeout_ms": 800, "backoff_min_ms": 200,
         "backoff_max_ms": 1600, "keepalive_s": 10, "wdt_timeout_ms": 5000, "outbox_flush_every": 1,
         "outbox_flush_interval_ms": 200}
-HOOK = ("import boot_select\nboot_select.select()\nimport sys\ndel sys.modules['boot_select']\n"
-        "import gc\ngc.collect()\n")
-
-
-def main_with_hook(source: str) -> str:
-    marker = "try:\n    import app\n"
-    assert source.count(marker) == 1, "device/main.py changed: put the hook before `import app` again"
-    return source.replace(marker, HOOK + marker)
-
-
 def release(build: Path, tmp: Path, version: str, app_source: str | None = None) -> fota.Release:
     """The compiled firmware as a release, app.mpy built from app.py with FW_VERSION = version (or app_source)."""
     tmp.mkdir(parents=True, exist_ok=True)
@@ -59,7 +51,7 @@ def release(build: Path, tmp: Path, version: str, app_source: str | None = None)
 
 
 def download(board: VirtualBoard, rel: fota.Release, tmp: Path) -> None:
-    """What the session would do with the offer and the chunks: device/ota.py on the board's flash."""
+    """What update mode does with the offer and the chunks: device/ota_download.py on the board's flash."""
     pipe = Board(tmp / "pipe")
     pipe.root.mkdir(exist_ok=True)
     pipe_flash = pipe.flash
@@ -81,7 +73,6 @@ def ota_board(tmp_path: Path, firmware: Path, gateway: GatewayProcess) -> Iterat
     def make() -> VirtualBoard:
         b = make_board(tmp_path, "board")
         install_firmware(b, firmware, broker_port=gateway.port, **FAST)
-        (b.flash_dir / "main.py").write_text(main_with_hook((firmware / "main.py").read_text()))
         boards.append(b)
         return b
 
@@ -117,9 +108,11 @@ def test_the_firmware_runs_from_its_slot_and_delivers_what_the_old_version_queue
     b.set_wifi(True)
     b.power_on()  # a power-on: the trial's tries stay 0
     assert b.wait_for(lambda: any(x["fw"] == "0.2.0" for x in births(collector, dev)), 30), b.console()[-3000:]
-    state = dict(line.split(" ", 1) for line in (b.flash_dir / "ota" / "state").read_text().splitlines()
-                 if " " in line)
-    assert state["trial"] == "a" and state["tries"] == "0"
+    first = next(x for x in births(collector, dev) if x["fw"] == "0.2.0")
+    assert first["ota"] == {"slot": "a", "state": "trial", "ver": "0.2.0", "last": ""}, first
+    # the health check (3 readings acknowledged, the outbox intact) confirms it; the birth says so again
+    assert b.wait_for(lambda: births(collector, dev)[-1]["ota"]["state"] == "confirmed", 30), b.console()[-3000:]
+    assert ota_state(b) == {"cur": "a", "ver": "0.2.0", "last": "confirmed 0.2.0"}
     # the readings boot 1 (the old version) queued reach the gateway, sent by the new version
     assert b.wait_for(lambda: Delivery.of(collector.readings(dev)).count(1) >= 5, 30)
     assert Delivery.of(collector.readings(dev)).gaps(1) == []

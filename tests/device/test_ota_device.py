@@ -38,7 +38,7 @@ def state(board: Board) -> dict[str, str]:
 def slot_hashes(board: Board, slot: str) -> dict[str, str]:
     d = board.flash / "ota" / slot
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in d.iterdir()
-            if p.name not in ("manifest.json", "offer")}
+            if p.name not in ("manifest.json", "offer", "index")}
 
 
 def test_in_order_download_is_verified_and_installed_as_the_trial_slot(board: Board) -> None:
@@ -142,7 +142,7 @@ def test_resume_after_a_reboot_from_what_flash_holds(board: Board) -> None:
     board2.factory(OLD)
     board2.inputs(rel, chunks)
     board2.run(offer_and_feed([0, 1]))
-    lines = board2.run("import json, ota\nt.out(r=t.feed(ota.Ota(256), t.chunks()[2], 0))\n"
+    lines = board2.run("import json, ota_download as ota\nt.out(r=t.feed(ota.Ota(256), t.chunks()[2], 0))\n"
                        "o = ota.Ota(256)\nfor c in t.chunks()[2:]:\n    t.feed(o, c, 0)\nt.out(end=o.state)\n")
     assert lines[0]["r"] is None and lines[1]["end"] == "installed"
 
@@ -152,7 +152,7 @@ def test_hmac_with_the_device_key(board: Board) -> None:
     (board.flash / "ferry_ota.key").write_text(key.hex())
     rel = make("0.2.0", NEW)
     n = len(board.inputs(rel, key=key))
-    body = "import ota\nkey = ota.load_key()\n" + offer_and_feed(list(range(n))).replace("key=None", "key=key")
+    body = "import ota_download as ota\nkey = ota.load_key()\n" + offer_and_feed(list(range(n))).replace("key=None", "key=key")
     assert board.run(body)[-1]["end"] == "installed"
     # a wrong HMAC (another device's key) is refused once the manifest is in
     b2 = Board(board.root.parent / "b2")
@@ -170,7 +170,7 @@ def test_the_device_hmac_is_rfc_2104(tmp_path: Path) -> None:
     board = Board(tmp_path / "b")
     for key in (b"k", bytes(range(64)), bytes(range(100))):
         msg = b"manifest" * 50
-        out = board.run(f"import ota, binascii\nh = ota.Hmac({key!r})\nh.update({msg[:7]!r})\nh.update({msg[7:]!r})\n"
+        out = board.run(f"import ota_stage, binascii\nh = ota_stage.Hmac({key!r})\nh.update({msg[:7]!r})\nh.update({msg[7:]!r})\n"
                         "t.out(mac=binascii.hexlify(h.digest()).decode())\n")
         assert out[0]["mac"] == hmac.new(key, msg, hashlib.sha256).hexdigest()
 
@@ -178,11 +178,11 @@ def test_the_device_hmac_is_rfc_2104(tmp_path: Path) -> None:
 def test_bad_offers_and_manifests_are_refused(board: Board) -> None:
     rel = make("0.2.0", NEW)
     board.inputs(rel)
-    lines = board.run("import ota\no = ota.Ota(256)\n"
+    lines = board.run("import ota_download as ota\no = ota.Ota(256)\n"
                       "t.out(r=json.loads(o.offer('c-2', {'ver': '0.2.0', 'size': 99999, 'sha256': 'a' * 64})))\n"
                       "t.out(r=json.loads(o.offer('c-3', {'ver': '', 'size': 10, 'sha256': 'a' * 64})))\n"
                       "t.out(r=json.loads(o.offer('c-4', {'ver': '1', 'size': 10, 'sha256': 'A' * 64})))\n"
-                      .replace("import ota", "import ota, json"))
+                      .replace("import ota_download as ota", "import json, ota_download as ota"))
     assert [x["r"]["error"] for x in lines] == ["ota: args.size: the manifest's size, 2..4096",
                                                 "ota: args.ver: a string of 1-32 characters",
                                                 "ota: args.sha256: 64 hex digits"]
@@ -275,7 +275,7 @@ def test_an_offer_while_on_trial_is_refused_and_the_running_release_is_current(b
     install(board)
     rel = make("0.2.0", NEW)
     board.inputs(rel)
-    lines = board.run(TRIAL.format(power_on=False) + "import ota\n"
+    lines = board.run(TRIAL.format(power_on=False) + "import ota_download as ota\n"
                       "t.out(r=json.loads(ota.Ota(256).offer('c-9', t.offer_args())))\n"
                       "boot_select.confirm()\n"
                       "t.out(r=json.loads(ota.Ota(256).offer('c-9', t.offer_args())))\n")

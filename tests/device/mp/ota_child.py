@@ -12,8 +12,25 @@ import binascii
 
 # Imported here, before setup() mounts the board's flash at / (the host's folders are out of reach then).
 import boot_select  # noqa: F401
-import ota  # noqa: F401
+import ota_download as ota  # noqa: F401
 import ota_trial  # noqa: F401
+
+
+
+def _source_dir(module):
+    for p in sys.path:
+        try:
+            os.stat(p + "/" + module)
+            return p
+        except OSError:
+            pass
+    return None
+
+
+# The folder the device modules come from: mounted again after the flash (setup, at the end of
+# sys.path), because ota.py imports ota_stage for a call and drops it after, as on a board, and
+# ota_stage imports ota_trial again. The folder holds the .py sources or, for the heap test, .mpy.
+FW_SRC = _source_dir("ota_stage.py") or _source_dir("ota_stage.mpy")
 
 RX = bytearray(640)
 
@@ -28,6 +45,8 @@ def setup(flash, host, lfs_image=None, delay_ms=0):
     else:
         vfs.mount(vfs.VfsPosix(flash), "/")
     vfs.mount(vfs.VfsPosix(host), "/host")
+    vfs.mount(vfs.VfsPosix(FW_SRC), "/fw-src")
+    sys.path.append("/fw-src")
     os.chdir("/")
 
 

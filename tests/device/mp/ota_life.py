@@ -13,7 +13,7 @@ import struct
 import time
 
 import boot_select
-import ota
+import ota_download as ota
 import ota_child as t
 import ota_trial
 

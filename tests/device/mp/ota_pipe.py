@@ -6,7 +6,7 @@ import binascii
 import json
 import sys
 
-import ota
+import ota_download as ota
 import ota_child as t
 
 
