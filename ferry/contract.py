@@ -235,6 +235,22 @@ class Status:
     """Sensors the board runs without because it lacks their bus or pin (Ferry's firmware)."""
     sensor_errors: tuple[SensorErrors, ...] = ()
     """Failed reads per sensor since the boot, in the device's order (Ferry's firmware; empty when left out)."""
+    ota: OtaStatus | None = None
+    """The over-the-air update state (Ferry's firmware, docs/ota.md; None when left out)."""
+
+
+@dataclass(frozen=True, slots=True)
+class OtaStatus:
+    """Which app folder a board runs and how its last update went (the birth's `ota`, docs/ota.md)."""
+
+    slot: str
+    """"" (the files `ferry flash` installed), "a" or "b" (an update's folder)."""
+    state: str
+    """"confirmed", or "trial": the first start of an update, not yet through its health check."""
+    version: str
+    """The running update's version ("" for the factory files before any update)."""
+    last: str
+    """What happened last: "confirmed 0.2.0", "rolled_back 0.3.0: crash loop (2 failed starts)", or ""."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,7 +294,7 @@ def parse_status(payload: bytes) -> Status:
     return Status(device, state, boot, firmware, reset_cause,
                   _int_field(outbox, "queued", 0, MAX_U32), _int_field(outbox, "dropped", 0, MAX_U32),
                   _int_field(obj, "boot_failures", 0, MAX_U32, optional=True) or 0,
-                  _names_field(obj, "faults"), _sensor_errors_field(obj))
+                  _names_field(obj, "faults"), _sensor_errors_field(obj), _ota_field(obj))
 
 
 @dataclass(frozen=True, slots=True)
@@ -515,6 +531,25 @@ def _sensor_errors_field(obj: dict) -> tuple[SensorErrors, ...]:
         raise ContractError("sensor_errors", f"must be an object of up to {MAX_FAULTS} sensor names, each with an "
                                              f"integer 0..{MAX_U32}")
     return tuple(SensorErrors(name, n) for name, n in counts.items())
+
+
+OTA_SLOTS = ("", "a", "b")
+OTA_STATES = ("confirmed", "trial")
+MAX_OTA_LAST = 200
+
+
+def _ota_field(obj: dict) -> OtaStatus | None:
+    """An optional object {"slot", "state", "ver", "last"} (absent: None)."""
+    ota = obj.get("ota")
+    if ota is None:
+        return None
+    if (not isinstance(ota, dict) or ota.get("slot") not in OTA_SLOTS or ota.get("state") not in OTA_STATES
+            or not isinstance(ota.get("ver"), str) or len(ota["ver"]) > 32
+            or not isinstance(ota.get("last"), str) or len(ota["last"]) > MAX_OTA_LAST):
+        raise ContractError("ota", f"must be an object with slot {'/'.join(repr(s) for s in OTA_SLOTS)}, state "
+                                   f"{'/'.join(OTA_STATES)}, ver (at most 32 characters) and last (at most "
+                                   f"{MAX_OTA_LAST})")
+    return OtaStatus(ota["slot"], ota["state"], ota["ver"], ota["last"])
 
 
 def _number_field(obj: dict, name: str, optional: bool = False) -> float | None:

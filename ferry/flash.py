@@ -60,6 +60,9 @@ from ferry import firmware
 CONFIG_REMOTE = "/ferry_config.json"
 CA_REMOTE = "/ferry_ca.der"
 """The gateway's CA certificate on the board, DER: the unix port's mbedTLS build refuses PEM."""
+OTA_KEY_REMOTE = "/ferry_ota.key"
+"""The board's HMAC-SHA256 key for over-the-air releases, 64 hex digits (device/ota_stage.py KEY_PATH)."""
+OTA_KEY_BYTES = 32
 WIFI_PASSWORD_ENV = "FERRY_WIFI_PASSWORD"
 MQTT_PASSWORD_BYTES = 18
 """`secrets.token_urlsafe(18)`: 24 characters, 144 random bits (as `ferry passwd --random`)."""
@@ -300,8 +303,9 @@ def write_private(path: Path, data: bytes) -> None:
 
 # --------------------------------------------------------------------------- the plan
 
-OTA_STATE_FILES = ("/ota/state", "/ota/state.tmp")
-"""device/boot_select.py's STATE and the temporary file it is written through."""
+OTA_STATE_FILES = ("/ota/state", "/ota/state.tmp", "/ota/update")
+"""device/boot_select.py's STATE, the temporary file it is written through, and UPDATE (a request for
+update mode: a board flashed in the middle of a download starts its app, not the download)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -476,11 +480,12 @@ def check_mpy(path: Path, board: BoardMpy) -> None:
 
 
 def build_plan(args: argparse.Namespace, config: dict, build_dir: Path, board: BoardMpy | None = None,
-               build: MpyBuild | None = None, ca: bytes | None = None) -> Plan:
+               build: MpyBuild | None = None, ca: bytes | None = None, ota_key: bytes | None = None) -> Plan:
     """Stage what goes on the board in build_dir (private, temporary) and say where it goes.
 
     `build` (from choose_mpy) picks the compiler for the board's .mpy version, or sources;
-    `ca` is the gateway's CA certificate (DER) for /ferry_ca.der."""
+    `ca` is the gateway's CA certificate (DER) for /ferry_ca.der; `ota_key` the board's new
+    over-the-air release key for /ferry_ota.key."""
     plan = Plan(args.port, umqtt_mip=args.umqtt == "mip")
     # A board flashed over USB runs what is flashed now: the update state (device/boot_select.py)
     # would otherwise keep it on an over-the-air release's folder (docs/ota.md).
@@ -518,6 +523,10 @@ def build_plan(args: argparse.Namespace, config: dict, build_dir: Path, board: B
         ca_path = build_dir / "ferry_ca.der"
         write_private(ca_path, ca)
         plan.files.append(FileCopy(ca_path, CA_REMOTE, "ca"))
+    if ota_key is not None:
+        key_path = build_dir / "ferry_ota.key"
+        write_private(key_path, ota_key.hex().encode())
+        plan.files.append(FileCopy(key_path, OTA_KEY_REMOTE, "ota-key"))
     config_path = build_dir / "ferry_config.json"
     write_private(config_path, json.dumps(config, separators=(",", ":")).encode())
     plan.files.append(FileCopy(config_path, CONFIG_REMOTE, "config"))
@@ -592,6 +601,33 @@ def check_options(args: argparse.Namespace) -> None:
                          "gateway that lets anonymous clients in)", EXIT_USAGE)
     if args.password_file is not None:
         check_password_file(args.password_file)
+    if args.ota_key_file is not None:
+        if args.device_id is None:
+            raise FlashError("--ota-key-file needs --device-id: the keys file names each board's key by its id",
+                             EXIT_USAGE)
+        check_writable(args.ota_key_file, "--ota-key-file")
+
+
+def check_writable(path: Path, option: str) -> None:
+    """Fail before the board is touched when a file the flash adds to cannot be written."""
+    if path.exists():
+        if not path.is_file() or not os.access(path, os.W_OK):
+            raise FlashError(f"{option} {path}: not a writable file", EXIT_USAGE)
+    elif not os.access(path.parent if str(path.parent) else Path("."), os.W_OK):
+        raise FlashError(f"{option} {path}: its folder does not exist or is not writable", EXIT_USAGE)
+
+
+def add_to_ota_keys(path: Path, device: str, key: bytes) -> None:
+    """`<device> <hex key>` into the keys file `ferry ota push --keys` reads (mode 0600), replacing the
+    device's old line (a flash gives the board a new key); written whole, then renamed."""
+    lines = []
+    if path.exists():
+        lines = [line for line in path.read_text().splitlines() if line.split()[:1] != [device]]
+    lines.append(f"{device} {key.hex()}")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    write_private(tmp, ("\n".join(lines) + "\n").encode())
+    os.replace(tmp, path)
 
 
 def flash(args: argparse.Namespace, runner: Runner | None = None, out=None) -> int:
@@ -601,6 +637,7 @@ def flash(args: argparse.Namespace, runner: Runner | None = None, out=None) -> i
     ca = ca_der(args.ca) if args.ca is not None else None
     mqtt_password = secrets.token_urlsafe(MQTT_PASSWORD_BYTES) if args.mqtt_password else ""
     config = build_config(args, resolve_wifi_password(args), mqtt_password)
+    ota_key = secrets.token_bytes(OTA_KEY_BYTES) if args.ota_key_file is not None else None
     check_port(args.port)
     started = time.monotonic()
     board = build = None
@@ -615,7 +652,7 @@ def flash(args: argparse.Namespace, runner: Runner | None = None, out=None) -> i
         print(f"board: {board.describe()}; {build.note}", file=out)
     build_dir = private_tempdir()
     try:
-        plan = build_plan(args, config, build_dir, board, build, ca)
+        plan = build_plan(args, config, build_dir, board, build, ca, ota_key)
         expected = {f.remote: f.sha256 for f in plan.files}
         sizes = {f.remote: f.local.stat().st_size for f in plan.files}
         step_timeout = STEP_TIMEOUT_S + sum(sizes.values()) / 1024
@@ -642,6 +679,8 @@ def flash(args: argparse.Namespace, runner: Runner | None = None, out=None) -> i
         raise FlashError(f"verify: sha256 differs on the board for {', '.join(bad)}: flash again")
     if args.password_file is not None:
         add_to_password_file(args.password_file, args.device_id, mqtt_password)
+    if ota_key is not None:
+        add_to_ota_keys(args.ota_key_file, args.device_id, ota_key)
     if not args.no_reset:
         result = runner(plan.reset_args(), args.timeout, STEP_TIMEOUT_S)
         classify("reset", args.port, result, args.timeout)
@@ -661,6 +700,10 @@ def flash(args: argparse.Namespace, runner: Runner | None = None, out=None) -> i
     else:
         print("mqtt: no user name (--no-mqtt-password): only a gateway with anonymous clients allowed accepts "
               "the board", file=out)
+    if ota_key is not None:
+        print(f"ota: a new release key on the board ({OTA_KEY_REMOTE}); {args.device_id}'s line in "
+              f"{args.ota_key_file} (`ferry ota push --keys {args.ota_key_file}` signs releases with it): the board "
+              "takes no release without it", file=out)
     print(f"{'reset' if not args.no_reset else 'not reset'}; done in {time.monotonic() - started:.2f} s",
           file=out)
     return EXIT_OK
@@ -708,6 +751,10 @@ def build_parser() -> argparse.ArgumentParser:
                             "board's new random password (`ferry passwd`); without it the password is printed once")
     creds.add_argument("--no-mqtt-password", dest="mqtt_password", action="store_false",
                        help="no user name and password: only for a gateway that lets anonymous clients in")
+    p.add_argument("--ota-key-file", type=Path, metavar="FILE",
+                   help="over-the-air releases signed per device: a new random key goes to the board "
+                        f"({OTA_KEY_REMOTE}) and `<device> <hex key>` into FILE (for `ferry ota push --keys FILE`) "
+                        "after a verified copy; the board then refuses a release without its HMAC (docs/ota.md)")
     p.add_argument("--sample-s", type=int, help="sample interval / duty-cycle wake period, s")
     p.add_argument("--mode", choices=("always_on", "duty_cycle"))
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
