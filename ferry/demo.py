@@ -32,7 +32,7 @@ from typing import TextIO
 
 from ferry.demo_report import (  # noqa: F401  (re-exported: the demo's public pure parts)
     SPOOL_METRIC, DeviceBalance, Interrupted, Signals, Snapshot, accounting_table, balances, kill_strays,
-    latency_line, progress_line, spool_depth, stray_children, total,
+    buckets_since, latency_line, progress_line, spool_depth, stray_children, total,
 )
 
 DEFAULT_WEB_PORT = 6066
@@ -231,6 +231,9 @@ class Demo:
         self.next_outage_at: float | None = None
         self.max_spool: float | None = None
         self.next_move_at: float | None = None
+        self.warm_up: tuple[float, list] | None = None
+        """(seconds since start, each worker's latency buckets) when every board had a reading
+        acknowledged: the latency after it leaves out the boards' start-up."""
 
     def say(self, text: str) -> None:
         print(text, file=self.out, flush=True)
@@ -425,9 +428,21 @@ class Demo:
             if now >= next_line:
                 next_line += self.o.live_every_s
                 self.say(progress_line(self.snapshot()))
+                self.mark_warm_up()
             elif now >= next_sample:
                 next_sample = now + SPOOL_SAMPLE_S
                 self.sample_spool()
+
+    def worker_latencies(self) -> list:
+        return [latency_buckets(http_text(f"http://127.0.0.1:{w.port}/metrics")) for w in self.workers]
+
+    def mark_warm_up(self) -> None:
+        """The first moment every board has had a reading acknowledged: the workers' histograms then."""
+        if self.warm_up is None and self.fleet is not None:
+            rows = self.fleet.rows()
+            if rows and all(r["acknowledged"] > 0 for r in rows):
+                self.warm_up = (time.monotonic() - self.started_at, self.worker_latencies())
+                self.say(f"{self.elapsed()} every board online: the end-to-end latency counts from here")
 
     def drain(self) -> bool:
         """Faults off; devices stop sampling and send their backlog; then wait for the worker to count it."""
@@ -484,11 +499,19 @@ class Demo:
                  f"largest spool depth seen {'?' if self.max_spool is None else f'{self.max_spool:.0f}'}")
         from ferry.server.latency import latency_summary
 
-        latency = latency_summary([latency_buckets(http_text(f"http://127.0.0.1:{w.port}/metrics"))
-                                   for w in self.workers])
-        if latency is not None:
-            latency["profile"] = self.o.profile
-        self.say(f"  end-to-end latency            {latency_line(latency)}")
+        ends = self.worker_latencies()
+        latency = latency_summary(ends)
+        warm = None
+        if self.warm_up is not None:
+            warm = latency_summary(buckets_since(mark, end) for mark, end in zip(self.warm_up[1], ends))
+        for summary in (latency, warm):
+            if summary is not None:
+                summary["profile"] = self.o.profile
+        if warm is not None:
+            warm["after_s"] = round(self.warm_up[0], 1)
+            self.say(f"  end-to-end latency            {latency_line(warm)}, after every board was online "
+                     f"({warm['after_s']:g} s)")
+        self.say(f"  end-to-end latency (all)      {latency_line(latency)}")
         soak = []
         if self.chaos is not None:
             self.say(f"  chaos                         {self.chaos.summary()}")
@@ -523,7 +546,7 @@ class Demo:
                 "max_spool_depth": self.max_spool, "uplink": uplink_stats, "pipeline": pipeline,
                 "sites": list(self.site_names), "moves": self.fleet.moves if self.fleet else 0,
                 "chaos": self.chaos.report() if self.chaos is not None else None, "where_lost": lost,
-                "latency": latency}, indent=1))
+                "latency": latency, "latency_after_warm_up": warm}, indent=1))
         return EXIT_OK if ok else EXIT_UNACCOUNTED
 
 

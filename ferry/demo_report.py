@@ -120,6 +120,19 @@ def progress_line(s: Snapshot) -> str:
             f"cuts {f['power_cuts']} uplink {s.uplink}")
 
 
+def buckets_since(mark: Sequence[tuple[float, float]] | None, end: Sequence[tuple[float, float]] | None
+                  ) -> list[tuple[float, float]] | None:
+    """A worker's cumulative latency buckets counted between two scrapes: `end` minus `mark`, bound by
+    bound; `end` alone when the worker restarted in between (a count went down: it started from zero)
+    or `mark` is missing; None when `end` is."""
+    if end is None:
+        return None
+    before = dict(mark or ())
+    if any(count < before.get(bound, 0.0) for bound, count in end):
+        return list(end)
+    return [(bound, count - before.get(bound, 0.0)) for bound, count in end]
+
+
 def latency_line(summary: dict | None) -> str:
     if summary is None:
         return "not measured (the workers export no ferry_worker_reading_latency_seconds)"

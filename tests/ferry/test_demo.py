@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from ferry.demo import (
-    DeviceBalance, Snapshot, accounting_table, balances, choose_web_port, latency_buckets, latency_line, main,
-    parse_prometheus, progress_line, spool_depth, total,
+    DeviceBalance, Snapshot, accounting_table, balances, buckets_since, choose_web_port, latency_buckets,
+    latency_line, main, parse_prometheus, progress_line, spool_depth, total,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -105,6 +105,15 @@ def test_with_two_sites_the_table_has_a_site_column_and_a_total_per_site() -> No
     assert lines[-1].split() == ["TOTAL", "35", "3", "32", "31", "0", "0", "1"]
 
 
+def test_the_latency_after_warm_up_is_the_histogram_counted_since_the_mark() -> None:
+    inf = float("inf")
+    mark, end = [(0.5, 10.0), (1.0, 30.0), (inf, 40.0)], [(0.5, 110.0), (1.0, 130.0), (inf, 145.0)]
+    assert buckets_since(mark, end) == [(0.5, 100.0), (1.0, 100.0), (inf, 105.0)]
+    restarted = [(0.5, 3.0), (1.0, 5.0), (inf, 5.0)]  # fewer than at the mark: it started from zero since
+    assert buckets_since(mark, restarted) == restarted
+    assert buckets_since(None, end) == end and buckets_since(mark, None) is None
+
+
 def test_latency_percentiles_from_the_workers_histograms() -> None:
     from ferry.prometheus import prometheus_text
     from ferry.server.latency import LatencyHistogram, latency_summary
@@ -179,6 +188,10 @@ def test_demo_accounts_for_every_reading_through_power_cuts_and_uplink_outages(t
     assert t["at_gateway"] == t["received"]  # what reached the gateway reached the server, once
     assert t["lost_at_device_server"] == t["dropped_at_device"]  # the server learnt the devices' own count
     assert summary["server_accounting"]["received"] == t["received"]
+    # The latency: from the workers' histogram, and counted again from when every board was online.
+    latency, warm = summary["latency"], summary["latency_after_warm_up"]
+    assert 0 < latency["readings"] <= t["received"] and latency["profile"] == "wifi-flaky"
+    assert warm is not None and warm["readings"] <= latency["readings"] and "every board online" in output
     # The dashboard's pipeline panel: the worker scraped the demo's gateway (the path's stages are
     # checked against the gateway's metrics by tests/server/test_dashboard_browser.py).
     gateways = summary["pipeline"]["gateways"]
