@@ -161,11 +161,17 @@ class DeviceStatus:
     firmware: str | None = None
     reset_cause: str | None = None
     boot: int = 0
+    ota: dict | None = None
+    """The newest birth's over-the-air update state ({"slot", "state", "ver", "last"}, docs/ota.md);
+    None when the device does not report one."""
 
     def observe(self, status: Status) -> None:
         self.state, self.boot = status.state.value, status.boot
         if status.state is DeviceState.ONLINE:
             self.firmware, self.reset_cause = status.firmware, status.reset_cause
+            ota = status.ota
+            self.ota = None if ota is None else {"slot": ota.slot, "state": ota.state, "ver": ota.version,
+                                                 "last": ota.last}
         dropped = status.outbox_dropped
         if dropped is None:
             return
@@ -178,12 +184,12 @@ class DeviceStatus:
     def to_dict(self) -> dict:
         return {"device": self.device, "lost_at_device": self.lost_at_device,
                 "device_dropped_last": self.device_dropped_last, "invalid": self.invalid, "state": self.state,
-                "fw": self.firmware, "reset": self.reset_cause, "boot": self.boot}
+                "fw": self.firmware, "reset": self.reset_cause, "boot": self.boot, "ota": self.ota}
 
     @classmethod
     def from_dict(cls, data: dict) -> "DeviceStatus":
         return cls(data["device"], data["lost_at_device"], data["device_dropped_last"], data["invalid"],
-                   data["state"], data["fw"], data["reset"], data["boot"])
+                   data["state"], data["fw"], data["reset"], data["boot"], data.get("ota"))  # no ota: stored before it
 
 
 def summary(account: DeviceAccount | None, status: DeviceStatus | None) -> dict:
@@ -205,7 +211,7 @@ def detail(device: str, account: DeviceAccount | None, status: DeviceStatus | No
         "last": ({"boot": account.last_boot, "seq": account.last_seq, "ts_ms": account.last_ts_ms}
                  if account else None),
         "status": ({"state": status.state, "boot": status.boot, "fw": status.firmware,
-                    "reset": status.reset_cause, "outbox_dropped": status.device_dropped_last}
+                    "reset": status.reset_cause, "outbox_dropped": status.device_dropped_last, "ota": status.ota}
                    if status else None),
         "boots": _boots(account, gap_limit) if account else {},
         "closed_boots": ({"boots": account.closed.boots, "received": account.closed.received,

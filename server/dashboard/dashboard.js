@@ -420,7 +420,8 @@
   // ---- device panel -------------------------------------------------------------------------
 
   const FACTS = [
-    ["firmware", "status.fw"], ["boot", "last.boot"], ["last seq", "last.seq"],
+    ["firmware", "status.fw"], ["update", "status.ota.state"], ["update version", "status.ota.ver"],
+    ["last update", "status.ota.last"], ["boot", "last.boot"], ["last seq", "last.seq"],
     ["last reading", "last.ts_ms", "time"], ["reset", "status.reset"],
     ["outbox dropped", "status.outbox_dropped", "num"], ["received", "received", "num"],
     ["duplicates", "duplicates", "num"], ["gaps", "gaps", "num"], ["lost at device", "lost_at_device", "num"],

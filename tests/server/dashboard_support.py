@@ -389,7 +389,8 @@ def canned_api(now_ms: int, *, with_health: bool = True) -> dict[str, object]:
         accounting.update(alerts=len(alerts), offline=1)
     detail = {"device": "dev-02", **devices["dev-02"],
               "last": {"boot": 4, "seq": 979, "ts_ms": now_ms - 9_000},
-              "status": {"state": "online", "boot": 4, "fw": "0.1.0", "reset": "brownout", "outbox_dropped": 2},
+              "status": {"state": "online", "boot": 4, "fw": "0.1.0", "reset": "brownout", "outbox_dropped": 2,
+                         "ota": {"slot": "a", "state": "trial", "ver": "0.2.0", "last": "installed 0.2.0"}},
               "boots": {"4": {"high": 983, "missing": 4, "gaps": [[100, 101], [500, 501]]}},
               "metrics": ["rh_pct", "temp_c"]}
     answers: dict[str, object] = {"/accounting": accounting, "/devices": devices, "/devices/dev-02": detail}

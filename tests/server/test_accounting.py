@@ -16,7 +16,7 @@ from ferry.server.config import ServerConfig
 from ferry.server.logic import Settings, apply_reading, apply_status
 from ferry.server.state import DeviceState
 
-from tests.server.helpers import T0, reading, status
+from tests.server.helpers import T0, asleep, reading, status
 
 HOUR = 3_600_000
 SETTINGS = Settings.from_config(ServerConfig(broker="127.0.0.1:1", dedupe_window=16, boot_grace_s=3600))
@@ -172,3 +172,24 @@ def test_old_news_of_old_boots_is_not_a_restart() -> None:
     assert d.reading(9, 3, T0 + 9 * HOUR) == "duplicate"
     assert d.detail["restarts"] == 0
     assert (d.numbers["received"], d.numbers["duplicates"]) == (30, 2)
+
+
+def test_the_births_update_state_is_in_the_device_detail_and_survives_the_table() -> None:
+    """What the dashboard shows per device (docs/ota.md): the newest birth's `ota`, kept while the
+    device is asleep, gone when a birth leaves it out; state stored before the field reads back."""
+    d = Device()
+    d.birth(1, T0)
+    assert d.detail["status"]["ota"] is None
+    state = d._state()
+    trial = status(0, boot=2).replace(b',"outbox"', b',"ota":{"slot":"a","state":"trial","ver":"0.2.0",'
+                                                       b'"last":"installed 0.2.0"},"outbox"')
+    apply_status(state, trial, T0 + 1000, SETTINGS)
+    apply_status(state, asleep(boot=2), T0 + 2000, SETTINGS)
+    d.value = state.to_dict()
+    assert d.detail["status"]["ota"] == {"slot": "a", "state": "trial", "ver": "0.2.0", "last": "installed 0.2.0"}
+    old = json.loads(json.dumps(d.value))
+    del old["status"]["ota"]
+    d.value = old
+    assert d.detail["status"]["ota"] is None and d.detail["status"]["fw"] == "0.1.0"
+    d.birth(3, T0 + 3000)
+    assert d.detail["status"]["ota"] is None

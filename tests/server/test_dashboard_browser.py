@@ -43,6 +43,7 @@ def test_renders_every_number_of_the_full_api(tmp_path: Path, vendored: None) ->
     assert page.rows["dev-02"]["state"].attrs["class"] == "state state-warning"
     assert page.rows["dev-03"]["state"].attrs["class"] == "state state-offline"
     assert "boot 4: 100–101, boot 4: 500–501" in page.text  # open gaps in the device panel
+    assert page.panel["dev-02"]["status.ota.state"].value == "trial"  # the update state (docs/ota.md)
     # The pipeline panel: every figure of /pipeline checked above; what is flagged and said in words.
     assert ("pipeline", "gw-north") not in page.pipeline and len(page.pipeline) >= 4 + 2 + 2 + 1
     assert page.pipeline[("gateway", "http://gw-north:9883/metrics")]["kafka_connected"].value == "down"
