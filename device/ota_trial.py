@@ -55,7 +55,7 @@ def tick(app, min_acked=MIN_ACKED):
     s = app.session
     # Connected: now, or long enough for min_acked readings (a duty-cycle wake has closed the link).
     verdict = check(s.up or s.acked >= min_acked, s.acked, app.ob.corrupt, app.trial,
-                    time.ticks_diff(time.ticks_ms(), app.t0), min_acked)
+                    time.ticks_diff(time.ticks_ms(), app.t0), min_acked, app.cfg.ota_confirm_s * 1000)
     if verdict is None:
         return
     from hw import log

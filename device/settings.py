@@ -51,6 +51,8 @@ MODES = ("always_on", "duty_cycle")
 #   sensors                    the board's sensors, a list of objects (sensor_config.py);
 #                              absent: the SHT31 at 0x44 on i2c_scl_pin/i2c_sda_pin
 #   log_stats_every            log heap and counters every this many readings (0: never)
+#   ota_confirm_s              an update's first start must pass its health check within this, else it
+#                              is rolled back (docs/ota.md; the ESP32's machine.Timer backstop stays 600 s)
 FIELDS = (
     ("site", "id", None, 0, 0),
     ("device_id", "id?", "", 0, 0),
@@ -82,6 +84,7 @@ FIELDS = (
     ("i2c_scl_pin", "int", 22, 0, 39),
     ("i2c_sda_pin", "int", 21, 0, 39),
     ("log_stats_every", "int", 0, 0, 1000000),
+    ("ota_confirm_s", "int", 600, 10, 86400),
 )
 _KNOWN = [f[0] for f in FIELDS] + ["sample_s", "sensors"]
 

@@ -1,35 +1,18 @@
-"""Shared by the tests that update the real firmware on virtual boards (this file holds no tests): a release
-of the compiled firmware with another FW_VERSION (or another app), the operator's push through a gateway in a
-thread, and reading a board's update state from its flash."""
+"""Shared by the tests that update the real firmware on virtual boards (this file holds no tests): the
+operator's push through a gateway in a thread, and reading a board's update state from its flash (the
+release of the compiled firmware is hw-sim's, ferry.hwsim.fleet_ota.firmware_release)."""
 
 from __future__ import annotations
 
 import re
-import subprocess
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ferry import ota as fota
 from ferry.hwsim.board import VirtualBoard
-
-DEVICE_DIR = Path(__file__).resolve().parents[2] / "device"
+from ferry.hwsim.fleet_ota import firmware_release  # noqa: F401 - the tests' release of the firmware
 UPDATE_MODE_END = re.compile(r"ota: update mode ends: \w+ .*\(heap low (-?\d+), download's peaks (-?\d+)\)")
-
-
-def firmware_release(build: Path, tmp: Path, version: str, compiler: Path, mpy: int,
-                     app_source: str | None = None) -> fota.Release:
-    """The compiled firmware in `build` as a release: app.mpy compiled from device/app.py with FW_VERSION =
-    version (or from app_source), every other module as built; the boot files left out."""
-    tmp.mkdir(parents=True, exist_ok=True)
-    source = (DEVICE_DIR / "app.py").read_text()
-    app_py = tmp / "app.py"
-    app_py.write_text(app_source if app_source is not None else
-                      source.replace('FW_VERSION = "0.1.0"', f'FW_VERSION = "{version}"'))
-    subprocess.run([str(compiler), "-s", "app.py", "-o", str(tmp / "app.mpy"), str(app_py)], check=True, timeout=60)
-    files = [fota.ReleaseFile(p.name, (tmp / "app.mpy" if p.name == "app.mpy" else p).read_bytes())
-             for p in sorted(build.glob("*.mpy")) if p.name != "boot_select.mpy"]
-    return fota.make_release(version, files, mpy)
 
 
 @dataclass
