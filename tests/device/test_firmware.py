@@ -20,24 +20,13 @@ from ferry.gateway.process import GatewayProcess
 from ferry.hwsim.board import VirtualBoard
 from ferry.hwsim.link import LinkConfig, LinkThread
 from tests.device.fw_support import (
-    SITE, Collector, Delivery, cmd_payload, console_events, console_lines, device_id,
+    FAST_SETTINGS, SITE, Collector, Delivery, cmd_payload, console_events, console_lines, device_id,
     install_firmware, make_board, read_config,
 )
 
 pytestmark = pytest.mark.integration
 
-# Fast settings for tests: 150 ms samples, sub-second deadlines, short backoff.
-FAST = {
-    "sample_ms": 150,
-    "ack_timeout_ms": 800,
-    "connect_timeout_ms": 800,
-    "backoff_min_ms": 200,
-    "backoff_max_ms": 1600,
-    "keepalive_s": 10,
-    "wdt_timeout_ms": 5000,
-    "outbox_flush_every": 5,
-    "outbox_flush_interval_ms": 500,
-}
+FAST = FAST_SETTINGS
 EPOCH_2000_MS = 946_684_800_000
 
 

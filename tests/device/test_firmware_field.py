@@ -19,22 +19,13 @@ from ferry.hwsim.board import VirtualBoard
 from ferry.hwsim.micropython import ESP32_LIKE
 from ferry.process import free_port
 from tests.device.fw_support import (
-    SITE, Collector, Delivery, console_events, console_lines, device_id, install_firmware, make_board,
+    FAST_SETTINGS, SITE, Collector, Delivery, console_events, console_lines, device_id, install_firmware,
+    make_board,
 )
 
 pytestmark = pytest.mark.integration
 
-FAST = {
-    "sample_ms": 150,
-    "ack_timeout_ms": 800,
-    "connect_timeout_ms": 800,
-    "backoff_min_ms": 200,
-    "backoff_max_ms": 1600,
-    "keepalive_s": 10,
-    "wdt_timeout_ms": 5000,
-    "outbox_flush_every": 5,
-    "outbox_flush_interval_ms": 500,
-}
+FAST = FAST_SETTINGS
 CRASH_FILE = "ferry_crash"
 
 

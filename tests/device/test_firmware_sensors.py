@@ -16,21 +16,13 @@ from ferry.gateway.process import GatewayProcess
 from ferry.hwsim.board import VirtualBoard
 from ferry.hwsim.pms5003_model import Pms5003Model
 from ferry.hwsim.shims import sensor_model, sensor_signals
-from tests.device.fw_support import Collector, console_lines, device_id, install_firmware, make_board
+from tests.device.fw_support import (
+    FAST_SETTINGS, Collector, console_lines, device_id, install_firmware, make_board,
+)
 
 pytestmark = pytest.mark.integration
 
-FAST = {
-    "sample_ms": 200,
-    "ack_timeout_ms": 800,
-    "connect_timeout_ms": 800,
-    "backoff_min_ms": 200,
-    "backoff_max_ms": 1600,
-    "keepalive_s": 10,
-    "wdt_timeout_ms": 5000,
-    "outbox_flush_every": 5,
-    "outbox_flush_interval_ms": 500,
-}
+FAST = {**FAST_SETTINGS, "sample_ms": 200}
 SENSORS = [
     {"type": "bme280"},
     {"type": "ds18b20", "pin": 4, "prefix": "water_"},

@@ -34,24 +34,13 @@ from ferry.gateway.auth.passwords import PasswordFile
 from ferry.hwsim.board import VirtualBoard
 from ferry.hwsim.fleet import ca_der
 from tests.device.fw_support import (
-    Delivery, TlsGateway, console_lines, device_id, install_firmware, make_board, read_config, start_tls_gateway,
-    write_config,
+    FAST_SETTINGS, Delivery, TlsGateway, console_lines, device_id, install_firmware, make_board, read_config,
+    start_tls_gateway, write_config,
 )
 
 pytestmark = pytest.mark.integration
 
-FAST = {
-    "sample_ms": 150,
-    "ack_timeout_ms": 800,
-    "connect_timeout_ms": 800,
-    "backoff_min_ms": 200,
-    "backoff_max_ms": 1600,
-    "keepalive_s": 10,
-    "wdt_timeout_ms": 5000,
-    "outbox_flush_every": 5,
-    "outbox_flush_interval_ms": 500,
-    "log_stats_every": 5,
-}
+FAST = {**FAST_SETTINGS, "log_stats_every": 5}
 STATS = re.compile(r"stats seq (\d+) .* pending (\d+) ")
 
 
