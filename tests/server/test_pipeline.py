@@ -305,6 +305,6 @@ def test_the_latency_percentiles_are_over_every_worker_that_answered() -> None:
     latency = view["latency"]
     assert latency["readings"] == 100
     assert latency["p50_s"] == pytest.approx(0.05)  # linear within the bucket, as histogram_quantile
-    assert 2.0 < latency["p95_s"] < 5.0 and latency["p99_s"] == pytest.approx(5.0)
+    assert 2.0 < latency["p95_s"] < 3.0 and latency["p99_s"] == pytest.approx(3.0)  # 9 at 3 s: the (2, 3] bucket
     alone = pipeline_view([], [slow])["latency"]
     assert alone["readings"] == 10 and alone["p50_s"] > 2.0
