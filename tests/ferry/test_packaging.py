@@ -19,7 +19,7 @@ GROUND = ("ferry", "ferry.contract", "ferry.addresses", "ferry.process", "ferry.
           "ferry.event_loop",
           "ferry.umqtt_vendor", "ferry.npm_vendor")
 PARTS = ("ferry.gateway", "ferry.server", "ferry.hwsim", "ferry.flash", "ferry.local_kafka")
-TOP = ("ferry.bench", "ferry.demo", "ferry.demo_report", "ferry.chaos", "ferry.ota", "ferry.cli", "ferry.__main__")
+TOP = ("ferry.bench", "ferry.demo", "ferry.demo_parts", "ferry.demo_report", "ferry.chaos", "ferry.ota", "ferry.cli", "ferry.__main__")
 
 
 def package_folder(package: str) -> Path:
