@@ -10,6 +10,7 @@ from mode.utils.queues import FlowControlEvent
 
 from ferry.server.auth import token_middleware
 from ferry.server.config import ServerConfig
+from ferry.server.ingest import BatchingTransport, SourceBuffer
 
 FAUST_VIEWS_OFF = {
     # faust/web/base.py: BLUEPRINT_FLAGS maps each built-in blueprint to the setting that serves it.
@@ -75,11 +76,17 @@ async def rewind_uncommitted(app: faust.App, topics: set[str]) -> list:
 
 
 class FerryApp(faust.App):
-    """`faust.App` with `RecoveryFlowControl`."""
+    """`faust.App` with `RecoveryFlowControl`, and a consumer that hands the source topics' records to
+    `source_buffer` (`ferry.server.ingest`) when `ferry.server.streams.wire` gave it one."""
+
+    source_buffer: SourceBuffer | None = None
 
     @cached_property
     def flow_control(self) -> FlowControlEvent:
         return RecoveryFlowControl(loop=self.loop)
+
+    def _new_transport(self) -> BatchingTransport:
+        return BatchingTransport(self.conf.broker_consumer, self)
 
 
 def create_app(config: ServerConfig) -> faust.App:

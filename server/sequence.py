@@ -105,7 +105,9 @@ class SeqTracker:
         if self.high < 0:
             return 0
         covered = self.high - self.window_low + 1
-        in_window = covered - bin(self.bits & ((1 << covered) - 1)).count("1")
+        in_window = covered - (self.bits & ((1 << covered) - 1)).bit_count()
+        if not self.old_gaps:
+            return in_window
         return in_window + sum(last - first + 1 for first, last in self.old_gaps)
 
     @property

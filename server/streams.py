@@ -1,14 +1,15 @@
-"""Topics, tables, the ingest agent and the health timer of the worker: thin wiring around `ferry.server.logic`.
+"""Topics, tables, the ingest task and the health timer of the worker: thin wiring around `ferry.server.logic`.
 
 `wire(app, config)` declares everything on an app made by `ferry.server.app.create_app`
 and returns the handles tests need.
 
-One agent reads both source topics (telemetry and status are keyed and
+One task reads both source topics (telemetry and status are keyed and
 partitioned alike, so a device's records and its state share a partition) in
-batches (`take_events`): each batch reads every device's state once, applies
+batches taken from the consumer's `SourceBuffer` (`ferry.server.ingest`: no
+agent, no per-record stream): each batch reads every device's state once, applies
 its records in order, publishes closed windows, alerts and health changes
 (docs/contract.md), then writes each device's state once, each step waiting for Kafka's acknowledgement of what it
-wrote. Faust acks a batch's events only after the agent is done with it, and
+wrote. A batch's records are acked only after that, and Faust
 commits only acked offsets, so the offsets of a batch are committed only after
 its records are in Kafka; a crash re-processes whole batches, whose records
 the device states already hold are skipped by their offsets (`DeviceState.offsets`).
@@ -21,7 +22,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +31,7 @@ import faust
 from ferry.contract import HEADER_RECEIVED_MS
 from ferry.server.app import rewind_uncommitted
 from ferry.server.config import ServerConfig
+from ferry.server.ingest import SourceBuffer, current
 from ferry.server.logic import STATUS, TELEMETRY, Record, Settings, device_key
 from ferry.server.views import register_views
 from ferry.server.web import register_dashboard
@@ -37,7 +39,8 @@ from ferry.server.worker_state import LostWrite, Outputs, WorkerState
 
 log = logging.getLogger(__name__)
 EXIT_LOST_WRITE = 1
-"""`ferry worker`'s exit status when Kafka refused a record it wrote (as for a stalled consumer: restart it)."""
+"""`ferry worker`'s exit status when Kafka refused a record it wrote or a batch failed (as for a stalled
+consumer: restart it)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +51,9 @@ class Streams:
     devices: Any
     history: Any
     alert_log: Any
-    ingest: Any
+    buffer: SourceBuffer
+    ingest: Callable[[], Awaitable[None]]
+    """The ingest task's body: takes batches from `buffer` until cancelled."""
     worker: WorkerState
 
 
@@ -57,13 +62,11 @@ def wire(app: faust.App, config: ServerConfig) -> Streams:
     raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw",
            "partitions": config.partitions}
     source = app.topic(config.telemetry_topic, config.status_topic, **raw)
-    # What the worker publishes: contract bytes (ferry.contract.encode_*), keyed by the device id's bytes;
-    # no Faust model, so no `__faust` metadata on the wire.
-    out = {"key_type": str, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw",
-           "partitions": config.partitions}
-    outputs = Outputs(series={"1m": app.topic(config.series_topic, **out),
-                              "5m": app.topic(config.series_5m_topic, **out)},
-                      alerts=app.topic(config.alerts_topic, **out), health=app.topic(config.health_topic, **out))
+    app.topics.add(source)  # subscribed, and its records acked (no agent subscribes it)
+    # What the worker publishes: contract bytes (ferry.contract.encode_*), keyed by the device id's bytes,
+    # sent by `WorkerState` straight to the producer; no Faust model, so no `__faust` metadata on the wire.
+    outputs = Outputs(series={"1m": config.series_topic, "5m": config.series_5m_topic},
+                      alerts=config.alerts_topic, health=config.health_topic)
     # Values are compact JSON bytes (`ferry.server.worker_state.encode_value`): the store holds the
     # bytes, 3-4x smaller than the dicts Faust's json serializer would keep; the history table's are
     # zlib-compressed besides (its closed windows compress ~9x).
@@ -97,19 +100,26 @@ def wire(app: faust.App, config: ServerConfig) -> Streams:
             log.info("ferry worker: no committed offset for %s; reading them from the beginning", rewound)
         worker.recovery_completed()
 
-    async def ingest(stream: faust.StreamT) -> None:
-        async for events in stream.take_events(config.batch_size, within=config.batch_within_ms / 1000):
-            # `take_events` acks the batch when this body is left, even by a cancellation (the
-            # worker stopping): finish writing the batch first, or its records would be acked,
-            # committed and never applied.
-            batch = asyncio.ensure_future(_or_exit(worker.process([_record(event, config) for event in events])))
+    buffer = app.source_buffer = SourceBuffer(source.topics, config.batch_size)
+    app.flow_control.manage_queue(buffer)  # cleared with the stream queues, see ferry.server.ingest
+
+    async def ingest() -> None:
+        while True:
+            messages = current(app, await buffer.take(config.batch_within_ms / 1000))
+            if not messages:
+                continue
+            # Tracked: a rebalance or a shutdown waits until the batch is acked (Consumer.wait_empty).
+            app.consumer.unacked.update(messages)
+            # Finish a batch once started, even when the worker is told to stop: its records are
+            # acked (and their offsets committed) only once its writes are in Kafka.
+            batch = asyncio.ensure_future(_or_exit(_process_and_ack(app, worker, config, messages)))
             try:
                 await asyncio.shield(batch)
             except asyncio.CancelledError:
                 await batch
                 raise
 
-    ingest_agent = app.agent(source, name="ferry-ingest")(ingest)
+    app.task(ingest)
 
     @app.timer(interval=config.health_check_interval_s)
     async def health_check() -> None:
@@ -123,30 +133,42 @@ def wire(app: faust.App, config: ServerConfig) -> Streams:
 
     register_views(app, worker, devices)
     register_dashboard(app)
-    return Streams(settings, source, outputs, devices, history, alert_log, ingest_agent, worker)
+    return Streams(settings, source, outputs, devices, history, alert_log, buffer, ingest, worker)
+
+
+async def _process_and_ack(app: faust.App, worker: WorkerState, config: ServerConfig, messages: list) -> None:
+    """Apply a batch and write its effects (`WorkerState.process`), then ack its records: Faust commits
+    only acked offsets."""
+    await worker.process([_record(message, config) for message in messages])
+    ack = app.consumer.ack
+    for message in messages:
+        ack(message)
 
 
 async def _or_exit(work: Awaitable[object]) -> None:
-    """Await `work`; end the process when Kafka did not take what it wrote.
+    """Await `work`; end the process when Kafka did not take what it wrote, or a batch failed.
 
-    Leaving the agent's body, normally or by an exception, acks the batch's events, and Faust
-    commits acked offsets, on an agent error too (`Consumer.on_task_error`): the batch would
-    count as done with its effects not in Kafka. Exiting at once commits nothing; the group
-    gives the partitions to a worker that processes the batch again (dedupe absorbs what was
-    done already).
+    A batch whose writes are not all in Kafka must not count as done, and Faust commits the
+    offsets of whatever is acked, on a task error too (`Consumer.on_task_error`). A batch that
+    failed otherwise (a bug) is tracked and never acked: the next rebalance or shutdown would
+    wait for it forever (`Consumer.wait_empty`), and no later record of its partitions could be
+    committed. Exiting at once commits nothing; the group gives the partitions to a worker that
+    processes the batch again (dedupe absorbs what was done already).
     """
     try:
         await work
     except LostWrite as exc:
         log.critical("ferry worker: %s; exiting without committing this batch's offsets", exc)
         os._exit(EXIT_LOST_WRITE)
+    except Exception:
+        log.critical("ferry worker: a batch failed; exiting without committing its offsets", exc_info=True)
+        os._exit(EXIT_LOST_WRITE)
 
 
-def _record(event: Any, config: ServerConfig) -> Record:
-    message = event.message
+def _record(message: Any, config: ServerConfig) -> Record:
     record_ms = int(round(message.timestamp * 1000)) if message.timestamp else 0
     channel = STATUS if message.topic == config.status_topic else TELEMETRY
-    return Record(device_key(event.key), channel, event.value, record_ms, _received_ms(event.headers),
+    return Record(device_key(message.key), channel, message.value, record_ms, _received_ms(message.headers),
                   message.partition, message.offset)
 
 

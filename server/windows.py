@@ -173,17 +173,20 @@ class DeviceWindows:
             self.max_event_ms = ts_ms
         return self._close(kinds, self.watermark(lateness_ms))
 
-    def _windows(self, kinds: tuple[WindowKind, ...]) -> dict[tuple[WindowKind, int], None]:
-        """Every (kind, start) of a window that holds a pane and has not closed, oldest end first."""
-        found: dict[tuple[WindowKind, int], None] = {}
+    def _windows(self, kinds: tuple[WindowKind, ...]) -> list[tuple[WindowKind, int]]:
+        """Every (kind, start) of a window that holds a pane and has not closed, oldest end first (then
+        oldest start, then in the order of `kinds`)."""
         closed = self.closed_mark
-        starts = sorted({start for per_metric in self.panes.values() for start in per_metric})
-        for kind in kinds:
+        starts = {start for per_metric in self.panes.values() for start in per_metric}
+        found: set[tuple[int, int, int]] = set()  # (end, start, kind's index): no WindowKind hashing
+        for i, kind in enumerate(kinds):
+            size, step = kind.size_ms, kind.step_ms
             for pane in starts:
-                for start in kind.starts(pane):
-                    if closed is None or start + kind.size_ms > closed:
-                        found[(kind, start)] = None
-        return dict(sorted(found.items(), key=lambda item: (item[0][1] + item[0][0].size_ms, item[0][1])))
+                last = pane - pane % step
+                for start in range(last - size + step, last + 1, step):
+                    if closed is None or start + size > closed:
+                        found.add((start + size, start, i))
+        return [(kinds[i], start) for _, start, i in sorted(found)]
 
     def _aggregate(self, metric: str, start: int, size_ms: int) -> Aggregate | None:
         per_metric = self.panes.get(metric, {})
@@ -194,13 +197,16 @@ class DeviceWindows:
         done: list[ClosedWindow] = []
         if mark is None or (self.next_end_ms is not None and mark < self.next_end_ms):
             return done
+        ordered = {metric: sorted(per_metric.items()) for metric, per_metric in self.panes.items()}
         for kind, start in self._windows(kinds):
-            if start + kind.size_ms > mark:
+            end = start + kind.size_ms
+            if end > mark:
                 continue
-            for metric in self.panes:
-                agg = self._aggregate(metric, start, kind.size_ms)
-                if agg is not None:
-                    done.append(ClosedWindow(self.device, kind.name, metric, start, start + kind.size_ms,
+            for metric, panes in ordered.items():
+                held = [agg for pane, agg in panes if start <= pane < end]
+                if held:
+                    agg = combine(held)
+                    done.append(ClosedWindow(self.device, kind.name, metric, start, end,
                                              agg.count, agg.min, agg.max, agg.mean, agg.last))
         self.closed_mark = mark if self.closed_mark is None else max(self.closed_mark, mark)
         # A pane goes once every window of every kind that holds it has closed.
@@ -211,8 +217,8 @@ class DeviceWindows:
                 del per_metric[pane]
             if not per_metric:
                 del self.panes[metric]
-        ends = [start + kind.size_ms for kind, start in self._windows(kinds)]
-        self.next_end_ms = min(ends) if ends else None
+        windows = self._windows(kinds)
+        self.next_end_ms = windows[0][1] + windows[0][0].size_ms if windows else None
         done.sort(key=lambda w: (w.start_ms, w.kind, w.metric))
         return done
 

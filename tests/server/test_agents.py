@@ -1,12 +1,17 @@
-"""The ingest agent and the worker's table writes through Faust, with no broker: the real tables in
+"""The ingest task and the worker's table writes through Faust, with no broker: the real tables in
 memory, and every record the worker produces taken (and acknowledged) by a `FakeProducer`."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Callable
 from unittest import mock
 
 import pytest
+
+from faust.transport.consumer import ConsumerMessage
+from faust.types import TP
 
 from ferry.contract import parse_alert, parse_health_change, parse_series_point
 from ferry.server.app import create_app
@@ -39,30 +44,51 @@ def changelog_partitions(producer: FakeProducer, table) -> list[int]:
 
 @pytest.fixture(autouse=True)
 def owning(streams: Streams):
-    """The worker owns partition 0 of the source topics, and its tables are recovered."""
+    """The worker owns partition 0 of the source topics, its tables are recovered and records flow."""
     from faust.types import TP
 
     config = streams.worker.config
     with mock.patch.object(streams.worker.app.assignor, "assigned_actives",
                            return_value={TP(config.telemetry_topic, 0), TP(config.status_topic, 0)}):
         streams.worker.recovery_completed()
+        streams.worker.app.flow_control.resume()
         yield
+
+
+def source_message(streams: Streams, value: bytes, offset: int, *, generation: int | None = None,
+                   topic: str | None = None) -> ConsumerMessage:
+    """A record of the source topics as the consumer hands it over (partition 0, no receive time)."""
+    config = streams.worker.config
+    topic = topic or config.telemetry_topic
+    return ConsumerMessage(topic, 0, offset, 1.0, 0, [], b"dev-01", value, None,
+                           6, len(value), TP(topic, 0),
+                           generation_id=streams.worker.app.consumer_generation_id if generation is None
+                           else generation)
+
+
+async def ingested(streams: Streams, messages: list[ConsumerMessage], until: Callable[[], bool]) -> None:
+    """Put `messages` in the source buffer, run the ingest task until `until()`, then stop it."""
+    for message in messages:
+        streams.buffer.add(message)
+    task = asyncio.ensure_future(streams.ingest())
+    for _ in range(100):
+        if until():
+            break
+        await asyncio.sleep(0.02)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 def test_ingest_dedupes_accounts_and_publishes_closed_minutes(streams: Streams) -> None:
     base = T0 - T0 % 60_000
+    records = [reading(seq, ts_ms=base + seq * 1000) for seq in (0, 1, 1, 3)] + \
+        [reading(4, ts_ms=base + 60_000), b"{}"]
+    messages = [source_message(streams, value, offset) for offset, value in enumerate(records)]
 
     async def run() -> FakeProducer:
         with fake_producer(streams.worker.app) as producer:
-            async with streams.ingest.test_context() as agent:
-                for seq in (0, 1, 1, 3):
-                    await agent.put(reading(seq, ts_ms=base + seq * 1000), key=b"dev-01", timestamp=1.0)
-                await agent.put(reading(4, ts_ms=base + 60_000), key=b"dev-01", timestamp=1.0)
-                await agent.put(b"{}", key=b"dev-01", timestamp=1.0)
-                for _ in range(100):
-                    if streams.worker.counts.get("telemetry.invalid"):
-                        break
-                    await asyncio.sleep(0.02)
+            await ingested(streams, messages, lambda: bool(streams.worker.counts.get("telemetry.invalid")))
             return producer
 
     producer = asyncio.run(run())
@@ -84,6 +110,43 @@ def test_ingest_dedupes_accounts_and_publishes_closed_minutes(streams: Streams) 
     assert streams.history["dev-01"][:1] == b"x"  # zlib: the history table's values are compressed
     assert decode_value(streams.history["dev-01"])["1m"]["temp_c"] == \
         [[base, base + 60_000, 3, 20.0, 23.0, 64.0 / 3, 23.0]]
+    # Acked once written: Faust commits acked offsets only, and a rebalance waits for the unacked.
+    assert all(m.acked for m in messages)
+
+
+def test_records_of_an_older_generation_are_dropped_and_never_acked(streams: Streams) -> None:
+    """As Faust's stream skips them: after a rebalance the partitions are read again from their
+    committed offsets, so these records come back (in the current generation)."""
+    generation = streams.worker.app.consumer_generation_id
+    stale = [source_message(streams, reading(seq), seq, generation=generation - 1) for seq in range(3)]
+    fresh = source_message(streams, reading(3), 3)
+
+    async def run() -> None:
+        with fake_producer(streams.worker.app):
+            await ingested(streams, [*stale, fresh], lambda: bool(streams.worker.counts))
+
+    asyncio.run(run())
+    assert streams.worker.counts == {"telemetry.new": 1}
+    assert fresh.acked and not any(m.acked for m in stale)
+
+
+def test_the_source_buffer_holds_two_batches_and_is_cleared_by_flow_control(streams: Streams) -> None:
+    """Backpressure: the consumer's drain loop waits for room past two batches; a rebalance clears it
+    (Faust's flow control clears the queues it manages) and the records are fetched again."""
+    buffer = streams.buffer
+    size = streams.worker.config.batch_size
+
+    async def run() -> tuple[bool, int, bool, int]:
+        for offset in range(2 * size):
+            buffer.add(source_message(streams, reading(offset % 1000), offset))
+        full = not buffer._room.is_set()
+        taken = len(await buffer.take(0.01))
+        streams.worker.app.flow_control.suspend()
+        streams.worker.app.flow_control.clear()
+        return full, taken, buffer._room.is_set(), len(buffer)
+
+    full, taken, room, left = asyncio.run(run())
+    assert (full, taken, room, left) == (True, size, True, 0)
 
 
 def test_unsynced_reading_is_windowed_at_the_record_time(streams: Streams) -> None:

@@ -106,7 +106,8 @@ def test_device_reported_losses_are_a_running_total() -> None:
     assert d.status(b'{"v":1,"dev":"dev-01","state":"offline","boot":3}') == "new"
     assert d.status(b'{"v":1,"dev":"dev-01","state":"online","boot":3}') == "invalid"  # birth needs fw etc.
     info = detail("dev-01", None, DeviceStatus.from_dict(d.value["status"]))
-    assert info["status"] == {"state": "offline", "boot": 3, "fw": "0.1.0", "reset": "power_on", "outbox_dropped": 2}
+    assert info["status"] == {"state": "offline", "boot": 3, "fw": "0.1.0", "reset": "power_on", "outbox_dropped": 2,
+                              "ota": None}
     assert (info["lost_at_device"], info["invalid"], info["received"]) == (7, 1, 0)
 
 

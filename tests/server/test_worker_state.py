@@ -202,14 +202,20 @@ def test_with_the_rocksdb_store_each_device_is_written_to_its_partitions_databas
         with fake_producer(app):
             await worker.process([Record(dev, TELEMETRY, reading(0, dev=dev), T0, T0, p, 0)
                                   for p, dev in devices.items()])
+            await worker.process([Record(dev, TELEMETRY, reading(1, dev=dev), T0, T0 + 1000, p, 1)
+                                  for p, dev in devices.items()])
             worker.forget()
             store = streams.devices.data
+            changelog = streams.devices.changelog_topic.get_topic_name()
             return {p: (store._db_for_partition(p).get(dev.encode()) is not None,
                         store._db_for_partition(1 - p).get(dev.encode()) is None,
-                        worker.state(dev).account.received)
+                        worker.state(dev).account.received,
+                        store.persisted_offset(TP(changelog, p)))
                     for p, dev in devices.items()}
 
-    assert asyncio.run(run()) == {0: (True, True, 1), 1: (True, True, 1)}
+    # Each database keeps the newest changelog offset it holds (two writes per partition: 0, 1), as
+    # Faust's own changelog callback keeps it: a restart reads the changelog from there on.
+    assert asyncio.run(run()) == {0: (True, True, 2, 1), 1: (True, True, 2, 1)}
 
 
 def test_a_batch_is_done_only_once_kafka_has_every_record_it_wrote(streams: Streams,
@@ -289,7 +295,7 @@ def test_a_batch_kafka_does_not_acknowledge_in_time_fails(tmp_path) -> None:
 
 
 def test_the_worker_exits_at_once_when_a_write_is_lost() -> None:
-    """Leaving the agent's body by an exception would let Faust commit the batch's offsets."""
+    """Leaving the batch by an exception would let Faust commit its offsets."""
 
     async def lost() -> None:
         raise LostWrite("1 of 1 records not acknowledged by Kafka")
@@ -297,6 +303,19 @@ def test_the_worker_exits_at_once_when_a_write_is_lost() -> None:
     with mock.patch.object(streams_module.os, "_exit", side_effect=SystemExit) as exit_now:
         with pytest.raises(SystemExit):
             asyncio.run(streams_module._or_exit(lost()))
+    exit_now.assert_called_once_with(streams_module.EXIT_LOST_WRITE)
+
+
+def test_the_worker_exits_at_once_when_a_batch_fails() -> None:
+    """A failed batch's records stay tracked and unacked: carrying on, the next rebalance or shutdown
+    would wait for them forever and nothing after them could be committed."""
+
+    async def broken() -> None:
+        raise ValueError("a bug")
+
+    with mock.patch.object(streams_module.os, "_exit", side_effect=SystemExit) as exit_now:
+        with pytest.raises(SystemExit):
+            asyncio.run(streams_module._or_exit(broken()))
     exit_now.assert_called_once_with(streams_module.EXIT_LOST_WRITE)
 
 
