@@ -21,8 +21,8 @@ that exactness rests on is kept, per batch:
   when recovery ends (`FlowControlEvent.clear`), and a batch drops records fetched in an
   older consumer generation or while the flow is suspended, as the stream did: Faust seeks
   the partitions to their committed offsets after a rebalance, so they are fetched again;
-* the buffer holds at most two batches: when full, the drain loop waits (backpressure), as
-  a full stream queue made it.
+* the buffer holds at most one batch besides the one being applied: when full, the drain loop
+  waits (backpressure), as a full stream queue made it.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ class SourceBuffer:
     def __init__(self, topics: Iterable[str], batch_size: int) -> None:
         self.topics = frozenset(topics)
         self.batch_size = batch_size
-        self.maxsize = 2 * batch_size
+        self.maxsize = batch_size
         self._messages: list[Message] = []
         self._batch_ready = asyncio.Event()
         self._room = asyncio.Event()

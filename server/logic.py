@@ -1,6 +1,6 @@
-"""What the worker does with a batch of records, as pure functions over JSON-safe table values.
+"""What the worker does with a batch of records, as pure functions over table values.
 
-The agent in `ferry.server.streams` turns Kafka events into `Record`s, calls
+The ingest task in `ferry.server.streams` turns Kafka records into `Record`s, calls
 `apply_batch` and writes back what it returns, so everything here is tested
 without Faust or Kafka. A batch reads each device's state once and returns it
 once, however many of its records the batch held.
@@ -18,7 +18,7 @@ from ferry.server.alerts import Alert, AlertLog
 from ferry.server.anomaly import AnomalySettings
 from ferry.server.config import ServerConfig
 from ferry.server.health import HealthSettings
-from ferry.server.state import DeviceState
+from ferry.server.state import DeviceState, encode_value
 from ferry.server.windows import ClosedWindow, History, WindowKind
 
 UNKNOWN_DEVICE = "_unknown"
@@ -94,11 +94,13 @@ class Outcome:
 
 @dataclass(slots=True)
 class BatchResult:
-    """New table values (device → (partition, value); partition → alert log) and what to publish."""
+    """New table values as stored (`encode_value`: device → (partition, value); partition → alert log)
+    and what to publish."""
 
-    states: dict[str, tuple[int, dict]] = field(default_factory=dict)
-    history: dict[str, tuple[int, dict]] = field(default_factory=dict)
-    alert_logs: dict[int, list] = field(default_factory=dict)
+    states: dict[str, tuple[int, bytes]] = field(default_factory=dict)
+    history: dict[str, tuple[int, bytes]] = field(default_factory=dict)
+    """Compressed (`encode_value(..., compress=True)`)."""
+    alert_logs: dict[int, bytes] = field(default_factory=dict)
     publish: list[ClosedWindow] = field(default_factory=list)
     """Every window closed, of every kind, in the order they closed."""
     alerts: list[Alert] = field(default_factory=list)
@@ -230,16 +232,18 @@ def apply_batch(records: Iterable[Record], state_of: Callable[[str], DeviceState
             alerts_by_partition.setdefault(record.partition, []).extend(outcome.alerts)
         if outcome.health is not None:
             result.health.append(outcome.health)
+    # Each value encoded as soon as it is built: at 10,000 devices a batch writes ~5,000 states, whose
+    # dicts, all alive at once, were ~30 MB that the worker's resident set kept afterwards.
     for device, state in states.items():
-        result.states[device] = (partitions[device], state.to_dict())
+        result.states[device] = (partitions[device], encode_value(state.to_dict()))
     for device, closed in closed_by_device.items():
         kept = history_of(device)
         kept.extend(closed, settings.keep)
-        result.history[device] = (partitions[device], kept.to_dict())
+        result.history[device] = (partitions[device], encode_value(kept.to_dict(), compress=True))
     for partition, alerts in alerts_by_partition.items():
         log = alert_log_of(partition)
         log.add(alerts, settings.alerts_keep)
-        result.alert_logs[partition] = log.to_list()
+        result.alert_logs[partition] = encode_value(log.to_list())
     return result
 
 

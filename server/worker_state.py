@@ -1,16 +1,14 @@
 """The worker's state: its tables, the live device states between batches, and which devices it owns.
 
-Kept apart from `ferry.server.streams` (which declares topics, tables and agents and
+Kept apart from `ferry.server.streams` (which declares topics, tables, the ingest task and timer and
 builds one `WorkerState`) so the HTTP views can name it without importing the wiring.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 import weakref
-import zlib
 from collections.abc import Awaitable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -27,7 +25,7 @@ from ferry.server.config import ServerConfig
 from ferry.server.liveness import StallWatch
 from ferry.server.logic import STATUS, BatchResult, Record, Settings, apply_batch, check_health
 from ferry.server.latency import LatencyHistogram
-from ferry.server.state import DeviceState
+from ferry.server.state import DeviceState, decode_value, encode_value
 from ferry.server.windows import History
 
 
@@ -53,27 +51,6 @@ class Write:
     """The value as the store and the changelog hold it (`encode_value`)."""
 
 
-HISTORY_ZLIB_LEVEL = 3
-"""A device's closed windows (14.5 KB of JSON for 2 metrics at `series_keep` 60) compress ~9x at
-level 3 in ~40 us; they are written once a minute, when windows close, so the memory saved per
-device (docs/server.md, "Memory per device") costs little."""
-
-
-def encode_value(value: dict | list, compress: bool = False) -> bytes:
-    """A table value as the store and the changelog hold it: compact JSON, zlib-compressed when
-    `compress` (the history table's values)."""
-    raw = json.dumps(value, separators=(",", ":"), allow_nan=False).encode()
-    return zlib.compress(raw, HISTORY_ZLIB_LEVEL) if compress else raw
-
-
-def decode_value(raw: bytes | None) -> dict | list | None:
-    """A table value read back (None when the table has none): JSON, or zlib-compressed JSON (a zlib
-    stream starts with 0x78, `x`, which no JSON value does)."""
-    if raw is None:
-        return None
-    return json.loads(zlib.decompress(raw) if raw[:1] == b"x" else raw)
-
-
 class _PartitionMessage:
     def __init__(self, partition: int) -> None:
         self.partition = partition
@@ -92,8 +69,8 @@ def in_partition(partition: int) -> Iterator[None]:
 
     Faust's RocksDB store keeps a database per partition and picks it from the event being
     processed (faust/stores/rocksdb.py `_set` asserts there is one, `_get` reads only that
-    partition's database when there is): in a batch taken with `take_events` that is the batch's
-    last event, of any partition, and a timer has none. The memory store ignores it.
+    partition's database when there is): a batch (`ferry.server.ingest`) and a timer have none.
+    The memory store ignores it.
     """
     event = _PartitionEvent(partition)
     token = faust_streams._current_event.set(weakref.ref(event))
@@ -111,9 +88,8 @@ def alert_log_key(partition: int) -> str:
 class LostWrite(Exception):
     """Kafka did not acknowledge a record the worker wrote: the batch (or health check) is not done.
 
-    The agent must not be left normally then: Faust would ack the batch's events and commit
-    their offsets (and does so on an agent error too), so `ferry.server.streams` ends the process
-    instead, and the batch is processed again by whichever worker takes the partition.
+    Its records must not be acked then (Faust would commit their offsets), so `ferry.server.streams`
+    ends the process instead, and the batch is processed again by whichever worker takes the partition.
     """
 
 
@@ -130,7 +106,7 @@ class WorkerState:
     `app.on_rebalance_end()` at the very end of it. Between the two the tables hold a
     partial replay: nothing is cached then (`ready` is False), the health check is
     skipped and the views answer 503, and the cache is dropped again when recovery
-    completes. The ingest agent and the health timer both write device states; `lock`
+    completes. The ingest task and the health timer both write device states; `lock`
     keeps one from overwriting the other across an await.
     """
 
@@ -277,18 +253,16 @@ class WorkerState:
         self.lagging = len(records) >= self.config.batch_size
         async with self.lock:
             # Every record of the batch is applied, even one whose partition was revoked while it
-            # waited: `take_events` acks the whole batch afterwards, so one left out would be lost.
+            # waited: the whole batch is acked afterwards, so one left out would be lost.
             result = apply_batch(records, self._state_or_new, self.history_of, self.settings, self.alert_log_of)
             # Published before the tables record that the windows closed and the alerts were raised:
             # a crash in between publishes them again (identical) rather than never.
             await self._publish(result)
             await self._write(
-                [Write(self.devices, partition, device, encode_value(value))
-                 for device, (partition, value) in result.states.items()]
-                + [Write(self.history, partition, device, encode_value(value, compress=True))
-                   for device, (partition, value) in result.history.items()]
-                + [Write(self.alert_log, partition, alert_log_key(partition), encode_value(log))
-                   for partition, log in result.alert_logs.items()])
+                [Write(self.devices, partition, device, raw) for device, (partition, raw) in result.states.items()]
+                + [Write(self.history, partition, device, raw) for device, (partition, raw) in result.history.items()]
+                + [Write(self.alert_log, partition, alert_log_key(partition), raw)
+                   for partition, raw in result.alert_logs.items()])
             for verdict, n in result.verdicts.items():
                 self.counts[verdict] = self.counts.get(verdict, 0) + n
             counted_s = time.time()  # the batch is in Kafka: its readings are counted now
