@@ -13,6 +13,10 @@ so the report shows what batching buys and what Faust and the broker cost.
 Memory per device: the worker's resident set (VmRSS) once it counted every
 reading, less that of a worker of the same settings on empty topics, divided
 by the number of devices.
+
+`--fleet` runs the fleets issue 14's targets name, one after the other on one
+broker: 1,000 devices x 60 readings and 10,000 x 30, each always on and in deep
+sleep (a new boot every 4 readings), and ends with a summary table of the four.
 """
 
 from __future__ import annotations
@@ -40,6 +44,30 @@ from ferry.server.process import WorkerProcess, bridge_records, produce, wait_fo
 
 TARGET_PER_S = 8000
 TARGET_BYTES_PER_DEVICE = 16 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Fleet:
+    """One benchmark's devices: how many, how many readings each, and a new boot every `boot_every`
+    readings (0: always on)."""
+
+    devices: int
+    per_device: int
+    boot_every: int = 0
+
+    @property
+    def readings(self) -> int:
+        return self.devices * self.per_device
+
+    def describe(self) -> str:
+        sleep = f", a new boot every {self.boot_every} readings" if self.boot_every else ""
+        return f"{self.readings:,} readings from {self.devices:,} devices{sleep}"
+
+
+FLEETS = (Fleet(1000, 60), Fleet(1000, 60, 4), Fleet(10_000, 30), Fleet(10_000, 30, 4))
+"""`--fleet`: the sizes issue 14's targets name, always on and in deep sleep."""
+
+
 def start_s(per_device: int, interval_s: int) -> int:
     """When the first readings were taken: so that the last ones are taken as the benchmark starts.
     Recent data, as a live fleet's: with readings received long ago the health check would call
@@ -162,10 +190,9 @@ def create_topics(kafka: LocalKafka, partitions: int) -> BridgeNaming:
     return naming
 
 
-def render(runs: list[Run], devices: int, total: int, partitions: int, idle_rss: int, boot_every: int,
-           store: str) -> str:
-    sleep = f", a new boot every {boot_every} readings" if boot_every else ""
-    lines = [f"ferry bench server: {total:,} readings from {devices:,} devices{sleep} in {partitions} partitions, "
+def render(runs: list[Run], fleet: Fleet, total: int, partitions: int, idle_rss: int, store: str) -> str:
+    sleep = f", a new boot every {fleet.boot_every} readings" if fleet.boot_every else ""
+    lines = [f"ferry bench server: {total:,} readings from {fleet.devices:,} devices{sleep} in {partitions} partitions, "
              f"store {store} (local broker on the same machine)", "",
              f"| run | readings timed | s | readings/s | vs target {TARGET_PER_S:,}/s |",
              "| --- | ---: | ---: | ---: | ---: |"]
@@ -176,9 +203,29 @@ def render(runs: list[Run], devices: int, total: int, partitions: int, idle_rss:
         lines += ["", f"| run | worker RSS | idle worker RSS | per device | vs target {TARGET_BYTES_PER_DEVICE // 1024} KB |",
                   "| --- | ---: | ---: | ---: | ---: |"]
         for r in measured:
-            per_device = (r.rss_bytes - idle_rss) / devices
+            per_device = per_device_bytes(r, idle_rss, fleet)
             lines.append(f"| {r.name} | {r.rss_bytes / 2**20:,.1f} MiB | {idle_rss / 2**20:,.1f} MiB | "
                          f"{per_device / 1024:,.1f} KB | {per_device / TARGET_BYTES_PER_DEVICE:.2f}× |")
+    return "\n".join(lines) + "\n"
+
+
+def per_device_bytes(run: Run, idle_rss: int, fleet: Fleet) -> float:
+    return (run.rss_bytes - idle_rss) / fleet.devices
+
+
+def render_summary(results: list[tuple[Fleet, list[Run]]], idle_rss: int) -> str:
+    """One row per fleet: the worker's readings/s and memory per device, and the logic alone's readings/s."""
+    lines = ["ferry bench server --fleet: the batched worker per fleet", "",
+             f"| fleet | worker readings/s | vs {TARGET_PER_S:,}/s | memory per device | "
+             f"vs {TARGET_BYTES_PER_DEVICE // 1024} KB | logic alone readings/s |",
+             "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    for fleet, runs in results:
+        logic = next(r for r in runs if r.name.startswith("logic only"))
+        worker = next(r for r in runs if r.rss_bytes)
+        per_device = per_device_bytes(worker, idle_rss, fleet)
+        lines.append(f"| {fleet.describe()} | {worker.per_s:,.0f} | {worker.per_s / TARGET_PER_S:.2f}× | "
+                     f"{per_device / 1024:,.1f} KB | {per_device / TARGET_BYTES_PER_DEVICE:.2f}× | "
+                     f"{logic.per_s:,.0f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -189,6 +236,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--interval", type=int, default=10, metavar="S", help="seconds between a device's readings")
     parser.add_argument("--deep-sleep-every", type=int, default=0, metavar="K",
                         help="a new boot every K readings of a device (default: one boot)")
+    parser.add_argument("--fleet", action="store_true",
+                        help="instead of --devices/--per-device/--deep-sleep-every: 1,000 devices x 60 readings and "
+                             "10,000 x 30, each always on and with a new boot every 4 readings (~15 minutes)")
     parser.add_argument("--store", default="memory://", help="the worker's table store (default memory://)")
     parser.add_argument("--partitions", type=int, default=4, metavar="N")
     parser.add_argument("--batch-size", type=int, default=ServerConfig(broker="-").batch_size, metavar="N")
@@ -199,23 +249,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def run_workers(args: argparse.Namespace, messages: list[tuple[str, bytes]],
-                first_s: int) -> tuple[list[Run], int, int]:
-    """The worker runs on a local broker of their own: (runs, readings produced, idle worker RSS)."""
+def run_workers(args: argparse.Namespace, fleets: Sequence[Fleet]) -> tuple[list[tuple[Fleet, list[Run], int]], int]:
+    """Each fleet through the logic alone and through workers, on one local broker of their own:
+    ([(fleet, runs, readings produced)], idle worker RSS)."""
+    results = []
     with tempfile.TemporaryDirectory(prefix="ferry-bench-server-") as temp:
         work_dir = args.work_dir or Path(temp)
         work_dir.mkdir(parents=True, exist_ok=True)
         with LocalKafka(work_dir) as kafka:
             idle = idle_worker_rss(kafka, work_dir, args.partitions, args.batch_size, args.store)
-            naming = create_topics(kafka, args.partitions)
-            total = produce(kafka.bootstrap_servers, received_as_sent(naming, messages, args.devices, args.interval,
-                                                                       first_s))
-            runs = [through_worker(kafka, work_dir, naming, total, args.partitions, args.batch_size,
-                                   f"worker, batches of {args.batch_size}", args.store)]
-            if args.baseline:
-                runs.append(through_worker(kafka, work_dir, naming, total, args.partitions, 1,
-                                           "worker, one record per batch", args.store))
-    return runs, total, idle
+            for fleet in fleets:
+                first_s = start_s(fleet.per_device, args.interval)
+                messages = readings(fleet.devices, fleet.per_device, args.interval, fleet.boot_every, first_s)
+                runs = [logic_only(messages, args.batch_size)]
+                naming = create_topics(kafka, args.partitions)
+                total = produce(kafka.bootstrap_servers,
+                                received_as_sent(naming, messages, fleet.devices, args.interval, first_s))
+                del messages
+                runs.append(through_worker(kafka, work_dir, naming, total, args.partitions, args.batch_size,
+                                           f"worker, batches of {args.batch_size}", args.store))
+                if args.baseline:
+                    runs.append(through_worker(kafka, work_dir, naming, total, args.partitions, 1,
+                                               "worker, one record per batch", args.store))
+                results.append((fleet, runs, total))
+    return results, idle
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -224,15 +281,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             or args.deep_sleep_every < 0:
         print("ferry bench server: every count must be positive", file=sys.stderr)
         return 2
-    first_s = start_s(args.per_device, args.interval)
-    messages = readings(args.devices, args.per_device, args.interval, args.deep_sleep_every, first_s)
-    runs = [logic_only(messages, args.batch_size)]
+    fleets = FLEETS if args.fleet else (Fleet(args.devices, args.per_device, args.deep_sleep_every),)
     try:
         with sigterm_as_interrupt():
-            workers, total, idle = run_workers(args, messages, first_s)
+            results, idle = run_workers(args, fleets)
     except KeyboardInterrupt:
         print("ferry bench server: interrupted; every process it started is stopped", file=sys.stderr)
         return 130
-    print(render(runs + workers, args.devices, total, args.partitions, idle, args.deep_sleep_every, args.store),
-          end="")
+    for fleet, runs, total in results:
+        print(render(runs, fleet, total, args.partitions, idle, args.store))
+    if args.fleet:
+        print(render_summary([(fleet, runs) for fleet, runs, _ in results], idle), end="")
     return 0
