@@ -84,6 +84,9 @@ class DemoOptions:
     """The fault schedule of ferry/chaos.py instead of the periodic uplink outages."""
     move_every_s: float = 0.0
     """With two sites and no --chaos: a device reboots into the other site every this many seconds."""
+    outbox_flush_ms: int | None = None
+    """Every board's `outbox_flush_interval_ms` (a reading waits at most this long for its flash write,
+    and is sent only once written); None: the firmware's default."""
 
 
 # ---------------------------------------------------------------------- helpers
@@ -224,6 +227,8 @@ class Demo:
                                         watch=sites[0].watch, watch_username=CONSOLE_USER,
                                         watch_password=credentials.console_password,
                                         profile=o.profile, sample_ms=o.sample_ms, firmware_by_device=duty,
+                                        firmware={} if o.outbox_flush_ms is None else
+                                        {"outbox_flush_interval_ms": o.outbox_flush_ms},
                                         power_cuts_per_min=o.power_cuts_per_min, power_off_s=o.power_off_s,
                                         work_dir=work / "fleet", site=SITE, seed=o.seed,
                                         drain_timeout_s=o.drain_timeout_s, live_every_s=o.live_every_s),
@@ -588,6 +593,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "0: never)")
     p.add_argument("--duty-cycle", type=int, default=None, metavar="N",
                    help="boards in duty-cycle deep sleep (default 0; a quarter of --devices with --chaos)")
+    p.add_argument("--outbox-flush-ms", type=int, default=None, metavar="MS",
+                   help="every board's outbox_flush_interval_ms: a reading is sent once on flash, and waits at "
+                        "most MS for that (default: the firmware's 5000; 0: each reading written at once)")
     return p
 
 
@@ -616,6 +624,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         problems.append("--chaos kills a worker: it needs --workers 2 or more")
     if not 0 <= duty_cycle <= args.devices:
         problems.append("--duty-cycle must be 0..--devices")
+    if args.outbox_flush_ms is not None and not 0 <= args.outbox_flush_ms <= 3_600_000:
+        problems.append("--outbox-flush-ms must be 0..3600000 (the firmware's range)")
     if problems:
         for problem in problems:
             print(f"ferry demo: {problem}", file=sys.stderr)
@@ -626,7 +636,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                           uplink_outage_s=args.uplink_outage_s, duration_s=args.duration, web_port=args.web_port,
                           work_dir=args.work_dir, live_every_s=args.live_every, drain_timeout_s=args.drain_timeout,
                           seed=args.seed, json_path=args.json, sites=args.sites, workers=workers,
-                          duty_cycle=duty_cycle, chaos=args.chaos,
+                          duty_cycle=duty_cycle, chaos=args.chaos, outbox_flush_ms=args.outbox_flush_ms,
                           move_every_s=20.0 if args.move_every is None else args.move_every)
     return run_demo(options)
 

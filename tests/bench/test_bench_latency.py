@@ -20,7 +20,8 @@ def test_the_table_gives_each_profile_beside_the_perfect_link() -> None:
     table = render([row("perfect", 0.2, 0.5, 1.0), row("cellular", 0.5, 1.5, None),
                     {"profile": "wifi-flaky", "exit": 1, "error": "no --json from the demo"}], 200)
     lines = table.splitlines()
-    assert "200 devices per run" in lines[0]
+    assert "200 devices per run, outbox flush interval the firmware's default" in lines[0]
+    assert render([], 20, 0).splitlines()[0].endswith("outbox flush interval 0 ms")
     assert lines[2].split()[:5] == ["perfect", "9000", "0.20", "0.50", "1.00"]
     assert "2.5x / 3.0x / -" in lines[3] and lines[3].split()[4] == "-"
     assert lines[3].endswith("41.5 s (every board online)")
@@ -30,8 +31,9 @@ def test_the_table_gives_each_profile_beside_the_perfect_link() -> None:
 def test_a_demo_that_writes_no_report_is_a_failed_row(tmp_path: Path, monkeypatch) -> None:
     import ferry.bench.latency as latency
 
+    args = argparse.Namespace(devices=2, duration=1.0, sample_ms=1000, seed=1, outbox_flush_ms=0)
+    assert latency.demo_command("cellular", args, tmp_path / "r.json", tmp_path)[-2:] == ["--outbox-flush-ms", "0"]
     monkeypatch.setattr(latency, "demo_command", lambda *a: ["false"])
-    args = argparse.Namespace(devices=2, duration=1.0, sample_ms=1000, seed=1)
     failed = run_profile("wifi-good", args, tmp_path)
     assert failed["exit"] == 1 and "no --json" in failed["error"]
     monkeypatch.setattr(latency, "demo_command", lambda profile, args, json_path, work: [

@@ -156,6 +156,7 @@ def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--devices", "0"]) == 2
     assert main(["--uplink-outage-every", "10", "--uplink-outage-s", "10"]) == 2
     assert main(["--profile", "moon"]) == 2
+    assert main(["--outbox-flush-ms", "-1"]) == 2
     assert "--uplink-outage-s" in capsys.readouterr().err
 
 
