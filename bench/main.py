@@ -7,7 +7,8 @@ devices → gateway → Kafka, Ferry's gateway against Mosquitto plus a paho →
 confluent-kafka forwarder: sustained rate, spool drain, RSS, restart (bench/bridge.py). `fuzz`: the
 MQTT codec and the broker core fuzzed, with inputs/s and a reproducer per crash (bench/fuzz.py).
 `latency`: end-to-end latency per link profile, a `ferry demo` each, against the perfect link
-(bench/latency.py).
+(bench/latency.py). `ota`: an over-the-air update of 20 virtual boards behind wifi-flaky links: time,
+bytes sent, the boards' heap low-water mark (bench/ota.py).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from ferry.process import sigterm_as_interrupt
 
 EXIT_NOT_BUILT = 3
 EXIT_INTERRUPTED = 130
-TARGETS = ("broker", "server", "bridge", "fuzz", "latency")
+TARGETS = ("broker", "server", "bridge", "fuzz", "latency", "ota")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -103,6 +104,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from ferry.bench.latency import main as latency_main
 
         return latency_main(rest)
+    if target == "ota":
+        from ferry.bench.ota import main as ota_main
+
+        return ota_main(rest)
     args = build_parser().parse_args(rest)
     if args.publishers < 1 or args.subscribers < 1 or args.duration <= 0 or args.connections < 1:
         print("ferry bench broker: --publishers, --subscribers, --connections and --duration must be positive",

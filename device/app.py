@@ -58,6 +58,7 @@ _FREE_AFTER_IMPORTS = gc.mem_free()
 FW_VERSION = "0.1.0"
 DATA_DIR = "/data"
 _EPOCH_2000_UNIX_MS = 946684800000
+_TRIAL_ACKS = 3  # ota_trial.MIN_ACKED: readings a trial start must see acknowledged
 _SLEEP_CAP_MS = 60000  # never sleep longer than this (or half the watchdog) at once
 _HEAP_CHECK_ACKS = 100  # with log_stats_every: heap_check() and a log line every this many PUBACKs too
 
@@ -225,41 +226,27 @@ class App:
 
     # ---- connecting -----------------------------------------------------
     def connect(self, wifi_wait_ms):
-        """Wi-Fi (waiting at most wifi_wait_ms for it), NTP when due, MQTT; True when the session is up."""
-        hw = self.hw
-        cfg = self.cfg
-        hw.feed()
-        if not hw.wifi_connect(cfg.wifi_ssid, cfg.wifi_password, min(wifi_wait_ms, cfg.wifi_timeout_ms), hw.feed):
-            return False
-        if time.time() >= self.ntp_at_s:
-            self.sync_clock()
-        hw.feed()
-        if not self.session.connect(self.birth(), self.will):
-            if cfg.tls and not hw.synced:  # an ESP32's mbedTLS checks the certificate's dates against the RTC
-                log("tls: the clock is not set (NTP): the gateway's certificate may look not yet valid")
-            return False
-        self.reported_lost = self.birth_lost
-        self.reported_erroring = self.birth_erroring
-        if self.session.connects == 1:
-            if self.boot_failures:
-                import crashlog  # rare: only after failed starts
+        """Wi-Fi (waiting at most wifi_wait_ms for it), NTP when due, MQTT; True when the session is up.
+        app_connect.py's, imported for the call and dropped after it (as session_connect: heap back)."""
+        import app_connect
 
-                crashlog.clear()  # this start worked: the next failure backs off from the shortest
+        try:
+            up = app_connect.connect(self, wifi_wait_ms)
+        finally:
+            del sys.modules["app_connect"]
+        del app_connect
+        if up and self.session.connects == 1:
             log("heap: free %d after the first connect" % self.heap_check())
-        return True
+        return up
 
     def sync_clock(self):
-        hw = self.hw
-        was = hw.synced
-        if hw.ntp_sync(self.cfg.ntp_host):  # in duty_cycle every wake: the RTC drifts in deep sleep
-            self.ntp_at_s = time.time() + self.cfg.ntp_resync_s
-            if not was:
-                log("clock: set from NTP at seq %d" % self.seq)
-            self.ntp_retry_s = self.cfg.ntp_retry_s
-        else:  # each try blocks up to ntptime's timeout (and a DNS lookup): backed off
-            self.ntp_at_s = time.time() + self.ntp_retry_s
-            log("clock: NTP failed, next try in %d s" % self.ntp_retry_s)
-            self.ntp_retry_s = min(2 * self.ntp_retry_s, self.cfg.ntp_resync_s)
+        """NTP now (app_connect.sync_clock); backed off after a failure."""
+        import app_connect
+
+        try:
+            app_connect.sync_clock(self)
+        finally:
+            del sys.modules["app_connect"]
 
     def retry_later(self):
         delay = self.session.backoff.next_ms()
@@ -290,11 +277,21 @@ class App:
             was_up = s.up
             if was_up:
                 self._housekeeping()
-            if self.trial is not None:
-                import ota_trial
-
-                ota_trial.tick(self)
+            if self.trial is not None and self._trial_due():
+                self._trial_verdict()
             self._sleep(flush_in)
+
+    def _trial_due(self):
+        """ota_trial.check() may give its verdict: enough readings acknowledged, the outbox's corrupt count
+        moved, or the deadline passed."""
+        return (self.session.acked >= _TRIAL_ACKS or self.ob.corrupt != self.trial
+                or time.ticks_diff(time.ticks_ms(), self.t0) >= self.cfg.ota_confirm_s * 1000)
+
+    def _trial_verdict(self):
+        # A method, not inline in run(): a module imported there would stay referenced by run()'s frame.
+        import ota_trial  # only for the verdict: a trial start is the firmware's tightest heap
+
+        ota_trial.tick(self)
 
     def _sample_due(self, now):
         self.sample()

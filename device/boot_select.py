@@ -34,21 +34,16 @@ CONFIRM_MS = const(600000)  # a trial start must pass its health check within th
 
 
 def start():
-    """main.py's one call, before the app: choose the folder (select()), arm a trial's deadline, and
+    """main.py's one call, before the app, when /ota exists (a board that never took an update has nothing
+    to choose): choose the folder (select()), arm a trial's deadline, and
     return the module to run ("app" or "ota_mode", module()). The module then drops itself from
     sys.modules (~3.7 KB of a 64 KB heap back; ota_trial imports it again when needed)."""
     import gc
 
-    name = "app"
-    try:
-        os.stat(ROOT)
-    except OSError:  # never updated: nothing to choose
-        pass
-    else:
-        select()
-        if trial() is not None:
-            arm_deadline()  # ESP32: a machine.Timer rolls a silent trial back; None on the unix port
-        name = module()
+    select()
+    if trial() is not None:
+        arm_deadline()  # ESP32: a machine.Timer rolls a silent trial back; None on the unix port
+    name = module()
     del sys.modules["boot_select"]
     gc.collect()
     return name

@@ -28,8 +28,12 @@ def watchdog_ms():
 
 watchdog = machine.WDT(timeout=watchdog_ms())
 try:
-    # boot_select: which app folder runs, and app or ota_mode (docs/ota.md); it drops itself after.
-    app = __import__(__import__("boot_select").start())
+    try:
+        __import__("os").stat("/ota")
+    except OSError:  # never updated: nothing for boot_select to choose
+        import app
+    else:  # which app folder runs, app or ota_mode (docs/ota.md); boot_select drops itself after
+        app = __import__(__import__("boot_select").start())
     app.main()  # returns only when the configuration is bad: the REPL is where to fix it
 except KeyboardInterrupt:
     machine.WDT(timeout=600000)

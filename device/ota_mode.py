@@ -98,7 +98,11 @@ class Update:
         self.heard = time.ticks_ms()
         try:
             r = self.ota.chunk(payload, size, self.heard)
-        except Exception as e:  # MemoryError, a flash error: dropped (PUBACKed), the operator resends
+        except MemoryError:  # a fragmented heap at a peak: start update mode again, fresh; it resumes from flash
+            log("ota: out of memory at %d: reset" % self.ota.next)
+            self.hw.reset()
+            return
+        except Exception as e:  # a flash error: dropped (PUBACKed), the operator resends
             log("ota: chunk not taken: %r" % (e,))
             return
         self.heap()

@@ -30,16 +30,19 @@ FLASH_SPARE = const(8192)  # free flash left after the release
 _NAME_OK = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-."
 
 
-def _bs():
-    """boot_select, through ota_trial (it is off sys.path when a slot runs); _let_go() drops both."""
+def _trial():
+    """ota_trial: the update state on flash (boot_select's format) without boot_select's ~4 KB; _let_go()."""
     import ota_trial
 
-    return ota_trial.bs()
+    return ota_trial
 
 
 def _let_go():
-    sys.modules.pop("boot_select", None)
     sys.modules.pop("ota_trial", None)
+
+
+def _slot_dir(slot):
+    return "/ota/" + slot  # boot_select.slot_dir of an update's folder
 
 
 def _hex(digest):
@@ -97,11 +100,12 @@ def offer(o, cid, args):
         return o.fail(cid, "args.hmac: 64 hex digits")
     if o.key is not None and mac is None:
         return o.fail(cid, "args.hmac: required (this board has a key)")
-    bs = _bs()
+    t = _trial()
     try:
-        on_trial = bs.trial() is not None
-        running = bs.running()
-        here = _read_offer(bs.slot_dir(running) if running else o.root + "/-")
+        st = t.read_state()
+        running = t.running()
+        on_trial = bool(st.get("trial"))
+        here = _read_offer(_slot_dir(running) if running else o.root + "/-")
     finally:
         _let_go()
     if on_trial:
@@ -323,20 +327,18 @@ def complete(o):
 def install(o, corrupt):
     """Make the verified stage the trial slot: rename it to the free slot, then the state (the commit
     point). A cut before the state is written leaves the old version confirmed. Returns the slot."""
-    bs = _bs()
-    heap_free(o)  # the peak of the switch: this module, ota_trial and boot_select
-    stage = o.root
-    ver = o.ver
+    t = _trial()
+    heap_free(o)  # the peak of the switch: this module and ota_trial
     try:
-        st = bs.read()
+        st = t.read_state()
         if st.get("trial"):
             raise OSError(16)  # EBUSY: a trial is running
         cur = st.get("cur", "")
         target = "b" if cur == "a" else "a"
-        rmtree(bs.slot_dir(target))
-        os.rename(_rel(stage), _rel(bs.slot_dir(target)))
-        bs.write({"cur": cur, "ver": st.get("ver", ""), "trial": target, "tver": ver, "tries": "0",
-                  "corrupt": str(corrupt), "last": st.get("last", "")})
+        rmtree(_slot_dir(target))
+        os.rename(_rel(o.root), _rel(_slot_dir(target)))
+        t.write_state({"cur": cur, "ver": st.get("ver", ""), "trial": target, "tver": o.ver, "tries": "0",
+                       "corrupt": str(corrupt), "last": st.get("last", "")})
     finally:
         _let_go()
     return target

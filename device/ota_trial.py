@@ -7,8 +7,8 @@
 # the confirmed version. Past the deadline, or with the outbox damaged, rollback(): the next start
 # runs the previous version. Crashes and watchdog resets are counted by boot_select itself.
 #
-# Small on purpose (imported by the app at start, kept only on a trial start). The state file's
-# format is boot_select's: read here without importing it (every start), written through it.
+# Small on purpose (imported by the app at start and for a trial's verdict, dropped after). The state file's
+# format is boot_select's: read and, for the verdict, written here without importing it (its ~4 KB).
 import os
 import sys
 import time
@@ -21,31 +21,17 @@ CONFIRM_MS = const(600000)
 MIN_ACKED = const(3)
 
 
-def bs():
-    """boot_select (a boot file in /, off sys.path when a slot runs; main.py drops it from sys.modules
-    after select() to give its ~3.7 KB back): imported for the call. drop() lets it go again."""
-    m = sys.modules.get("boot_select")
-    if m is None:
-        sys.path.append("/")
-        try:
-            import boot_select as m
-        finally:
-            sys.path.pop()
-    return m
-
-
 def start():
     """At the app's start: (None, or on a trial start the outbox's corrupt count when the update was
     applied; the birth's "ota" member). Drops a request for update mode that boot_select did not run
-    (a start that failed). This module stays loaded only for a trial (tick())."""
+    (a start that failed). Dropped after it; the app imports it again for a trial's verdict (tick())."""
     try:
         os.remove(UPDATE)
     except OSError:
         pass
     trial = pending()
     st = status()
-    if trial is None:
-        sys.modules.pop("ota_trial", None)
+    sys.modules.pop("ota_trial", None)  # imported again for a trial's verdict (tick())
     return trial, st
 
 
@@ -57,6 +43,7 @@ def tick(app, min_acked=MIN_ACKED):
     verdict = check(s.up or s.acked >= min_acked, s.acked, app.ob.corrupt, app.trial,
                     time.ticks_diff(time.ticks_ms(), app.t0), min_acked, app.cfg.ota_confirm_s * 1000)
     if verdict is None:
+        sys.modules.pop("ota_trial", None)
         return
     from hw import log
 
@@ -74,19 +61,19 @@ def tick(app, min_acked=MIN_ACKED):
 def pending():
     """At start, after the outbox is open: None, or the outbox's corrupt count when the update was
     applied if this start runs a slot on trial (then the app calls check() from its loop)."""
-    st = _state()
-    if not st.get("trial") or st.get("trial") != _running():
+    st = read_state()
+    if not st.get("trial") or st.get("trial") != running():
         return None  # the factory files never run on trial
     return int(st.get("corrupt", "0") or 0)
 
 
-def _running():
+def running():
     """boot_select.running(): the slot whose folder select() put first on sys.path ("" the factory files)."""
     p = sys.path[0] if sys.path else ""
     return p[5:] if p.startswith("/ota/") else ""  # "/ota/<slot>"
 
 
-def _state():
+def read_state():
     """boot_select.read() without importing it at every start (its ~3.7 KB): the state file's "key value"
     lines, from state.tmp when a cut came before the rename; {} when there is none."""
     for p in (STATE, STATE + ".tmp"):
@@ -102,10 +89,6 @@ def _state():
         except OSError:
             pass
     return {}
-
-
-def drop():
-    sys.modules.pop("boot_select", None)
 
 
 def check(up, acked, corrupt_now, corrupt_then, elapsed_ms, min_acked=MIN_ACKED, confirm_ms=CONFIRM_MS):
@@ -125,21 +108,43 @@ def check(up, acked, corrupt_now, corrupt_then, elapsed_ms, min_acked=MIN_ACKED,
 
 
 def finish(result, why=""):
-    """Persist check()'s verdict. After "rollback" the caller resets the board."""
-    b = bs()
+    """Persist check()'s verdict: "confirm", the trial becomes the confirmed slot; "rollback", the next start
+    runs the confirmed one (the caller resets the board). Written here in boot_select's format (one state
+    file, tmp then rename) rather than through boot_select: its ~4 KB would be needed right when a trial
+    start, with this module loaded, is at its tightest."""
+    st = read_state()
+    t = st.get("trial")
+    if not t:
+        return
     if result == "confirm":
-        b.confirm()
+        new = {"cur": t, "ver": st.get("tver", ""), "last": "confirmed %s" % st.get("tver", "")}
     elif result == "rollback":
-        b.rollback(why or "health check failed")
-    drop()
+        new = {"cur": st.get("cur", ""), "ver": st.get("ver", ""),
+               "last": "rolled_back %s: %s" % (st.get("tver", "?"), why or "health check failed")}
+    else:
+        return
+    write_state(new)
+
+
+def write_state(st):
+    """Replace the state file whole (boot_select.write's format): tmp, then rename (flashfs.replace)."""
+    from flashfs import replace
+
+    try:
+        os.mkdir("/ota")
+    except OSError:
+        pass
+    with open(STATE + ".tmp", "w") as f:
+        f.write("".join("%s %s\n" % (k, st[k]) for k in st))
+    replace(STATE + ".tmp", STATE)
 
 
 def status():
     """The birth's `"ota":{...}` member (JSON text): running slot, trial or confirmed, version, last event."""
     import json
 
-    st = _state()
-    slot = _running()
+    st = read_state()
+    slot = running()
     trial = bool(st.get("trial")) and st.get("trial") == slot
     return '"ota":{"slot":"%s","state":"%s","ver":%s,"last":%s}' % (
         slot, "trial" if trial else "confirmed", json.dumps(st.get("tver" if trial else "ver", "")),

@@ -407,10 +407,8 @@ class Session:
     def _on_suback(self, n):
         if n >= 3 and packets.u16(self._rx, 0) == self._suback_pid:
             self._suback_pid = 0
-            if self._rx[2] == 0x80:
-                log("mqtt: the broker refused the cmd subscription")
-            if n >= 4 and self._rx[3] == 0x80:
-                log("mqtt: the broker refused the ota subscription (no updates: docs/ota.md, Security)")
+            if self._rx[2] == 0x80 or n >= 4 and self._rx[3] == 0x80:  # cmd, ota (docs/ota.md, "Security")
+                log("mqtt: the broker refused the cmd or ota subscription")
 
     def _on_puback(self, pid):
         j = self._head

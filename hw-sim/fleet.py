@@ -44,7 +44,7 @@ from pathlib import Path
 
 from ferry.hwsim.board import BoardConfig, VirtualBoard
 from ferry import firmware
-from ferry.hwsim.micropython import DEVICE_LIB_DIR
+from ferry.hwsim.micropython import DEVICE_LIB_DIR, ESP32_LIKE, UNIX64, esp32_like_mpy_cross
 
 DEFAULT_SITE = "sim"
 WATCH_PASSWORD_ENV = "FERRY_WATCH_PASSWORD"
@@ -360,6 +360,9 @@ class FleetOptions:
     """Several gateways: board i starts at site i % len(sites), each site has its own link
     ("devices-<site>") and subscriber (all with `watch_username`/`watch_password`). Empty: one
     site, `site` at `gateway` (link "devices")."""
+    interpreter: str = UNIX64
+    """Which MicroPython runs the boards; ESP32_LIKE: the 32-bit build at a 64 KB heap, the firmware compiled by
+    its own mpy-cross (docs/virtual-board.md, "Interpreters")."""
     firmware_by_device: Mapping[str, dict] = field(default_factory=dict)
     """Device id -> extra /ferry_config.json keys for that board alone (after `firmware`), e.g.
     `{"mode": "duty_cycle"}`."""
@@ -412,7 +415,8 @@ class Fleet:
             o.work_dir = Path(self._own_tmp.name)
         o.work_dir.mkdir(parents=True, exist_ok=True)
         try:
-            build = compile_firmware(o.work_dir / "build")
+            build = compile_firmware(o.work_dir / "build",
+                                     esp32_like_mpy_cross() if o.interpreter == ESP32_LIKE else None)
             self.sites = list(o.sites) or [FleetSite(o.site, o.gateway, o.watch)]
             configs = []
             for n, site in enumerate(self.sites):
@@ -444,7 +448,8 @@ class Fleet:
                 board_dir = o.work_dir / dev
                 shutil.rmtree(board_dir, ignore_errors=True)  # a fresh board every run
                 board = VirtualBoard(board_dir, BoardConfig(uid=bytes([0x24, 0x0A, 0xC4, 0, (i + 1) >> 8, (i + 1) & 255]),
-                                                           sensor_seed=o.seed * 100000 + i + 1))
+                                                           sensor_seed=o.seed * 100000 + i + 1,
+                                                           interpreter=o.interpreter))
                 settings = board_settings(site, dev, board.config.wifi_ssid,
                                           ("127.0.0.1", self.link.port(self.link_names[site])),
                                           tls=ca is not None, password=o.passwords.get(dev),
