@@ -7,9 +7,11 @@ builds one `WorkerState`) so the HTTP views can name it without importing the wi
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
 import time
 import weakref
-from collections.abc import Awaitable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -49,6 +51,27 @@ class Write:
     key: str
     raw: bytes
     """The value as the store and the changelog hold it (`encode_value`)."""
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None
+
+
+_MALLOC_TRIM = _malloc_trim()
+
+
+def release_free_memory() -> None:
+    """Give the memory a batch freed back to the system (glibc's `malloc_trim(0)`; nothing elsewhere).
+
+    A batch allocates and frees tens of MB at 10,000 devices (records, the states' JSON values, the
+    producer's copies of them); glibc keeps what was freed among live allocations, and the resident
+    set kept it too: `ferry bench server`, 10,000 devices x 30 readings, 306 -> 280 MiB (a few ms a
+    batch)."""
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
 
 
 class _PartitionMessage:
@@ -274,6 +297,7 @@ class WorkerState:
             self.last_batch_seconds = done - started
             self.batch_seconds_total += done - started
             self.last_batch_records = len(records)
+            release_free_memory()
             return result
 
     def _topic(self, channel: str) -> str:
