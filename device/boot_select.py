@@ -14,8 +14,11 @@
 #   /ota/state        "key value" lines, replaced as a whole (tmp + rename): the commit point
 #   /data, /ferry_*   outbox, configuration, boot counter, crash file: outside every app folder
 #
-# The rest of the bookkeeping is part of the app: the switch (install) in ota.py, the trial's
-# health check in ota_trial.py; both write this file's format through read()/write().
+#   /ota/update       the app's request for update mode: module() then runs ota_mode, not app
+#
+# The rest of the bookkeeping is part of the app: the switch (install) in ota_stage.py, the
+# trial's health check and verdict in ota_trial.py, which reads and writes this file's format
+# itself (importing this module there would cost ~4 KB at the heap's tightest moments).
 # State keys: cur (the confirmed slot, "" = /), trial (slot on trial, absent otherwise),
 # tries (non-power-on starts of the trial), ver/tver (versions of cur/trial), corrupt (the
 # outbox's corrupt-record count when the update was applied: the health check wants it unchanged),

@@ -1,7 +1,7 @@
 """An update through a real gateway: `ferry.ota.push` with operator credentials (its own MQTT client on the
 gateway's codec) offers the release on .../cmd and streams it on .../ota; the device's side is device/ota.py
-on the real MicroPython interpreter behind a paho client with the device's credentials (the firmware's
-session does not route .../ota yet: the hooks are for the lead to wire, docs/ota.md "Hooks").
+on the real MicroPython interpreter behind a paho client with the device's credentials (the firmware
+itself, through its session and update mode: tests/device/test_ota_firmware.py).
 
 With the default roles (gateway/auth/acl.py) a device may subscribe to its own .../ota and an operator
 may publish there; no `[[acl]]` rule is needed."""

@@ -19,7 +19,7 @@ def test_a_release_of_the_firmware_sources_leaves_the_boot_files_out() -> None:
     rel = ota.build_release(firmware.SOURCE_DIR, "0.2.0")
     names = [f.name for f in rel.files]
     expected = sorted(p.name for p in firmware.modules() if p.name not in ("main.py", "boot_select.py"))
-    assert names == expected and "app.py" in names and "ota.py" in names
+    assert names == expected and "app.py" in names and "ota_download.py" in names
     m = json.loads(rel.manifest)
     assert m["v"] == 1 and m["ver"] == "0.2.0" and m["mpy"] == -1
     for (name, size, sha), f in zip(m["files"], rel.files, strict=True):
