@@ -1,17 +1,16 @@
 """Shared by the tests that update the real firmware on virtual boards (this file holds no tests): the
-operator's push through a gateway in a thread, and reading a board's update state from its flash (the
-release of the compiled firmware is hw-sim's, ferry.hwsim.fleet_ota.firmware_release)."""
+operator's push through a gateway in a thread, update mode's heap line, and reading a board's update state
+from its flash (the release of the compiled firmware is hw-sim's, ferry.hwsim.fleet_ota.firmware_release)."""
 
 from __future__ import annotations
 
 import re
 import threading
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from ferry import ota as fota
 from ferry.hwsim.board import VirtualBoard
-from ferry.hwsim.fleet_ota import firmware_release  # noqa: F401 - the tests' release of the firmware
+
 UPDATE_MODE_END = re.compile(r"ota: update mode ends: \w+ .*\(heap low (-?\d+), download's peaks (-?\d+)\)")
 
 

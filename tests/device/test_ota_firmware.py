@@ -1,9 +1,10 @@
 """The firmware takes an update while it runs (docs/ota.md): a virtual board on the 32-bit ESP32-like
 interpreter with a 64 KB heap, the real firmware connected to a real gateway and sampling every 200 ms,
-receives a release from `ferry.ota.push` (operator side) through the session's .../ota topic, switches,
-resets into it, passes its trial and confirms; every reading of both boots arrives. The heap's low-water
-mark during the update (gc.mem_free() after a collection: the firmware's own heap_check between chunks,
-the download's peaks inside ota.py/ota_stage.py) is reported (docs/ota.md, "Heap")."""
+gets an offer from `ferry.ota.push` (operator side), resets into update mode, which answers the
+redelivered offer, downloads the release through the session's .../ota topic, switches and resets into
+it; the new version passes its trial and confirms; every reading of both boots arrives. Update mode's heap
+low-water mark (gc.mem_free() after a collection: after each chunk, and at the download's peaks inside
+ota_download.py/ota_stage.py) and the updated board's steady state are reported (docs/ota.md, "Heap")."""
 
 from __future__ import annotations
 
@@ -15,9 +16,10 @@ from pathlib import Path
 import pytest
 
 from ferry.gateway.process import GatewayProcess
+from ferry.hwsim.fleet_ota import firmware_release
 from ferry.hwsim.micropython import ESP32_LIKE, ESP32_LIKE_HEAP_BYTES, esp32_like_mpy_cross
 from tests.device.fw_support import Collector, Delivery, console_lines, device_id, install_firmware, make_board
-from tests.device.ota_firmware_support import UPDATE_MODE_END, PushThread, firmware_release, ota_state
+from tests.device.ota_firmware_support import UPDATE_MODE_END, PushThread, ota_state
 
 pytestmark = pytest.mark.integration
 
