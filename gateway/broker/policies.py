@@ -28,6 +28,9 @@ from ferry.gateway.mqtt import topic_matches
 log = logging.getLogger(__name__)
 
 REFUSAL_LOG_INTERVAL_S = 10.0
+IGNORED_CACHE_TOPICS = 65_536
+"""Topics whose `ignores` answer is kept per policy (devices publish on the same few topics again and
+again: matching the filters took 4 topic matches per QoS 1 publish); cleared when full."""
 
 
 class SessionPolicies:
@@ -37,9 +40,12 @@ class SessionPolicies:
         self._logged_at = float("-inf")
         self._unadmitted = 0
         self._admission_logged_at = float("-inf")
+        self._ignored: dict[str, dict[str, bool]] = {}
+        """client id -> topic -> whether its policy ignores the topic (`ignores`, cached)."""
 
     def set(self, client_id: str, policy: SessionPolicy) -> None:
         self._by_client[client_id] = policy
+        self._ignored.pop(client_id, None)
 
     def get(self, client_id: str) -> SessionPolicy | None:
         return self._by_client.get(client_id)
@@ -103,7 +109,17 @@ class SessionPolicies:
     def ignores(self, client_id: str, topic: str) -> bool:
         """Whether this session does not take `topic`'s QoS 1/2 messages (`SessionPolicy.ignored`)."""
         policy = self._by_client.get(client_id)
-        return policy is not None and any(topic_matches(f, topic) for f in policy.ignored)
+        if policy is None or not policy.ignored:
+            return False
+        known = self._ignored.get(client_id)
+        if known is None:
+            known = self._ignored[client_id] = {}
+        answer = known.get(topic)
+        if answer is None:
+            if len(known) >= IGNORED_CACHE_TOPICS:
+                known.clear()
+            answer = known[topic] = any(topic_matches(f, topic) for f in policy.ignored)
+        return answer
 
     def admits(self, client_id: str, topic: str, publisher: str | None, now: float) -> bool:
         """Whether the session takes this publisher's message (`SessionPolicy.admits`); a refusal is

@@ -85,6 +85,8 @@ class SpoolQueue:
         self._recent_bytes = 0
         self._read_ahead: deque[SpoolEntry] = deque()
         self._unwritten: deque[_Unwritten] = deque()
+        self._unwritten_bytes = 0
+        """The sum of `_unwritten`'s bytes (asked twice per QoS 1/2 publish to the bridge)."""
         self._durable_tail = tail
         self._reading: asyncio.Task | None = None
         self.dropped = 0
@@ -102,7 +104,7 @@ class SpoolQueue:
     @property
     def bytes(self) -> int:
         """Bytes of the spool's files, plus entries of batches not written yet."""
-        return self._journal.spool_bytes_on_disk + sum(u.bytes for u in self._unwritten)
+        return self._journal.spool_bytes_on_disk + self._unwritten_bytes
 
     def has_room(self, size: int) -> bool:
         """Whether an entry with ``size`` bytes of topic and payload fits both limits."""
@@ -127,6 +129,7 @@ class SpoolQueue:
             last.bytes += len(frame)
         else:
             self._unwritten.append(_Unwritten(batch, self.tail, len(frame)))
+        self._unwritten_bytes += len(frame)
         self._recent[entry.seq] = entry
         self._recent_bytes += len(frame)
         self._trim_recent()
@@ -137,7 +140,9 @@ class SpoolQueue:
     def committed(self, batch: int) -> None:
         """The journal committed every batch up to ``batch``: their entries are on disk."""
         while self._unwritten and self._unwritten[0].batch <= batch:
-            self._durable_tail = self._unwritten.popleft().end_seq
+            written = self._unwritten.popleft()
+            self._unwritten_bytes -= written.bytes
+            self._durable_tail = written.end_seq
         if not self._unwritten:
             self._durable_tail = self.tail
         self._trim_recent()

@@ -251,8 +251,8 @@ def test_an_outage_spools_and_drains_in_order_per_device(uplink: Uplink, tmp_pat
         uplink.down()
         for dev, client in devices.items():  # the gateway still takes everything
             publish_all(client, [(f"ferry/s/{dev}/telemetry", reading(dev, seq)) for seq in range(20, 120)])
-        assert wait_until(lambda: metrics(gateway)["ferry_bridge_kafka_connected"] == 0, 15)
-        assert wait_until(lambda: "unreachable" in gateway.log_text(), 5)
+        assert wait_until(lambda: metrics(gateway)["ferry_bridge_kafka_connected"] == 0, TIMEOUT_S)
+        assert wait_until(lambda: "unreachable" in gateway.log_text(), TIMEOUT_S)
         values = metrics(gateway)
         assert values["ferry_bridge_spool_messages"] == 300
         assert values["ferry_bridge_acked_total"] == 60

@@ -171,10 +171,12 @@ def test_bytes_count_the_files_and_what_is_not_written_yet(tmp_path: Path) -> No
     assert pending >= 100
     store.commit()
     assert store.spool.bytes >= pending  # now the file's, header and batch included
+    assert store.spool.bytes == store.journal.spool_bytes_on_disk  # what was pending is not counted twice
     while store.spool.has_room(100):
         store.spool.append("t", b"x" * 100, 1, 0)
     assert store.spool.bytes + 100 > 20_000 - 100
     store.commit()
+    assert store.spool.bytes == store.journal.spool_bytes_on_disk
     store.close()
 
 
