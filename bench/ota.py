@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace, work: Path, out) -> dict:
     from ferry.gateway.process import GatewayProcess
     from ferry.hwsim.fleet import Fleet, FleetOptions, mpy_cross_path
-    from ferry.hwsim.fleet_ota import BirthLog, CutPlan, firmware_release, push_update
+    from ferry.bench.ota_fleet import BirthLog, CutPlan, firmware_release, push_update
     from ferry.hwsim.micropython import ESP32_LIKE, esp32_like_mpy_cross
 
     compiler = esp32_like_mpy_cross() if args.interpreter == ESP32_LIKE else mpy_cross_path()

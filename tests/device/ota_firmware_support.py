@@ -1,6 +1,6 @@
 """Shared by the tests that update the real firmware on virtual boards (this file holds no tests): the
 operator's push through a gateway in a thread, update mode's heap line, and reading a board's update state
-from its flash (the release of the compiled firmware is hw-sim's, ferry.hwsim.fleet_ota.firmware_release)."""
+from its flash (the release of the compiled firmware is bench's, ferry.bench.ota_fleet.firmware_release)."""
 
 from __future__ import annotations
 

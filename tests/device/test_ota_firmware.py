@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from ferry.gateway.process import GatewayProcess
-from ferry.hwsim.fleet_ota import firmware_release
+from ferry.bench.ota_fleet import firmware_release
 from ferry.hwsim.micropython import ESP32_LIKE, ESP32_LIKE_HEAP_BYTES, esp32_like_mpy_cross
 from tests.device.fw_support import Collector, Delivery, console_lines, device_id, install_firmware, make_board
 from tests.device.ota_firmware_support import UPDATE_MODE_END, PushThread, ota_state

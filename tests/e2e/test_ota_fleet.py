@@ -17,7 +17,7 @@ import pytest
 
 from ferry.gateway.process import GatewayProcess
 from ferry.hwsim.fleet import Fleet, FleetOptions, mpy_cross_path
-from ferry.hwsim.fleet_ota import (
+from ferry.bench.ota_fleet import (
     BirthLog, CutPlan, confirmed, firmware_release, mixed_births, push_update, slot_mismatches,
 )
 from ferry.ota import PushState
