@@ -249,9 +249,11 @@ def voluntary_switches(pid: int) -> int:
 def test_a_sleeping_board_waits_once_rather_than_waking_every_half_millisecond(make_board) -> None:
     """The unix port's time.sleep_ms polls in 0.5 ms steps (~4,000 wake-ups in 2 s): 200 boards
     waiting to reconnect took both cores and few boards could finish a TLS handshake. The time shim
-    sleeps in one select()."""
-    board = make_board("import time\nprint('out', 'sleeping')\ntime.sleep_ms(2000)\nprint('out', 'awake')\n"
-                       "time.sleep_ms(0)\ntime.sleep_ms(-5)\nprint('out', 'done')\ntime.sleep_ms(60000)\n")
+    sleeps in one poll(), and allocates nothing doing it (as an ESP32's sleep_ms: drivers sleep with
+    the heap locked)."""
+    board = make_board("import time, micropython\nprint('out', 'sleeping')\ntime.sleep_ms(2000)\n"
+                       "print('out', 'awake')\nmicropython.heap_lock()\ntime.sleep_ms(20)\ntime.sleep_ms(0)\n"
+                       "time.sleep_ms(-5)\nmicropython.heap_unlock()\nprint('out', 'done')\ntime.sleep_ms(60000)\n")
     board.power_on()
     assert board.wait_for(lambda: "out sleeping" in lines(board))
     pid = board.pid
