@@ -25,11 +25,14 @@ def crashed(e, watchdog):
     import gc
     import sys
 
+    _forget_modules(sys)
     gc.collect()  # what failed (a MemoryError's import, the app's buffers) is garbage now
+    free = gc.mem_free()
     count = failed_starts() + 1
     delay = _BACKOFF_MAX_MS if count > 8 else min(_BACKOFF_MIN_MS << (count - 1), _BACKOFF_MAX_MS)
     try:
-        print("ferry %d fatal: %r; failed starts in a row: %d; reset in %d ms" % (time.ticks_ms(), e, count, delay))
+        print("ferry %d fatal: %r; failed starts in a row: %d; reset in %d ms; heap free %d" % (
+            time.ticks_ms(), e, count, delay, free))
         sys.print_exception(e)
     except Exception:
         pass
@@ -43,6 +46,21 @@ def crashed(e, watchdog):
         time.sleep_ms(step)
         delay -= step
     machine.reset()
+
+
+def _forget_modules(sys):
+    """Drop the firmware's modules from sys.modules: a MemoryError while importing the app leaves
+    those it got to there, half built, and the crash file needs the heap they hold."""
+    try:
+        import os
+
+        for name in os.listdir("/"):
+            stem = name.rsplit(".", 1)[0]
+            if name.endswith((".py", ".mpy")) and stem not in ("crashlog", "identity", "flashfs") \
+                    and stem in sys.modules:
+                del sys.modules[stem]
+    except Exception:
+        pass
 
 
 def clear():
