@@ -447,7 +447,8 @@ class Demo:
             self.say("\nprocesses (RSS, open fds) at start, after warm-up, at the end:\n" + self.chaos.soak_table())
             soak = self.chaos.soak_failures()
             self.say("  soak: " + ("; ".join(soak) + " (grew past the bounds after warm-up)" if soak else "within bounds"))
-        ok = bool(rows) and not bad and not soak
+        losses_agree = t.lost_at_device_server == t.dropped_at_device  # the server's count of the devices' own
+        ok = bool(rows) and not bad and not soak and losses_agree
         lost = None
         if bad and self.kafka is not None and not aborted:
             from ferry.chaos import say_where_lost
@@ -458,6 +459,9 @@ class Demo:
         elif aborted:
             verdict = (f"stopped at once: {t.unaccounted} readings not accounted for yet (not proven either way; "
                        f"a single Ctrl-C lets the drain finish)")
+        elif not bad and not losses_agree:
+            verdict = (f"every reading was counted once, but the server learnt {t.lost_at_device_server} dropped at "
+                       f"the devices where they dropped {t.dropped_at_device}")
         elif not bad:
             verdict = "every reading was counted once, but a process grew past the soak bounds"
         else:

@@ -165,7 +165,14 @@ class DeviceStatus:
     """The newest birth's over-the-air update state ({"slot", "state", "ver", "last"}, docs/ota.md);
     None when the device does not report one."""
 
-    def observe(self, status: Status) -> None:
+    def observe(self, status: Status, restarted: bool = False) -> None:
+        """Take a status message. One of an older boot than the newest seen is ignored: it arrives late
+        when the device rebooted into another site while the old site's gateway still held it (two
+        gateways, no order between them), and its outbox counter, lower than the newest, would look
+        like an outbox made anew and count its drops again. Unless the boot counter started again
+        (`restarted`: the account recognised it from this birth)."""
+        if status.boot < self.boot and not restarted:
+            return
         self.state, self.boot = status.state.value, status.boot
         if status.state is DeviceState.ONLINE:
             self.firmware, self.reset_cause = status.firmware, status.reset_cause

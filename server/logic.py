@@ -169,9 +169,10 @@ def apply_status(state: DeviceState, payload: bytes, receive_ms: int, settings: 
     except ContractError:
         state.status.invalid += 1
         return Outcome("invalid")
-    state.status.observe(parsed)
+    restarts = state.account.restarts
     if parsed.state is ReportedState.ONLINE:
         state.account.observe_birth(parsed.boot, receive_ms)
+    state.status.observe(parsed, restarted=state.account.restarts != restarts)
     alerts = state.health.observe_status(receive_ms, parsed.state.value, parsed.boot, parsed.reset_cause,
                                          settings.health, parsed.boot_failures, parsed.faults,
                                          tuple((s.sensor, s.errors) for s in parsed.sensor_errors))

@@ -193,3 +193,26 @@ def test_the_births_update_state_is_in_the_device_detail_and_survives_the_table(
     assert d.detail["status"]["ota"] is None and d.detail["status"]["fw"] == "0.1.0"
     d.birth(3, T0 + 3000)
     assert d.detail["status"]["ota"] is None
+
+
+def test_a_late_status_of_an_older_boot_does_not_count_the_devices_losses_again() -> None:
+    """A device that reboots into another site while the first site's gateway still holds a status
+    of its old boot: that status arrives after the new birth. Its outbox counter (cumulative, lower
+    than the newest) looked like an outbox made anew: its drops counted twice (the 30-minute chaos
+    soak: the server learnt 130 lost where the devices had dropped 119)."""
+    d = Device()
+    state = d._state()
+    apply_status(state, status(5, boot=1), T0, SETTINGS)
+    apply_status(state, status(7, boot=2), T0 + 1000, SETTINGS)  # the birth at the new site
+    apply_status(state, status(6, boot=1), T0 + 2000, SETTINGS)  # the old site's, late
+    apply_status(state, asleep(boot=1), T0 + 2500, SETTINGS)
+    assert (state.status.lost_at_device, state.status.boot, state.status.state) == (7, 2, "online")
+    apply_status(state, status(9, boot=2), T0 + 3000, SETTINGS)
+    assert state.status.lost_at_device == 9
+    d.value = state.to_dict()
+    # The boot counter starts again (flash wiped: a new outbox): boot 1's birth after every reading counts.
+    d.reading(0, 2, T0 + 4000)
+    state = d._state()
+    apply_status(state, status(0, boot=1, reset="power_on"), T0 + 5000, SETTINGS)
+    apply_status(state, status(3, boot=1), T0 + 6000, SETTINGS)
+    assert state.account.restarts == 1 and state.status.lost_at_device == 12
