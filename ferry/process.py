@@ -18,6 +18,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 STOP_GRACE_S = 10.0
+KILL_WAIT_S = 10.0
+"""How long `kill` waits to reap what it SIGKILLed. Bounded: an exception a signal handler raised
+between subprocess's `_waitpid_lock.acquire()` and the `try` after it (the demo's Ctrl-C during
+start-up, raised while it polled a starting worker) leaves that lock held, and `Popen.wait()` with
+no timeout then blocks for ever (a demo was seen hung so in its clean-up)."""
 POLL_INTERVAL_S = 0.02
 
 
@@ -94,7 +99,10 @@ class ManagedProcess:
         """SIGKILL the whole process group at once, as a power cut would."""
         if self._popen is not None and self._popen.poll() is None:
             os.killpg(self._popen.pid, signal.SIGKILL)
-            self._popen.wait()
+            try:
+                self._popen.wait(KILL_WAIT_S)
+            except subprocess.TimeoutExpired:
+                pass  # killed, not reaped here (see KILL_WAIT_S): the parent's exit hands it to init
 
     def stop(self, grace_s: float = STOP_GRACE_S) -> int | None:
         """SIGTERM, wait up to `grace_s`, then SIGKILL; returns the exit status."""
