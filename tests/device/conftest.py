@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from ferry.gateway.process import GatewayProcess
-from tests.device.fw_support import compile_firmware, compile_firmware_esp32_like
+from tests.device.fw_support import Collector, compile_firmware, compile_firmware_esp32_like
 
 
 @pytest.fixture(scope="session")
@@ -21,6 +21,16 @@ def firmware(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def firmware_esp32_like(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The firmware compiled by the ESP32-like interpreter's mpy-cross (skips without that interpreter)."""
     return compile_firmware_esp32_like(tmp_path_factory.mktemp("firmware-esp32-like"))
+
+
+@pytest.fixture
+def collector(gateway: GatewayProcess) -> Iterator[Collector]:
+    """A subscriber on the test's gateway that collects what the board publishes."""
+    c = Collector(gateway.port)
+    try:
+        yield c
+    finally:
+        c.close()
 
 
 @pytest.fixture

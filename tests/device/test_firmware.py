@@ -41,15 +41,6 @@ def link(gateway: GatewayProcess) -> Iterator[LinkThread]:
 
 
 @pytest.fixture
-def collector(gateway: GatewayProcess) -> Iterator[Collector]:
-    c = Collector(gateway.port)
-    try:
-        yield c
-    finally:
-        c.close()
-
-
-@pytest.fixture
 def board(tmp_path: Path, firmware: Path, link: LinkThread):
     """A factory: board(**settings) -> a powered-off board with the firmware and its config."""
     boards: list[VirtualBoard] = []

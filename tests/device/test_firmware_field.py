@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,15 +26,6 @@ pytestmark = pytest.mark.integration
 
 FAST = FAST_SETTINGS
 CRASH_FILE = "ferry_crash"
-
-
-@pytest.fixture
-def collector(gateway: GatewayProcess) -> Iterator[Collector]:
-    c = Collector(gateway.port)
-    try:
-        yield c
-    finally:
-        c.close()
 
 
 @pytest.fixture

@@ -38,15 +38,6 @@ on an ESP32 that is hardware. The firmware's own share is measured in test_senso
 
 
 @pytest.fixture
-def collector(gateway: GatewayProcess) -> Iterator[Collector]:
-    c = Collector(gateway.port)
-    try:
-        yield c
-    finally:
-        c.close()
-
-
-@pytest.fixture
 def sensor_board(tmp_path: Path, firmware: Path,
                  gateway: GatewayProcess) -> Iterator[tuple[VirtualBoard, Pms5003Model]]:
     """A powered-on board with SENSORS and the PMS5003 model on its UART 2 (a frame every 0.2 s)."""
