@@ -18,7 +18,7 @@ from ferry.server.alerts import Alert, AlertLog
 from ferry.server.anomaly import AnomalySettings
 from ferry.server.config import ServerConfig
 from ferry.server.health import HealthSettings
-from ferry.server.state import DeviceState, encode_value
+from ferry.server.state import DeviceState, encode_state, encode_value
 from ferry.server.windows import ClosedWindow, History, WindowKind
 
 UNKNOWN_DEVICE = "_unknown"
@@ -236,7 +236,7 @@ def apply_batch(records: Iterable[Record], state_of: Callable[[str], DeviceState
     # Each value encoded as soon as it is built: at 10,000 devices a batch writes ~5,000 states, whose
     # dicts, all alive at once, were ~30 MB that the worker's resident set kept afterwards.
     for device, state in states.items():
-        result.states[device] = (partitions[device], encode_value(state.to_dict()))
+        result.states[device] = (partitions[device], encode_state(state))
     for device, closed in closed_by_device.items():
         kept = history_of(device)
         kept.extend(closed, settings.keep)

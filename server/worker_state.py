@@ -27,7 +27,7 @@ from ferry.server.config import ServerConfig
 from ferry.server.liveness import StallWatch
 from ferry.server.logic import STATUS, BatchResult, Record, Settings, apply_batch, check_health
 from ferry.server.latency import LatencyHistogram
-from ferry.server.state import DeviceState, decode_value, encode_value
+from ferry.server.state import DeviceState, decode_value, encode_state, encode_value
 from ferry.server.windows import History
 
 
@@ -336,7 +336,7 @@ class WorkerState:
                 if outcome.alerts or outcome.health is not None:
                     changed[device] = state
             await self._publish(result)
-            await self._write([Write(self.devices, self.partition_of(device), device, encode_value(state.to_dict()))
+            await self._write([Write(self.devices, self.partition_of(device), device, encode_state(state))
                                for device, state in changed.items()]
                               + [Write(self.alert_log, partition, alert_log_key(partition), encode_value(log.to_list()))
                                  for partition, log in logs.items()])

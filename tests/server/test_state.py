@@ -8,13 +8,16 @@ waking every 5 minutes (a birth, two readings with two metrics, going back to sl
 from __future__ import annotations
 
 import json
+import marshal
 import tracemalloc
 from collections.abc import Callable
+
+import pytest
 
 from ferry.contract import Reading, encode_reading
 from ferry.server.config import ServerConfig
 from ferry.server.logic import Settings, apply_reading, apply_status
-from ferry.server.state import DeviceState
+from ferry.server.state import MARSHALLED, DeviceState, decode_value, encode_state, encode_value
 
 from tests.server.helpers import T0, asleep, status
 
@@ -63,6 +66,19 @@ def test_a_deep_sleep_device_keeps_bounded_state() -> None:
     state = deep_sleeper(300)
     assert (state.account.received, state.account.duplicates, state.account.gaps) == (600, 0, 0)
     assert len(state.account.boots) <= 13  # the boots of the last hour (the grace period) and the newest
+
+
+def test_a_state_is_stored_marshalled_and_reads_back_as_its_json_did() -> None:
+    state = deep_sleeper(20)
+    raw = encode_state(state)
+    assert raw[:1] == MARSHALLED
+    as_json = json.loads(json.dumps(state.to_dict()))
+    assert decode_value(raw) == as_json
+    assert SETTINGS.load_state(DEVICE, decode_value(raw)).to_dict() == state.to_dict()
+    # a state stored as JSON before reads back the same
+    assert SETTINGS.load_state(DEVICE, decode_value(encode_value(state.to_dict()))).to_dict() == state.to_dict()
+    with pytest.raises(ValueError, match="must be a dict"):
+        decode_value(MARSHALLED + marshal.dumps([1, 2], 4))
 
 
 if __name__ == "__main__":
