@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import math
+from array import array
 from dataclasses import dataclass, field
 
 from ferry.contract import MAX_METRICS, SeriesPoint
@@ -108,36 +109,57 @@ def pane_ms(kinds: tuple[WindowKind, ...]) -> int:
     return functools.reduce(math.gcd, (kind.step_ms for kind in kinds))
 
 
-def combine(panes: list[Aggregate]) -> Aggregate:
-    """One aggregate of consecutive panes (oldest first): their readings' count, min, max and sum, and
-    the last value of the pane with the newest one (panes do not overlap in time)."""
-    first = panes[0]
-    total = Aggregate(first.count, first.min, first.max, first.sum, first.last, first.last_ms)
-    for agg in panes[1:]:
-        total.count += agg.count
-        total.min = min(total.min, agg.min)
-        total.max = max(total.max, agg.max)
-        total.sum += agg.sum
-        if agg.last_ms >= total.last_ms:
-            total.last, total.last_ms = agg.last, agg.last_ms
+ROW = 7
+"""Doubles per pane in `DeviceWindows.panes`: start_ms, count, min, max, sum, last, last_ms (every
+integer in it is far below 2**53, so exact as a double)."""
+
+
+def _row(start: int, value: float, ts_ms: int) -> array:
+    return array("d", (start, 1, value, value, value, value, ts_ms))
+
+
+def _combine_rows(rows: array, lo: int, hi: int) -> Aggregate | None:
+    """One aggregate of the panes in `rows` starting in [lo, hi), None when none does: their readings'
+    count, min, max and sum, and the last value of the pane with the newest one (panes do not overlap
+    in time)."""
+    total = None
+    for i in range(0, len(rows), ROW):
+        start = rows[i]
+        if start < lo:
+            continue
+        if start >= hi:
+            break
+        if total is None:
+            total = Aggregate(int(rows[i + 1]), rows[i + 2], rows[i + 3], rows[i + 4], rows[i + 5], int(rows[i + 6]))
+            continue
+        total.count += int(rows[i + 1])
+        total.min = min(total.min, rows[i + 2])
+        total.max = max(total.max, rows[i + 3])
+        total.sum += rows[i + 4]
+        if rows[i + 6] >= total.last_ms:
+            total.last, total.last_ms = rows[i + 5], int(rows[i + 6])
     return total
 
 
 @dataclass(slots=True)
 class DeviceWindows:
-    """One device's open panes, by metric and start, and its event-time progress.
+    """One device's open panes, by metric, and its event-time progress.
 
     A reading updates one pane per metric (the pane: `pane_ms`, a minute by default); a window of
     any kind is its panes combined when it closes, so a 5-minute window hopping every minute costs
     no more per reading than the 1-minute one (docs/server.md, "Windows"). Rewritten on every
     reading, so it holds only what can still change; closed windows go to `History`, which is
     written only when windows close.
+
+    A metric's panes are one array of doubles, `ROW` per pane, oldest first: ~56 bytes a pane
+    instead of ~200 as an `Aggregate` with its boxed numbers (the worker keeps every device's
+    windows live, docs/server.md "Memory per device").
     """
 
     device: str
     max_event_ms: int = -1
     late: int = 0
-    panes: dict[str, dict[int, Aggregate]] = field(default_factory=dict)
+    panes: dict[str, array] = field(default_factory=dict)
     closed_mark: int | None = None
     """The watermark windows were closed up to: every window ending at or before it was returned."""
     next_end_ms: int | None = None
@@ -160,15 +182,27 @@ class DeviceWindows:
         start = ts_ms - ts_ms % pane_ms(kinds)
         panes = self.panes
         for metric, value in metrics.items():
-            per_metric = panes.get(metric)
-            if per_metric is None:
-                per_metric = panes[metric] = {}
-            agg = per_metric.get(start)
-            if agg is None:
-                per_metric[start] = Aggregate.first(float(value), ts_ms)
+            value = float(value)
+            rows = panes.get(metric)
+            if rows is None:
+                panes[metric] = _row(start, value, ts_ms)
                 self.next_end_ms = None
+                continue
+            i = len(rows) - ROW  # the newest pane first: where almost every reading goes
+            while i >= 0 and rows[i] > start:
+                i -= ROW
+            if i >= 0 and rows[i] == start:
+                rows[i + 1] += 1
+                if value < rows[i + 2]:
+                    rows[i + 2] = value
+                if value > rows[i + 3]:
+                    rows[i + 3] = value
+                rows[i + 4] += value
+                if ts_ms >= rows[i + 6]:  # equal times: the later arrival wins
+                    rows[i + 5], rows[i + 6] = value, ts_ms
             else:
-                agg.add(float(value), ts_ms)
+                rows[i + ROW:i + ROW] = _row(start, value, ts_ms)
+                self.next_end_ms = None
         if advance and ts_ms > self.max_event_ms:
             self.max_event_ms = ts_ms
         return self._close(kinds, self.watermark(lateness_ms))
@@ -177,7 +211,7 @@ class DeviceWindows:
         """Every (kind, start) of a window that holds a pane and has not closed, oldest end first (then
         oldest start, then in the order of `kinds`)."""
         closed = self.closed_mark
-        starts = {start for per_metric in self.panes.values() for start in per_metric}
+        starts = {int(p) for rows in self.panes.values() for p in rows[::ROW]}
         found: set[tuple[int, int, int]] = set()  # (end, start, kind's index): no WindowKind hashing
         for i, kind in enumerate(kinds):
             size, step = kind.size_ms, kind.step_ms
@@ -188,35 +222,35 @@ class DeviceWindows:
                         found.add((start + size, start, i))
         return [(kinds[i], start) for _, start, i in sorted(found)]
 
-    def _aggregate(self, metric: str, start: int, size_ms: int) -> Aggregate | None:
-        per_metric = self.panes.get(metric, {})
-        held = [per_metric[p] for p in sorted(per_metric) if start <= p < start + size_ms]
-        return combine(held) if held else None
-
     def _close(self, kinds: tuple[WindowKind, ...], mark: int | None) -> list[ClosedWindow]:
         done: list[ClosedWindow] = []
         if mark is None or (self.next_end_ms is not None and mark < self.next_end_ms):
             return done
-        ordered = {metric: sorted(per_metric.items()) for metric, per_metric in self.panes.items()}
+        panes = self.panes
         for kind, start in self._windows(kinds):
             end = start + kind.size_ms
             if end > mark:
                 continue
-            for metric, panes in ordered.items():
-                held = [agg for pane, agg in panes if start <= pane < end]
-                if held:
-                    agg = combine(held)
+            for metric, rows in panes.items():
+                agg = _combine_rows(rows, start, end)
+                if agg is not None:
                     done.append(ClosedWindow(self.device, kind.name, metric, start, end,
                                              agg.count, agg.min, agg.max, agg.mean, agg.last))
         self.closed_mark = mark if self.closed_mark is None else max(self.closed_mark, mark)
-        # A pane goes once every window of every kind that holds it has closed.
-        for metric in list(self.panes):
-            per_metric = self.panes[metric]
-            for pane in [p for p in per_metric
-                         if all(p - p % kind.step_ms + kind.size_ms <= mark for kind in kinds)]:
-                del per_metric[pane]
-            if not per_metric:
-                del self.panes[metric]
+        # A pane goes once every window of every kind that holds it has closed: the oldest panes
+        # (whether a pane's windows all closed only grows with its start), removed in place.
+        for metric in list(panes):
+            rows = panes[metric]
+            gone = 0
+            while gone < len(rows):
+                p = int(rows[gone])
+                if not all(p - p % kind.step_ms + kind.size_ms <= mark for kind in kinds):
+                    break
+                gone += ROW
+            if gone == len(rows):
+                del panes[metric]
+            elif gone:
+                del rows[:gone]
         windows = self._windows(kinds)
         self.next_end_ms = windows[0][1] + windows[0][0].size_ms if windows else None
         done.sort(key=lambda w: (w.start_ms, w.kind, w.metric))
@@ -225,8 +259,11 @@ class DeviceWindows:
     def open_views(self, metric: str, kind: WindowKind, from_ms: int | None = None,
                    to_ms: int | None = None) -> list[dict]:
         views = []
+        rows = self.panes.get(metric)
+        if rows is None:
+            return views
         for window_kind, start in self._windows((kind,)):
-            agg = self._aggregate(metric, start, window_kind.size_ms)
+            agg = _combine_rows(rows, start, start + window_kind.size_ms)
             if agg is not None and _within(start, from_ms, to_ms):
                 views.append(agg.view(kind, start, False))
         return sorted(views, key=lambda v: v["start_ms"])
@@ -235,19 +272,20 @@ class DeviceWindows:
         return sorted(self.panes)
 
     def to_dict(self) -> dict:
-        return {
-            "device": self.device, "max_event_ms": self.max_event_ms, "late": self.late,
-            "panes": {m: {str(s): a.to_list() for s, a in w.items()} for m, w in self.panes.items()},
-            "closed_mark": self.closed_mark,
-        }
+        """`rows`: per metric, its panes as one flat list (`ROW` numbers a pane, oldest first)."""
+        return {"device": self.device, "max_event_ms": self.max_event_ms, "late": self.late,
+                "rows": {m: rows.tolist() for m, rows in self.panes.items()}, "closed_mark": self.closed_mark}
 
     @classmethod
     def from_dict(cls, data: dict) -> "DeviceWindows":
+        """Also reads the two earlier forms: panes as {start: aggregate} per metric, and before panes
+        the open windows per kind."""
+        if "rows" in data:
+            return cls(data["device"], data["max_event_ms"], data["late"],
+                       {m: array("d", rows) for m, rows in data["rows"].items()}, data["closed_mark"])
         if "panes" not in data:
             return cls._from_open_windows(data)
-        return cls(data["device"], data["max_event_ms"], data["late"],
-                   {m: {int(s): Aggregate(*a) for s, a in w.items()} for m, w in data["panes"].items()},
-                   data["closed_mark"])
+        return cls(data["device"], data["max_event_ms"], data["late"], _as_rows(data["panes"]), data["closed_mark"])
 
     @classmethod
     def _from_open_windows(cls, data: dict) -> "DeviceWindows":
@@ -256,9 +294,19 @@ class DeviceWindows:
         window open at that moment closes with the minutes still held (its earlier minutes were
         dropped with their closed 1-minute windows)."""
         # Every window holding one of these minutes ends after the old watermark: none was published.
-        minutes = data["open"].get("1m", {})
-        panes = {m: {int(s): Aggregate(*a) for s, a in w.items()} for m, w in minutes.items()}
-        return cls(data["device"], data["max_event_ms"], data["late"], panes)
+        return cls(data["device"], data["max_event_ms"], data["late"], _as_rows(data["open"].get("1m", {})))
+
+
+def _as_rows(panes: dict[str, dict[str, list]]) -> dict[str, array]:
+    """{metric: {start: [count, min, max, sum, last, last_ms]}} (states written before rows) as rows."""
+    out = {}
+    for metric, by_start in panes.items():
+        rows = array("d")
+        for start in sorted(by_start, key=int):
+            rows.append(int(start))
+            rows.extend(by_start[start])
+        out[metric] = rows
+    return out
 
 
 @dataclass(slots=True)
