@@ -44,8 +44,9 @@ chance about once in two hours per device; so at 10 s about half the "stuck" ale
 
 from __future__ import annotations
 
+import math
 from array import array
-from bisect import bisect_left, insort
+from bisect import bisect_left, bisect_right, insort
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -147,12 +148,17 @@ class _Metric:
         n = len(o)
         h = n // 2
         med = o[h] if n & 1 else (o[h - 1] + o[h]) * 0.5
-        devs = sorted([v - med if v > med else med - v for v in o])
-        mad = devs[h] if n & 1 else (devs[h - 1] + devs[h]) * 0.5
+        cut = bisect_right(o, med)
+        if n & 1:
+            mad = _deviation(o, cut, med, h)[0]
+        else:
+            below, above = _deviation(o, cut, med, h - 1)
+            mad = (below + above) * 0.5
         if mad > 0:
             return med, max(mad * _MAD_TO_SIGMA, min_scale)
         # more than half the baseline is one value (a coarse metric): MAD says nothing, take the
         # standard deviation around the median
+        devs = sorted([v - med if v > med else med - v for v in o])
         return med, max((sum(d * d for d in devs) / n) ** 0.5, min_scale)
 
     def to_dict(self) -> dict:
@@ -171,6 +177,30 @@ class _Metric:
         if data["ep"] is not None:
             m.episode, m.calm, m.length = data["ep"]
         return m
+
+
+def _deviation(o: array, cut: int, med: float, k: int) -> tuple[float, float]:
+    """The k-th and (k+1)-th smallest (0-based; the second inf when there is none) of |v - med| over
+    the sorted `o`, of which o[:cut] are <= med: without computing and sorting every deviation (that
+    was a third of the detectors' time).
+
+    The deviations of o[:cut] read backwards (med - v) and of o[cut:] (v - med) are two sorted runs;
+    a binary search finds how many of the k+1 smallest come from the first.
+    """
+    below, above = cut, len(o) - cut
+    lo, hi = max(0, k + 1 - above), min(k + 1, below)
+    while lo < hi:
+        i = (lo + hi) >> 1
+        if med - o[cut - 1 - i] < o[cut + k - i] - med:
+            lo = i + 1
+        else:
+            hi = i
+    j = k + 1 - lo  # the k+1 smallest: lo from the first run, j from the second
+    a = med - o[cut - lo] if lo else -1.0
+    b = o[cut + j - 1] - med if j else -1.0
+    na = med - o[cut - 1 - lo] if lo < below else math.inf
+    nb = o[cut + j] - med if j < above else math.inf
+    return (a if a > b else b), (na if na < nb else nb)
 
 
 def _num(x: float) -> str:

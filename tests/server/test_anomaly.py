@@ -192,3 +192,24 @@ def test_cost_per_metric_and_reading() -> None:
     rt = (time.perf_counter() - t) / 1000
     print(f"\nanomaly: {per * 1e6:.1f} µs per metric per reading; state JSON round trip {rt * 1e6:.0f} µs "
           f"for 3 metrics")
+
+
+def test_the_baselines_median_and_mad_are_those_of_every_deviation_sorted() -> None:
+    """`_Metric.baseline` finds the MAD without sorting every deviation: the same figures as doing
+    so, on baselines of every size, with ties and values equal to the median."""
+    import random
+    from array import array
+
+    from ferry.server.anomaly import _MAD_TO_SIGMA, _Metric
+
+    rng = random.Random(3)
+    for _ in range(5000):
+        m = _Metric()
+        values = [rng.choice((round(rng.gauss(0, 1), 1), 0.0, 1.0, 2.5)) for _ in range(rng.randrange(1, 61))]
+        m.ordered = array("d", sorted(values))
+        o, n = sorted(values), len(values)
+        med = o[n // 2] if n & 1 else (o[n // 2 - 1] + o[n // 2]) * 0.5
+        devs = sorted(abs(v - med) for v in o)
+        mad = devs[n // 2] if n & 1 else (devs[n // 2 - 1] + devs[n // 2]) * 0.5
+        sigma = mad * _MAD_TO_SIGMA if mad > 0 else (sum(d * d for d in devs) / n) ** 0.5
+        assert m.baseline(1e-3) == (med, max(sigma, 1e-3)), values
