@@ -162,7 +162,7 @@ class _Metric:
         return med, max((sum(d * d for d in devs) / n) ** 0.5, min_scale)
 
     def to_dict(self) -> dict:
-        return {"w": list(self.window), "last": self.last, "run": [self.run, self.run_ms, self.run_learned],
+        return {"w": self.window.tolist(), "last": self.last, "run": [self.run, self.run_ms, self.run_learned],
                 "ep": None if self.episode is None else [self.episode, self.calm, self.length]}
 
     @classmethod

@@ -274,11 +274,16 @@ class DeviceHealth:
     def silence_limit_ms(self, settings: HealthSettings) -> float:
         return settings.offline_after_intervals * self.interval_ms(settings)
 
+    def offline_at(self, now_ms: int, settings: HealthSettings) -> bool:
+        """Offline as of `now_ms`, as `view` says it (a silence past the limit counts before `check` runs)."""
+        last = self.last_seen_ms
+        return self.offline or (last is not None and now_ms - last > self.silence_limit_ms(settings))
+
     def view(self, now_ms: int, settings: HealthSettings) -> dict:
         """What the dashboard shows, as of `now_ms` (a silence past the limit shows before `check` runs)."""
         offline, reason = self.offline, self.offline_reason
         last = self.last_seen_ms
-        if not offline and last is not None and now_ms - last > self.silence_limit_ms(settings):
+        if not offline and self.offline_at(now_ms, settings):
             offline, reason = True, "silent"
         recent = sum(1 for _, ms in self.boots if ms > now_ms - settings.reboot_loop_window_ms)
         battery = self.battery[-1] if self.battery else None

@@ -53,6 +53,29 @@ def local_devices_view(worker: "WorkerState", now_ms: int) -> dict[str, dict]:
     return {d: device_summary(worker.state(d), now_ms, worker) for d in worker.local_devices()}
 
 
+def local_accounting(worker: "WorkerState", now_ms: int) -> dict:
+    """`/accounting?scope=local`: `accounting_of(local_devices_view(...))` without building each device's
+    summary and health view (at 10,000 devices that answer took ~0.1 s of the event loop)."""
+    received = duplicates = gaps = lost = invalid = late = future = alerts = offline = devices = 0
+    health = worker.settings.health
+    for device in worker.local_devices():
+        state = worker.state(device)
+        account, status = state.account, state.status
+        received += account.received
+        duplicates += account.duplicates
+        gaps += account.gaps
+        lost += status.lost_at_device
+        invalid += account.invalid + status.invalid
+        late += account.late
+        future += account.future
+        alerts += state.alerts_raised
+        offline += state.health.offline_at(now_ms, health)
+        devices += 1
+    return {"received": received, "duplicates": duplicates, "gaps": gaps, "lost_at_device": lost,
+            "invalid": invalid, "late": late, "future": future, "alerts": alerts, "devices": devices,
+            "offline": offline}
+
+
 def accounting_of(devices: dict[str, dict]) -> dict:
     """Fleet totals of a `/devices` answer."""
     out = {k: sum(s[k] for s in devices.values()) for k in ADDITIVE if k not in ("devices", "offline")}
@@ -155,7 +178,7 @@ def register_views(app: faust.App, worker: "WorkerState", devices_table: Any) ->
         async def get(self, request: Request) -> Response:
             if not worker.ready:
                 return self.json({"error": RECOVERING}, status=503)
-            out = accounting_of(local_devices_view(worker, now_ms()))
+            out = local_accounting(worker, now_ms())
             if not local_only(request):
                 try:
                     for part in await gather_peers(app, "/accounting", peer_headers):

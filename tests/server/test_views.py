@@ -15,6 +15,7 @@ from ferry.server.app import create_app
 from ferry.server.config import ServerConfig
 from ferry.server.logic import STATUS, TELEMETRY, Record
 from ferry.server.streams import Streams, wire
+from ferry.server.windows import History
 
 from tests.server.fake_kafka import fake_producer
 from tests.server.helpers import T0, asleep, reading, status
@@ -195,3 +196,31 @@ def test_bad_series_queries_are_refused(tmp_path: Path) -> None:
     answers = serve(make_streams(tmp_path), [minute_readings(1)], paths)
     assert [status for status, _ in answers] == [400] * 4
     assert answers[0][1]["error"].startswith("from: expected milliseconds since the Unix epoch")
+
+
+def test_local_accounting_sums_what_the_device_summaries_say() -> None:
+    """`/accounting?scope=local` sums the states directly: the same figures (and keys) as summing each
+    device's `/devices` summary, with duplicates, gaps, losses the device reported, invalid records, a
+    device offline by its will and one silent past its limit."""
+    from types import SimpleNamespace
+
+    from ferry.server.logic import Settings, apply_batch
+    from ferry.server.views import accounting_of, local_accounting, local_devices_view
+
+    settings = Settings.from_config(ServerConfig(broker="127.0.0.1:1"))
+    states: dict = {}
+    records = [Record(dev, TELEMETRY, reading(seq, dev=dev, ts_ms=T0 + seq * 10_000), T0 + seq * 10_000,
+                      T0 + seq * 10_000 + 5, 0) for dev in OTHERS for seq in (0, 1, 1, 4)]
+    records += [Record("dev-00", STATUS, status(3, dev="dev-00"), T0, T0 + 1, 0),
+                Record("dev-01", STATUS, asleep(dev="dev-01"), T0 + 50_000, T0 + 50_000, 0),
+                Record("dev-02", TELEMETRY, b"{not json", T0, T0, 0),
+                Record(NOISY, TELEMETRY, reading(0, dev=NOISY, ts_ms=T0 + 1_000_000), T0 + 1_000_000,
+                       T0 + 1_000_000, 0)]
+    apply_batch(records, lambda d: states.setdefault(d, settings.new_state(d)), lambda d: History(), settings)
+    worker = SimpleNamespace(settings=settings, local_devices=lambda: sorted(states), state=states.__getitem__)
+    now = T0 + 1_000_000 + 5_000  # the others silent for ~16 minutes, the noisy one not
+    want = accounting_of(local_devices_view(worker, now))
+    got = local_accounting(worker, now)
+    assert list(got.items()) == list(want.items())
+    assert (got["devices"], got["gaps"], got["duplicates"], got["lost_at_device"], got["invalid"],
+            got["offline"]) == (13, 24, 12, 3, 1, 12)
