@@ -32,6 +32,7 @@ does not undo it (the two agents see readings and statuses in no common order).
 
 from __future__ import annotations
 
+from array import array
 from dataclasses import dataclass, field
 
 from ferry.contract import HealthChange, health_state
@@ -74,13 +75,13 @@ class HealthSettings:
             raise ValueError("health settings: sample counts and reboot_loop_boots must be >= 1")
 
 
-def _median(values: list[int]) -> float:
+def _median(values: array) -> float:
     s = sorted(values)
     h = len(s) // 2
     return s[h] if len(s) & 1 else (s[h - 1] + s[h]) / 2
 
 
-def _push(values: list, value, keep: int) -> None:
+def _push(values: list | array, value, keep: int) -> None:
     values.append(value)
     del values[:-keep]
 
@@ -95,10 +96,12 @@ class DeviceHealth:
     """"lwt" (an offline status) or "silent"."""
     offline_since_ms: int = 0
     """Receive time of the offline status, or of the last message before the silence."""
-    gaps_ms: list[int] = field(default_factory=list)
-    battery: list[int] = field(default_factory=list)
+    # Arrays of integers, not lists: no boxed int per value (the worker keeps every device's health live,
+    # docs/server.md "Memory per device").
+    gaps_ms: array = field(default_factory=lambda: array("q"))
+    battery: array = field(default_factory=lambda: array("q"))
     battery_low: bool = False
-    rssi: list[int] = field(default_factory=list)
+    rssi: array = field(default_factory=lambda: array("q"))
     rssi_poor: bool = False
     max_boot: int = 0
     """Highest boot seen (0: none yet)."""
@@ -347,8 +350,8 @@ class DeviceHealth:
 
     def to_dict(self) -> dict:
         return {"device": self.device, "last_seen_ms": self.last_seen_ms,
-                "offline": [self.offline, self.offline_reason, self.offline_since_ms], "gaps_ms": self.gaps_ms,
-                "battery": [self.battery, self.battery_low], "rssi": [self.rssi, self.rssi_poor],
+                "offline": [self.offline, self.offline_reason, self.offline_since_ms], "gaps_ms": self.gaps_ms.tolist(),
+                "battery": [self.battery.tolist(), self.battery_low], "rssi": [self.rssi.tolist(), self.rssi_poor],
                 "boot": [self.max_boot, self.boot_cause, self.sleeper, self.first_boot], "boots": self.boots,
                 "reboot_loop": self.reboot_loop, "start": [self.start_boot, self.boot_failures, list(self.faults)],
                 "sensors": [self.sensor_boot, self.sensor_errors, list(self.sensors_failing)]}
@@ -357,9 +360,9 @@ class DeviceHealth:
     def from_dict(cls, device: str, data: dict) -> "DeviceHealth":
         h = cls(device, data["last_seen_ms"])
         h.offline, h.offline_reason, h.offline_since_ms = data["offline"]
-        h.gaps_ms = list(data["gaps_ms"])
-        h.battery, h.battery_low = list(data["battery"][0]), data["battery"][1]
-        h.rssi, h.rssi_poor = list(data["rssi"][0]), data["rssi"][1]
+        h.gaps_ms = array("q", data["gaps_ms"])
+        h.battery, h.battery_low = array("q", data["battery"][0]), data["battery"][1]
+        h.rssi, h.rssi_poor = array("q", data["rssi"][0]), data["rssi"][1]
         h.max_boot, h.boot_cause, h.sleeper, h.first_boot = data["boot"]
         h.boots = [list(e) for e in data["boots"]]
         h.reboot_loop = data["reboot_loop"]
