@@ -39,9 +39,14 @@ from faust.transport.consumer import CONSUMER_FETCHING
 class SourceBuffer:
     """Records of the source topics fetched and not yet taken, in fetch order (bounded)."""
 
-    def __init__(self, topics: Iterable[str], batch_size: int) -> None:
+    def __init__(self, topics: Iterable[str], batch_size: int, batch_devices: int | None = None) -> None:
         self.topics = frozenset(topics)
         self.batch_size = batch_size
+        self.batch_devices = batch_devices or batch_size
+        """A batch ends before the record of its (batch_devices + 1)-th device (record key)."""
+        self.full = False
+        """The last batch taken was full: `batch_size` records, or cut at `batch_devices` devices (more
+        records were waiting)."""
         self.maxsize = batch_size
         self._messages: list[Message] = []
         self._batch_ready = asyncio.Event()
@@ -63,16 +68,33 @@ class SourceBuffer:
         await self._room.wait()
 
     async def take(self, within_s: float) -> list[Message]:
-        """Up to `batch_size` records: as soon as that many wait, else what came within `within_s`
-        (possibly none)."""
-        if len(self._messages) < self.batch_size:
+        """Up to `batch_size` records of at most `batch_devices` devices: as soon as that many wait, else
+        what came within `within_s` (possibly none)."""
+        if len(self._messages) < self.batch_size and self._cut() == len(self._messages):
             try:
                 await asyncio.wait_for(self._batch_ready.wait(), within_s)
             except TimeoutError:
                 pass
-        batch, self._messages = self._messages[:self.batch_size], self._messages[self.batch_size:]
+        n = self._cut()
+        self.full = n == self.batch_size or n < len(self._messages)
+        batch, self._messages = self._messages[:n], self._messages[n:]
         self._settle()
         return batch
+
+    def _cut(self) -> int:
+        """How many of the waiting records the next batch takes: at most `batch_size`, ending before the
+        first record of a device beyond `batch_devices`."""
+        limit = min(len(self._messages), self.batch_size)
+        if self.batch_devices >= limit:
+            return limit
+        seen: set = set()
+        for i, message in enumerate(self._messages[:limit]):
+            key = message.key
+            if key not in seen:
+                if len(seen) == self.batch_devices:
+                    return i
+                seen.add(key)
+        return limit
 
     def clear(self) -> None:
         """Drop every record waiting (Faust's flow control calls this when a rebalance begins and when

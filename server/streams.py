@@ -100,7 +100,7 @@ def wire(app: faust.App, config: ServerConfig) -> Streams:
             log.info("ferry worker: no committed offset for %s; reading them from the beginning", rewound)
         worker.recovery_completed()
 
-    buffer = app.source_buffer = SourceBuffer(source.topics, config.batch_size)
+    buffer = app.source_buffer = SourceBuffer(source.topics, config.batch_size, config.batch_devices)
     app.flow_control.manage_queue(buffer)  # cleared with the stream queues, see ferry.server.ingest
 
     async def ingest() -> None:
@@ -112,7 +112,7 @@ def wire(app: faust.App, config: ServerConfig) -> Streams:
             app.consumer.unacked.update(messages)
             # Finish a batch once started, even when the worker is told to stop: its records are
             # acked (and their offsets committed) only once its writes are in Kafka.
-            batch = asyncio.ensure_future(_or_exit(_process_and_ack(app, worker, config, messages)))
+            batch = asyncio.ensure_future(_or_exit(_process_and_ack(app, worker, config, messages, buffer.full)))
             try:
                 await asyncio.shield(batch)
             except asyncio.CancelledError:
@@ -136,10 +136,11 @@ def wire(app: faust.App, config: ServerConfig) -> Streams:
     return Streams(settings, source, outputs, devices, history, alert_log, buffer, ingest, worker)
 
 
-async def _process_and_ack(app: faust.App, worker: WorkerState, config: ServerConfig, messages: list) -> None:
+async def _process_and_ack(app: faust.App, worker: WorkerState, config: ServerConfig, messages: list,
+                           full: bool) -> None:
     """Apply a batch and write its effects (`WorkerState.process`), then ack its records: Faust commits
     only acked offsets."""
-    await worker.process([_record(message, config) for message in messages])
+    await worker.process([_record(message, config) for message in messages], full)
     ack = app.consumer.ack
     for message in messages:
         ack(message)

@@ -265,15 +265,17 @@ class WorkerState:
                 self.live[device] = state
         return state
 
-    async def process(self, records: Iterable[Record]) -> BatchResult:
+    async def process(self, records: Iterable[Record], full: bool | None = None) -> BatchResult:
         """Apply a batch and write its effects; returns once Kafka acknowledged every record written.
+
+        `full`: more records were waiting when the batch was taken (by default: it has `batch_size`).
 
         Raises `LostWrite` if Kafka refused one; then the tables may hold what their changelogs do not.
         """
         started = time.monotonic()
         records = list(records)
         # A full batch means more records were waiting: the worker is behind its topics.
-        self.lagging = len(records) >= self.config.batch_size
+        self.lagging = len(records) >= self.config.batch_size if full is None else full
         async with self.lock:
             # Every record of the batch is applied, even one whose partition was revoked while it
             # waited: the whole batch is acked afterwards, so one left out would be lost.

@@ -152,6 +152,26 @@ def test_the_source_buffer_holds_one_batch_and_is_cleared_by_flow_control(stream
     assert asyncio.run(run()) == [(False, size), (True, size), (True, 0)]
 
 
+def test_a_batch_ends_before_a_device_beyond_batch_devices() -> None:
+    """`batch_devices` bounds the devices a batch touches (so the states it writes at once), in record
+    order, whatever `batch_size` allows; a batch cut so, or of `batch_size`, says more records wait."""
+    from ferry.server.ingest import SourceBuffer
+
+    buffer = SourceBuffer({"t"}, batch_size=8, batch_devices=3)
+    for offset, dev in enumerate("abacbdaef"):
+        buffer.add(ConsumerMessage("t", 0, offset, 1.0, 0, [], dev.encode(), b"{}", None, 6, 2, TP("t", 0)))
+
+    async def run() -> list[tuple[str, bool]]:
+        taken = []
+        for _ in range(3):
+            batch = await buffer.take(0.01)
+            taken.append(("".join(m.key.decode() for m in batch), buffer.full))
+        return taken
+
+    assert asyncio.run(run()) == [("abacb", True), ("dae", True), ("f", False)]
+    assert len(buffer) == 0
+
+
 def test_unsynced_reading_is_windowed_at_the_record_time(streams: Streams) -> None:
     async def run() -> None:
         with fake_producer(streams.worker.app):
