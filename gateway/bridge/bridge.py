@@ -35,13 +35,13 @@ from pathlib import Path
 
 from confluent_kafka import KafkaError, KafkaException
 
-from ferry.contract import Channel, ContractError, KafkaRecord, kafka_record, parse_topic
+from ferry.contract import Channel, ContractError, KafkaRecord, checked_telemetry_ts, kafka_record, parse_topic
 from ferry.gateway.bridge.config import BridgeConfig, Overflow
 from ferry.gateway.bridge.producer import Delivered, KafkaSide
 from ferry.gateway.bridge.rejected import DIRECTORY, RejectedFile, RejectedRecord, RejectReason, rejection
 from ferry.gateway.broker.config import NEVER_EXPIRES, SessionPolicy
 from ferry.gateway.broker.session import Connection, Session
-from ferry.gateway.store.spool import SpoolEntry
+from ferry.gateway.store.spool import NOT_CHECKED, SpoolEntry
 from ferry.gateway.store.spool_queue import SpoolQueue
 from ferry.gateway.mqtt import (
     Connack, Connect, Decoder, Disconnect, Pingreq, Properties, ProtocolError, ProtocolVersion, Puback,
@@ -178,6 +178,7 @@ class Bridge:
         self.spool = spool
         self.broker.attach_spool(CLIENT_ID, spool)
         spool.on_append = self._pump_soon
+        spool.check = _checked_telemetry_ts
         self._pump_scheduled = False
         self._reading = False
         self._spool_inflight = 0
@@ -357,17 +358,15 @@ class Bridge:
 
     def _pump(self) -> None:
         """Take spool entries up to the in-flight window and produce them; start reading the next
-        file in a thread when the spool's backlog is on disk only."""
+        file in a thread when the spool's backlog is on disk only or what is read ahead runs low."""
         self._pump_scheduled = False
         if self._stopping:
             return
         room = self.config.inflight - self._spool_inflight
-        if room <= 0:
-            return
-        entries = self.spool.take(room)
-        for entry in entries:
-            self._start(entry)
-        if len(entries) < room and not self._reading and self.spool.needs_read:
+        if room > 0:
+            for entry in self.spool.take(room):
+                self._start(entry)
+        if not self._reading and self.spool.needs_read:
             self._reading = True
             self._loop.create_task(self._read_ahead())
 
@@ -384,8 +383,10 @@ class Bridge:
     def _start(self, entry: SpoolEntry) -> None:
         self._spool_inflight += 1
         token = next(self._tokens)
+        checked = entry.checked_ts_ms
         try:
-            record = kafka_record(self.naming, entry.topic, entry.payload, entry.received_ms)
+            record = kafka_record(self.naming, entry.topic, entry.payload, entry.received_ms,
+                                  None if checked == NOT_CHECKED else checked)
         except Exception as exc:  # a contract bug: this message must not stop the others
             pending = _Pending(None, entry.seq, entry.topic, entry.payload, entry.received_ms, None)
             self._reject(token, pending, RejectReason.NOT_BUILT, f"{type(exc).__name__}: {exc}")
@@ -460,14 +461,14 @@ class Bridge:
         conn = self._conn
         now = self.server.now()
         acked = False
-        for delivered in batch:
-            pending = self._pending.get(delivered.token)
+        for token, error in batch:
+            pending = self._pending.get(token)
             if pending is None:  # from before a reconnect: that delivery is resent anyway
                 continue
-            if delivered.error is not None:
-                self._failed(delivered.token, pending, delivered.error)
+            if error is not None:
+                self._failed(token, pending, error)
                 continue
-            del self._pending[delivered.token]
+            del self._pending[token]
             self._done_with(pending)
             self.stats.acked += 1
             if pending.record.topic == self.naming.deadletter_topic:
@@ -611,6 +612,16 @@ class Bridge:
     @property
     def kafka_connected(self) -> bool:
         return bool(self.kafka.connected)
+
+
+def _checked_telemetry_ts(topic: str, payload: bytes, received_ms: int) -> int | None:
+    """What the spool keeps of a message it appends: `ferry.contract.checked_telemetry_ts`, and None
+    should that fail (a contract bug: the record is then made in full when produced, and a record
+    that cannot be made goes to the dead-letter file; the device's publish is not disturbed)."""
+    try:
+        return checked_telemetry_ts(topic, payload, received_ms)
+    except Exception:  # a contract bug: see above
+        return None
 
 
 def _is_command(topic: str) -> bool:

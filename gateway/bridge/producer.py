@@ -15,7 +15,7 @@ import logging
 import threading
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from functools import partial
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 
@@ -42,12 +42,9 @@ class ProducerSettingsError(ValueError):
     """librdkafka refused the producer's settings (a bad `bridge.librdkafka` key or value)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Delivered:
-    """Kafka's answer for one record: `error` None means acknowledged by all in-sync replicas."""
-
-    token: int
-    error: KafkaError | None
+Delivered = tuple[int, KafkaError | None]
+"""Kafka's answer for one record, (token, error): `error` None means acknowledged by all in-sync
+replicas. A plain tuple: one is made per record in the poll thread, which holds the GIL meanwhile."""
 
 
 def producer_settings(config: BridgeConfig) -> dict[str, object]:
@@ -106,8 +103,7 @@ class KafkaSide:
         """Hand one record to librdkafka; raises BufferError when its queue is full and
         KafkaException when it refuses the record outright (e.g. too large)."""
         self._producer.produce(record.topic, record.value, record.key, headers=list(record.headers),
-                               timestamp=record.timestamp_ms,
-                               on_delivery=lambda err, _msg, token=token: self._delivered(token, err))
+                               timestamp=record.timestamp_ms, on_delivery=partial(self._delivered, token))
 
     def queued(self) -> int:
         """Records librdkafka holds (not yet acknowledged)."""
@@ -115,8 +111,8 @@ class KafkaSide:
 
     # ------------------------------------------------------------------ poll thread
 
-    def _delivered(self, token: int, error: KafkaError | None) -> None:
-        self._events.append(Delivered(token, error))
+    def _delivered(self, token: int, error: KafkaError | None, _message: object) -> None:
+        self._events.append((token, error))
 
     def _error(self, error: KafkaError) -> None:
         if error.code() == KafkaError._ALL_BROKERS_DOWN:

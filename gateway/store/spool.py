@@ -32,6 +32,7 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 from pathlib import Path
 from zlib import crc32
 
@@ -44,15 +45,23 @@ __all__ = ["SPOOL_DIR", "SpoolEntry", "SpoolFiles", "encode_entry", "open_spool_
 logger = logging.getLogger(__name__)
 
 SPOOL_DIR = "spool"
-ENTRY_TYPE = 1
+ENTRY_TYPE = 2
+"""An entry as written now: its fields, then the topic and the payload."""
+_ENTRY_FIELDS = struct.Struct(">BQQBHq")  # type, sequence, received_ms, qos, topic length, checked_ts_ms
+FIRST_ENTRY_TYPE = 1
+"""An entry as the first spool wrote it (no `checked_ts_ms`): still read, never written."""
+_FIRST_ENTRY_FIELDS = struct.Struct(">BQQBH")  # type, sequence, received_ms, qos, topic length
 _FRAME_HEAD = struct.Struct(">II")  # length (type byte + body), crc32 of type byte + body
-_ENTRY_FIELDS = struct.Struct(">BQQBH")  # type, sequence, received_ms, qos, topic length
+ENTRY_HEADER_BYTES = _FRAME_HEAD.size + _ENTRY_FIELDS.size
+"""What an entry costs on disk beyond its topic and payload."""
 _NAME_DIGITS = 20
+NOT_CHECKED = -1
+"""`SpoolEntry.checked_ts_ms` of an entry with no verdict kept: the bridge checks it when producing."""
 
 
-@dataclass(frozen=True, slots=True)
-class SpoolEntry:
-    """One spooled device message."""
+class SpoolEntry(NamedTuple):
+    """One spooled device message (a named tuple: one is made per message spooled and per message
+    read back, and a frozen dataclass costs four times as much to make)."""
 
     seq: int
     topic: str
@@ -60,32 +69,47 @@ class SpoolEntry:
     qos: int
     received_ms: int
     """Wall-clock milliseconds when the broker received it (the record's `ferry-received-ms`)."""
+    checked_ts_ms: int = NOT_CHECKED
+    """For telemetry the contract accepted when it was spooled, its Kafka record's timestamp (so a
+    backlog drains without each payload decoded and checked again); NOT_CHECKED for anything else."""
 
     @property
     def size(self) -> int:
         """Bytes of its frame on disk (what counts against `bridge.spool_max_bytes`)."""
-        return _FRAME_HEAD.size + _ENTRY_FIELDS.size + len(self.topic.encode()) + len(self.payload)
+        return ENTRY_HEADER_BYTES + len(self.topic.encode()) + len(self.payload)
 
 
 def encode_entry(entry: SpoolEntry) -> bytes:
     topic = entry.topic.encode()
-    body = _ENTRY_FIELDS.pack(ENTRY_TYPE, entry.seq, entry.received_ms, entry.qos, len(topic)) + topic \
-        + entry.payload
+    body = _ENTRY_FIELDS.pack(ENTRY_TYPE, entry.seq, entry.received_ms, entry.qos, len(topic),
+                              entry.checked_ts_ms) + topic + entry.payload
     return _FRAME_HEAD.pack(len(body), crc32(body)) + body
 
 
 def _decode_entry(data: bytes, start: int, end: int) -> SpoolEntry:
     """The entry whose body (after the type byte) is ``data[start:end]``; raises what the reader
     counts as malformed (struct.error, UnicodeDecodeError)."""
-    _, seq, received_ms, qos, topic_length = _ENTRY_FIELDS.unpack_from(data, start - 1)
+    _, seq, received_ms, qos, topic_length, checked_ts_ms = _ENTRY_FIELDS.unpack_from(data, start - 1)
     topic_start = start - 1 + _ENTRY_FIELDS.size
+    payload_start = topic_start + topic_length
+    if payload_start > end:
+        raise struct.error("topic runs past the entry")
+    return SpoolEntry(seq, data[topic_start:payload_start].decode(), data[payload_start:end], qos, received_ms,
+                      checked_ts_ms)
+
+
+def _decode_first_entry(data: bytes, start: int, end: int) -> SpoolEntry:
+    """An entry of the first format (written before `checked_ts_ms`): checked when produced."""
+    _, seq, received_ms, qos, topic_length = _FIRST_ENTRY_FIELDS.unpack_from(data, start - 1)
+    topic_start = start - 1 + _FIRST_ENTRY_FIELDS.size
     payload_start = topic_start + topic_length
     if payload_start > end:
         raise struct.error("topic runs past the entry")
     return SpoolEntry(seq, data[topic_start:payload_start].decode(), data[payload_start:end], qos, received_ms)
 
 
-ENTRY_DECODERS: dict[int, Callable[[bytes, int, int], SpoolEntry]] = {ENTRY_TYPE: _decode_entry}
+ENTRY_DECODERS: dict[int, Callable[[bytes, int, int], SpoolEntry]] = {
+    ENTRY_TYPE: _decode_entry, FIRST_ENTRY_TYPE: _decode_first_entry}
 
 
 def file_path(directory: Path, first_seq: int) -> Path:

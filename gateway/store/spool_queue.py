@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Protocol
 
 from .records import SpoolHead
-from .spool import SpoolEntry, encode_entry, list_files, read_file
+from .spool import ENTRY_HEADER_BYTES, NOT_CHECKED, SpoolEntry, encode_entry, list_files, read_file
 
 __all__ = ["SpoolQueue"]
 
@@ -27,7 +27,11 @@ logger = logging.getLogger(__name__)
 HEAD_RECORD_EVERY = 1024
 """Acknowledged entries after which the head is written to the journal at once (otherwise on the
 next :meth:`SpoolQueue.tick`): a crash re-produces at most about this many, plus a second's worth."""
-ENTRY_OVERHEAD_BYTES = 21 + 48
+READ_AHEAD_LOW_ENTRIES = 4096
+"""While a backlog drains from disk, the next file is read once fewer entries than this are left
+read ahead (a 4 MiB file holds ~17,000 readings of the contract's size): the bridge never waits for
+a file while Kafka could take more. Memory holds at most about one file's entries plus these."""
+ENTRY_OVERHEAD_BYTES = ENTRY_HEADER_BYTES + 48
 """Frame and entry header, plus a share of a batch header: what an entry costs on disk beyond its
 topic and payload (for the byte limit's check before it is written)."""
 
@@ -93,6 +97,9 @@ class SpoolQueue:
         """Entries given up by the `drop_oldest` overflow policy."""
         self.on_append: Callable[[], None] | None = None
         """Called after each append (the bridge wakes up to take it)."""
+        self.check: Callable[[str, bytes, int], int | None] | None = None
+        """Called with each message appended (topic, payload, received ms): the bridge's verdict, kept
+        with the entry (`SpoolEntry.checked_ts_ms`; None: nothing to keep)."""
 
     # ------------------------------------------------------------------ counts
 
@@ -119,7 +126,8 @@ class SpoolQueue:
     def append(self, topic: str, payload: bytes, qos: int, received_ms: int) -> int:
         """Spool one message; returns the journal batch it is durable with (whose commit releases
         the publisher's acknowledgement)."""
-        entry = SpoolEntry(self.tail, topic, payload, qos, received_ms)
+        checked = self.check(topic, payload, received_ms) if self.check is not None else None
+        entry = SpoolEntry(self.tail, topic, payload, qos, received_ms, NOT_CHECKED if checked is None else checked)
         frame = encode_entry(entry)
         batch = self._journal.append_spool(frame, entry.seq)
         self.tail += 1
@@ -192,36 +200,35 @@ class SpoolQueue:
 
     @property
     def needs_read(self) -> bool:
-        """The next entry to hand out is on disk only."""
-        return self._next < self.tail and self._in_memory_peek() is None
+        """The next file should be read from disk: the next entry to hand out is on disk only, or
+        fewer than ``READ_AHEAD_LOW_ENTRIES`` are read ahead and more wait on disk only (read before
+        the bridge runs dry, so that its window stays full while a file is read)."""
+        if self._directory is None or self._read_from() >= self._recent_first:
+            return False
+        ahead = self._read_ahead
+        return not ahead or ahead[-1].seq < self._next or len(ahead) < READ_AHEAD_LOW_ENTRIES
 
-    def _in_memory_peek(self) -> SpoolEntry | None:
-        seq = self._next
-        if seq >= self._recent_first:
-            return self._recent.get(seq)
-        for entry in self._read_ahead:
-            if entry.seq == seq:
-                return entry
-            if entry.seq > seq:
-                break
-        return None
+    def _read_from(self) -> int:
+        """The first entry :meth:`read_ahead` reads: the one after those read ahead already."""
+        ahead = self._read_ahead
+        return ahead[-1].seq + 1 if ahead and ahead[-1].seq >= self._next else self._next
 
     async def read_ahead(self) -> None:
-        """Read the file holding the next entry to hand out (in a thread); its entries from there on
-        are kept for :meth:`take`."""
+        """Read the file holding the next entry not in memory (in a thread); its entries from there
+        on join those read ahead, for :meth:`take`."""
         directory = self._directory
         if directory is None:
             return
-        seq = self._next
+        seq = self._read_from()
         files = await asyncio.to_thread(list_files, directory)
         holding = [(first, path) for first, path in files if first <= seq]
         if not holding:
             return
         first, path = holding[-1]
         entries, _ = await asyncio.to_thread(read_file, path, first, self._salt)
-        if self._next != seq:  # rewound or dropped meanwhile: read again when asked
+        if self._read_from() != seq:  # rewound, taken or dropped meanwhile: read again when asked
             return
-        self._read_ahead = deque(e for e in entries if seq <= e.seq < self._recent_first)
+        self._read_ahead.extend(e for e in entries if seq <= e.seq < self._recent_first)
 
     # ------------------------------------------------------------------ acknowledging
 

@@ -8,6 +8,7 @@ import pytest
 
 from ferry.contract import (
     ALERTS_TOPIC, HEALTH_TOPIC, SERIES_TOPICS, AlertRecord, BridgeNaming, Channel, ContractError, DeviceState,
+    checked_telemetry_ts,
     HealthChange, SeriesPoint, encode_alert, encode_health_change, encode_reading, encode_series_point, kafka_record,
     parse_alert, parse_health_change, parse_reading, parse_series_point, parse_status, parse_topic,
 )
@@ -171,3 +172,51 @@ def test_metric_names_are_checked_every_time_not_only_the_first() -> None:
         with pytest.raises(ContractError, match="m.BAD"):
             parse_reading(good)
     assert parse_reading(good.replace(b',"BAD":2', b"")).metrics == {"temp_c": 1}
+
+
+@pytest.mark.parametrize("payload", [
+    # orjson reads integers past 64 bits as floats, json as integers: the same verdict, the same reason
+    b'{"v":1,"dev":"d","boot":100000000000000000000000000000,"seq":0,"ts":0,"sync":true,"m":{"a":1}}',
+    b'{"v":1,"dev":"d","boot":1,"seq":0,"ts":0,"sync":true,"m":{"a":100000000000000000000000000000}}',
+    b'{"v":1,"dev":"d","boot":1,"seq":0,"ts":-9223372036854775809,"sync":true,"m":{"a":1}}',
+    # orjson refuses what json reads: a lone surrogate, a number past the largest double
+    b'{"v":1,"dev":"\\ud800","boot":1,"seq":0,"ts":0,"sync":true,"m":{"a":1}}',
+    b'{"v":1,"dev":"d","boot":1,"seq":0,"ts":0,"sync":true,"m":{"a":1e999}}',
+    b'{"v":1,"dev":"d","boot":1,"seq":0,"ts":0,"sync":true,"m":{"a":1' + b"0" * 400 + b'}}',
+    b'{"v":1,"dev":"d","boot":1,"seq":0,"ts":0,"sync":true,"m":{"a":NaN}}',
+    b'\xef\xbb\xbf{"v":1,"dev":"d","boot":1,"seq":0,"ts":0,"sync":true,"m":{"a":1}}',
+    b'{"v":1,"dev":"d","boot":1,"seq":0,"ts":0,"sync":true,"m":{"a":1},"dev":"e"}',
+])
+def test_a_reading_gets_pythons_json_verdict_whichever_decoder_reads_it(payload: bytes) -> None:
+    """orjson decodes payloads first (the bridge checks every reading); json defines what is valid."""
+    from ferry.contract import _decoded, _reading_fields
+    try:
+        expected: object = _reading_fields(_decoded(payload))
+    except ContractError as exc:
+        expected = (exc.field, exc.problem)
+    try:
+        got: object = parse_reading(payload)
+    except ContractError as exc:
+        got = (exc.field, exc.problem)
+    else:
+        got = expected if got.key == (expected["dev"], expected["boot"], expected["seq"]) else got
+    assert got == expected
+
+
+@pytest.mark.parametrize(("topic", "payload", "checked"), [
+    ("ferry/s/d1/telemetry", b'{"v":1,"dev":"d1","boot":1,"seq":0,"ts":1732480000123,"sync":true,"m":{"a":1}}',
+     1732480000123),
+    ("ferry/s/d1/telemetry", b'{"v":1,"dev":"d1","boot":1,"seq":0,"ts":5000,"sync":false,"m":{"a":1}}', 99),
+    ("ferry/s/d1/telemetry", b'{"v":1,"dev":"d2","boot":1,"seq":0,"ts":5000,"sync":false,"m":{"a":1}}', None),
+    ("ferry/s/d1/telemetry", b"not json", None),
+    ("ferry/s/d1/status", b"{}", None),
+    ("ferry/s/d1/cmd", b"{}", None),
+    ("elsewhere", b"{}", None),
+])
+def test_the_verdict_kept_with_a_spooled_message_makes_the_same_record(topic: str, payload: bytes,
+                                                                        checked: int | None) -> None:
+    naming = BridgeNaming("gw")
+    assert checked_telemetry_ts(topic, payload, 99) == checked
+    record = kafka_record(naming, topic, payload, 99)
+    if checked is not None:
+        assert kafka_record(naming, topic, payload, 99, checked) == record

@@ -188,7 +188,7 @@ def test_gateway_dependencies_resolve_to_aarch64_wheels(installed: Installed, tm
 
     files = {item["metadata"]["name"]: item["download_info"]["url"].rsplit("/", 1)[1]
              for item in json.loads(report.read_text())["install"]}
-    assert set(files) == {"ferry-iot", "confluent-kafka", "uvloop"}, files
+    assert set(files) == {"ferry-iot", "confluent-kafka", "orjson", "uvloop"}, files
     tag = "cp" + python.replace(".", "")
     for name, filename in files.items():
         assert filename.endswith("-py3-none-any.whl") or (f"-{tag}-" in filename and "aarch64" in filename), \

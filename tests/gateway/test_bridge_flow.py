@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from confluent_kafka import KafkaError
 
-from ferry.contract import kafka_record
+from ferry import contract
+from ferry.contract import BridgeNaming, kafka_record
 from ferry.gateway.bridge import bridge as bridge_module
 from ferry.gateway.bridge.bridge import CLIENT_ID
-from ferry.gateway.bridge.producer import Delivered
 from ferry.gateway.config import parse_config
 from ferry.gateway.main import Gateway, plain_service
 from ferry.gateway.mqtt import Connack, Connect, Decoder, ProtocolVersion, Puback, Publish, encode
@@ -40,7 +40,7 @@ class FakeKafka:
         self.produced.append((token, record))
 
     def deliver(self, index: int, error: KafkaError | None = None) -> None:
-        self.on_delivered([Delivered(self.produced[index][0], error)])
+        self.on_delivered([(self.produced[index][0], error)])
 
     async def stop(self, flush_s: float) -> int:
         return 0
@@ -107,3 +107,55 @@ def test_the_spool_lets_go_of_a_message_only_when_kafka_acknowledged_it(tmp_path
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(bridge_module, "KafkaSide", FakeKafka)
     asyncio.run(scenario(tmp_path))
+
+
+async def checked_once(tmp_path: Path, checks: list[bytes]) -> None:
+    config = parse_config('[bridge]\nkafka = "127.0.0.1:9"\ngateway_id = "gw"\n', allow_anonymous=True)
+    messages = [("ferry/s/dev1/telemetry", READING), ("ferry/s/dev1/telemetry", READING.replace(b'"seq":0', b'"seq":1')),
+                ("ferry/s/dev1/telemetry", READING.replace(b'"dev1"', b'"dev2"')),  # breaks the contract
+                ("ferry/s/dev1/status", b"{}")]
+    produced: list[list[object]] = []
+    for start in range(2):  # the second start reads the spool back from its file
+        gateway = Gateway(config, tmp_path)
+        [(host, port)] = await gateway.start(plain_service(("127.0.0.1", 0), tmp_path))
+        try:
+            kafka: FakeKafka = gateway.bridge.kafka
+            if start == 0:
+                reader, writer = await asyncio.open_connection(host, port)
+                writer.write(encode(Connect("dev1", V311, True, 60), V311))
+                for packet_id, (topic, payload) in enumerate(messages, 1):
+                    writer.write(encode(Publish(topic, payload, 1, packet_id=packet_id), V311))
+                await until(lambda: len(kafka.produced) == len(messages))
+                writer.close()
+            else:
+                await until(lambda: len(kafka.produced) == len(messages))  # nothing was acknowledged
+            produced.append([record for _, record in kafka.produced])
+        finally:
+            await gateway.stop()
+    # Each reading was decoded once, when it reached the spool; only the contract breaker again
+    # when its record was made (for the reason in its header), at each start.
+    assert checks == [READING, messages[1][1], messages[2][1], messages[2][1], messages[2][1]]
+    naming = BridgeNaming("gw")
+    for records in produced:
+        assert [(r.topic, r.value) for r in records] == [
+            ("ferry.telemetry", READING), ("ferry.telemetry", messages[1][1]), ("ferry.deadletter", messages[2][1]),
+            ("ferry.status", b"{}")]
+        for (topic, payload), record in zip(messages, records):
+            received_ms = int(dict(record.headers)["ferry-received-ms"])
+            assert record == kafka_record(naming, topic, payload, received_ms)
+
+
+def test_a_spooled_reading_is_checked_when_it_arrives_not_again_when_it_is_produced(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The contract check's verdict is kept with the spool entry, on disk too: a backlog drains
+    without every payload decoded again (it was a third of the bridge's time in a drain)."""
+    monkeypatch.setattr(bridge_module, "KafkaSide", FakeKafka)
+    checks: list[bytes] = []
+    checked_reading = contract._checked_reading
+
+    def counted(payload: bytes) -> dict:
+        checks.append(payload)
+        return checked_reading(payload)
+
+    monkeypatch.setattr(contract, "_checked_reading", counted)
+    asyncio.run(checked_once(tmp_path, checks))

@@ -202,16 +202,17 @@ def test_a_message_no_record_can_be_made_of_goes_to_the_file(tmp_path: Path,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(bridge_module, "KafkaSide", FakeKafka)
 
-    def broken(naming, mqtt_topic, payload, received_ms):
+    def broken(*args):
         raise RecursionError("maximum recursion depth exceeded")
 
     monkeypatch.setattr(bridge_module, "kafka_record", broken)
+    monkeypatch.setattr(bridge_module, "checked_telemetry_ts", broken)  # when it reaches the spool too
 
     async def main() -> None:
         gateway, port = await started(tmp_path)
         try:
             device = await Device.connect(port)
-            device.publish("ferry/s/dev1/reply", b"[[[[", packet_id=1)
+            device.publish("ferry/s/dev1/telemetry", b"[[[[", packet_id=1)
             assert await device.next_packet() == Puback(1)
             await until(lambda: gateway.bridge.spool_depth() == 0)
             (rejected,) = read_rejected(tmp_path / "rejected")

@@ -5,13 +5,17 @@ committed head passed them, and everything recovered after a crash."""
 from __future__ import annotations
 
 import asyncio
+import struct
 import threading
+import zlib
 from pathlib import Path
 
 import pytest
 
 from ferry.gateway.store import Durability, Journal, recover
-from ferry.gateway.store.spool import SPOOL_DIR, SpoolEntry, encode_entry, list_files, read_file
+from ferry.gateway.store.spool import (
+    ENTRY_DECODERS, FIRST_ENTRY_TYPE, NOT_CHECKED, SPOOL_DIR, SpoolEntry, encode_entry, list_files, read_file,
+)
 from ferry.gateway.store.spool_queue import SpoolQueue
 
 
@@ -78,12 +82,22 @@ def payloads(entries: list[SpoolEntry]) -> list[bytes]:
     return [e.payload for e in entries]
 
 
-def test_entry_frames_round_trip_and_are_checked() -> None:
-    entry = SpoolEntry(2**40, "ferry/s/dév/telemetry", b"\x00\xff" * 10, 1, 1_732_480_000_123)
+@pytest.mark.parametrize("checked_ts_ms", [NOT_CHECKED, 0, 1_732_480_000_000])
+def test_entry_frames_round_trip_and_are_checked(checked_ts_ms: int) -> None:
+    entry = SpoolEntry(2**40, "ferry/s/dév/telemetry", b"\x00\xff" * 10, 1, 1_732_480_000_123, checked_ts_ms)
     frame = encode_entry(entry)
     assert len(frame) == entry.size
-    from ferry.gateway.store.spool import ENTRY_DECODERS
     assert ENTRY_DECODERS[frame[8]](frame, 9, len(frame)) == entry
+
+
+def test_an_entry_of_the_first_format_is_read_without_a_verdict() -> None:
+    """Spool files written before entries kept the contract check's verdict still drain after an
+    upgrade: their entries are checked when produced."""
+    topic = "ferry/s/d/telemetry".encode()
+    body = struct.pack(">BQQBH", FIRST_ENTRY_TYPE, 7, 1_732_480_000_123, 1, len(topic)) + topic + b"payload"
+    frame = struct.pack(">II", len(body), zlib.crc32(body)) + body
+    assert ENTRY_DECODERS[frame[8]](frame, 9, len(frame)) == SpoolEntry(
+        7, "ferry/s/d/telemetry", b"payload", 1, 1_732_480_000_123, NOT_CHECKED)
 
 
 def test_entries_come_back_in_order_from_memory_and_from_disk(tmp_path: Path) -> None:
@@ -204,4 +218,43 @@ def test_rewind_hands_out_what_is_not_acknowledged_again(tmp_path: Path, entries
     store.spool.ack(first[0].seq)
     store.spool.rewind()
     assert [e.seq for e in store.take_all()] == [e.seq for e in first[1:]]
+    store.close()
+
+
+def test_the_next_file_is_read_before_what_was_read_ahead_runs_out(tmp_path: Path) -> None:
+    """A backlog drains without the bridge waiting for a file: while entries read ahead are still
+    there to hand out, the next file is read too (the old spool read only once they ran out, and the
+    bridge's window emptied meanwhile)."""
+    store = Store(tmp_path, recent_max_entries=50)
+    store.append(500)
+    spool = store.spool
+    assert spool.needs_read and not spool.take(10)  # the first entry is on disk only
+    asyncio.run(spool.read_ahead())
+    first_file = spool.take(1)
+    assert [e.seq for e in first_file] == [0]
+    assert spool.needs_read  # entries are still read ahead, and fewer than the low-water mark
+    asyncio.run(spool.read_ahead())
+    taken = first_file + spool.take(1000)
+    files = list_files(tmp_path / SPOOL_DIR)
+    assert taken[-1].seq >= files[1][0]  # one take reached into the second file read back
+    taken += store.take_all()
+    assert [e.seq for e in taken] == list(range(500))
+    store.close()
+
+
+def test_a_read_ahead_overtaken_by_a_rewind_is_dropped(tmp_path: Path) -> None:
+    store = Store(tmp_path, recent_max_entries=50)
+    store.append(300)
+    spool = store.spool
+
+    async def rewind_while_reading() -> None:
+        await spool.read_ahead()
+        spool.take(20)
+        reading = asyncio.ensure_future(spool.read_ahead())  # reads from where the read-ahead ends
+        await asyncio.sleep(0)
+        spool.rewind()  # hands everything out again, from the head: that file's entries are not next
+        await reading
+
+    asyncio.run(rewind_while_reading())
+    assert [e.seq for e in store.take_all()] == list(range(300))
     store.close()
