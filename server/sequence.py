@@ -32,8 +32,10 @@ class SeqTracker:
     """Highest seq accepted, -1 before the first."""
     bits: int = 0
     """Bit i set: seq `high - i` was seen (0 <= i < window)."""
-    old_gaps: list[list[int]] = field(default_factory=list)
-    """Missing seqs below the window, as sorted, disjoint inclusive [first, last] ranges."""
+    old_gaps: list[list[int]] | tuple = ()
+    """Missing seqs below the window, as sorted, disjoint inclusive [first, last] ranges (an empty
+    tuple until the first: a deep-sleep device keeps a tracker per boot of the last hour, most with
+    no gap, and an empty list each was ~60 bytes)."""
     duplicates: int = 0
     """Readings of this boot whose seq had been seen already."""
     last_receive_ms: int = 0
@@ -82,7 +84,9 @@ class SeqTracker:
 
     def _add_old_gap(self, first: int, last: int) -> None:
         # Gaps leave the window in increasing order, so they append (or extend the last range).
-        if self.old_gaps and self.old_gaps[-1][1] + 1 == first:
+        if not self.old_gaps:
+            self.old_gaps = [[first, last]]
+        elif self.old_gaps[-1][1] + 1 == first:
             self.old_gaps[-1][1] = last
         else:
             self.old_gaps.append([first, last])
@@ -138,13 +142,13 @@ class SeqTracker:
 
     def to_dict(self) -> dict:
         """JSON-safe (the bitmap as hex, so no JSON library has to handle huge integers)."""
-        return {"w": self.window, "high": self.high, "bits": format(self.bits, "x"), "old_gaps": self.old_gaps,
+        return {"w": self.window, "high": self.high, "bits": format(self.bits, "x"), "old_gaps": list(self.old_gaps),
                 "dup": self.duplicates, "ms": self.last_receive_ms}
 
     @classmethod
     def from_dict(cls, data: dict, window: int) -> "SeqTracker":
         # "dup" and "ms" came with closing boots: states written before have neither.
-        tracker = cls(data["w"], data["high"], int(data["bits"], 16), [list(r) for r in data["old_gaps"]],
+        tracker = cls(data["w"], data["high"], int(data["bits"], 16), [list(r) for r in data["old_gaps"]] or (),
                       data.get("dup", 0), data.get("ms", 0))
         return tracker if tracker.window == window else _refit(tracker, window)
 
@@ -160,7 +164,7 @@ def _refit(old: SeqTracker, window: int) -> SeqTracker:
     new.bits = (1 << covered) - 1
     for first, last in missing:
         if first < low:
-            new.old_gaps.append([first, min(last, low - 1)])
+            new._add_old_gap(first, min(last, low - 1))
         for s in range(max(first, low), last + 1):
             new.bits &= ~(1 << (old.high - s))
     return new

@@ -100,3 +100,15 @@ def test_closed_boots_keep_their_numbers_as_ranges_and_heal_their_gaps() -> None
     assert (closed.gaps, closed.received, closed.duplicates) == ({}, 19, 8)
     assert ClosedBoots.from_dict(json.loads(json.dumps(closed.to_dict()))) == closed
     assert closed.start_again() == 0 and (closed.numbers, closed.boots) == ([], 6)
+
+
+def test_a_tracker_without_gaps_holds_no_list_of_them() -> None:
+    """An empty tuple until the first gap leaves the window (a deep-sleep device keeps a tracker per
+    boot of the last hour); stored and read back as the empty list it was."""
+    t = SeqTracker(4)
+    for seq in range(10):
+        t.observe(seq)
+    assert t.old_gaps == () and t.to_dict()["old_gaps"] == []
+    assert SeqTracker.from_dict(t.to_dict(), 4).old_gaps == ()
+    t.observe(20)
+    assert t.old_gaps == [[10, 16]] and t.missing == 10
