@@ -237,15 +237,14 @@ class DeviceWindows:
                     done.append(ClosedWindow(self.device, kind.name, metric, start, end,
                                              agg.count, agg.min, agg.max, agg.mean, agg.last))
         self.closed_mark = mark if self.closed_mark is None else max(self.closed_mark, mark)
-        # A pane goes once every window of every kind that holds it has closed: the oldest panes
-        # (whether a pane's windows all closed only grows with its start), removed in place.
+        # A pane goes once every window of every kind that holds it has closed: the oldest panes,
+        # removed in place. A kind's last window holding pane p starts at p - p % step and has closed
+        # when that start + size <= mark, that is when p < (mark - size) // step * step + step.
+        bound = min((mark - kind.size_ms) // kind.step_ms * kind.step_ms + kind.step_ms for kind in kinds)
         for metric in list(panes):
             rows = panes[metric]
             gone = 0
-            while gone < len(rows):
-                p = int(rows[gone])
-                if not all(p - p % kind.step_ms + kind.size_ms <= mark for kind in kinds):
-                    break
+            while gone < len(rows) and rows[gone] < bound:
                 gone += ROW
             if gone == len(rows):
                 del panes[metric]

@@ -42,9 +42,11 @@ class Outputs:
     health: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Write:
-    """A table value to store and send to the table's changelog partition `partition`."""
+    """A table value to store and send to the table's changelog partition `partition` (not frozen: a
+    batch makes one per device, and a frozen dataclass's `__init__` sets each field through
+    `object.__setattr__`)."""
 
     table: Any
     partition: int
@@ -379,12 +381,17 @@ class WorkerState:
         if not writes:
             return
         producer = await self.app.maybe_start_producer()
-        sent = []
+        by_partition: dict[int, list[Write]] = {}
         for write in writes:
-            with in_partition(write.partition):
-                write.table.data[write.key] = write.raw
-            sent.append(await producer.send(write.table.changelog_topic.get_topic_name(), write.key.encode(),
-                                            write.raw, write.partition, None, None))
+            by_partition.setdefault(write.partition, []).append(write)
+        for partition, stored in by_partition.items():  # one store context per partition, not per write
+            with in_partition(partition):
+                for write in stored:
+                    write.table.data[write.key] = write.raw
+        topics = {id(table): table.changelog_topic.get_topic_name() for table in (self.devices, self.history,
+                                                                                   self.alert_log)}
+        sent = [await producer.send(topics[id(write.table)], write.key.encode(), write.raw, write.partition, None, None)
+                for write in writes]
         await self._acknowledged(sent)
         newest: dict[tuple[int, Any], tuple[Any, int]] = {}
         for write, future in zip(writes, sent):
