@@ -51,6 +51,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from ferry.server.alerts import Alert
+from ferry.server.doubles import pack, unpack
 
 _MAD_TO_SIGMA = 1.4826
 """MAD x this estimates the standard deviation of normal noise."""
@@ -161,15 +162,15 @@ class _Metric:
         devs = sorted([v - med if v > med else med - v for v in o])
         return med, max((sum(d * d for d in devs) / n) ** 0.5, min_scale)
 
-    def to_dict(self) -> dict:
-        return {"w": self.window.tolist(), "last": self.last, "run": [self.run, self.run_ms, self.run_learned],
+    def to_dict(self, packed: bool = False) -> dict:
+        return {"w": pack(self.window) if packed else self.window.tolist(), "last": self.last, "run": [self.run, self.run_ms, self.run_learned],
                 "ep": None if self.episode is None else [self.episode, self.calm, self.length]}
 
     @classmethod
     def from_dict(cls, data: dict, size: int) -> "_Metric":
         m = cls()
-        w = data["w"][-size:]
-        m.window.extend(w)
+        w = unpack(data["w"])[-size:]
+        m.window = w
         m.ordered = array("d", sorted(w))
         m.eq = sum(1 for a, b in zip(w, w[1:]) if a == b)
         m.last = data["last"]
@@ -301,9 +302,10 @@ class DeviceDetectors:
             m.episode = None
         return None
 
-    def to_dict(self) -> dict:
+    def to_dict(self, packed: bool = False) -> dict:
+        """The baselines as lists of numbers, or as bytes when `packed` (`ferry.server.doubles`)."""
         return {"device": self.device, "last_ms": self.last_ms, "interval_ms": self.interval_ms,
-                "metrics": {name: m.to_dict() for name, m in self.metrics.items()}}
+                "metrics": {name: m.to_dict(packed) for name, m in self.metrics.items()}}
 
     @classmethod
     def from_dict(cls, device: str, data: dict, settings: AnomalySettings) -> "DeviceDetectors":

@@ -55,9 +55,11 @@ class DeviceState:
     def remember(self, alerts: list[Alert]) -> None:
         self.alerts_raised += len(alerts)
 
-    def to_dict(self) -> dict:
+    def to_dict(self, packed: bool = False) -> dict:
+        """JSON-safe; with `packed`, the panes and baselines as bytes (`ferry.server.doubles`), as
+        `encode_state` stores them."""
         return {"device": self.device, "account": self.account.to_dict(), "status": self.status.to_dict(),
-                "windows": self.windows.to_dict(), "detectors": self.detectors.to_dict(),
+                "windows": self.windows.to_dict(packed), "detectors": self.detectors.to_dict(packed),
                 "health": self.health.to_dict(), "alerts_raised": self.alerts_raised,
                 "offsets": {channel: list(at) for channel, at in self.offsets.items()}}
 
@@ -94,7 +96,7 @@ def encode_state(state: DeviceState) -> bytes:
     size (~2.4 KB at 2 metrics). A state is written for every device a batch touches, which at
     10,000 devices is one per reading (docs/server.md, "Throughput"). Values stored as JSON before
     read back as they were (`decode_value`)."""
-    return MARSHALLED + marshal.dumps(state.to_dict(), MARSHAL_VERSION)
+    return MARSHALLED + marshal.dumps(state.to_dict(packed=True), MARSHAL_VERSION)
 
 
 def encode_value(value: dict | list, compress: bool = False) -> bytes:

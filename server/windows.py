@@ -23,6 +23,7 @@ from array import array
 from dataclasses import dataclass, field
 
 from ferry.contract import MAX_METRICS, SeriesPoint
+from ferry.server.doubles import pack, unpack
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,10 +271,12 @@ class DeviceWindows:
     def metrics(self) -> list[str]:
         return sorted(self.panes)
 
-    def to_dict(self) -> dict:
-        """`rows`: per metric, its panes as one flat list (`ROW` numbers a pane, oldest first)."""
+    def to_dict(self, packed: bool = False) -> dict:
+        """`rows`: per metric, its panes as one flat list (`ROW` numbers a pane, oldest first); as bytes
+        when `packed` (`ferry.server.doubles`: how a marshalled state stores them)."""
         return {"device": self.device, "max_event_ms": self.max_event_ms, "late": self.late,
-                "rows": {m: rows.tolist() for m, rows in self.panes.items()}, "closed_mark": self.closed_mark}
+                "rows": {m: pack(rows) if packed else rows.tolist() for m, rows in self.panes.items()},
+                "closed_mark": self.closed_mark}
 
     @classmethod
     def from_dict(cls, data: dict) -> "DeviceWindows":
@@ -281,7 +284,7 @@ class DeviceWindows:
         the open windows per kind."""
         if "rows" in data:
             return cls(data["device"], data["max_event_ms"], data["late"],
-                       {m: array("d", rows) for m, rows in data["rows"].items()}, data["closed_mark"])
+                       {m: unpack(rows) for m, rows in data["rows"].items()}, data["closed_mark"])
         if "panes" not in data:
             return cls._from_open_windows(data)
         return cls(data["device"], data["max_event_ms"], data["late"], _as_rows(data["panes"]), data["closed_mark"])
