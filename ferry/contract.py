@@ -188,21 +188,41 @@ def _decoded(payload: bytes) -> object:
         raise ContractError("payload", f"not UTF-8 JSON: {exc}") from None
 
 
+_DEVICE_IDS_SEEN: set[str] = set()
+"""Device ids of readings that passed every check (up to `_DEVICE_IDS_MAX`): their next readings take
+the short way through `_reading_fields`."""
+_DEVICE_IDS_MAX = 16_384
+
+
 def _reading_fields(obj: object) -> dict:
     if type(obj) is not dict:
         raise ContractError("payload", "not a JSON object")
+    # The common case in one expression (about half the cost of the checks one by one, below,
+    # which also name the first bad field).
+    get = obj.get
+    boot, seq, ts, battery, rssi = get("boot"), get("seq"), get("ts"), get("bat"), get("rssi")
+    if (get("v") == CONTRACT_VERSION and type(get("v")) is int and type(get("sync")) is bool
+            and type(get("dev")) is str and get("dev") in _DEVICE_IDS_SEEN
+            and type(boot) is int and 1 <= boot <= MAX_U32 and type(seq) is int and 0 <= seq <= MAX_U32
+            and type(ts) is int and 0 <= ts <= 2**53
+            and (battery is None or type(battery) is int and 0 <= battery <= 65535)
+            and (rssi is None or type(rssi) is int and -200 <= rssi <= 0)):
+        _metrics(obj)
+        return obj
     version = _int_field(obj, "v", 1, MAX_U32)
     if version != CONTRACT_VERSION:
         raise ContractError("v", f"unsupported contract version {version}")
     if type(obj.get("sync")) is not bool:
         raise ContractError("sync", "missing or not true/false")
-    check_id("dev", obj.get("dev"))
+    device = check_id("dev", obj.get("dev"))
     _int_field(obj, "boot", 1, MAX_U32)
     _int_field(obj, "seq", 0, MAX_U32)
     _int_field(obj, "ts", 0, 2**53)
     _metrics(obj)
     _int_field(obj, "bat", 0, 65535, optional=True)
     _int_field(obj, "rssi", -200, 0, optional=True)
+    if len(_DEVICE_IDS_SEEN) < _DEVICE_IDS_MAX:
+        _DEVICE_IDS_SEEN.add(device)
     return obj
 
 

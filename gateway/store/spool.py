@@ -28,7 +28,6 @@ from __future__ import annotations
 import logging
 import os
 import struct
-import threading
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -163,13 +162,13 @@ class SpoolFiles:
         self._current_size = 0
         self._batch_sequence = 0
         self._dirty = False
-        self._lock = threading.Lock()  # guards bytes_on_disk, read on the event loop
         self._bytes_on_disk = sum(p.stat().st_size for _, p in files)
+        """Changed by the writer thread only; read on the event loop (once per message spooled, by
+        the byte limit's check) without a lock: reading an int attribute is atomic."""
 
     @property
     def bytes_on_disk(self) -> int:
-        with self._lock:
-            return self._bytes_on_disk
+        return self._bytes_on_disk
 
     def write(self, first_seq: int, frames: bytes) -> int:
         """Append one batch of entry frames whose first entry is ``first_seq``; the bytes written.
@@ -182,8 +181,7 @@ class SpoolFiles:
         write_all(self._fd, data)
         self._current_size += len(data)
         self._dirty = True
-        with self._lock:
-            self._bytes_on_disk += written + len(data)
+        self._bytes_on_disk += written + len(data)
         return written + len(data)
 
     def _new_file(self, first_seq: int) -> int:
@@ -222,8 +220,7 @@ class SpoolFiles:
             size = path.stat().st_size
             path.unlink()
             removed += 1
-            with self._lock:
-                self._bytes_on_disk -= size
+            self._bytes_on_disk -= size
         if removed and self._fsync:
             fsync_dir(self.directory)
 

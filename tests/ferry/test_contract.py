@@ -220,3 +220,36 @@ def test_the_verdict_kept_with_a_spooled_message_makes_the_same_record(topic: st
     record = kafka_record(naming, topic, payload, 99)
     if checked is not None:
         assert kafka_record(naming, topic, payload, 99, checked) == record
+
+
+def test_the_short_way_through_the_checks_agrees_with_the_long_one() -> None:
+    """A device seen before takes one combined check; 3,000 random mutations of a reading (wrong
+    types, values at and past each bound, missing and null fields) get the same verdict and the same
+    reason either way."""
+    import random
+
+    from ferry import contract
+    rng = random.Random(11)
+    values = [None, True, False, 0, 1, -1, 2, 65535, 65536, -200, -201, 2**32 - 1, 2**32, 2**53, 2**53 + 1,
+              1.0, 0.5, "1", "d1", [], {}, {"a": 1}, {"a": True}, {"A": 1}, {}]
+    base = {"v": 1, "dev": "d1", "boot": 1, "seq": 0, "ts": 5, "sync": True, "m": {"a": 1.5}, "bat": 3700,
+            "rssi": -60}
+
+    def verdict(obj: dict, seen: set[str]) -> object:
+        saved = contract._DEVICE_IDS_SEEN
+        contract._DEVICE_IDS_SEEN = seen
+        try:
+            return contract._reading_fields(dict(obj))
+        except ContractError as exc:
+            return (exc.field, exc.problem)
+        finally:
+            contract._DEVICE_IDS_SEEN = saved
+
+    for _ in range(3000):
+        obj = dict(base)
+        for name in rng.sample(sorted(base), rng.randint(1, 3)):
+            if rng.random() < 0.15:
+                del obj[name]
+            else:
+                obj[name] = rng.choice(values)
+        assert verdict(obj, {"d1"}) == verdict(obj, set()), obj
