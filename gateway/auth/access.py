@@ -18,6 +18,8 @@ from ferry.gateway.mqtt import ReasonCode
 log = logging.getLogger(__name__)
 
 DENIAL_LOG_INTERVAL_S = 10.0
+PUBLISH_ANSWERS_MAX = 65_536
+"""Publish decisions remembered (identity, client id, topic); all forgotten when full."""
 
 
 class AccessControl:
@@ -31,6 +33,7 @@ class AccessControl:
         """"connect", "publish", "subscribe" → denials since start."""
         self._unlogged = 0
         self._logged_at = float("-inf")
+        self._may_publish: dict[tuple[Identity, str, str], bool] = {}
 
     def identity_of(self, owner: str | None) -> Identity:
         """The identity a session's owner ("" anonymous, None not known) has under the current
@@ -56,7 +59,15 @@ class AccessControl:
         return reason
 
     def may_publish(self, identity: Identity, client_id: str, topic: str) -> bool:
-        return self.acl.allows(identity, client_id, Action.PUBLISH, topic)
+        """The ACL's answer, remembered: a device publishes on the same few topics all its life, and
+        the rules do not change while the gateway runs (SIGHUP rereads passwords, not the ACL)."""
+        key = (identity, client_id, topic)
+        allowed = self._may_publish.get(key)
+        if allowed is None:
+            if len(self._may_publish) >= PUBLISH_ANSWERS_MAX:
+                self._may_publish.clear()
+            allowed = self._may_publish[key] = self.acl.allows(identity, client_id, Action.PUBLISH, topic)
+        return allowed
 
     def subscription(self, identity: Identity, client_id: str, topic_filter: str) -> Grant:
         return self.acl.subscription(identity, client_id, topic_filter)

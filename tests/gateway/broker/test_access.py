@@ -128,3 +128,28 @@ def internal_client(h: Harness, client_id: str) -> Client:
     client.send(Connect(client_id, V5, True, 60))
     h.commit()
     return client
+
+
+def test_publish_answers_are_the_acls_remembered_per_identity_client_and_topic(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from ferry.gateway.auth import access as access_module
+    monkeypatch.setattr(access_module, "PUBLISH_ANSWERS_MAX", 4)
+    control = access((AclRule(Access.DENY, Action.PUBLISH, "ferry/+/+/cmd"),))
+    asked: list[tuple[object, ...]] = []
+    acl = control.acl
+    allows = acl.allows
+
+    class Counted:
+        def allows(self, *args):
+            asked.append(args)
+            return acl.allows(*args)
+
+    control.acl = Counted()
+    cases = [(DEV1, "dev-1", "ferry/s/dev-1/telemetry"), (DEV1, "dev-1", "ferry/s/dev-1/cmd"),
+             (OPS, "ops", "ferry/s/dev-1/cmd"), (ROOT, "root", "ferry/s/dev-1/telemetry")]
+    expected = [allows(*case[:2], Action.PUBLISH, case[2]) for case in cases]
+    for _ in range(3):
+        assert [control.may_publish(*case) for case in cases] == expected
+    assert len(asked) == 4  # once each, then remembered
+    control.may_publish(DEV1, "dev-1", "ferry/s/dev-1/reply")  # a fifth: the memory is full, starts again
+    assert control.may_publish(*cases[0]) == expected[0] and len(asked) == 6
