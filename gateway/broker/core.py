@@ -29,7 +29,7 @@ from ferry.gateway.broker.subscribe import SubscribeHandling
 from ferry.gateway.broker.stats import BrokerStats, DropReason
 from ferry.gateway.mqtt import (
     Connack, Connect, Disconnect, Pingreq, ProtocolError, ProtocolVersion, Puback, Pubcomp, Publish,
-    Pubrec, Pubrel, ReasonCode, Subscribe, Unsubscribe, encode,
+    Pubrec, Pubrel, ReasonCode, Subscribe, Unsubscribe, encode, encode_publish_ack,
 )
 from ferry.gateway.mqtt.reason_codes import CONNACK_CODES
 from ferry.gateway.store import records as rec
@@ -386,8 +386,8 @@ class Broker(ConnectHandling, SubscribeHandling):
             session.incoming_qos2.add(packet.packet_id)
             if session.persistent:
                 self._record(rec.IncomingQos2(session.client_id, packet.packet_id))
-        ack = Puback(packet.packet_id, reason) if qos == 1 else Pubrec(packet.packet_id, reason)
-        self._send(conn, encode(ack, conn.protocol_version), self._wait_batch(before), is_ack=qos == 1)
+        self._send(conn, encode_publish_ack(qos, packet.packet_id, reason, conn.protocol_version),
+                   self._wait_batch(before), is_ack=qos == 1)
 
     def _may_publish(self, conn: Connection, session: Session, topic: str, now: float) -> bool:
         access = self.access

@@ -6,7 +6,7 @@ broker core and the network adapter drive it.
 """
 
 from .decoder import Decoder
-from .encoder import encode, encode_properties, encode_publish, encode_topic
+from .encoder import encode, encode_properties, encode_publish, encode_publish_ack, encode_topic
 from .errors import ProtocolError
 from .packets import (
     EMPTY_PROPERTIES,
@@ -64,6 +64,7 @@ __all__ = [
     "Will",
     "decode_properties_bytes",
     "encode",
+    "encode_publish_ack",
     "encode_properties",
     "encode_publish",
     "encode_topic",

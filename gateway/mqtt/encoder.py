@@ -339,6 +339,17 @@ _ENCODERS: dict[type, Callable[..., bytes]] = {
 }
 
 
+_SUCCESS_ACK_HEADS = {1: bytes((0x40, 2)), 2: bytes((0x50, 2))}
+
+
+def encode_publish_ack(qos: int, packet_id: int, reason: ReasonCode, version: ProtocolVersion) -> bytes:
+    """The PUBACK (QoS 1) or PUBREC (QoS 2) answering a PUBLISH, as `encode` makes it; the common
+    success without a packet object (the broker answers every QoS 1/2 publish)."""
+    if reason == ReasonCode.SUCCESS:
+        return _SUCCESS_ACK_HEADS[qos] + _check_packet_id(packet_id)
+    return encode(Puback(packet_id, reason) if qos == 1 else Pubrec(packet_id, reason), version)
+
+
 def encode(packet: Packet, version: ProtocolVersion) -> bytes:
     """The wire bytes of ``packet`` for a connection speaking ``version``."""
     encoder = _ENCODERS.get(type(packet))

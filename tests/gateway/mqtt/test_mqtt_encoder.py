@@ -242,3 +242,16 @@ def test_decode_properties_bytes_inverts_encode_properties() -> None:
         decode_properties_bytes(encode_properties(props) + b"\x00")
     with pytest.raises(ProtocolError):
         decode_properties_bytes(encode_properties(Properties(topic_alias_maximum=1)))
+
+
+@pytest.mark.parametrize("version", [ProtocolVersion.V311, ProtocolVersion.V5])
+@pytest.mark.parametrize("reason", [ReasonCode.SUCCESS, ReasonCode.NO_MATCHING_SUBSCRIBERS, ReasonCode.QUOTA_EXCEEDED,
+                                    ReasonCode.NOT_AUTHORIZED])
+@pytest.mark.parametrize("packet_id", [1, 0x1234, 0xFFFF])
+def test_the_publish_ack_shortcut_encodes_what_encode_does(version: ProtocolVersion, reason: ReasonCode,
+                                                           packet_id: int) -> None:
+    from ferry.gateway.mqtt import Pubrec, encode_publish_ack
+    assert encode_publish_ack(1, packet_id, reason, version) == encode(Puback(packet_id, reason), version)
+    assert encode_publish_ack(2, packet_id, reason, version) == encode(Pubrec(packet_id, reason), version)
+    with pytest.raises(ValueError):
+        encode_publish_ack(1, 0, reason, version)
