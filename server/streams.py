@@ -67,9 +67,9 @@ def wire(app: faust.App, config: ServerConfig) -> Streams:
     # sent by `WorkerState` straight to the producer; no Faust model, so no `__faust` metadata on the wire.
     outputs = Outputs(series={"1m": config.series_topic, "5m": config.series_5m_topic},
                       alerts=config.alerts_topic, health=config.health_topic)
-    # Values are compact JSON bytes (`ferry.server.state.encode_value`): the store holds the
-    # bytes, 3-4x smaller than the dicts Faust's json serializer would keep; the history table's are
-    # zlib-compressed besides (its closed windows compress ~9x).
+    # Values are bytes: device states marshalled (`ferry.server.state.encode_state`), histories and
+    # alert logs compact JSON (`encode_value`; histories zlib-compressed, ~9x): the store holds the
+    # bytes, 3-4x smaller than the dicts Faust's json serializer would keep.
     table_args = {"key_type": str, "value_type": bytes, "partitions": config.partitions}
     devices = app.Table("devices", default=None, help="everything known about each device (server.state)",
                         **table_args)
