@@ -228,9 +228,14 @@ class DeviceWindows:
         if mark is None or (self.next_end_ms is not None and mark < self.next_end_ms):
             return done
         panes = self.panes
-        for kind, start in self._windows(kinds):
+        next_end = None
+        for kind, start in self._windows(kinds):  # oldest end first
             end = start + kind.size_ms
             if end > mark:
+                # Still open, and it holds a pane that stays (a pane goes only once every window
+                # holding it closed): the first such end is the next one, as a scan after would find.
+                if next_end is None:
+                    next_end = end
                 continue
             for metric, rows in panes.items():
                 agg = _combine_rows(rows, start, end)
@@ -251,8 +256,7 @@ class DeviceWindows:
                 del panes[metric]
             elif gone:
                 del rows[:gone]
-        windows = self._windows(kinds)
-        self.next_end_ms = windows[0][1] + windows[0][0].size_ms if windows else None
+        self.next_end_ms = next_end
         done.sort(key=lambda w: (w.start_ms, w.kind, w.metric))
         return done
 
