@@ -22,11 +22,12 @@ from typing import Protocol
 from ferry.bench.bridge_model import ForwarderStatus, LoadProgress, LoadResult, LoadSpec, read_json, write_json_atomic
 from ferry.bench.loadgen import proc_rss_kb
 from ferry.bench.targets import HOST, MosquittoTarget, mosquitto_version
+from ferry.gateway.bridge.config import BridgeConfig
 from ferry.gateway.process import GatewayProcess, accepts_connections
 from ferry.process import ManagedProcess, ProcessFailed, free_port, wait_until
 
 _PROJECT_ROOT = Path(__file__).resolve().parent.parent
-INFLIGHT = 1000
+INFLIGHT = BridgeConfig().inflight
 """Records handed to the Kafka producer and not yet acknowledged: Ferry's `bridge.inflight`
 default, and Mosquitto's `max_inflight_messages` towards the forwarder (its default is 20)."""
 START_TIMEOUT_S = 30.0

@@ -54,7 +54,7 @@ class BridgeConfig:
     overflow: Overflow = Overflow.REFUSE_NEW
     """When the spool is full: `refuse_new` device publishes (not acknowledged: devices keep their
     readings) or `drop_oldest` spooled messages to make room (counted, logged per file dropped)."""
-    inflight: int = 1000
+    inflight: int = 5000
     """Messages handed to the Kafka producer and not yet acknowledged by Kafka (1..65535)."""
     qos0_max_pending: int = 10_000
     """QoS 0 messages held for Kafka at a time (in librdkafka's queue or waiting for room in it).

@@ -22,7 +22,7 @@ def test_defaults_follow_the_contract_and_the_host_name() -> None:
     bridge = parse_config('[bridge]\nkafka = "127.0.0.1:9092"\n').bridge
     assert bridge.enabled
     assert bridge.naming() == BridgeNaming(socket.gethostname())
-    assert (bridge.spool_max_messages, bridge.spool_max_bytes, bridge.inflight) == (10_000_000, 2 << 30, 1000)
+    assert (bridge.spool_max_messages, bridge.spool_max_bytes, bridge.inflight) == (10_000_000, 2 << 30, 5000)
     assert (bridge.qos0_max_pending, bridge.qos0_max_pending_bytes) == (10_000, 16 << 20)
     assert (bridge.rejected_after_attempts, bridge.rejected_max_file_bytes, bridge.rejected_max_files) == (
         10, 16 << 20, 8)
