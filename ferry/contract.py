@@ -195,6 +195,8 @@ _DEVICE_IDS_MAX = 16_384
 
 
 def _reading_fields(obj: object) -> dict:
+    """`obj` (a decoded payload) if it is a reading the contract accepts; else ContractError naming
+    the first bad field."""
     if type(obj) is not dict:
         raise ContractError("payload", "not a JSON object")
     # The common case in one expression (about half the cost of the checks one by one, below,
