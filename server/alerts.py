@@ -11,7 +11,7 @@ from __future__ import annotations
 import bisect
 from dataclasses import dataclass, field
 
-from ferry.contract import AlertRecord
+from ferry.worker_records import AlertRecord
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,7 +35,7 @@ from __future__ import annotations
 from array import array
 from dataclasses import dataclass, field
 
-from ferry.contract import HealthChange, health_state
+from ferry.worker_records import HealthChange, health_state
 from ferry.server.alerts import Alert
 
 DEEP_SLEEP = "deepsleep"

@@ -12,8 +12,9 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from ferry.contract import ContractError, HealthChange, parse_reading, parse_status
+from ferry.contract import ContractError, parse_reading, parse_status
 from ferry.contract import DeviceState as ReportedState
+from ferry.worker_records import HealthChange
 from ferry.server.alerts import Alert, AlertLog
 from ferry.server.anomaly import AnomalySettings
 from ferry.server.config import ServerConfig

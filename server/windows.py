@@ -22,7 +22,8 @@ import math
 from array import array
 from dataclasses import dataclass, field
 
-from ferry.contract import MAX_METRICS, SeriesPoint
+from ferry.contract import MAX_METRICS
+from ferry.worker_records import SeriesPoint
 from ferry.server.doubles import pack, unpack
 
 

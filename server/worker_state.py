@@ -20,7 +20,7 @@ import faust
 from aiokafka.partitioner import murmur2
 from faust import streams as faust_streams
 
-from ferry.contract import encode_alert, encode_health_change, encode_series_point
+from ferry.worker_records import encode_alert, encode_health_change, encode_series_point
 from ferry.server.alerts import Alert, AlertLog
 from ferry.server.alerts import order as alert_order
 from ferry.server.config import ServerConfig

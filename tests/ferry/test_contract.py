@@ -7,10 +7,12 @@ import dataclasses
 import pytest
 
 from ferry.contract import (
-    ALERTS_TOPIC, HEALTH_TOPIC, SERIES_TOPICS, AlertRecord, BridgeNaming, Channel, ContractError, DeviceState,
-    checked_telemetry_ts,
-    HealthChange, SeriesPoint, encode_alert, encode_health_change, encode_reading, encode_series_point, kafka_record,
-    parse_alert, parse_health_change, parse_reading, parse_series_point, parse_status, parse_topic,
+    BridgeNaming, Channel, ContractError, DeviceState, checked_telemetry_ts, encode_reading, kafka_record,
+    parse_reading, parse_status, parse_topic,
+)
+from ferry.worker_records import (
+    ALERTS_TOPIC, HEALTH_TOPIC, SERIES_TOPICS, AlertRecord, HealthChange, SeriesPoint, encode_alert,
+    encode_health_change, encode_series_point, parse_alert, parse_health_change, parse_series_point,
 )
 from tests.vectors import load as load_vectors
 
@@ -189,9 +191,9 @@ def test_metric_names_are_checked_every_time_not_only_the_first() -> None:
 ])
 def test_a_reading_gets_pythons_json_verdict_whichever_decoder_reads_it(payload: bytes) -> None:
     """orjson decodes payloads first (the bridge checks every reading); json defines what is valid."""
-    from ferry.contract import _decoded, _reading_fields
+    from ferry.contract import _reading_fields, decoded
     try:
-        expected: object = _reading_fields(_decoded(payload))
+        expected: object = _reading_fields(decoded(payload))
     except ContractError as exc:
         expected = (exc.field, exc.problem)
     try:

@@ -13,7 +13,7 @@ import pytest
 from faust.transport.consumer import ConsumerMessage
 from faust.types import TP
 
-from ferry.contract import parse_alert, parse_health_change, parse_series_point
+from ferry.worker_records import parse_alert, parse_health_change, parse_series_point
 from ferry.server.app import create_app
 from ferry.server.config import ServerConfig
 from ferry.server.logic import STATUS, TELEMETRY, Record

@@ -51,7 +51,7 @@ def test_defaults_are_the_documented_ones() -> None:
         ("ferry.telemetry", "ferry.status", "ferry.series.1m")
     assert (config.tumbling_s, config.hopping_size_s, config.hopping_step_s) == (60, 300, 60)
     # The output topics are the contract's (docs/contract.md).
-    from ferry.contract import ALERTS_TOPIC, HEALTH_TOPIC, SERIES_TOPICS
+    from ferry.worker_records import ALERTS_TOPIC, HEALTH_TOPIC, SERIES_TOPICS
 
     assert (config.series_topic, config.series_5m_topic, config.alerts_topic, config.health_topic) == \
         (SERIES_TOPICS["1m"], SERIES_TOPICS["5m"], ALERTS_TOPIC, HEALTH_TOPIC)

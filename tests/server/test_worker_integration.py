@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Consumer
 
-from ferry.contract import SeriesPoint, parse_series_point
+from ferry.worker_records import SeriesPoint, parse_series_point
 
 from tests.server.helpers import T0, reading, status
 from tests.server.worker_support import (
