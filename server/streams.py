@@ -35,7 +35,8 @@ from ferry.server.ingest import SourceBuffer, current
 from ferry.server.logic import STATUS, TELEMETRY, Record, Settings, device_key
 from ferry.server.views import register_views
 from ferry.server.web import register_dashboard
-from ferry.server.worker_state import LostWrite, Outputs, WorkerState
+from ferry.server.kafka_batches import LostWrite
+from ferry.server.worker_state import Outputs, WorkerState
 
 log = logging.getLogger(__name__)
 EXIT_LOST_WRITE = 1

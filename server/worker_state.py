@@ -11,7 +11,7 @@ import ctypes
 import ctypes.util
 import time
 import weakref
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +19,7 @@ from typing import Any
 import faust
 from aiokafka.partitioner import murmur2
 from faust import streams as faust_streams
+from faust.types import TP
 
 from ferry.worker_records import encode_alert, encode_health_change, encode_series_point
 from ferry.server.alerts import Alert, AlertLog
@@ -26,6 +27,7 @@ from ferry.server.alerts import order as alert_order
 from ferry.server.config import ServerConfig
 from ferry.server.liveness import StallWatch
 from ferry.server.logic import STATUS, BatchResult, Record, Settings, apply_batch, check_health
+from ferry.server.kafka_batches import send_acknowledged
 from ferry.server.latency import LatencyHistogram
 from ferry.server.state import DeviceState, decode_value, encode_state, encode_value
 from ferry.server.windows import History
@@ -108,14 +110,6 @@ def in_partition(partition: int) -> Iterator[None]:
 def alert_log_key(partition: int) -> str:
     """The `alert_log` table's key for a source partition's log (written to that changelog partition)."""
     return f"partition-{partition}"
-
-
-class LostWrite(Exception):
-    """Kafka did not acknowledge a record the worker wrote: the batch (or health check) is not done.
-
-    Its records must not be acked then (Faust would commit their offsets), so `ferry.server.streams`
-    ends the process instead, and the batch is processed again by whichever worker takes the partition.
-    """
 
 
 class WorkerState:
@@ -347,23 +341,16 @@ class WorkerState:
         return len(result.alerts)
 
     async def _publish(self, result: BatchResult) -> None:
-        """Send the closed windows, the alerts and the health changes, and wait until Kafka has them all.
-
-        Straight to the producer (keyed by the device id, partitioned by its murmur2 like every
-        record of the contract): a batch publishes about one record for every two readings it
-        applies (2 metrics x 2 kinds a minute at 10 s), and `Topic.send`'s own bookkeeping per
-        record (a `FutureMessage`, sensors, a callback) cost 4x the producer's send.
-        """
+        """Send the closed windows, the alerts and the health changes, and wait until Kafka has them all
+        (keyed by the device id, partitioned by its murmur2 like every record of the contract)."""
         out = self.outputs
-        producer = await self.app.maybe_start_producer()
-        sent = [await producer.send(out.series[w.kind], w.device.encode(), encode_series_point(w.to_record()),
-                                    None, None, None)
-                for w in result.publish]
-        sent += [await producer.send(out.alerts, a.device.encode(), encode_alert(a.to_record()), None, None, None)
-                 for a in result.alerts]
-        sent += [await producer.send(out.health, h.device.encode(), encode_health_change(h), None, None, None)
-                 for h in result.health]
-        await self._acknowledged(sent)
+        records = [(out.series[w.kind], None, w.device.encode(), encode_series_point(w.to_record()))
+                   for w in result.publish]
+        records += [(out.alerts, None, a.device.encode(), encode_alert(a.to_record())) for a in result.alerts]
+        records += [(out.health, None, h.device.encode(), encode_health_change(h)) for h in result.health]
+        if records:
+            await send_acknowledged(await self._kafka_producer(), records, self._partition_for,
+                                    self.config.write_timeout_s)
 
     async def _write(self, writes: list[Write]) -> None:
         """Store each value and send it to its table's changelog, to the partition it names; return
@@ -372,15 +359,14 @@ class WorkerState:
         Faust's `table[key] = value` takes the changelog partition from the event being processed,
         which a batch (or the timer) does not have; the source partition is the one the changelog
         must use (tables are co-partitioned with the source topics). Sent straight to the producer
-        rather than through `Table.send_changelog` (a `FutureMessage` in Faust's producer buffer,
-        published by its background task: ~20 % of the event loop at 10,000 devices, a write per
-        reading); what Faust's callback does on the acknowledgement, the persisted offset a
-        `rocksdb://` store keeps per partition (faust/tables/base.py `_on_changelog_sent`), is done
-        here, once per table and partition, the newest offset.
+        in record batches (`ferry.server.kafka_batches`) rather than through `Table.send_changelog`
+        (a `FutureMessage` per record in Faust's producer buffer, published by its background task:
+        ~20 % of the event loop at 10,000 devices, a write per reading); what Faust's callback does
+        on the acknowledgement, the persisted offset a `rocksdb://` store keeps per partition
+        (faust/tables/base.py `_on_changelog_sent`), is done here, once per table and partition.
         """
         if not writes:
             return
-        producer = await self.app.maybe_start_producer()
         by_partition: dict[int, list[Write]] = {}
         for write in writes:
             by_partition.setdefault(write.partition, []).append(write)
@@ -388,31 +374,23 @@ class WorkerState:
             with in_partition(partition):
                 for write in stored:
                     write.table.data[write.key] = write.raw
-        topics = {id(table): table.changelog_topic.get_topic_name() for table in (self.devices, self.history,
-                                                                                   self.alert_log)}
-        sent = [await producer.send(topics[id(write.table)], write.key.encode(), write.raw, write.partition, None, None)
-                for write in writes]
-        await self._acknowledged(sent)
-        newest: dict[tuple[int, Any], tuple[Any, int]] = {}
-        for write, future in zip(writes, sent):
-            metadata = future.result()
-            key = (id(write.table), metadata.topic_partition)
-            if key not in newest or metadata.offset > newest[key][1]:
-                newest[key] = (write.table, metadata.offset)
-        for (_, tp), (table, offset) in newest.items():
-            table.data.set_persisted_offset(tp, offset)
+        tables = {table.changelog_topic.get_topic_name(): table for table in (self.devices, self.history,
+                                                                              self.alert_log)}
+        topics = {id(table): topic for topic, table in tables.items()}
+        newest = await send_acknowledged(
+            await self._kafka_producer(),
+            [(topics[id(write.table)], write.partition, write.key.encode(), write.raw) for write in writes],
+            self._partition_for, self.config.write_timeout_s)
+        for (topic, partition), offset in newest.items():
+            tables[topic].data.set_persisted_offset(TP(topic, partition), offset)
 
-    async def _acknowledged(self, pending: list[Awaitable]) -> None:
-        """Wait for Kafka's acknowledgement of every record sent: the buffer Faust flushes before a
-        commit gives up after 100 ms, and a record sent is only in the producer's memory."""
-        if not pending:
-            return
-        done, waiting = await asyncio.wait(pending, timeout=self.config.write_timeout_s)
-        failed = ["cancelled" if f.cancelled() else repr(f.exception())
-                  for f in done if f.cancelled() or f.exception() is not None]
-        if waiting or failed:
-            reason = failed[0] if failed else f"no answer in {self.config.write_timeout_s:g} s"
-            raise LostWrite(f"{len(waiting) + len(failed)} of {len(pending)} records not acknowledged by Kafka: "
-                            f"{reason}")
+    async def _kafka_producer(self) -> Any:
+        """The aiokafka producer under Faust's (started if it is not yet)."""
+        return (await self.app.maybe_start_producer())._ensure_producer()
 
-
+    def _partition_for(self, key: bytes, count: int) -> int:
+        """A published record's partition: its device's, by the bridge's murmur2 (`partition_of`'s cache
+        when the topic has as many partitions as the source topics)."""
+        if count == self.config.partitions:
+            return self.partition_of(key.decode())
+        return (murmur2(key) & 0x7FFFFFFF) % count

@@ -25,7 +25,8 @@ from ferry.server.app import create_app
 from ferry.server.config import ServerConfig
 from ferry.server.logic import TELEMETRY, Record
 from ferry.server.streams import Streams, wire
-from ferry.server.worker_state import LostWrite, decode_value, encode_value
+from ferry.server.kafka_batches import LostWrite
+from ferry.server.worker_state import decode_value, encode_value
 
 from tests.server.fake_kafka import fake_producer
 from tests.server.helpers import T0, reading
