@@ -8,10 +8,11 @@ side of the contract, and the field checks these share with it, are in :mod:`fer
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import dataclass
+
+import orjson
 
 from ferry.contract import (
     CONTRACT_VERSION, KIND_RE, MAX_U32, METRIC_RE, ContractError, check_id, decoded, int_field, names_field,
@@ -101,7 +102,10 @@ def health_state(offline_reason: str | None, battery_low: bool, rssi_poor: bool,
 
 
 def _dump(obj: dict) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+    """Compact UTF-8 JSON (orjson: the worker encodes about one record for every two readings it
+    applies, and json.dumps was 5 % of its event loop). The encoders' floats are checked finite first
+    (`_finite`): orjson would write NaN as null."""
+    return orjson.dumps(obj)
 
 
 def _finite(name: str, value: float | None) -> float | None:

@@ -10,10 +10,11 @@ per partition, written only when one is raised), so this value stays small.
 
 from __future__ import annotations
 
-import json
 import marshal
 import zlib
 from dataclasses import dataclass, field
+
+import orjson
 
 from ferry.server.accounting import DeviceAccount, DeviceStatus
 from ferry.server.alerts import Alert
@@ -100,9 +101,10 @@ def encode_state(state: DeviceState) -> bytes:
 
 
 def encode_value(value: dict | list, compress: bool = False) -> bytes:
-    """A table value as the store and the changelog hold it: compact JSON, zlib-compressed when
-    `compress` (the history table's values)."""
-    raw = json.dumps(value, separators=(",", ":"), allow_nan=False).encode()
+    """A table value as the store and the changelog hold it: compact UTF-8 JSON (orjson; every number
+    in a history or an alert log is finite: a window's values are checked readings), zlib-compressed
+    when `compress` (the history table's values)."""
+    raw = orjson.dumps(value)
     return zlib.compress(raw, HISTORY_ZLIB_LEVEL) if compress else raw
 
 
@@ -116,4 +118,4 @@ def decode_value(raw: bytes | None) -> dict | list | None:
         if not isinstance(value, dict):
             raise ValueError(f"a marshalled table value must be a dict, not {type(value).__name__}")
         return value
-    return json.loads(zlib.decompress(raw) if raw[:1] == b"x" else raw)
+    return orjson.loads(zlib.decompress(raw) if raw[:1] == b"x" else raw)
