@@ -107,6 +107,15 @@ def in_partition(partition: int) -> Iterator[None]:
         faust_streams._current_event.reset(token)
 
 
+LIVE = b"\x01"
+"""What a `memory://` store holds for a device whose state is live (`WorkerState.live`): the changelog
+gets the encoded state, the store this marker (no table value starts with 0x01, `decode_value`), and
+`WorkerState.forget` puts the encoded state back before it drops the live one. The store is the
+process's memory too, so the encoded bytes beside the live objects were a second copy: 2.6 KB of a
+deep-sleep device's ~18 (`ferry bench server`, docs/server.md). A `rocksdb://` store keeps the bytes:
+it outlives the process."""
+
+
 def alert_log_key(partition: int) -> str:
     """The `alert_log` table's key for a source partition's log (written to that changelog partition)."""
     return f"partition-{partition}"
@@ -138,6 +147,8 @@ class WorkerState:
         """Device states kept between batches (a batch then deserializes nothing). Histories are not
         kept: one is read only when one of its device's windows closes or the API asks."""
         self.live_alert_logs: dict[int, AlertLog] = {}
+        self.states_stay_live = str(app.conf.store).startswith("memory:")
+        """The `devices` store is this process's memory: a live state's store value is `LIVE` (see there)."""
         self._partitions: dict[str, int] = {}
         self.recovered = False
         """The tables hold the current assignment's partitions in full (set by `recovery_completed`)."""
@@ -171,7 +182,13 @@ class WorkerState:
         self.recovered = True
 
     def forget(self) -> None:
-        """Drop the live states (a rebalance may have moved devices or changed their table values)."""
+        """Drop the live states (a rebalance may have moved devices or changed their table values); the
+        store gets back the value of each one it held only as `LIVE`."""
+        if self.states_stay_live:
+            store = self.devices.data
+            for device, state in self.live.items():
+                if store.get(device) == LIVE:
+                    store[device] = encode_state(state)
         self.live.clear()
         self.live_alert_logs.clear()
         self.watch.forget()
@@ -370,10 +387,12 @@ class WorkerState:
         by_partition: dict[int, list[Write]] = {}
         for write in writes:
             by_partition.setdefault(write.partition, []).append(write)
+        live = self.live if self.states_stay_live else {}
         for partition, stored in by_partition.items():  # one store context per partition, not per write
             with in_partition(partition):
                 for write in stored:
-                    write.table.data[write.key] = write.raw
+                    write.table.data[write.key] = LIVE if write.table is self.devices and write.key in live \
+                        else write.raw
         tables = {table.changelog_topic.get_topic_name(): table for table in (self.devices, self.history,
                                                                               self.alert_log)}
         topics = {id(table): topic for topic, table in tables.items()}

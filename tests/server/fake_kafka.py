@@ -120,6 +120,11 @@ class FakeProducer:
         """Topic of every record sent, in order."""
         return [s.topic for s in self.sent]
 
+    def newest(self, topic: str, key: str) -> bytes:
+        """The value of the last record sent to `topic` with `key` (for a changelog: what a recovering
+        worker reads for that key)."""
+        return [s.value for s in self.sent if s.topic == topic and s.key == key.encode()][-1]
+
     def values(self, topic: str) -> list[tuple[str, dict]]:
         """(key, JSON value) of the records sent to `topic`, in order."""
         return [(s.key.decode(), json.loads(s.value)) for s in self.sent if s.topic == topic]

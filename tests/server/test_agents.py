@@ -42,6 +42,12 @@ def changelog_partitions(producer: FakeProducer, table) -> list[int]:
     return [s.partition for s in producer.sent if s.topic == table.changelog_topic.get_topic_name()]
 
 
+def changelog_state(producer: FakeProducer, streams: Streams, device: str) -> dict:
+    """The device's newest state in the `devices` changelog: what Kafka holds and a recovering worker
+    reads (the memory store holds `LIVE` while the state is live)."""
+    return decode_value(producer.newest(streams.devices.changelog_topic.get_topic_name(), device))
+
+
 @pytest.fixture(autouse=True)
 def owning(streams: Streams):
     """The worker owns partition 0 of the source topics, its tables are recovered and records flow."""
@@ -96,7 +102,7 @@ def test_ingest_dedupes_accounts_and_publishes_closed_minutes(streams: Streams) 
     devices_log = changelog_partitions(producer, streams.devices)
     assert len(devices_log) <= 6 and set(devices_log) == {0}
     assert len(changelog_partitions(producer, streams.history)) == 1
-    account = decode_value(streams.devices["dev-01"])["account"]
+    account = changelog_state(producer, streams, "dev-01")["account"]
     assert (account["received"], account["duplicates"], account["invalid"]) == (4, 1, 1)
     assert account["boots"]["1"]["high"] == 4
     assert [(key, value["metric"], value["start_ms"], value["count"])
@@ -106,7 +112,7 @@ def test_ingest_dedupes_accounts_and_publishes_closed_minutes(streams: Streams) 
     assert [(key, value["window"], value["start_ms"], value["end_ms"], value["count"])
             for key, value in producer.values(streams.worker.config.series_5m_topic)] == \
         [("dev-01", "5m", base - 240_000, base + 60_000, 3)]
-    assert decode_value(streams.devices["dev-01"])["windows"]["max_event_ms"] == base + 60_000
+    assert changelog_state(producer, streams, "dev-01")["windows"]["max_event_ms"] == base + 60_000
     assert streams.history["dev-01"][:1] == b"x"  # zlib: the history table's values are compressed
     assert decode_value(streams.history["dev-01"])["1m"]["temp_c"] == \
         [[base, base + 60_000, 3, 20.0, 23.0, 64.0 / 3, 23.0]]
@@ -173,13 +179,14 @@ def test_a_batch_ends_before_a_device_beyond_batch_devices() -> None:
 
 
 def test_unsynced_reading_is_windowed_at_the_record_time(streams: Streams) -> None:
-    async def run() -> None:
-        with fake_producer(streams.worker.app):
+    async def run() -> FakeProducer:
+        with fake_producer(streams.worker.app) as producer:
             await streams.worker.process([Record("dev-01", TELEMETRY, reading(0, ts_ms=42, synced=False),
                                                  T0, T0, 0)])
+            return producer
 
-    asyncio.run(run())
-    assert decode_value(streams.devices["dev-01"])["windows"]["max_event_ms"] == T0
+    producer = asyncio.run(run())
+    assert changelog_state(producer, streams, "dev-01")["windows"]["max_event_ms"] == T0
 
 
 def test_status_adds_device_losses_and_lwt_raises_an_offline_alert(streams: Streams) -> None:
@@ -194,7 +201,7 @@ def test_status_adds_device_losses_and_lwt_raises_an_offline_alert(streams: Stre
 
     producer = asyncio.run(run())
     assert changelog_partitions(producer, streams.devices) == [0, 0]  # one write per batch
-    value = decode_value(streams.devices["dev-01"])
+    value = changelog_state(producer, streams, "dev-01")
     assert value["status"]["lost_at_device"] == 5
     assert [(key, alert["kind"]) for key, alert in producer.values(streams.worker.config.alerts_topic)] == \
         [("dev-01", "offline")]
@@ -231,13 +238,14 @@ def test_a_batch_applies_records_of_a_partition_revoked_while_they_waited(stream
 
     owned_elsewhere = {TP(streams.worker.config.telemetry_topic, 0)}
 
-    async def run() -> None:
-        with fake_producer(streams.worker.app), \
+    async def run() -> FakeProducer:
+        with fake_producer(streams.worker.app) as producer, \
                 mock.patch.object(streams.worker.app.assignor, "assigned_actives", return_value=owned_elsewhere):
             await streams.worker.process([Record("dev-01", TELEMETRY, reading(0), T0, T0, partition=1)])
+            return producer
 
-    asyncio.run(run())
-    assert decode_value(streams.devices["dev-01"])["account"]["received"] == 1
+    producer = asyncio.run(run())
+    assert changelog_state(producer, streams, "dev-01")["account"]["received"] == 1
 
 
 def test_the_worker_publishes_the_contracts_golden_records(streams: Streams) -> None:

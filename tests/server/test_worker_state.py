@@ -26,7 +26,7 @@ from ferry.server.config import ServerConfig
 from ferry.server.logic import TELEMETRY, Record
 from ferry.server.streams import Streams, wire
 from ferry.server.kafka_batches import LostWrite
-from ferry.server.worker_state import decode_value, encode_value
+from ferry.server.worker_state import LIVE, decode_value, encode_value
 
 from tests.server.fake_kafka import fake_producer
 from tests.server.helpers import T0, reading
@@ -99,20 +99,47 @@ def readings(seqs, received_ms: int = T0) -> list[Record]:
     return [Record("dev-01", TELEMETRY, reading(s), T0 + s * 1000, received_ms + s * 1000, 0) for s in seqs]
 
 
+def test_a_memory_store_holds_no_second_copy_of_a_live_state(streams: Streams, assignment: Assignment) -> None:
+    """The changelog gets the encoded state, the store a marker while the state is live, and the
+    encoded state again once a rebalance drops the live one: what the next batch or view decodes."""
+    worker, devices = streams.worker, streams.devices
+    changelog = devices.changelog_topic.get_topic_name()
+
+    async def run() -> tuple:
+        with fake_producer(worker.app) as producer:
+            await assignment.start({0})
+            await assignment.complete()
+            await worker.process(readings(range(4)))
+            while_live = devices.data["dev-01"]
+            await assignment.start({0})  # a rebalance begins: the live states go
+            after = devices.data["dev-01"]
+            await assignment.complete()
+            await worker.process(readings(range(3, 6)))  # seq 3 again: a duplicate
+            return while_live, after, producer.newest(changelog, "dev-01"), worker.state("dev-01").account
+
+    while_live, after, newest, account = asyncio.run(run())
+    assert while_live == LIVE
+    assert decode_value(after)["account"]["received"] == 4
+    assert (account.received, account.duplicates) == (6, 1)
+    assert decode_value(newest)["account"]["received"] == 6
+
+
 def test_nothing_is_cached_or_served_while_the_tables_recover(streams: Streams, assignment: Assignment) -> None:
     """The health timer and the views asked mid-recovery must not pin a half-recovered state,
     which the next batch would build on and write back (readings lost from `received`)."""
     worker, devices = streams.worker, streams.devices
 
+    changelog = devices.changelog_topic.get_topic_name()
+
     async def run() -> tuple:
-        with fake_producer(worker.app):
+        with fake_producer(worker.app) as producer:
             async with http(streams) as client:
                 await assignment.start({0})
                 await assignment.complete()
                 await worker.process(readings(range(3)))
-                half = devices["dev-01"]
+                half = producer.newest(changelog, "dev-01")
                 await worker.process(readings(range(3, 5)))
-                whole = devices["dev-01"]
+                whole = producer.newest(changelog, "dev-01")
 
                 await assignment.start({0})
                 devices.data["dev-01"] = half  # the changelog replayed so far
@@ -121,10 +148,10 @@ def test_nothing_is_cached_or_served_while_the_tables_recover(streams: Streams, 
                 devices.data["dev-01"] = whole  # the changelog replayed to its end
                 await assignment.complete()
                 await worker.process(readings([5]))
-                return during, await get(client, "/accounting?scope=local")
+                return during, await get(client, "/accounting?scope=local"), producer.newest(changelog, "dev-01")
 
-    during, after = asyncio.run(run())
-    assert decode_value(devices["dev-01"])["account"]["received"] == 6
+    during, after, newest = asyncio.run(run())
+    assert decode_value(newest)["account"]["received"] == 6
     assert during[0] == 0
     assert [status for status, _ in during[1:3]] == [503, 503]
     assert "recover" in during[1][1]["error"]
