@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import gc
 import logging
 import resource
 import signal
@@ -21,6 +20,7 @@ from pathlib import Path
 
 from ferry.addresses import host_port
 from ferry.event_loop import loop_factory
+from ferry.gc_tuning import tune_gc
 from ferry.gateway.auth.access import AccessControl
 from ferry.gateway.auth.acl import Acl
 from ferry.gateway.auth.authenticator import Authenticator
@@ -314,25 +314,6 @@ def _raise_open_files_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-GC_THRESHOLDS = (100_000, 50, 10)
-"""The cyclic garbage collector's thresholds for the gateway (CPython's: 700, 10, 10).
-
-The gateway makes a few objects per message, nearly none of them in reference cycles (freed by
-reference counting at once), while the spool's read-ahead and the sessions keep tens of thousands
-alive: at CPython's thresholds a young collection ran every 700 allocations and a full one walked
-every live object, 0.85 s in 2,000 collections while 300,000 readings were spooled and drained.
-With these a full collection still comes about once a minute at 50,000 messages/s (cyclic garbage
-is freed later, not never). `ferry bench bridge --only drain --spool 300000`, back to back: 52,915
-records/s at CPython's thresholds, 58,352 with these."""
-
-
-def _tune_gc() -> None:
-    """Collect less often (GC_THRESHOLDS) and leave what start-up made (modules, configuration) out
-    of every collection."""
-    gc.set_threshold(*GC_THRESHOLDS)
-    gc.freeze()
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.sample_config or args.systemd_unit:
@@ -361,6 +342,6 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"anonymous clients {'allowed' if config.auth.allow_anonymous else 'refused'}")
         return 0
     _raise_open_files_limit()
-    _tune_gc()
+    tune_gc()
     with asyncio.Runner(loop_factory=loop_factory()) as runner:
         return runner.run(_run(service, config))

@@ -7,6 +7,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from ferry.gc_tuning import tune_gc
 from ferry.server.config import ENV_CONFIG_FILE, ENV_PREFIX, ConfigError, ServerConfig, load_config
 
 FLAGS = ("web_host", "web_port", "advertised_url", "api_token_file")
@@ -64,6 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Faust's terminal spinner sets the root logger to DEBUG so that it can spin on every
     # record: every library's debug message would then be built and thrown away.
     worker.spinner = None
+    tune_gc()
     try:
         worker.execute_from_commandline()
     except SystemExit as exc:

@@ -16,7 +16,7 @@ SETUPTOOLS = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setup
 # Lowest first. A module may import its own layer's modules and anything below; among the parts,
 # each imports only itself (the gateway never imports the server, the simulator or the CLI).
 GROUND = ("ferry", "ferry.contract", "ferry.worker_records", "ferry.addresses", "ferry.process", "ferry.firmware", "ferry.device",
-          "ferry.event_loop",
+          "ferry.event_loop", "ferry.gc_tuning",
           "ferry.umqtt_vendor", "ferry.npm_vendor")
 PARTS = ("ferry.gateway", "ferry.server", "ferry.hwsim", "ferry.flash", "ferry.local_kafka")
 TOP = ("ferry.bench", "ferry.demo", "ferry.demo_parts", "ferry.demo_report", "ferry.chaos", "ferry.ota", "ferry.cli", "ferry.__main__")
