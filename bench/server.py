@@ -38,7 +38,7 @@ from ferry.process import sigterm_as_interrupt
 from ferry.hwsim.shims import sensor_model
 from ferry.server.config import ServerConfig
 from ferry.server.logic import TELEMETRY, Record, Settings, apply_batch
-from ferry.server.state import DeviceState
+from ferry.server.state import DeviceState, encode_state
 from ferry.server.windows import History
 from ferry.server.process import WorkerProcess, bridge_records, produce, wait_for_answer
 
@@ -128,7 +128,7 @@ def rss_bytes(pid: int) -> int:
 
 
 def logic_only(messages: list[tuple[str, bytes]], batch: int) -> Run:
-    """The worker's logic in this process: parse, dedupe, windows, detectors, health, JSON state."""
+    """The worker's logic in this process: parse, dedupe, windows, detectors, health, each changed state encoded (`encode_state`)."""
     settings = Settings.from_config(ServerConfig(broker="-"))
     states: dict[str, DeviceState] = {}
     history: dict[str, History] = {}
@@ -139,7 +139,9 @@ def logic_only(messages: list[tuple[str, bytes]], batch: int) -> Run:
 
     start = time.perf_counter()
     for i in range(0, len(records), batch):
-        apply_batch(records[i:i + batch], state_of, lambda d: history.setdefault(d, History()), settings)
+        result = apply_batch(records[i:i + batch], state_of, lambda d: history.setdefault(d, History()), settings)
+        for _, state in result.states.values():  # as the worker writes them
+            encode_state(state)
     return Run(f"logic only, batches of {batch}", len(records), time.perf_counter() - start)
 
 

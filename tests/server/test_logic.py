@@ -11,7 +11,7 @@ from ferry.server.alerts import AlertLog
 from ferry.server.accounting import DeviceAccount, DeviceStatus, detail, summary, totals
 from ferry.server.config import ServerConfig
 from ferry.server.logic import STATUS, TELEMETRY, Record, Settings, apply_batch, apply_reading, apply_status
-from ferry.server.state import decode_value
+from ferry.server.state import decode_value, encode_state
 from ferry.server.windows import History
 
 from tests.server.helpers import T0, reading, status
@@ -192,12 +192,12 @@ def test_a_batch_gives_the_same_tables_as_one_record_at_a_time() -> None:
     for record in records:
         one = apply_batch([record], lambda d: SETTINGS.load_state(d, singles.get(d)),
                           lambda d: History.from_dict(kept.get(d) or {}), SETTINGS, lambda p: AlertLog())
-        singles.update({d: round_trip(v) for d, (_, v) in one.states.items()})
+        singles.update({d: round_trip(encode_state(v)) for d, (_, v) in one.states.items()})
         kept.update({d: round_trip(v) for d, (_, v) in one.history.items()})
         published += one.publish
         health += one.health
     whole = apply_batch(records, SETTINGS.new_state, lambda d: History(), SETTINGS, lambda p: AlertLog())
-    assert {d: round_trip(v) for d, (_, v) in whole.states.items()} == singles
+    assert {d: round_trip(encode_state(v)) for d, (_, v) in whole.states.items()} == singles
     assert {d: round_trip(v) for d, (_, v) in whole.history.items()} == kept
     # Per device: seq 3 (120 s) closes the first minute (seqs 0 and 1); seq 2 (80 s) is then late.
     assert whole.publish == published
@@ -223,7 +223,7 @@ def test_records_kafka_delivers_again_are_skipped_not_counted_as_duplicates() ->
 
     def run(batch: list[Record]):
         result = apply_batch(batch, lambda d: SETTINGS.load_state(d, saved.get(d)), lambda d: History(), SETTINGS)
-        saved.update({d: round_trip(v) for d, (_, v) in result.states.items()})
+        saved.update({d: round_trip(encode_state(v)) for d, (_, v) in result.states.items()})
         return result
 
     once = run(records)
