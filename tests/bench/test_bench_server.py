@@ -27,9 +27,11 @@ def test_bench_server_runs_and_reports_every_reading(tmp_path) -> None:
                       result.stdout, re.M)
     assert [r[0] for r in rows] == ["logic only", "worker"], result.stdout
     assert rows[0][1] == "200"
-    memory = re.findall(r"^\| worker[^|]*\| ([\d,.]+) MiB \| ([\d,.]+) MiB \| (-?[\d,.]+) KB \| -?[\d.]+× \|$",
-                        result.stdout, re.M)
+    memory = re.findall(r"^\| worker[^|]*\| ([\d,.]+) MiB \| ([\d,.]+) MiB \| (-?[\d,.]+) KB \| -?[\d.]+× \| "
+                        r"([\d,.]+) MiB \| (-?[\d,.]+) KB \|$", result.stdout, re.M)
     assert len(memory) == 1, result.stdout
+    settled, peak = (float(memory[0][i].replace(",", "")) for i in (0, 3))
+    assert peak >= settled  # the high-water mark of the same process
 
 
 def test_bench_server_rejects_nonsense() -> None:
