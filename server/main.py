@@ -53,6 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Faust is imported only here, so a config error is reported without its start-up cost.
     import faust
 
+    from ferry.server.allocator import fix_thresholds
     from ferry.server.app import create_app
     from ferry.server.pipeline import register_pipeline
     from ferry.server.streams import wire
@@ -65,6 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Faust's terminal spinner sets the root logger to DEBUG so that it can spin on every
     # record: every library's debug message would then be built and thrown away.
     worker.spinner = None
+    fix_thresholds()
     tune_gc()
     try:
         worker.execute_from_commandline()

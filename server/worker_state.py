@@ -7,11 +7,9 @@ builds one `WorkerState`) so the HTTP views can name it without importing the wi
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import ctypes.util
 import time
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +21,7 @@ from faust.types import TP
 
 from ferry.worker_records import encode_alert, encode_health_change, encode_series_point
 from ferry.server.alerts import Alert, AlertLog
+from ferry.server.allocator import release_free_memory
 from ferry.server.alerts import order as alert_order
 from ferry.server.config import ServerConfig
 from ferry.server.liveness import StallWatch
@@ -60,27 +59,6 @@ class Write:
 
 def _encoded(value: bytes | DeviceState) -> bytes:
     return value if isinstance(value, bytes) else encode_state(value)
-
-
-def _malloc_trim() -> Callable[[int], int] | None:
-    try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
-    except (OSError, AttributeError):  # not glibc
-        return None
-
-
-_MALLOC_TRIM = _malloc_trim()
-
-
-def release_free_memory() -> None:
-    """Give the memory a batch freed back to the system (glibc's `malloc_trim(0)`; nothing elsewhere).
-
-    A batch allocates and frees tens of MB at 10,000 devices (records, the states' JSON values, the
-    producer's copies of them); glibc keeps what was freed among live allocations, and the resident
-    set kept it too: `ferry bench server`, 10,000 devices x 30 readings, 306 -> 280 MiB (a few ms a
-    batch)."""
-    if _MALLOC_TRIM is not None:
-        _MALLOC_TRIM(0)
 
 
 class _PartitionMessage:
