@@ -19,17 +19,17 @@ from aiokafka.partitioner import murmur2
 from faust import streams as faust_streams
 from faust.types import TP
 
-from ferry.worker_records import encode_alert, encode_health_change, encode_series_point
 from ferry.server.alerts import Alert, AlertLog
-from ferry.server.allocator import release_free_memory
 from ferry.server.alerts import order as alert_order
+from ferry.server.allocator import release_free_memory
 from ferry.server.config import ServerConfig
-from ferry.server.liveness import StallWatch
-from ferry.server.logic import STATUS, BatchResult, Record, Settings, apply_batch, check_health
 from ferry.server.kafka_batches import send_acknowledged
 from ferry.server.latency import LatencyHistogram
+from ferry.server.liveness import StallWatch
+from ferry.server.logic import STATUS, BatchResult, Record, Settings, apply_batch, check_health
 from ferry.server.state import DeviceState, decode_value, encode_state, encode_value
 from ferry.server.windows import History
+from ferry.worker_records import encode_alert, encode_health_change, encode_series_point
 
 
 @dataclass(frozen=True, slots=True)
