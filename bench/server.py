@@ -277,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="a new boot every K readings of a device (default: one boot)")
     parser.add_argument("--fleet", action="store_true",
                         help="instead of --devices/--per-device/--deep-sleep-every: 1,000 devices x 60 readings and "
-                             "10,000 x 30, each always on and with a new boot every 4 readings (~15 minutes)")
+                             "10,000 x 30, each always on and with a new boot every 4 readings (~4 minutes here)")
     parser.add_argument("--store", default="memory://", help="the worker's table store (default memory://)")
     parser.add_argument("--partitions", type=int, default=4, metavar="N")
     parser.add_argument("--batch-size", type=int, default=ServerConfig(broker="-").batch_size, metavar="N")
