@@ -120,5 +120,6 @@ def create_app(config: ServerConfig) -> faust.App:
         producer_max_batch_size=config.producer_max_batch_size,
         producer_linger=config.producer_linger_ms / 1000.0,
         consumer_auto_offset_reset="earliest",
+        broker_max_poll_records=config.consumer_max_poll_records,
         autodiscover=False,
     )

@@ -75,3 +75,10 @@ def test_a_worker_given_no_partition_by_a_rebalance_does_not_crash() -> None:
         consumer = Consumer()
 
     assert asyncio.run(rewind_uncommitted(App(), {"t.telemetry"})) == []
+
+
+def test_the_consumer_hands_over_at_most_consumer_max_poll_records_at_a_time() -> None:
+    """Faust's default (None) hands over every partition's whole fetch at once."""
+    app = create_app(ServerConfig(broker="127.0.0.1:1", app_id="poll-test", consumer_max_poll_records=1234))
+    assert app.conf.broker_max_poll_records == 1234
+    assert create_app(ServerConfig(broker="127.0.0.1:1", app_id="poll-test-2")).conf.broker_max_poll_records == 2000

@@ -32,6 +32,8 @@ def test_config_file_can_come_from_the_environment(tmp_path: Path) -> None:
     ({"FERRY_SERVER_BROKER": "k:1", "FERRY_SERVER_WEB_PORT": "x"}, "FERRY_SERVER_WEB_PORT: expected an integer"),
     ({"FERRY_SERVER_BROKER": "k:1", "FERRY_SERVER_HOPPING_STEP_S": "70"}, "multiple of hopping_step_s"),
     ({"FERRY_SERVER_BROKER": "k:1", "FERRY_SERVER_DEDUPE_WINDOW": "0"}, "dedupe_window: must be at least 1"),
+    ({"FERRY_SERVER_BROKER": "k:1", "FERRY_SERVER_CONSUMER_MAX_POLL_RECORDS": "0"},
+     "consumer_max_poll_records: must be at least 1"),
 ])
 def test_bad_settings_name_the_key(environ: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
