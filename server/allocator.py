@@ -7,7 +7,8 @@ the largest block freed (up to 32 MB): after that, the record batches and fetch 
 from the heap, where a few live allocations pin what surrounds them. Which happened depended on
 timing: `ferry bench server --devices 10000 --per-device 30`, settled resident set per device,
 13.3 to 27.0 KB over four runs of the same code; with the thresholds fixed, 14.0, 14.7 and 15.1 KB
-in three runs (10,132-10,269 readings/s either way). Elsewhere than glibc both do nothing.
+in three runs (10,132-10,269 readings/s either way). Both before the benchmark stopped calling every
+device offline at the end of a run, which may explain part of that spread too (docs/server.md). Elsewhere than glibc both do nothing.
 """
 
 from __future__ import annotations

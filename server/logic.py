@@ -205,7 +205,8 @@ def apply_batch(records: Iterable[Record], state_of: Callable[[str], DeviceState
                 alert_log_of: Callable[[int], AlertLog] | None = None) -> BatchResult:
     """Apply records in order to the states, histories and alert logs `state_of`, `history_of` and
     `alert_log_of` give (changing them in place); each device's state is returned once (to be written
-    once), its history and its partition's alert log encoded at most once. Without `alert_log_of` each partition's log starts empty.
+    once), its history and its partition's alert log encoded at most once. Without `alert_log_of`
+    each partition's log starts empty.
     """
     if alert_log_of is None:
         alert_log_of = _empty_logs()
